@@ -1,0 +1,5 @@
+import sys
+
+from spoolup.cli import main
+
+sys.exit(main())

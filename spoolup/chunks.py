@@ -1,0 +1,162 @@
+"""Chunk files: the staged bytes of each object, one file per part.
+
+A chunk file holds the raw record bytes of one part, appended by ingest and
+journaled by length.  Without compression the chunk file *is* the part.  With
+compression each part is one complete gzip member (or zstd frame): records are
+fed to a compressor as they arrive, its output goes to a `.tmp` file, and
+sealing finishes the member and renames it to `.part`.  The raw chunk file
+stays the durable truth until the seal is journaled, so a crash mid-chunk
+rebuilds the compressor from it and the object remains one valid stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from spoolup.files import AppendFiles, fsync_dir, write_all
+
+_MAX_COMPRESSORS = 64  # live compressors kept in memory; others are rebuilt from the raw chunk
+
+
+def chunk_name(object_id: int, part: int) -> str:
+    return f"{object_id:012d}-{part:05d}"
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str  # "none", "gzip", "zstd"
+    level: int
+
+    @property
+    def compressed(self) -> bool:
+        return self.name != "none"
+
+    def compressor(self):
+        if self.name == "gzip":
+            return zlib.compressobj(self.level, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+        if self.name == "zstd":
+            return zstandard.ZstdCompressor(level=self.level).compressobj()
+        raise ValueError(f"no compressor for {self.name}")
+
+
+def part_file(directory: Path, object_id: int, part: int, codec: Codec) -> Path:
+    """The file the upload process sends as part `part`."""
+    name = chunk_name(object_id, part)
+    return directory / (name + ".part" if codec.compressed else name)
+
+
+def raw_file(directory: Path, object_id: int, part: int) -> Path:
+    return directory / chunk_name(object_id, part)
+
+
+class _Live:
+    __slots__ = ("comp", "fd", "out_len")
+
+    def __init__(self, comp, fd: int):
+        self.comp = comp
+        self.fd = fd
+        self.out_len = 0
+
+
+class ChunkStore:
+    """Ingest's side of the chunk files."""
+
+    def __init__(self, directory: Path, codec: Codec, *, fsync: bool):
+        self.directory = directory
+        self.codec = codec
+        self.fsync = fsync
+        self.files = AppendFiles(directory, fsync=fsync)
+        self._live: OrderedDict[tuple[int, int], _Live] = OrderedDict()
+        self._renamed = False
+
+    # -- writing -------------------------------------------------------------
+
+    def append(self, object_id: int, part: int, data) -> None:
+        if self.codec.compressed:
+            live = self._compressor(object_id, part)  # before the raw append: a rebuild reads the raw file
+            self.files.append(chunk_name(object_id, part), data)
+            out = live.comp.compress(bytes(data))
+            if out:
+                write_all(live.fd, out)
+                live.out_len += len(out)
+        else:
+            self.files.append(chunk_name(object_id, part), data)
+
+    def stored_len(self, object_id: int, part: int) -> int:
+        """Compressed bytes produced so far for an open chunk (chunk-size is measured on these)."""
+        return self._compressor(object_id, part).out_len
+
+    def seal(self, object_id: int, part: int, raw_len: int) -> int:
+        """Finish the chunk; returns the part's size.  Durable after the next sync()."""
+        name = chunk_name(object_id, part)
+        if not self.codec.compressed:
+            return raw_len
+        live = self._compressor(object_id, part)
+        tail = live.comp.flush()
+        write_all(live.fd, tail)
+        live.out_len += len(tail)
+        if self.fsync:
+            os.fsync(live.fd)
+        os.close(live.fd)
+        del self._live[(object_id, part)]
+        os.replace(self.directory / (name + ".tmp"), self.directory / (name + ".part"))
+        self._renamed = True
+        return live.out_len
+
+    def sync(self) -> None:
+        self.files.sync()
+        if self._renamed:
+            if self.fsync:
+                fsync_dir(self.directory)
+            self._renamed = False
+
+    def sealed_committed(self, object_id: int, part: int) -> None:
+        """The seal is journaled: the raw bytes of a compressed part are no longer needed."""
+        name = chunk_name(object_id, part)
+        self.files.forget(name)
+        if self.codec.compressed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / name)
+
+    def close(self) -> None:
+        self.files.close()
+        for live in self._live.values():
+            with contextlib.suppress(OSError):
+                os.close(live.fd)
+        self._live.clear()
+
+    # -- compressors -----------------------------------------------------------
+
+    def _compressor(self, object_id: int, part: int) -> _Live:
+        k = (object_id, part)
+        live = self._live.get(k)
+        if live is not None:
+            self._live.move_to_end(k)
+            return live
+        live = self._rebuild(object_id, part)
+        self._live[k] = live
+        while len(self._live) > _MAX_COMPRESSORS:
+            _, old = self._live.popitem(last=False)
+            os.close(old.fd)
+        return live
+
+    def _rebuild(self, object_id: int, part: int) -> _Live:
+        """A compressor fed with the chunk's raw bytes so far (after eviction or a restart)."""
+        name = chunk_name(object_id, part)
+        fd = os.open(self.directory / (name + ".tmp"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        live = _Live(self.codec.compressor(), fd)
+        raw = self.directory / name
+        if raw.exists():
+            with open(raw, "rb") as f:
+                while block := f.read(1 << 20):
+                    out = live.comp.compress(block)
+                    write_all(fd, out)
+                    live.out_len += len(out)
+        return live

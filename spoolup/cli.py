@@ -1,0 +1,221 @@
+"""Command line: parses, dispatches, and maps failures to exit codes.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from spoolup import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors: exit 2, as documented
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"spoolup: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="spoolup",
+        description="Crash-safe shipper of syslog-ng spool files to S3, with the s3() destination's semantics.",
+        epilog="Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration. Docs: README.md, docs/operations.md",
+    )
+    p.add_argument("--version", action="version", version=f"spoolup {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--config", "-c", required=True, metavar="FILE", help="spoolup TOML configuration file")
+        return sp
+
+    with_config("run", "Run the service in the foreground (SIGTERM/SIGINT stop it cleanly).")
+    d = with_config("drain", "Ship everything now in the spool: close all objects, upload, exit 0 when nothing is pending.")
+    d.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="give up (exit 1) after this many seconds; 0 waits as long as it takes (default)")
+    s = with_config("status", "Show open objects, pending parts, backlog, oldest pending age, last error.")
+    s.add_argument("--json", action="store_true", help="print the stable JSON form (docs/status.schema.json)")
+    r = with_config("recover", "Reconcile journal, chunk files, spool offsets and the bucket after a crash.")
+    r.add_argument("--dry-run", action="store_true", help="only report what would be done; change nothing anywhere")
+    cc = with_config("check-config", "Validate the configuration, print it (secrets masked), test bucket access.")
+    cc.add_argument("--no-s3", action="store_true", help="do not contact S3")
+    demo = sub.add_parser("demo", help="Run spoolup against an embedded local S3 (moto server) on a demo spool.",
+                          description="Start a local S3 endpoint (moto server) on a free loopback port, write a "
+                          "small demo spool, run `spoolup run` until the demo objects are complete, and list them.")
+    demo.add_argument("--dir", metavar="DIR", help="work directory to use and keep (default: a temporary one)")
+    up = sub.add_parser("_upload", help=argparse.SUPPRESS)
+    up.add_argument("--config", required=True)
+    up.add_argument("--parent-pid", type=int, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "_upload":
+        from spoolup import upload
+
+        return upload.main(args.config, args.parent_pid)
+    if args.command == "demo":
+        from spoolup import demo
+
+        return demo.main(args.dir)
+
+    from spoolup import config as config_mod
+    from spoolup import logs
+
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as e:
+        print(f"spoolup: configuration error in {args.config}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(level=cfg.log_level, fmt=cfg.log_format, secrets=cfg.secrets, process=args.command,
+               log_file=cfg.log_file or None)
+    try:
+        return COMMANDS[args.command](cfg, args)
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as e:  # noqa: BLE001 - the last line of defence: a clear message, exit 1
+        from spoolup.journal import JournalError
+        from spoolup.lock import StateDirBusy
+        from spoolup.s3 import S3Error
+        from spoolup.service import RecoveryProblem
+
+        if isinstance(e, (JournalError, StateDirBusy, RecoveryProblem, S3Error, OSError)):
+            print(f"spoolup: {logs.redact_text(str(e), cfg.secrets)}", file=sys.stderr)
+            return EXIT_FAILURE
+        logs.get().exception("unexpected failure")
+        print(f"spoolup: unexpected failure: {logs.redact_text(repr(e), cfg.secrets)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# ---------------------------------------------------------------------------
+# commands
+
+
+def cmd_run(cfg, args) -> int:
+    from spoolup import logs
+    from spoolup.service import Service
+
+    service = Service(cfg, logs.get("spoolup.ingest"))
+    try:
+        service.open()
+        service.install_signals()
+        return service.run()
+    finally:
+        service.close()
+
+
+def cmd_drain(cfg, args) -> int:
+    from spoolup import lock, logs
+    from spoolup.journal import Journal
+    from spoolup.service import Service
+
+    log = logs.get("spoolup.drain")
+    if lock.is_held(cfg.state_dir):
+        return _drain_via_service(cfg, args, log)
+    service = Service(cfg, log)
+    try:
+        service.open()
+        service.install_signals()
+        code = service.run(drain=True, drain_timeout=args.timeout)
+    finally:
+        service.close()
+    if code == 0:
+        j = Journal.open_readonly(cfg.journal_path)
+        try:
+            done = j.conn.execute("SELECT count(*) FROM objects WHERE state = 'done'").fetchone()[0]
+        finally:
+            j.close()
+        print(f"drained: nothing pending ({done} objects completed in total)")
+    return code
+
+
+def _drain_via_service(cfg, args, log) -> int:
+    """`spoolup run` holds the state dir: ask it to drain, and wait for it."""
+    from spoolup.journal import Journal
+
+    journal = Journal.open(cfg.journal_path, fsync=cfg.fsync, create=False, migrate=False)
+    try:
+        request = journal.add_request("drain")
+        log.info("asked the running service to drain", request=request)
+        deadline = time.monotonic() + args.timeout if args.timeout else None
+        while True:
+            row = journal.request(request)
+            if row and row["done_at"]:
+                print("drained by the running service: nothing pending")
+                return EXIT_OK
+            if deadline is not None and time.monotonic() > deadline:
+                print("spoolup: drain timed out; the service is still draining", file=sys.stderr)
+                return EXIT_FAILURE
+            from spoolup import lock
+
+            if not lock.is_held(cfg.state_dir):
+                print("spoolup: the running service stopped before the drain finished; run drain again",
+                      file=sys.stderr)
+                return EXIT_FAILURE
+            time.sleep(0.2)
+    finally:
+        journal.close()
+
+
+def cmd_status(cfg, args) -> int:
+    from spoolup import status
+
+    st = status.collect(cfg)
+    print(status.to_json(st) if args.json else status.render(st))
+    return EXIT_OK
+
+
+def cmd_recover(cfg, args) -> int:
+    from spoolup import recover_cmd
+
+    return recover_cmd.run(cfg, dry_run=args.dry_run)
+
+
+def cmd_check_config(cfg, args) -> int:
+    from spoolup import config as config_mod
+
+    print(f"# effective configuration from {cfg.source} (secrets masked)")
+    for name, value in cfg.masked().items():
+        print(f"{name} = {config_mod.toml_value(value)}")
+    if cfg.template:
+        print("# note: 'template' is applied by syslog-ng's file() destination; spoolup copies records verbatim")
+    if args.no_s3:
+        return EXIT_OK
+    from spoolup.s3 import S3, S3Error
+
+    try:
+        s3 = S3(cfg)
+        try:
+            s3.client.head_bucket(Bucket=cfg.bucket)
+            print(f"# bucket {cfg.bucket}: reachable")
+        except Exception as e:  # noqa: BLE001
+            from spoolup.s3 import _translate
+
+            err = _translate(e, "HeadBucket", None)
+            if err.status == 404 or err.code in ("404", "NoSuchBucket"):
+                print(f"# bucket {cfg.bucket}: does not exist yet; spoolup creates it at start")
+            else:
+                raise err from None
+    except S3Error as e:
+        print(f"spoolup: cannot access bucket {cfg.bucket}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "drain": cmd_drain,
+    "status": cmd_status,
+    "recover": cmd_recover,
+    "check-config": cmd_check_config,
+}

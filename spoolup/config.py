@@ -1,0 +1,568 @@
+"""Configuration: one TOML file of flat keys named like syslog-ng's s3() options.
+
+Every option is declared once in OPTIONS (name, parser, default, help); the
+loader, `check-config`, the README table and contrib/spoolup.toml.example all
+come from that list.  Any invalid or unknown option raises ConfigError naming
+the option and what is accepted; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from spoolup import keys
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+MIN_CHUNK_SIZE = 5 * MiB  # S3's minimum part size
+MAX_CHUNK_SIZE = 5 * GiB  # S3's maximum part size
+MAX_OBJECT_SIZE = 5 * TiB  # S3's maximum object size
+
+SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
+
+STORAGE_CLASSES = frozenset(
+    {
+        "STANDARD",
+        "REDUCED_REDUNDANCY",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "DEEP_ARCHIVE",
+        "OUTPOSTS",
+        "GLACIER_IR",
+        "SNOW",
+        "EXPRESS_ONEZONE",
+    }
+)
+CANNED_ACLS = frozenset(
+    {
+        "private",
+        "public-read",
+        "public-read-write",
+        "aws-exec-read",
+        "authenticated-read",
+        "bucket-owner-read",
+        "bucket-owner-full-control",
+        "log-delivery-write",
+    }
+)
+SERVER_SIDE_ENCRYPTIONS = frozenset({"", "AES256", "aws:kms", "aws:kms:dsse"})
+FORMATS = ("lines", "envelope")
+COMPRESSIONS = ("none", "gzip", "zstd")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CONDITIONAL_WRITES = ("auto", "on", "off")
+
+
+class ConfigError(Exception):
+    """A configuration problem; `option` names the offending option."""
+
+    def __init__(self, option: str | None, message: str):
+        self.option = option
+        self.message = message
+        super().__init__(f"option '{option}': {message}" if option else message)
+
+
+# --------------------------------------------------------------------------
+# value parsers: each takes the raw TOML value and returns the typed value or
+# raises ValueError with a message saying what is accepted.
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": KiB,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": GiB,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": TiB,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Any) -> int:
+    """Bytes as an integer, or a string with a unit: "5MiB", "1GiB", "500kB"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size: bytes as an integer or a string such as \"5MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative; got {value}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            n = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+            if n == int(n):
+                return int(n)
+            raise ValueError(f"{value!r} is not a whole number of bytes")
+    raise ValueError(
+        f"expected bytes as an integer or a string with a unit "
+        f"(B, kB, KiB, MB, MiB, GB, GiB, TB, TiB), such as \"5MiB\"; got {value!r}"
+    )
+
+
+_DURATION_UNITS = {"s": 1 / 60, "sec": 1 / 60, "m": 1, "min": 1, "h": 60, "d": 1440}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_minutes(value: Any) -> float:
+    """Minutes as a number (fractional allowed), or a string with a unit: "30s", "10min", "1h"."""
+    if isinstance(value, bool):
+        raise ValueError("expected minutes as a number, or a string such as \"30s\" or \"2h\"")
+    if isinstance(value, (int, float)):
+        minutes = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)) and (
+        m.group(2).lower() in _DURATION_UNITS or m.group(2) == ""
+    ):
+        minutes = float(m.group(1)) * _DURATION_UNITS.get(m.group(2).lower(), 1)
+    else:
+        raise ValueError(f"expected minutes as a number, or a string such as \"30s\", \"10min\", \"2h\"; got {value!r}")
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"must be more than 0 minutes; got {value!r}")
+    return minutes
+
+
+def parse_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected seconds as a number; got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be more than 0 seconds; got {value!r}")
+    return float(value)
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false", "on", "off"):
+        return value.lower() in ("yes", "true", "on")
+    raise ValueError(f"expected true or false; got {value!r}")
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string; got {value!r}")
+    return value
+
+
+def parse_path(value: Any) -> Path:
+    text = parse_str(value)
+    if not text.strip():
+        raise ValueError("expected a directory path; got an empty string")
+    return Path(text).expanduser().absolute()
+
+
+def int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer from {lo} to {hi}; got {value!r}")
+        if not lo <= value <= hi:
+            raise ValueError(f"expected an integer from {lo} to {hi}; got {value}")
+        return value
+
+    return parse
+
+
+def size_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        n = parse_size(value)
+        if not lo <= n <= hi:
+            raise ValueError(
+                f"must be from {format_size(lo)} to {format_size(hi)} ({lo} to {hi} bytes); got {value!r}"
+            )
+        return n
+
+    return parse
+
+
+def one_of(choices: tuple[str, ...] | frozenset[str], normalize: Callable[[str], str] = lambda s: s):
+    def parse(value: Any) -> str:
+        text = normalize(parse_str(value))
+        if text not in choices:
+            shown = ", ".join(repr(c) for c in sorted(choices))
+            raise ValueError(f"expected one of {shown}; got {value!r}")
+        return text
+
+    return parse
+
+
+def parse_compression(value: Any) -> str:
+    """s3()'s compression(yes/no) plus named codecs: true = gzip, false = none."""
+    if isinstance(value, bool):
+        return "gzip" if value else "none"
+    if isinstance(value, str):
+        text = value.lower()
+        if text in ("yes", "true", "on"):
+            return "gzip"
+        if text in ("no", "false", "off", ""):
+            return "none"
+        if text in COMPRESSIONS:
+            return text
+    raise ValueError(f"expected true, false, \"gzip\", \"zstd\" or \"none\"; got {value!r}")
+
+
+def parse_url(value: Any) -> str:
+    text = parse_str(value).strip()
+    if text and not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError(f"expected an http:// or https:// endpoint URL, or \"\" for AWS; got {value!r}")
+    return text.rstrip("/")
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
+
+
+def parse_bucket(value: Any) -> str:
+    text = parse_str(value)
+    if not _BUCKET_RE.match(text) or ".." in text:
+        raise ValueError(
+            "expected an S3 bucket name: 3 to 63 characters of lowercase letters, digits, dots and hyphens, "
+            f"starting and ending with a letter or digit; got {value!r}"
+        )
+    return text
+
+
+def parse_listen(value: Any) -> str:
+    text = parse_str(value).strip()
+    if text == "":
+        return ""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected \"host:port\" such as \"127.0.0.1:9464\", or \"\" for off; got {value!r}")
+    return text
+
+
+def toml_value(value: Any) -> str:
+    """A value as it would be written in the TOML config."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
+
+
+# --------------------------------------------------------------------------
+# the option table
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    group: str = "spoolup"  # "s3()" for options that mirror the s3() destination
+    required: bool = False
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+
+REQUIRED = object()
+
+OPTIONS: tuple[Option, ...] = (
+    # --- the s3() destination's options ---
+    Option("url", parse_url, "", "S3 endpoint URL (MinIO, Ceph, moto...); empty means AWS.", "s3()"),
+    Option("bucket", parse_bucket, REQUIRED, "Bucket to write to; created if it does not exist.", "s3()", True),
+    Option("access-key", parse_str, "", "Access key id; empty means boto3's default credential chain.", "s3()"),
+    Option("secret-key", parse_str, "", "Secret access key (never logged or shown).", "s3()"),
+    Option("region", parse_str, "", "Region name; empty means boto3's default.", "s3()"),
+    Option("role", parse_str, "", "IAM role ARN to assume through STS (refreshed automatically).", "s3()"),
+    Option(
+        "object-key",
+        parse_str,
+        None,
+        "Object key template. lines: {path}, {dir}, {name} of the spool file; envelope: {key}. "
+        "Default \"{path}\" (lines) or \"{key}\" (envelope).",
+        "s3()",
+    ),
+    Option(
+        "object-key-timestamp",
+        parse_str,
+        "",
+        "Timestamp appended to the key (\"-\" + value). lines: strftime codes evaluated at ingest "
+        "(e.g. \"%Y%m%d%H\" for hourly objects); envelope: taken from the record's ts field. Empty: none.",
+        "s3()",
+    ),
+    Option(
+        "template",
+        parse_str,
+        "",
+        "Accepted for s3() compatibility only: the record template is applied by syslog-ng's file() "
+        "destination (see contrib/syslog-ng/spoolup.conf); spoolup copies records verbatim.",
+        "s3()",
+    ),
+    Option("compression", parse_compression, "none", "false/true (gzip, as s3()), \"gzip\" or \"zstd\".", "s3()"),
+    Option("compresslevel", int_range(0, 22), 9, "Compression level: 0-9 for gzip, 1-22 for zstd.", "s3()"),
+    Option(
+        "chunk-size",
+        size_range(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
+        5 * MiB,
+        "Part size of multipart uploads (measured after compression); at least 5MiB.",
+        "s3()",
+    ),
+    Option(
+        "max-object-size",
+        size_range(1, MAX_OBJECT_SIZE),
+        5120 * GiB,
+        "An object is completed once it reaches this size; the next one gets the next index (-1, -2, ...).",
+        "s3()",
+    ),
+    Option("upload-threads", int_range(1, 256), 8, "Parallel part uploads in the upload process.", "s3()"),
+    Option(
+        "max-pending-uploads",
+        int_range(1, 100_000),
+        32,
+        "Cap on sealed chunks waiting for upload; at the cap ingest pauses and the backlog stays in the spool.",
+        "s3()",
+    ),
+    Option(
+        "flush-grace-period",
+        parse_minutes,
+        60.0,
+        "Minutes without a new record after which an object is completed (fractional allowed, or \"30s\").",
+        "s3()",
+    ),
+    Option(
+        "storage-class",
+        one_of(STORAGE_CLASSES, lambda s: s.upper().replace("-", "_")),
+        "STANDARD",
+        "S3 storage class.",
+        "s3()",
+    ),
+    Option(
+        "canned-acl",
+        one_of(CANNED_ACLS | {""}, lambda s: s.lower().replace("_", "-")),
+        "",
+        "Canned ACL for new objects; empty for none.",
+        "s3()",
+    ),
+    Option(
+        "server-side-encryption",
+        one_of(SERVER_SIDE_ENCRYPTIONS),
+        "",
+        "\"\", \"AES256\", \"aws:kms\" or \"aws:kms:dsse\".",
+        "s3()",
+    ),
+    Option("kms-key", parse_str, "", "KMS key id for server-side-encryption = \"aws:kms\".", "s3()"),
+    # --- spoolup's own ---
+    Option("spool-dir", parse_path, REQUIRED, "Directory that syslog-ng's file() destination writes into.", required=True),
+    Option("state-dir", parse_path, REQUIRED, "Journal, chunk files and dead letters (created 0700).", required=True),
+    Option("format", one_of(FORMATS), "lines", "Spool format: \"lines\" or \"envelope\" (JSON from format-json)."),
+    Option("fsync", parse_bool, True, "Make chunk data and the journal durable before a spool offset is consumed."),
+    Option(
+        "spool-reap",
+        parse_minutes,
+        10.0,
+        "A fully shipped spool file is deleted after this many idle minutes; must exceed syslog-ng's time-reap().",
+    ),
+    Option("session-token", parse_str, "", "Session token for temporary credentials (never logged)."),
+    Option("poll-interval", parse_seconds, 1.0, "Seconds between spool rescans (watchdog events come sooner)."),
+    Option("s3-timeout", parse_seconds, 60.0, "Seconds before an S3 connection or read times out (then retried)."),
+    Option("retry-max-delay", parse_seconds, 30.0, "Longest backoff in seconds between retries of a failed S3 call."),
+    Option("shutdown-timeout", parse_seconds, 30.0, "Seconds in-flight uploads get to finish on SIGTERM."),
+    Option(
+        "conditional-writes",
+        one_of(CONDITIONAL_WRITES),
+        "auto",
+        "Send If-None-Match: * on completion: \"auto\" (use when the server supports it), \"on\", \"off\".",
+    ),
+    Option("log-level", one_of(LOG_LEVELS, str.lower), "info", "\"debug\", \"info\", \"warning\" or \"error\"."),
+    Option("log-format", one_of(LOG_FORMATS), "auto", "\"auto\" (console on a TTY, else JSON lines), \"json\", \"console\"."),
+    Option("log-file", parse_str, "", "Write logs to this file instead of stderr; SIGHUP reopens it (logrotate)."),
+    Option("metrics-listen", parse_listen, "", "Prometheus endpoint \"host:port\" (e.g. \"127.0.0.1:9464\"); empty: off."),
+)
+
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Config:
+    url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str
+    role: str
+    object_key: str
+    object_key_timestamp: str
+    template: str
+    compression: str
+    compresslevel: int
+    chunk_size: int
+    max_object_size: int
+    upload_threads: int
+    max_pending_uploads: int
+    flush_grace_period: float
+    storage_class: str
+    canned_acl: str
+    server_side_encryption: str
+    kms_key: str
+    spool_dir: Path
+    state_dir: Path
+    format: str
+    fsync: bool
+    spool_reap: float
+    session_token: str
+    poll_interval: float
+    s3_timeout: float
+    retry_max_delay: float
+    shutdown_timeout: float
+    conditional_writes: str
+    log_level: str
+    log_format: str
+    log_file: str
+    metrics_listen: str
+    source: Path | None = None
+
+    # ---- derived values ----
+    @property
+    def key_suffix(self) -> str:
+        return {"none": "", "gzip": ".gz", "zstd": ".zst"}[self.compression]
+
+    @property
+    def grace_seconds(self) -> float:
+        return self.flush_grace_period * 60.0
+
+    @property
+    def spool_reap_seconds(self) -> float:
+        return self.spool_reap * 60.0
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite"
+
+    @property
+    def chunk_dir(self) -> Path:
+        return self.state_dir / "chunks"
+
+    @property
+    def deadletter_dir(self) -> Path:
+        return self.state_dir / "dead-letter"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.secret_key, self.session_token) if s)
+
+    def value(self, name: str) -> Any:
+        return getattr(self, OPTIONS_BY_NAME[name].attr)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with secrets masked, for check-config and status."""
+        out: dict[str, Any] = {}
+        for opt in OPTIONS:
+            v = self.value(opt.name)
+            if opt.name in SECRET_OPTIONS and v:
+                v = "********"
+            elif isinstance(v, Path):
+                v = str(v)
+            out[opt.name] = v
+        return out
+
+    def __repr__(self) -> str:  # never show secrets, whatever prints a Config
+        return f"Config({self.masked()!r})"
+
+    __str__ = __repr__
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(None, f"config file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(None, f"cannot read config file {p}: {e}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(None, f"config file {p} is not valid TOML: {e}") from None
+    return from_mapping(raw, source=p.absolute())
+
+
+def from_mapping(raw: dict[str, Any], source: Path | None = None) -> Config:
+    values: dict[str, Any] = {}
+    seen_as: dict[str, str] = {}
+    for given, value in raw.items():
+        name = given.replace("_", "-")  # syslog-ng treats - and _ alike; so do we
+        if isinstance(value, dict):
+            raise ConfigError(given, "spoolup's config is flat: put options at the top level, not in a [table]")
+        if name not in OPTIONS_BY_NAME:
+            known = ", ".join(o.name for o in OPTIONS)
+            raise ConfigError(given, f"unknown option; known options are: {known}")
+        if name in seen_as:
+            raise ConfigError(given, f"given twice (also as '{seen_as[name]}')")
+        seen_as[name] = given
+        try:
+            values[name] = OPTIONS_BY_NAME[name].parse(value)
+        except ValueError as e:
+            raise ConfigError(name, str(e)) from None
+
+    for opt in OPTIONS:
+        if opt.name not in values:
+            if opt.default is REQUIRED:
+                raise ConfigError(opt.name, "is required")
+            values[opt.name] = opt.default
+
+    fmt = values["format"]
+    if values["object-key"] is None:
+        values["object-key"] = "{path}" if fmt == "lines" else "{key}"
+    _check_cross_option(values)
+    return Config(**{OPTIONS_BY_NAME[n].attr: v for n, v in values.items()}, source=source)
+
+
+def _check_cross_option(v: dict[str, Any]) -> None:
+    try:
+        keys.check_template(v["object-key"], v["format"])
+    except ValueError as e:
+        raise ConfigError("object-key", str(e)) from None
+    if v["format"] == "lines" and v["object-key-timestamp"]:
+        try:
+            keys.check_strftime(v["object-key-timestamp"])
+        except ValueError as e:
+            raise ConfigError("object-key-timestamp", str(e)) from None
+    if bool(v["access-key"]) != bool(v["secret-key"]):
+        missing = "secret-key" if v["access-key"] else "access-key"
+        raise ConfigError(missing, "access-key and secret-key go together: give both, or neither to use boto3's credential chain")
+    if v["kms-key"] and not v["server-side-encryption"].startswith("aws:kms"):
+        raise ConfigError("kms-key", "needs server-side-encryption = \"aws:kms\" (or \"aws:kms:dsse\")")
+    if v["compression"] == "gzip" and not 0 <= v["compresslevel"] <= 9:
+        raise ConfigError("compresslevel", f"expected 0 to 9 for gzip; got {v['compresslevel']}")
+    if v["compression"] == "zstd" and not 1 <= v["compresslevel"] <= 22:
+        raise ConfigError("compresslevel", f"expected 1 to 22 for zstd; got {v['compresslevel']}")
+    spool, state = v["spool-dir"], v["state-dir"]
+    if spool == state or state.is_relative_to(spool):
+        raise ConfigError("state-dir", f"must not be inside spool-dir ({spool}): spoolup would ship its own journal")
+    if spool.is_relative_to(state):
+        raise ConfigError("spool-dir", f"must not be inside state-dir ({state})")
+    if spool.exists() and not spool.is_dir():
+        raise ConfigError("spool-dir", f"{spool} exists and is not a directory")
+    if state.exists() and not state.is_dir():
+        raise ConfigError("state-dir", f"{state} exists and is not a directory")
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,368 @@
+"""Ingest: spool records -> open objects' chunk files -> one journal transaction per batch.
+
+Reads each source from its journaled offset in large blocks, takes whole
+records only (up to the last b"\\n"; a partial tail waits), routes them with
+the rotation policy (objects.py) and appends them to the chunk files of their
+objects.  A batch ends after BATCH_BYTES or when nothing more is ready; then
+the chunk files are synced and the batch committed (invariant 1).  At
+max-pending-uploads sealed chunks, reading stops (back-pressure): the backlog
+stays in the spool.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from spoolup import crash, envelope, objects
+from spoolup.chunks import ChunkStore
+from spoolup.config import Config
+from spoolup.deadletter import DeadLetters
+from spoolup.journal import Batch, Journal, ObjectRow
+from spoolup.spool import Source, Spool
+
+BLOCK = 1 << 20  # bytes read from a spool file at a time
+BATCH_BYTES = 16 << 20  # a batch commits after this many bytes (or when nothing more is ready)
+MAX_RECORD = 1 << 30  # a lines record longer than this stops its file with an error
+NEWEST_CACHE = 100_000  # keys whose newest timestamp is kept in memory
+
+
+@dataclass
+class OpenObject:
+    id: int
+    key: str
+    ts: str
+    size: int
+    records: int
+    created: float
+    last_write: float
+    part: int = 1  # part number of the chunk being filled
+    chunk_len: int = 0  # raw bytes in that chunk (0: not started)
+    sealed: int = 0  # parts sealed so far
+
+
+class Ingest:
+    def __init__(self, cfg: Config, journal: Journal, spool: Spool, store: ChunkStore, dead: DeadLetters, log,
+                 notify: Callable[[], None] = lambda: None):
+        self.cfg = cfg
+        self.journal = journal
+        self.spool = spool
+        self.store = store
+        self.dead = dead
+        self.log = log
+        self.notify = notify
+        self.open: dict[int, OpenObject] = {}
+        self.open_by_key: dict[str, dict[str, OpenObject]] = {}
+        self.newest: dict[str, str | None] = {}
+        self.next_id = 1
+        self.batch = Batch()
+        self.batch_bytes = 0
+        self.sealed_pending = 0
+        self._sealed_in_batch: list[tuple[int, int]] = []
+        self._ts_cache: tuple[int, str] = (-1, "")
+        self.stats = {"bytes": 0, "records": 0}
+
+    # -- state ---------------------------------------------------------------------
+
+    def load(self) -> None:
+        self.next_id = self.journal.max_object_id() + 1
+        for row in self.journal.open_objects():
+            obj = OpenObject(row.id, row.key, row.ts, row.size, row.records, row.created, row.last_write)
+            for chunk in self.journal.chunks_of(row.id):
+                if chunk.state == "open":
+                    obj.part, obj.chunk_len = chunk.part, chunk.length
+                else:
+                    obj.sealed += 1
+                    obj.part = chunk.part + 1
+            self._track(obj)
+        self.sealed_pending = self.journal.sealed_pending()
+
+    def _track(self, obj: OpenObject) -> None:
+        self.open[obj.id] = obj
+        self.open_by_key.setdefault(obj.key, {})[obj.ts] = obj
+
+    def _untrack(self, obj: OpenObject) -> None:
+        del self.open[obj.id]
+        by_ts = self.open_by_key[obj.key]
+        del by_ts[obj.ts]
+        if not by_ts:
+            del self.open_by_key[obj.key]
+
+    def at_cap(self) -> bool:
+        return self.sealed_pending >= self.cfg.max_pending_uploads
+
+    # -- reading the spool ---------------------------------------------------------------
+
+    def pump(self, sources: list[Source], now: float, *, budget: int = BATCH_BYTES * 4) -> int:
+        """Read what is ready in `sources`, within `budget` bytes; commit as we go."""
+        consumed = 0
+        self.sealed_pending = self.journal.sealed_pending() + self.batch.seals
+        for src in sources:
+            if self.at_cap() or consumed >= budget:
+                break
+            if src.state != "active":
+                continue
+            consumed += self._read(src, now, budget - consumed)
+            if self.batch_bytes >= BATCH_BYTES:
+                self.flush()
+        self.flush()
+        return consumed
+
+    def _read(self, src: Source, now: float, budget: int) -> int:
+        fd = self.spool.fd(src)
+        if fd is None:
+            return 0
+        self.spool.refresh(src)
+        consumed = 0
+        while consumed < budget and not self.at_cap() and src.state == "active" and src.offset < src.size:
+            data = os.pread(fd, min(BLOCK, src.size - src.offset), src.offset)
+            if not data:
+                break
+            end = data.rfind(b"\n") + 1
+            if end == 0:
+                data, end = self._no_newline(src, fd, data, now)
+                if end == 0:
+                    break
+            elif end < len(data) and len(data) < BLOCK and self._tail_is_final(src, now):
+                end = len(data)
+            if src.head is None:
+                self.spool.set_head(src, data)
+                self.batch.heads[src.id] = src.head
+            if self.cfg.format == "lines":
+                self._lines(src, data, end, now)
+            else:
+                self._envelopes(src, data, end, now)
+            src.offset += end
+            consumed += end
+            self.batch_bytes += end
+            self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
+            if self.batch_bytes >= BATCH_BYTES:
+                self.flush()
+            if end < len(data):
+                break  # the rest is a partial record
+        return consumed
+
+    def _no_newline(self, src: Source, fd: int, data: bytes, now: float) -> tuple[bytes, int]:
+        """No complete record in `data`: a record longer than a block, or a partial tail."""
+        if len(data) == BLOCK:
+            # a long record: read on until its newline (or the end of what is there)
+            parts = [data]
+            pos = src.offset + len(data)
+            while pos < src.size:
+                block = os.pread(fd, min(BLOCK, src.size - pos), pos)
+                if not block:
+                    break
+                parts.append(block)
+                pos += len(block)
+                nl = block.find(b"\n")
+                if nl >= 0:
+                    whole = b"".join(parts)
+                    return whole, len(whole) - len(block) + nl + 1
+                if pos - src.offset > MAX_RECORD:
+                    self.spool._set_state(src, "error", f"a record at offset {src.offset} is longer than "
+                                          f"{MAX_RECORD} bytes; split it or move the file out of the spool")
+                    return data, 0
+            data = b"".join(parts)
+        if self._tail_is_final(src, now):
+            return data, len(data)
+        return data, 0
+
+    def _tail_is_final(self, src: Source, now: float) -> bool:
+        """A partial last record of a file idle for spool-reap: its writer died mid-record.
+        It is taken verbatim, as a final record, so it is never stranded."""
+        if now - src.mtime < self.cfg.spool_reap_seconds:
+            return False
+        self.log.warning("taking the unterminated tail of an idle spool file as a final record",
+                         source=src.id, path=src.path, offset=src.offset, bytes=src.size - src.offset)
+        return True
+
+    def _timestamp(self, now: float) -> str:
+        tpl = self.cfg.object_key_timestamp
+        if not tpl:
+            return ""
+        second = int(now)
+        if self._ts_cache[0] != second:
+            self._ts_cache = (second, time.strftime(tpl, time.localtime(now)))
+        return self._ts_cache[1]
+
+    def _lines(self, src: Source, data: bytes, end: int, now: float) -> None:
+        self._deliver(src, src.key, self._timestamp(now), data, 0, end, now)
+
+    def _envelopes(self, src: Source, data: bytes, end: int, now: float) -> None:
+        """Per record: parse, route, write; consecutive records of one (key, ts) are written together."""
+        tpl, limit = self.cfg.object_key, self.cfg.max_object_size
+        run_key = run_ts = None
+        run: list[bytes] = []
+        lines = data[:end].split(b"\n")
+        if data[end - 1:end] == b"\n":
+            lines.pop()  # the empty string after the last newline
+        for line in lines:
+            rec = envelope.parse(line, tpl, limit)
+            if isinstance(rec, envelope.Bad):
+                if run:
+                    self._deliver_records(src, run_key, run_ts, run, now)
+                    run = []
+                self._dead_letter(src, line, rec.reason)
+                continue
+            if rec.key != run_key or rec.ts != run_ts:
+                if run:
+                    self._deliver_records(src, run_key, run_ts, run, now)
+                run_key, run_ts, run = rec.key, rec.ts, []
+            run.append(rec.body)
+        if run:
+            self._deliver_records(src, run_key, run_ts, run, now)
+
+    def _dead_letter(self, src: Source, line: bytes, reason: str) -> None:
+        self.dead.write(src.id, src.path, line, reason)
+        path, n, b, _ = self.batch.dead_letters.get(src.id, (src.path, 0, 0, ""))
+        self.batch.dead_letters[src.id] = (src.path, n + 1, b + len(line) + 1, reason)
+        self.batch.counters["dead_letter_records"] = self.batch.counters.get("dead_letter_records", 0) + 1
+
+    # -- routing and writing ---------------------------------------------------------------
+
+    def _deliver(self, src: Source, key: str, ts: str, data: bytes, start: int, end: int, now: float) -> None:
+        """Whole newline-terminated records data[start:end] of one (key, ts)."""
+        pos = start
+        limit = self.cfg.max_object_size
+        while pos < end:
+            obj = self._target(key, ts, now)
+            stop, full = objects.take(obj.size, limit, data, pos, end)
+            self._write(obj, data, pos, stop, now)
+            self.batch.source_objects.add((src.id, obj.id))
+            if full:
+                self._close(obj, "max-object-size", now)
+            elif objects.full_by_parts(obj.sealed + 1):
+                self._close(obj, "max-parts", now)
+            pos = stop
+
+    def _deliver_records(self, src: Source, key: str, ts: str, records: list[bytes], now: float) -> None:
+        """Records (each ending in b"\\n", possibly containing more newlines) of one (key, ts)."""
+        limit = self.cfg.max_object_size
+        i = 0
+        while i < len(records):
+            obj = self._target(key, ts, now)
+            room = limit - obj.size
+            j, size = i, 0
+            while j < len(records) and size < room:
+                size += len(records[j])
+                j += 1
+            blob = b"".join(records[i:j])
+            self._write(obj, blob, 0, len(blob), now, records=j - i)
+            self.batch.source_objects.add((src.id, obj.id))
+            if obj.size >= limit:
+                self._close(obj, "max-object-size", now)
+            elif objects.full_by_parts(obj.sealed + 1):
+                self._close(obj, "max-parts", now)
+            i = j
+
+    def _target(self, key: str, ts: str, now: float) -> OpenObject:
+        by_ts = self.open_by_key.get(key, {})
+        route = objects.route(self._newest(key), by_ts.keys(), ts)
+        for old_ts in route.close:
+            self._close(by_ts[old_ts], "newer-timestamp", now)
+        self.newest[key] = route.newest
+        if route.reuse:
+            return by_ts[ts]
+        return self._new_object(key, ts, now)
+
+    def _newest(self, key: str) -> str | None:
+        if key in self.newest:
+            return self.newest[key]
+        if len(self.newest) >= NEWEST_CACHE:
+            for k in [k for k in self.newest if k not in self.open_by_key][: NEWEST_CACHE // 2]:
+                del self.newest[k]
+        newest = self.journal.newest_ts(key)
+        self.newest[key] = newest
+        return newest
+
+    def _new_object(self, key: str, ts: str, now: float) -> OpenObject:
+        obj = OpenObject(self.next_id, key, ts, 0, 0, now, now)
+        self.next_id += 1
+        self._track(obj)
+        self.batch.new_objects.append(ObjectRow(obj.id, key, ts, "open", None, None, None, None, 0, 0, now, now))
+        self.log.debug("object opened", object=obj.id, key=key, ts=ts)
+        return obj
+
+    def _write(self, obj: OpenObject, data: bytes, start: int, stop: int, now: float, records: int | None = None) -> None:
+        n = stop - start
+        if records is None:
+            records = data.count(b"\n", start, stop) or 1
+        view = memoryview(data)[start:stop]
+        chunk_size = self.cfg.chunk_size
+        if self.store.codec.compressed:
+            self.store.append(obj.id, obj.part, view)
+            obj.chunk_len += n
+            self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
+            if self.store.stored_len(obj.id, obj.part) >= chunk_size and obj.part < objects.MAX_PARTS:
+                self._seal(obj)
+        else:
+            pos = 0
+            while pos < n:
+                k = n - pos if obj.part >= objects.MAX_PARTS else min(chunk_size - obj.chunk_len, n - pos)
+                self.store.append(obj.id, obj.part, view[pos:pos + k])
+                obj.chunk_len += k
+                pos += k
+                self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
+                if obj.chunk_len >= chunk_size and obj.part < objects.MAX_PARTS:
+                    self._seal(obj)
+        obj.size += n
+        obj.records += records
+        obj.last_write = now
+        self.batch.objects[obj.id] = (obj.size, obj.records, now)
+        self.stats["bytes"] += n
+        self.stats["records"] += records
+
+    def _seal(self, obj: OpenObject) -> None:
+        part_size = self.store.seal(obj.id, obj.part, obj.chunk_len)
+        self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "sealed", part_size)
+        self._sealed_in_batch.append((obj.id, obj.part))
+        self.sealed_pending += 1
+        obj.sealed += 1
+        obj.part += 1
+        obj.chunk_len = 0
+
+    def _close(self, obj: OpenObject, reason: str, now: float) -> None:
+        if obj.chunk_len > 0:
+            self._seal(obj)
+        self.batch.closed[obj.id] = (reason, now)
+        self._untrack(obj)
+        self.log.debug("object closed", object=obj.id, key=obj.key, ts=obj.ts, reason=reason, size=obj.size)
+
+    # -- rotation by time, drain -----------------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Complete objects without a new record for flush-grace-period."""
+        stale = objects.expired(list(self.open.values()), now, self.cfg.grace_seconds)
+        for obj in stale:
+            self._close(obj, "flush-grace-period", now)
+        if stale:
+            self.flush()
+        return len(stale)
+
+    def close_all(self, reason: str, now: float) -> int:
+        n = len(self.open)
+        for obj in list(self.open.values()):
+            self._close(obj, reason, now)
+        self.flush()
+        return n
+
+    # -- committing --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        crash.point("after-chunk-write")
+        self.store.sync()
+        self.dead.sync()
+        crash.point("after-chunk-sync")
+        self.journal.commit_batch(self.batch)
+        crash.point("after-batch-commit")
+        for oid, part in self._sealed_in_batch:
+            self.store.sealed_committed(oid, part)
+        if self.batch.closed or self._sealed_in_batch:
+            self.notify()
+        self.batch = Batch()
+        self.batch_bytes = 0
+        self._sealed_in_batch = []

@@ -1,0 +1,582 @@
+"""The journal: one SQLite database (WAL) in the state dir, the only source of
+truth shared by the ingest and upload processes.
+
+This module holds the journal's verbs and nothing else; the schema lives in
+numbered files in migrations/ applied in order at open (PRAGMA user_version).
+Each process uses its own Journal from a single thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import os
+import re
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sqlite_utils
+
+LIVE_SOURCE_STATES = ("active", "error", "refused")
+MAX_ERRORS_KEPT = 500
+
+
+class JournalError(Exception):
+    """The journal cannot be used (corrupt, too new, unreadable); the message says what to do."""
+
+
+# ---------------------------------------------------------------------------
+# rows
+
+
+@dataclass
+class SourceRow:
+    id: int
+    dev: int
+    ino: int
+    path: str
+    key_path: str
+    offset: int
+    size: int
+    mtime: float
+    state: str
+    error: str | None
+
+
+@dataclass
+class ObjectRow:
+    id: int
+    key: str
+    ts: str
+    state: str
+    idx: int | None
+    final_key: str | None
+    mode: str | None
+    upload_id: str | None
+    size: int
+    records: int
+    created: float
+    last_write: float
+    closed_at: float | None = None
+    close_reason: str | None = None
+    done_at: float | None = None
+    etag: str | None = None
+
+
+@dataclass
+class ChunkRow:
+    object_id: int
+    part: int
+    length: int
+    state: str
+    part_size: int | None
+    md5: str | None
+    etag: str | None
+
+
+@dataclass
+class Batch:
+    """Everything one ingest batch changes, committed in one transaction.
+
+    The chunk bytes it refers to are written (and with fsync, synced) before
+    `Journal.commit_batch` is called: invariant 1."""
+
+    sources: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # id -> (offset, size, mtime)
+    new_objects: list[ObjectRow] = field(default_factory=list)
+    objects: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # id -> (size, records, last_write)
+    closed: dict[int, tuple[str, float]] = field(default_factory=dict)  # id -> (reason, at)
+    chunks: dict[tuple[int, int], tuple[int, str, int | None]] = field(default_factory=dict)  # -> (length, state, part_size)
+    source_objects: set[tuple[int, int]] = field(default_factory=set)
+    dead_letters: dict[int, tuple[str, int, int, str]] = field(default_factory=dict)  # source -> (path, n, bytes, reason)
+    counters: dict[str, int] = field(default_factory=dict)
+    heads: dict[int, bytes] = field(default_factory=dict)  # source -> first bytes (fingerprint)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.sources or self.new_objects or self.objects or self.closed or self.chunks or self.dead_letters
+        )
+
+    @property
+    def seals(self) -> int:
+        return sum(1 for (_l, state, _p) in self.chunks.values() if state == "sealed")
+
+
+# ---------------------------------------------------------------------------
+# open and migrate
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration file, in order."""
+    out = []
+    for entry in importlib.resources.files("spoolup.migrations").iterdir():
+        m = re.match(r"^(\d+)_.*\.sql$", entry.name)
+        if m:
+            out.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    out.sort()
+    versions = [v for v, _, _ in out]
+    if versions != list(range(1, len(out) + 1)):
+        raise JournalError(f"migration files are not numbered 1..N without gaps: {versions}")
+    return out
+
+
+def schema_version() -> int:
+    return len(migrations())
+
+
+class Journal:
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+        self.db = sqlite_utils.Database(conn)
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, fsync: bool = True, create: bool = True, migrate: bool = True) -> "Journal":
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise JournalError(f"no journal at {path}: spoolup has not run with this state-dir yet")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=True)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
+            # FULL: the WAL is synced at every commit, so a journaled offset never
+            # outlives a crash of the machine.  NORMAL is the documented fast mode.
+            conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            journal = cls(conn, path)
+            version = journal.user_version()
+            if version == 0:
+                journal._check_empty()
+            if migrate:
+                journal.migrate()
+            journal.conn.execute("SELECT count(*) FROM objects").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise JournalError(corrupt_message(path, e)) from None
+        return journal
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> "Journal":
+        """For status: never blocks or changes the writers' journal."""
+        path = Path(path)
+        if not path.exists():
+            raise JournalError(f"no journal at {path}: spoolup has not run with this state-dir yet")
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10.0)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 10000")
+            journal = cls(conn, path)
+            version = journal.user_version()
+            if version != schema_version():
+                raise JournalError(
+                    f"journal {path} has schema version {version}, this spoolup uses {schema_version()}: "
+                    "run `spoolup recover` (or start the service) to migrate it"
+                )
+        except sqlite3.DatabaseError as e:
+            raise JournalError(corrupt_message(path, e)) from None
+        return journal
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    def user_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_empty(self) -> None:
+        tables = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        if tables:
+            raise sqlite3.DatabaseError(f"schema version 0 but tables exist: {', '.join(tables)}")
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations newer than the journal's version; returns their names."""
+        version = self.user_version()
+        known = migrations()
+        if version > len(known):
+            raise JournalError(
+                f"journal {self.path} has schema version {version}, newer than this spoolup "
+                f"(which knows up to {len(known)}): upgrade spoolup, or restore the matching version"
+            )
+        applied = []
+        for number, name, sql in known:
+            if number <= version:
+                continue
+            # executescript commits first; the whole migration is one transaction.
+            self.conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n;PRAGMA user_version = {number};\nCOMMIT;")
+            applied.append(name)
+        if version == 0:
+            with self.transaction():
+                self.set_meta("journal_id", uuid.uuid4().hex)
+                self.set_meta("created", repr(time.time()))
+        return applied
+
+    def integrity_problem(self) -> str | None:
+        rows = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
+        return None if rows == ["ok"] else "; ".join(rows[:5])
+
+    # -- transactions and small tables ---------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def meta(self, name: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    @property
+    def journal_id(self) -> str:
+        return self.meta("journal_id") or ""
+
+    def record_error(self, process: str, op: str, code: str | None, message: str, key: str | None = None) -> None:
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO errors (at, process, op, code, message, key) VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), process, op, code, message, key),
+            )
+            self.conn.execute("DELETE FROM errors WHERE id <= ?", (cur.lastrowid - MAX_ERRORS_KEPT,))
+
+    def last_error(self) -> dict | None:
+        row = self.conn.execute("SELECT * FROM errors ORDER BY id DESC LIMIT 1").fetchone()
+        return dict(row) if row else None
+
+    def bump_counters(self, counters: dict[str, int]) -> None:
+        self.conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            list(counters.items()),
+        )
+
+    def counters(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT name, value FROM counters")}
+
+    def heartbeat(self, name: str, pid: int, started: float, info: str = "") -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO processes (name, pid, started, seen, info) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET pid = excluded.pid, started = excluded.started, "
+                "seen = excluded.seen, info = excluded.info",
+                (name, pid, started, time.time(), info),
+            )
+
+    def processes(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM processes ORDER BY name")]
+
+    # -- sources (ingest) ------------------------------------------------------
+
+    def live_sources(self) -> list[SourceRow]:
+        rows = self.conn.execute(
+            f"SELECT * FROM sources WHERE state IN {LIVE_SOURCE_STATES!r} ORDER BY id"
+        ).fetchall()
+        return [_source(r) for r in rows]
+
+    def add_source(self, dev: int, ino: int, path: str, mtime: float, now: float) -> SourceRow:
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO sources (dev, ino, path, key_path, mtime, first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (dev, ino, path, path, mtime, now, now),
+            )
+        return SourceRow(cur.lastrowid, dev, ino, path, path, 0, 0, mtime, "active", None)
+
+    def set_source(self, source_id: int, *, state: str | None = None, error: str | None = None,
+                   path: str | None = None) -> None:
+        sets, args = ["updated = ?"], [time.time()]
+        if state is not None:
+            sets.append("state = ?")
+            args.append(state)
+            sets.append("error = ?")
+            args.append(error)
+        if path is not None:
+            sets.append("path = ?")
+            args.append(path)
+        with self.transaction():
+            self.conn.execute(f"UPDATE sources SET {', '.join(sets)} WHERE id = ?", (*args, source_id))
+
+    def source_pending_objects(self, source_id: int) -> int:
+        """Objects holding bytes of this spool file that are not yet completed."""
+        return self.conn.execute(
+            "SELECT count(*) FROM source_objects so JOIN objects o ON o.id = so.object_id "
+            "WHERE so.source_id = ? AND o.state != 'done'",
+            (source_id,),
+        ).fetchone()[0]
+
+    def mark_reaped(self, source_id: int) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE sources SET state = 'reaped', updated = ? WHERE id = ?", (time.time(), source_id)
+            )
+            self.conn.execute("DELETE FROM source_objects WHERE source_id = ?", (source_id,))
+
+    # -- objects and chunks (ingest) -------------------------------------------
+
+    def open_objects(self) -> list[ObjectRow]:
+        return [_object(r) for r in self.conn.execute("SELECT * FROM objects WHERE state = 'open' ORDER BY id")]
+
+    def chunks_of(self, object_id: int) -> list[ChunkRow]:
+        rows = self.conn.execute("SELECT * FROM chunks WHERE object_id = ? ORDER BY part", (object_id,))
+        return [ChunkRow(**dict(r)) for r in rows]
+
+    def max_object_id(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(id), 0) FROM objects").fetchone()[0]
+
+    def newest_ts(self, key: str) -> str | None:
+        return self.conn.execute("SELECT max(ts) FROM objects WHERE key = ?", (key,)).fetchone()[0]
+
+    def sealed_pending(self) -> int:
+        """Sealed chunks not yet uploaded: what max-pending-uploads caps."""
+        return self.conn.execute("SELECT count(*) FROM chunks WHERE state = 'sealed'").fetchone()[0]
+
+    def commit_batch(self, batch: Batch) -> None:
+        c = self.conn
+        with self.transaction():
+            if batch.new_objects:
+                c.executemany(
+                    "INSERT INTO objects (id, key, ts, state, size, records, created, last_write) "
+                    "VALUES (?, ?, ?, 'open', ?, ?, ?, ?)",
+                    [(o.id, o.key, o.ts, o.size, o.records, o.created, o.last_write) for o in batch.new_objects],
+                )
+            if batch.chunks:
+                c.executemany(
+                    "INSERT INTO chunks (object_id, part, length, state, part_size) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (object_id, part) DO UPDATE SET length = excluded.length, "
+                    "state = excluded.state, part_size = excluded.part_size",
+                    [(oid, part, *v) for (oid, part), v in batch.chunks.items()],
+                )
+            if batch.objects:
+                c.executemany(
+                    "UPDATE objects SET size = ?, records = ?, last_write = ? WHERE id = ?",
+                    [(*v, oid) for oid, v in batch.objects.items()],
+                )
+            if batch.closed:
+                c.executemany(
+                    "UPDATE objects SET state = 'closed', close_reason = ?, closed_at = ? WHERE id = ? AND state = 'open'",
+                    [(*v, oid) for oid, v in batch.closed.items()],
+                )
+            if batch.sources:
+                now = time.time()
+                c.executemany(
+                    "UPDATE sources SET offset = ?, size = ?, mtime = ?, updated = ? WHERE id = ?",
+                    [(off, size, mtime, now, sid) for sid, (off, size, mtime) in batch.sources.items()],
+                )
+            if batch.heads:
+                c.executemany("UPDATE sources SET head = ? WHERE id = ?", [(h, sid) for sid, h in batch.heads.items()])
+            if batch.source_objects:
+                c.executemany(
+                    "INSERT OR IGNORE INTO source_objects (source_id, object_id) VALUES (?, ?)",
+                    list(batch.source_objects),
+                )
+            if batch.dead_letters:
+                now = time.time()
+                c.executemany(
+                    "INSERT INTO dead_letters (source_id, path, records, bytes, last_at, last_reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source_id) DO UPDATE SET path = excluded.path, "
+                    "records = records + excluded.records, bytes = bytes + excluded.bytes, "
+                    "last_at = excluded.last_at, last_reason = excluded.last_reason",
+                    [(sid, p, n, b, now, r) for sid, (p, n, b, r) in batch.dead_letters.items()],
+                )
+            if batch.counters:
+                self.bump_counters(batch.counters)
+
+    # -- uploads ---------------------------------------------------------------
+
+    def claimable(self, limit: int = 256) -> list[ObjectRow]:
+        """Objects that need their final index now (they have a part to send, or
+        are complete), whose earlier objects of the same (key, ts) are claimed."""
+        rows = self.conn.execute(
+            "SELECT o.* FROM objects o WHERE o.idx IS NULL AND o.state != 'done' "
+            "AND (o.state = 'closed' OR EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state = 'sealed')) "
+            "AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id AND p.idx IS NULL) "
+            "ORDER BY o.id LIMIT ?",
+            (limit,),
+        )
+        return [_object(r) for r in rows]
+
+    def previous_index(self, obj: ObjectRow) -> int | None:
+        return self.conn.execute(
+            "SELECT max(idx) FROM objects WHERE key = ? AND ts = ? AND id < ?", (obj.key, obj.ts, obj.id)
+        ).fetchone()[0]
+
+    def indexes_in_use(self, key: str, ts: str, exclude_id: int) -> set[int]:
+        rows = self.conn.execute(
+            "SELECT idx FROM objects WHERE key = ? AND ts = ? AND idx IS NOT NULL AND id != ?", (key, ts, exclude_id)
+        )
+        return {r[0] for r in rows}
+
+    def claim(self, object_id: int, idx: int, final_key: str, mode: str) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE objects SET idx = ?, final_key = ?, mode = ? WHERE id = ? AND idx IS NULL",
+                (idx, final_key, mode, object_id),
+            )
+
+    def unclaim(self, object_id: int) -> None:
+        """Give up a claimed index (taken by someone else): claim again, re-upload every part."""
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL WHERE id = ?",
+                (object_id,),
+            )
+            self.conn.execute(
+                "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND state = 'uploaded'",
+                (object_id,),
+            )
+
+    def to_start(self, limit: int = 256) -> list[ObjectRow]:
+        """Claimed multipart objects without an upload id, and claimed single-part objects not done."""
+        rows = self.conn.execute(
+            "SELECT * FROM objects WHERE idx IS NOT NULL AND state != 'done' AND upload_id IS NULL "
+            "ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [_object(r) for r in rows]
+
+    def set_upload_id(self, object_id: int, upload_id: str) -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE objects SET upload_id = ? WHERE id = ?", (upload_id, object_id))
+
+    def reset_upload(self, object_id: int) -> None:
+        """The multipart upload is gone (aborted outside spoolup): start a new one, re-upload every part."""
+        with self.transaction():
+            self.conn.execute("UPDATE objects SET upload_id = NULL WHERE id = ?", (object_id,))
+            self.conn.execute(
+                "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND state = 'uploaded'",
+                (object_id,),
+            )
+
+    def parts_to_upload(self, limit: int = 256) -> list[tuple[ObjectRow, ChunkRow]]:
+        rows = self.conn.execute(
+            "SELECT c.object_id AS c_object_id, c.part AS c_part, c.length AS c_length, c.state AS c_state, "
+            "c.part_size AS c_part_size, c.md5 AS c_md5, c.etag AS c_etag, o.* "
+            "FROM chunks c JOIN objects o ON o.id = c.object_id "
+            "WHERE c.state = 'sealed' AND o.mode = 'multipart' AND o.upload_id IS NOT NULL "
+            "ORDER BY c.object_id, c.part LIMIT ?",
+            (limit,),
+        )
+        out = []
+        for r in rows:
+            d = dict(r)
+            chunk = ChunkRow(**{k[2:]: d.pop(k) for k in list(d) if k.startswith("c_")})
+            out.append((_object(d), chunk))
+        return out
+
+    def record_parts(self, parts: Iterable[tuple[int, int, str, str]]) -> None:
+        """(object_id, part, etag, md5) of parts whose UploadPart succeeded: invariant 2."""
+        with self.transaction():
+            self.conn.executemany(
+                "UPDATE chunks SET state = 'uploaded', etag = ?, md5 = ? WHERE object_id = ? AND part = ?",
+                [(etag, md5, oid, part) for oid, part, etag, md5 in parts],
+            )
+
+    def completable(self, limit: int = 256) -> list[ObjectRow]:
+        rows = self.conn.execute(
+            "SELECT o.* FROM objects o WHERE o.state = 'closed' AND o.mode = 'multipart' AND o.upload_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != 'uploaded') "
+            "ORDER BY o.id LIMIT ?",
+            (limit,),
+        )
+        return [_object(r) for r in rows]
+
+    def complete(self, object_id: int, etag: str | None) -> None:
+        """CompleteMultipartUpload (or PutObject) succeeded: invariant 3."""
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE objects SET state = 'done', done_at = ?, etag = ? WHERE id = ?",
+                (time.time(), etag, object_id),
+            )
+            self.conn.execute("UPDATE chunks SET state = 'uploaded' WHERE object_id = ? AND state != 'uploaded'",
+                              (object_id,))
+
+    def object(self, object_id: int) -> ObjectRow | None:
+        row = self.conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
+        return _object(row) if row else None
+
+    def objects_where(self, where: str, args: tuple = ()) -> list[ObjectRow]:
+        return [_object(r) for r in self.conn.execute(f"SELECT * FROM objects WHERE {where} ORDER BY id", args)]
+
+    def pending_objects(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM objects WHERE state != 'done'").fetchone()[0]
+
+    def prune_done(self, older_than: float) -> int:
+        """Forget completed objects done before `older_than` (their chunk rows first)."""
+        with self.transaction():
+            self.conn.execute(
+                "DELETE FROM chunks WHERE object_id IN (SELECT id FROM objects WHERE state = 'done' AND done_at < ?)",
+                (older_than,),
+            )
+            self.conn.execute(
+                "DELETE FROM source_objects WHERE object_id IN "
+                "(SELECT id FROM objects WHERE state = 'done' AND done_at < ?)",
+                (older_than,),
+            )
+            # keep the newest object of every (key, ts): it carries the key's newest timestamp
+            cur = self.conn.execute(
+                "DELETE FROM objects WHERE state = 'done' AND done_at < ? AND id NOT IN "
+                "(SELECT max(id) FROM objects GROUP BY key)",
+                (older_than,),
+            )
+        return cur.rowcount
+
+    # -- requests (drain against a running service) -----------------------------
+
+    def add_request(self, kind: str) -> int:
+        with self.transaction():
+            return self.conn.execute(
+                "INSERT INTO requests (kind, at) VALUES (?, ?)", (kind, time.time())
+            ).lastrowid
+
+    def open_requests(self, kind: str) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM requests WHERE kind = ? AND done_at IS NULL ORDER BY id", (kind,)
+        )]
+
+    def finish_requests(self, ids: list[int], result: str) -> None:
+        with self.transaction():
+            self.conn.executemany(
+                "UPDATE requests SET done_at = ?, result = ? WHERE id = ?", [(time.time(), result, i) for i in ids]
+            )
+
+    def request(self, request_id: int) -> dict | None:
+        row = self.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return dict(row) if row else None
+
+
+def _source(r: sqlite3.Row) -> SourceRow:
+    return SourceRow(
+        r["id"], r["dev"], r["ino"], r["path"], r["key_path"], r["offset"], r["size"], r["mtime"], r["state"], r["error"]
+    )
+
+
+def _object(r) -> ObjectRow:
+    d = dict(r)
+    return ObjectRow(**{k: d[k] for k in ObjectRow.__dataclass_fields__})
+
+
+def corrupt_message(path: Path, err: Exception) -> str:
+    return (
+        f"the journal {path} cannot be read ({err}). spoolup will not start from an unreadable journal, "
+        f"because starting fresh would re-ship or lose records. To continue: stop spoolup, move the state "
+        f"directory aside (e.g. `mv {path.parent} {path.parent}.broken`), check the bucket for objects already "
+        f"written, and start again; spoolup then re-reads every file still in the spool from the beginning."
+    )

@@ -1,0 +1,304 @@
+"""The thin S3 client: every call spoolup makes to S3, and a small error hierarchy.
+
+boto3/botocore do the HTTP, signing, credentials (including assume-role
+refresh) and a first level of retries; callers above retry with their own
+backoff and never drop an object.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config as BotoConfig
+from botocore.credentials import DeferredRefreshableCredentials, create_assume_role_refresher
+
+from spoolup.config import Config
+from spoolup.logs import redact_text
+
+_READ_BLOCK = 1 << 20
+
+
+class S3Error(Exception):
+    """An S3 call failed.  `code` is S3's error code (or a transport error name)."""
+
+    def __init__(self, code: str, message: str, *, op: str = "", key: str | None = None, status: int | None = None):
+        self.code = code
+        self.op = op
+        self.key = key
+        self.status = status
+        super().__init__(redact_text(f"{op} {key or ''}: {code}: {message}".strip()))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class NoSuchUpload(S3Error):
+    pass
+
+
+class PreconditionFailed(S3Error):
+    pass
+
+
+class NotImplementedByServer(S3Error):
+    pass
+
+
+class InvalidPart(S3Error):
+    """InvalidPart, InvalidPartOrder, EntityTooSmall: the parts list does not match what S3 holds."""
+
+
+_BY_CODE = {
+    "NoSuchUpload": NoSuchUpload,
+    "PreconditionFailed": PreconditionFailed,
+    "NotImplemented": NotImplementedByServer,
+    "InvalidPart": InvalidPart,
+    "InvalidPartOrder": InvalidPart,
+    "EntityTooSmall": InvalidPart,
+}
+
+
+def _translate(e: Exception, op: str, key: str | None) -> S3Error:
+    if isinstance(e, botocore.exceptions.ClientError):
+        err = e.response.get("Error", {})
+        code = str(err.get("Code") or "Unknown")
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("412",) or status == 412:
+            code = "PreconditionFailed"
+        if status == 501 and code in ("501", "Unknown"):
+            code = "NotImplemented"
+        return _BY_CODE.get(code, S3Error)(code, str(err.get("Message") or e), op=op, key=key, status=status)
+    return S3Error(type(e).__name__, str(e), op=op, key=key)
+
+
+_CATCH = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A part's bytes on disk with their MD5 (for Content-MD5 and the expected ETag)."""
+
+    path: Path
+    size: int
+    md5_hex: str
+
+    @classmethod
+    def of(cls, path: Path) -> "FileBody":
+        h = hashlib.md5()
+        size = 0
+        with open(path, "rb") as f:
+            while block := f.read(_READ_BLOCK):
+                h.update(block)
+                size += len(block)
+        return cls(path, size, h.hexdigest())
+
+    @property
+    def content_md5(self) -> str:
+        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode()
+
+
+def multipart_etag(part_etags: Iterable[str]) -> str:
+    """The ETag S3 gives a completed multipart upload: md5 of the parts' binary MD5s, '-', count."""
+    digests = [bytes.fromhex(e.strip('"')) for e in part_etags]
+    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
+
+
+def same_etag(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and a.strip('"') == b.strip('"')
+
+
+class S3:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        session = boto3.session.Session(
+            aws_access_key_id=cfg.access_key or None,
+            aws_secret_access_key=cfg.secret_key or None,
+            aws_session_token=cfg.session_token or None,
+            region_name=cfg.region or None,
+        )
+        if cfg.role:
+            # as s3(): assume the role through STS, refreshed before it expires
+            sts = session.client("sts", endpoint_url=cfg.url or None, config=self._boto_config(cfg))
+            session._session._credentials = DeferredRefreshableCredentials(
+                refresh_using=create_assume_role_refresher(sts, {"RoleArn": cfg.role, "RoleSessionName": "spoolup"}),
+                method="sts-assume-role",
+            )
+        self.client = session.client("s3", endpoint_url=cfg.url or None, config=self._boto_config(cfg))
+        self.conditional = cfg.conditional_writes != "off"
+
+    @staticmethod
+    def _boto_config(cfg: Config) -> BotoConfig:
+        return BotoConfig(
+            connect_timeout=cfg.s3_timeout,
+            read_timeout=cfg.s3_timeout,
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=cfg.upload_threads + 4,
+            # plain Content-MD5 integrity works with every S3-compatible store
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"} if cfg.url else None,
+            user_agent_extra="spoolup",
+        )
+
+    # -- object-creating calls ---------------------------------------------------
+
+    def _object_args(self) -> dict[str, Any]:
+        c = self.cfg
+        args: dict[str, Any] = {"StorageClass": c.storage_class}
+        if c.canned_acl:
+            args["ACL"] = c.canned_acl
+        if c.server_side_encryption:
+            args["ServerSideEncryption"] = c.server_side_encryption
+        if c.kms_key:
+            args["SSEKMSKeyId"] = c.kms_key
+        if c.compression == "gzip":
+            args["ContentType"] = "application/gzip"
+        elif c.compression == "zstd":
+            args["ContentType"] = "application/zstd"
+        else:
+            args["ContentType"] = "text/plain; charset=utf-8"
+        return args
+
+    def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
+        try:
+            r = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata, **self._object_args())
+        except _CATCH as e:
+            raise _translate(e, "CreateMultipartUpload", key) from None
+        return r["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, part: int, body: FileBody) -> str:
+        try:
+            with open(body.path, "rb") as f:
+                r = self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part, Body=f,
+                    ContentLength=body.size, ContentMD5=body.content_md5,
+                )
+        except _CATCH as e:
+            raise _translate(e, "UploadPart", key) from None
+        return r["ETag"]
+
+    def complete(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        args: dict[str, Any] = {}
+        if self.conditional:
+            args["IfNoneMatch"] = "*"
+        try:
+            r = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}, **args,
+            )
+        except _CATCH as e:
+            err = _translate(e, "CompleteMultipartUpload", key)
+            if isinstance(err, NotImplementedByServer) and self.conditional and self.cfg.conditional_writes == "auto":
+                self.conditional = False  # the server does not do conditional writes: HEAD checks remain
+                return self.complete(key, upload_id, parts)
+            raise err from None
+        return r.get("ETag", "")
+
+    def put(self, key: str, body: FileBody, metadata: dict[str, str]) -> str:
+        args: dict[str, Any] = {}
+        if self.conditional:
+            args["IfNoneMatch"] = "*"
+        try:
+            with open(body.path, "rb") as f:
+                r = self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=f, ContentLength=body.size, ContentMD5=body.content_md5,
+                    Metadata=metadata, **self._object_args(), **args,
+                )
+        except _CATCH as e:
+            err = _translate(e, "PutObject", key)
+            if isinstance(err, NotImplementedByServer) and self.conditional and self.cfg.conditional_writes == "auto":
+                self.conditional = False
+                return self.put(key, body, metadata)
+            raise err from None
+        return r["ETag"]
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except _CATCH as e:
+            err = _translate(e, "AbortMultipartUpload", key)
+            if not isinstance(err, NoSuchUpload):
+                raise err from None
+
+    # -- reading calls -------------------------------------------------------------
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _translate(e, "HeadObject", key) from None
+        except botocore.exceptions.BotoCoreError as e:
+            raise _translate(e, "HeadObject", key) from None
+        return {"etag": r.get("ETag"), "size": r.get("ContentLength"), "metadata": r.get("Metadata", {})}
+
+    def list_keys(self, prefix: str) -> set[str]:
+        keys: set[str] = set()
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.update(o["Key"] for o in page.get("Contents", []))
+        except _CATCH as e:
+            raise _translate(e, "ListObjectsV2", prefix) from None
+        return keys
+
+    def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, upload id) of the multipart uploads in progress under `prefix`."""
+        out: list[tuple[str, str]] = []
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
+                out.extend((u["Key"], u["UploadId"]) for u in page.get("Uploads", []) or [])
+        except _CATCH as e:
+            raise _translate(e, "ListMultipartUploads", prefix) from None
+        return out
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+        """part number -> (ETag, size) of the parts S3 holds for an upload."""
+        out: dict[int, tuple[str, int]] = {}
+        try:
+            for page in self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                for p in page.get("Parts", []) or []:
+                    out[p["PartNumber"]] = (p["ETag"], p["Size"])
+        except _CATCH as e:
+            raise _translate(e, "ListParts", key) from None
+        return out
+
+    def ensure_bucket(self) -> bool:
+        """True if the bucket had to be created (as s3() does when it is missing)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return False
+        except botocore.exceptions.ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status != 404 and e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise _translate(e, "HeadBucket", None) from None
+        except botocore.exceptions.BotoCoreError as e:
+            raise _translate(e, "HeadBucket", None) from None
+        args: dict[str, Any] = {}
+        region = self.client.meta.region_name
+        if region and region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(Bucket=self.bucket, **args)
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("BucketAlreadyOwnedByYou",):
+                return False
+            raise _translate(e, "CreateBucket", None) from None
+        except botocore.exceptions.BotoCoreError as e:
+            raise _translate(e, "CreateBucket", None) from None
+        return True
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass

@@ -1,0 +1,316 @@
+"""The service: `spoolup run` and `spoolup drain`.
+
+The main process owns the state-dir lock, recovers the chunk files, runs
+ingest and supervises the upload process (a child it restarts if it dies).
+The two share nothing but the journal; a pipe to the child's stdin carries
+"look at the journal" wake-ups, and its EOF tells the child that we are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from spoolup import logs, recover
+from spoolup.chunks import ChunkStore, Codec
+from spoolup.config import Config
+from spoolup.deadletter import DeadLetters
+from spoolup.ingest import Ingest
+from spoolup.journal import Journal
+from spoolup.lock import StateLock
+from spoolup.spool import Spool, Watcher
+
+HEARTBEAT_EVERY = 2.0
+EXPIRE_EVERY = 0.25
+REAP_EVERY = 5.0
+
+
+class RecoveryProblem(Exception):
+    """Local recovery found damage it will not guess about."""
+
+
+def prepare_state_dir(cfg: Config) -> None:
+    os.umask(0o077)
+    cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(cfg.state_dir, 0o700)
+    cfg.chunk_dir.mkdir(mode=0o700, exist_ok=True)
+    cfg.deadletter_dir.mkdir(mode=0o700, exist_ok=True)
+    if not cfg.spool_dir.exists():
+        cfg.spool_dir.mkdir(mode=0o755, parents=True)
+
+
+class UploadProcess:
+    """The child upload process, restarted with backoff when it dies."""
+
+    def __init__(self, cfg: Config, log):
+        self.cfg = cfg
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        if self.cfg.source is None:
+            raise RuntimeError("the upload process needs the configuration file's path")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spoolup", "_upload", "--config", str(self.cfg.source),
+             "--parent-pid", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            close_fds=True,
+        )
+        fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETFL, os.O_NONBLOCK)
+        self.log.info("upload process started", pid=self.proc.pid)
+
+    def wake(self) -> None:
+        if self.proc is None or self.proc.stdin is None:
+            return
+        try:
+            os.write(self.proc.stdin.fileno(), b".")
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EPIPE):
+                raise
+
+    def supervise(self, journal: Journal) -> None:
+        """Restart the upload process if it died (killed, crashed)."""
+        if self.proc is None:
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        now = time.monotonic()
+        if self.next_start == 0.0:
+            self.restarts += 1
+            delay = min(30.0, 0.5 * 2 ** min(self.restarts - 1, 6))
+            self.next_start = now + delay
+            self.log.error("upload process exited; restarting it", code=code, restart_in=delay)
+            with contextlib.suppress(Exception):
+                journal.record_error("ingest", "supervise", f"exit {code}", f"upload process exited with {code}; restarted")
+        if now >= self.next_start:
+            self.next_start = 0.0
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            self.start()
+
+    def healthy_for(self) -> None:
+        self.restarts = 0
+
+    def stop(self, timeout: float) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.log.warning("upload process did not stop in time; killing it (safe: it resumes next start)")
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+
+@dataclass
+class DrainState:
+    request_ids: list[int] = field(default_factory=list)
+    snapshot: dict[int, int] = field(default_factory=dict)  # source id -> size at the request
+    closed_through: int | None = None  # objects up to this id were closed for the drain
+
+
+class Service:
+    def __init__(self, cfg: Config, log):
+        self.cfg = cfg
+        self.log = log
+        self.stop = threading.Event()
+        self.signals = 0
+        self.lock = StateLock(cfg.state_dir)
+        self.journal: Journal | None = None
+        self.uploader = UploadProcess(cfg, log)
+        self.started = time.time()
+
+    # -- setup -----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Lock the state dir, open (and migrate) the journal, recover the chunk files."""
+        prepare_state_dir(self.cfg)
+        self.lock.acquire()
+        self.journal = Journal.open(self.cfg.journal_path, fsync=self.cfg.fsync)
+        report = recover.Report()
+        recover.reconcile_chunks(self.cfg, self.journal, report, dry_run=False)
+        for line in report.lines:
+            self.log.info("recovery", action=line)
+        if report.problems:
+            for p in report.problems:
+                self.log.error("recovery problem", problem=p)
+            raise RecoveryProblem("; ".join(report.problems))
+        codec = Codec(self.cfg.compression, self.cfg.compresslevel)
+        self.store = ChunkStore(self.cfg.chunk_dir, codec, fsync=self.cfg.fsync)
+        self.dead = DeadLetters(self.cfg.deadletter_dir, fsync=self.cfg.fsync, log=self.log)
+        self.spool = Spool(self.cfg.spool_dir, self.journal, self.log,
+                           object_key=self.cfg.object_key if self.cfg.format == "lines" else None)
+        self.ingest = Ingest(self.cfg, self.journal, self.spool, self.store, self.dead, self.log,
+                             notify=self.uploader.wake)
+        self.spool.load()
+        self.ingest.load()
+        _raise_fd_limit()
+
+    def install_signals(self) -> None:
+        def on_stop(signum, _frame):
+            self.signals += 1
+            if self.signals > 1:
+                self.log.warning("second stop signal: exiting at once (crash-safe; resumed at next start)")
+                self.uploader.kill()
+                os._exit(1)
+            self.log.info("stop requested", signal=signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, _signum, _frame) -> None:
+        logs.reopen()
+        self.uploader.signal(signal.SIGHUP)
+
+    def close(self) -> None:
+        for thing in ("store", "dead", "spool"):
+            obj = getattr(self, thing, None)
+            if obj is not None:
+                with contextlib.suppress(Exception):
+                    obj.close()
+        if self.journal is not None:
+            self.journal.close()
+        self.lock.release()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self, *, drain: bool = False, drain_timeout: float = 0.0) -> int:
+        """The service loop.  With drain=True: ingest what is in the spool now, close
+        every object, wait until all are uploaded, and return."""
+        cfg, journal, ingest, spool = self.cfg, self.journal, self.ingest, self.spool
+        watcher = Watcher(cfg.spool_dir, self.log)
+        self.uploader.start()
+        last = {"scan": 0.0, "expire": 0.0, "reap": 0.0, "beat": 0.0}
+        drain_state: DrainState | None = None
+        deadline = time.monotonic() + drain_timeout if drain_timeout else None
+        self.log.info("spoolup running", spool_dir=str(cfg.spool_dir), bucket=cfg.bucket, format=cfg.format,
+                      mode="drain" if drain else "run")
+        try:
+            while not self.stop.is_set():
+                now = time.time()
+                mono = time.monotonic()
+                if watcher.structure_changed or now - last["scan"] >= cfg.poll_interval:
+                    watcher.structure_changed = False
+                    spool.rescan(now)
+                    last["scan"] = now
+                if drain and drain_state is None:
+                    drain_state = self._start_drain([])
+                elif not drain:
+                    ids = journal.open_requests("drain")
+                    if ids and drain_state is None:
+                        drain_state = self._start_drain(ids)
+                sources = spool.active()
+                if drain_state is not None and drain_state.closed_through is None:
+                    sources = [s for s in sources if s.id in drain_state.snapshot]
+                consumed = ingest.pump(sources, now)
+                if now - last["expire"] >= EXPIRE_EVERY:
+                    ingest.expire(now)
+                    last["expire"] = now
+                if drain_state is not None:
+                    if self._drain_step(drain_state, consumed, now):
+                        if drain:
+                            self._reap(time.time())
+                            return 0
+                        journal.finish_requests(drain_state.request_ids, "ok")
+                        self.log.info("drain request done", requests=drain_state.request_ids)
+                        drain_state = None
+                if now - last["reap"] >= REAP_EVERY:
+                    self._reap(now)
+                    last["reap"] = now
+                self.uploader.supervise(journal)
+                if mono - last["beat"] >= HEARTBEAT_EVERY:
+                    journal.heartbeat("ingest", os.getpid(), self.started,
+                                      f"sources={len(spool.sources)} open_objects={len(ingest.open)}")
+                    last["beat"] = mono
+                if deadline is not None and mono > deadline:
+                    self.log.error("drain timed out with work pending", pending_objects=journal.pending_objects())
+                    return 1
+                if consumed == 0 or ingest.at_cap():
+                    watcher.event.wait(0.1 if (ingest.at_cap() or drain_state) else cfg.poll_interval)
+                    watcher.event.clear()
+            return 0
+        finally:
+            watcher.stop()
+            ingest.flush()
+            self.uploader.stop(cfg.shutdown_timeout + 5.0)
+            self.log.info("spoolup stopped", bytes=ingest.stats["bytes"], records=ingest.stats["records"])
+
+    def _start_drain(self, request_ids: list[int]) -> DrainState:
+        snapshot = {s.id: s.size for s in self.spool.active()}
+        self.log.info("draining", sources=len(snapshot), requests=request_ids or None)
+        return DrainState(request_ids, snapshot)
+
+    def _drain_step(self, state: DrainState, consumed: int, now: float) -> bool:
+        """Advance a drain; True once everything it covers is in completed objects."""
+        if state.closed_through is None:
+            if consumed > 0 or self.ingest.at_cap():
+                return False
+            pending = [s for s in self.spool.active() if s.id in state.snapshot and s.offset < state.snapshot[s.id]]
+            for s in pending:
+                self.spool.refresh(s)
+            if any(s.offset < s.size and self._has_record(s) for s in pending):
+                return False  # more whole records to read (the cap was hit, or they just arrived)
+            self.ingest.close_all("drain", now)
+            state.closed_through = self.ingest.next_id - 1
+            self.uploader.wake()
+            return False
+        left = self.journal.conn.execute(
+            "SELECT count(*) FROM objects WHERE state != 'done' AND id <= ?", (state.closed_through,)
+        ).fetchone()[0]
+        return left == 0
+
+    def _has_record(self, src) -> bool:
+        fd = self.spool.fd(src)
+        if fd is None:
+            return False
+        tail = os.pread(fd, min(src.size - src.offset, 1 << 20), src.offset)
+        return b"\n" in tail
+
+    def _reap(self, now: float) -> None:
+        """Delete spool files whose bytes are all in completed objects (invariant 6)."""
+        from spoolup import crash
+
+        for src in list(self.spool.active()):
+            if src.offset < src.size or now - src.mtime < self.cfg.spool_reap_seconds:
+                continue
+            if self.journal.source_pending_objects(src.id):
+                continue
+            self.spool.try_reap(src, now, self.cfg.spool_reap_seconds, crash.point)
+
+
+def _raise_fd_limit() -> None:
+    """Every active spool file keeps a descriptor open (so its inode cannot be reused under us)."""
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

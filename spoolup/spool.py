@@ -1,0 +1,345 @@
+"""The spool directory: which files there are, which journaled source each is,
+and what changed since the last look.
+
+Sources are identified by (device, inode), never by path.  A renamed file keeps
+its source (and key); a file that shrank below its journaled offset, or whose
+first bytes changed (the inode was reused by a new file), is never silently
+re-read.  watchdog events say when to look; a periodic rescan is the fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spoolup import keys
+from spoolup.journal import Journal, SourceRow
+
+HEAD_BYTES = 64  # fingerprint length
+
+
+@dataclass
+class Source:
+    id: int
+    dev: int
+    ino: int
+    path: str  # relative to spool-dir, '/'-separated
+    key_path: str
+    offset: int
+    size: int
+    mtime: float
+    state: str
+    error: str | None
+    head: bytes | None
+    fd: int | None = None
+    key: str | None = None  # rendered object-key (lines format)
+    missing: int = 0  # consecutive rescans that did not find it
+    partial_logged: bool = False
+
+    @property
+    def backlog(self) -> int:
+        return max(self.size - self.offset, 0)
+
+    @classmethod
+    def from_row(cls, row: SourceRow, head: bytes | None) -> "Source":
+        return cls(row.id, row.dev, row.ino, row.path, row.key_path, row.offset, row.size, row.mtime, row.state,
+                   row.error, head)
+
+
+@dataclass
+class ScanEntry:
+    path: str
+    st: os.stat_result
+
+
+def scan(spool_dir: Path) -> tuple[dict[tuple[int, int], ScanEntry], list[str]]:
+    """Every regular file under spool_dir, by (dev, ino); plus paths skipped (symlinks, ...)."""
+    found: dict[tuple[int, int], ScanEntry] = {}
+    skipped: list[str] = []
+    stack = [(spool_dir, "")]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            skipped.append(f"{rel or '.'}: {e.strerror}")
+            continue
+        for entry in entries:
+            relpath = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_symlink():
+                    skipped.append(f"{relpath}: symbolic link (not followed)")
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append((Path(entry.path), relpath))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    found[(st.st_dev, st.st_ino)] = ScanEntry(relpath, st)
+            except FileNotFoundError:
+                continue
+    return found, skipped
+
+
+class Spool:
+    """The live sources of one spool directory."""
+
+    def __init__(self, spool_dir: Path, journal: Journal, log, *, object_key: str | None):
+        self.dir = spool_dir
+        self.journal = journal
+        self.log = log
+        self.object_key = object_key  # lines format: template over {path}/{dir}/{name}
+        self.sources: dict[int, Source] = {}
+        self.by_inode: dict[tuple[int, int], Source] = {}
+        self._skipped_logged: set[str] = set()
+
+    # -- loading and scanning ----------------------------------------------------
+
+    def load(self) -> None:
+        heads = dict(self.journal.conn.execute("SELECT id, head FROM sources WHERE head IS NOT NULL").fetchall())
+        for row in self.journal.live_sources():
+            self._add(Source.from_row(row, heads.get(row.id)))
+
+    def _add(self, src: Source) -> None:
+        if self.object_key is not None:
+            src.key = keys.render_lines(self.object_key, src.key_path)
+        self.sources[src.id] = src
+        self.by_inode[(src.dev, src.ino)] = src
+
+    def _drop(self, src: Source) -> None:
+        self.close_fd(src)
+        self.sources.pop(src.id, None)
+        if self.by_inode.get((src.dev, src.ino)) is src:
+            del self.by_inode[(src.dev, src.ino)]
+
+    def rescan(self, now: float) -> list[Source]:
+        """Look at the whole spool: new files, renames, shrunk or vanished files.
+        Returns the sources that are new."""
+        found, skipped = scan(self.dir)
+        for s in skipped:
+            if s not in self._skipped_logged:
+                self._skipped_logged.add(s)
+                self.log.warning("spool entry skipped", entry=s)
+        new: list[Source] = []
+        for ident, entry in found.items():
+            src = self.by_inode.get(ident)
+            if src is not None and not self._same_file(src, entry):
+                self._forget(src, "its inode now holds a different file (the old file was deleted)")
+                src = None
+            if src is None:
+                new.append(self._discover(ident, entry, now))
+                continue
+            src.missing = 0
+            if entry.path != src.path:
+                self.log.info("spool file renamed; it keeps its object key", source=src.id, old=src.path,
+                              new=entry.path, key=src.key)
+                src.path = entry.path
+                self.journal.set_source(src.id, path=entry.path)
+            self.observe(src, entry.st)
+        for src in list(self.sources.values()):
+            if (src.dev, src.ino) not in found:
+                self._vanished(src)
+        return new
+
+    def _discover(self, ident: tuple[int, int], entry: ScanEntry, now: float) -> Source:
+        row = self.journal.add_source(ident[0], ident[1], entry.path, entry.st.st_mtime, now)
+        src = Source.from_row(row, None)
+        self._add(src)
+        src.size = entry.st.st_size
+        if src.key is not None:
+            problem = keys.key_problem(src.key)
+            if problem:
+                self._set_state(src, "refused", f"object key {src.key!r} rendered from {entry.path!r} {problem}; "
+                                                "the file stays in the spool")
+                return src
+        self.log.info("new spool file", source=src.id, path=entry.path, key=src.key, size=src.size)
+        return src
+
+    def _same_file(self, src: Source, entry: ScanEntry) -> bool:
+        """False when the inode was reused by a different file (first bytes differ)."""
+        if src.fd is not None or not src.head:
+            return True  # an inode we hold open cannot be reused
+        try:
+            with open(self.dir / entry.path, "rb") as f:
+                return f.read(len(src.head)) == src.head
+        except OSError:
+            return True
+
+    def _vanished(self, src: Source) -> None:
+        if src.fd is not None:
+            try:
+                src.size = os.fstat(src.fd).st_size
+            except OSError:
+                pass
+            if src.offset < src.size and src.state == "active":
+                return  # deleted or moved away, but still open: read the rest first
+        src.missing += 1
+        if src.missing < 2:  # a rename between directories can hide a file for one scan
+            return
+        if src.state == "active" and src.offset < src.size:
+            self._forget(src, f"file was removed from the spool with {src.size - src.offset} bytes unread")
+        else:
+            self._forget(src, None)
+
+    def _forget(self, src: Source, error: str | None) -> None:
+        if error:
+            self.log.error("spool file lost", source=src.id, path=src.path, error=error)
+        else:
+            self.log.info("spool file gone", source=src.id, path=src.path)
+        self.journal.set_source(src.id, state="gone", error=error)
+        self._drop(src)
+
+    def observe(self, src: Source, st: os.stat_result) -> None:
+        """A fresh stat of a source: catches truncation."""
+        src.mtime = st.st_mtime
+        if src.state != "active":
+            src.size = st.st_size
+            return
+        if st.st_size < src.offset:
+            self._set_state(
+                src, "error",
+                f"spool file {src.path} shrank to {st.st_size} bytes, below the {src.offset} bytes already "
+                "shipped: it was truncated or rewritten in place. spoolup will not re-read it; move it out "
+                "of the spool directory (data journaled before is safe)",
+            )
+            return
+        src.size = st.st_size
+
+    def _set_state(self, src: Source, state: str, error: str) -> None:
+        if src.state == state and src.error == error:
+            return
+        src.state, src.error = state, error
+        self.log.error("spool file not read", source=src.id, path=src.path, state=state, error=error)
+        self.journal.set_source(src.id, state=state, error=error)
+        self.close_fd(src)
+
+    # -- reading -------------------------------------------------------------------
+
+    def fd(self, src: Source) -> int | None:
+        if src.fd is not None:
+            return src.fd
+        try:
+            fd = os.open(self.dir / src.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (src.dev, src.ino):
+            os.close(fd)  # the path now holds another file; the next rescan sorts it out
+            return None
+        if src.head and os.pread(fd, len(src.head), 0) != src.head:
+            os.close(fd)
+            self._forget(src, "its inode now holds a different file (the old file was deleted)")
+            return None
+        src.fd = fd
+        return fd
+
+    def refresh(self, src: Source) -> None:
+        """Cheap re-stat of an open source (fstat on the descriptor we hold)."""
+        if src.fd is None:
+            return
+        try:
+            self.observe(src, os.fstat(src.fd))
+        except OSError:
+            self.close_fd(src)
+
+    def set_head(self, src: Source, data: bytes) -> None:
+        src.head = bytes(data[:HEAD_BYTES])
+
+    def close_fd(self, src: Source) -> None:
+        if src.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(src.fd)
+            src.fd = None
+
+    def close(self) -> None:
+        for src in self.sources.values():
+            self.close_fd(src)
+
+    def active(self) -> list[Source]:
+        return [s for s in self.sources.values() if s.state == "active"]
+
+    # -- reaping (invariant 6) ---------------------------------------------------------
+
+    def try_reap(self, src: Source, now: float, idle_seconds: float, crash_point) -> bool:
+        """Delete a fully shipped spool file whose writer has closed it.  The
+        caller checked that every object holding its bytes is done."""
+        if src.state != "active" or src.offset < src.size or now - src.mtime < idle_seconds:
+            return False
+        self.close_fd(src)
+        path = self.dir / src.path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (src.dev, src.ino) or st.st_size != src.offset:
+                return False
+            if not _nobody_else_has_it_open(fd):
+                return False
+            self.journal.mark_reaped(src.id)
+            crash_point("before-reap-unlink")
+            os.unlink(path)
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            os.close(fd)
+        self.log.info("spool file shipped and deleted", source=src.id, path=src.path, bytes=src.offset)
+        self.sources.pop(src.id, None)
+        self.by_inode.pop((src.dev, src.ino), None)
+        return True
+
+
+def _nobody_else_has_it_open(fd: int) -> bool:
+    """A write lease is granted only when no other descriptor has the file open:
+    the writer (syslog-ng) has really closed it.  Where leases are not available
+    (not the owner, NFS) the idle time alone decides, as DESIGN says."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EBUSY):
+            return False
+        return True
+
+
+class Watcher:
+    """watchdog on the spool dir; sets `event` on any change.  Falls back to
+    polling (the caller's timeout) when inotify is unavailable."""
+
+    def __init__(self, spool_dir: Path, log):
+        self.event = threading.Event()
+        self.structure_changed = True
+        self.observer = None
+        self.log = log
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            watcher = self
+
+            class Handler(FileSystemEventHandler):
+                def on_any_event(self, event):  # noqa: D401 - watchdog's callback
+                    if event.event_type in ("created", "moved", "deleted"):
+                        watcher.structure_changed = True
+                    if event.event_type not in ("opened", "closed_no_write"):
+                        watcher.event.set()
+
+            self.observer = Observer()
+            self.observer.schedule(Handler(), str(spool_dir), recursive=True)
+            self.observer.daemon = True
+            self.observer.start()
+        except Exception as e:  # noqa: BLE001 - inotify limits, unsupported fs: poll instead
+            self.observer = None
+            log.warning("watchdog unavailable, polling the spool instead", error=str(e))
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            with contextlib.suppress(Exception):
+                self.observer.stop()
+                self.observer.join(timeout=5)

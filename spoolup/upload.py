@@ -1,0 +1,493 @@
+"""The upload process: sealed chunks -> parts -> completed S3 objects.
+
+A separate OS process (hashing, HTTP and boto3 want their own core).  One
+coordinator thread owns the journal; a bounded pool of `upload-threads` workers
+does the S3 calls and returns results, which the coordinator journals:
+
+  claim     choose the object's final index: the first one >= the previous
+            object's index + 1 that the bucket does not hold (objects or
+            pending uploads, with or without a compression suffix);
+  start     CreateMultipartUpload, upload id journaled before any part is sent
+            (invariant 4) -- or, for an object that is one complete chunk,
+            a single conditional PutObject;
+  part      UploadPart from the chunk file, ETag journaled after (invariant 2);
+  complete  CompleteMultipartUpload with If-None-Match: *, journaled after
+            (invariant 3).  NoSuchUpload / PreconditionFailed are checked with
+            HEAD against the multipart ETag computed from the journaled part
+            ETags (or spoolup's metadata): ours -> done; someone else's key ->
+            next free index and re-upload (invariant 5).
+
+Failures are retried with exponential backoff, forever: an object is never
+dropped.  Chunk files are deleted only once their object is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from spoolup import crash, keys, logs
+from spoolup.chunks import Codec, chunk_name, part_file
+from spoolup.config import Config
+from spoolup.journal import ChunkRow, Journal, ObjectRow
+from spoolup.s3 import S3, FileBody, InvalidPart, NoSuchUpload, PreconditionFailed, S3Error, multipart_etag, same_etag
+
+META_KEY = "spoolup-object"  # x-amz-meta-spoolup-object: <journal id>/<object id>
+HEARTBEAT_EVERY = 2.0
+PRUNE_EVERY = 3600.0
+PRUNE_AFTER = 7 * 86400.0
+CHECK_UPLOAD_AFTER = 3  # failed part attempts before asking S3 whether the upload still exists
+
+
+def compressed_suffixes() -> tuple[str, ...]:
+    return ("", ".gz", ".zst")
+
+
+# ---------------------------------------------------------------------------
+# results handed from workers to the coordinator
+
+
+@dataclass
+class Claimed:
+    object_id: int
+    idx: int
+    final_key: str
+    mode: str
+
+
+@dataclass
+class Started:
+    object_id: int
+    upload_id: str
+
+
+@dataclass
+class PartDone:
+    object_id: int
+    part: int
+    etag: str
+    md5: str
+
+
+@dataclass
+class Done:
+    object_id: int
+    etag: str
+    how: str
+
+
+@dataclass
+class KeyTaken:
+    """The claimed key holds someone else's object: claim the next free index."""
+    object_id: int
+    final_key: str
+
+
+@dataclass
+class UploadGone:
+    """The multipart upload no longer exists and the object is not in the bucket: start again."""
+    object_id: int
+
+
+@dataclass
+class PartsMismatch:
+    object_id: int
+    parts: list[int]  # part numbers to upload again
+
+
+# ---------------------------------------------------------------------------
+# S3 work (runs in worker threads; never touches the journal)
+
+
+class Work:
+    def __init__(self, cfg: Config, s3: S3, chunk_dir: Path, codec: Codec, journal_id: str):
+        self.cfg = cfg
+        self.s3 = s3
+        self.chunk_dir = chunk_dir
+        self.codec = codec
+        self.journal_id = journal_id
+
+    def metadata(self, object_id: int) -> dict[str, str]:
+        return {META_KEY: f"{self.journal_id}/{object_id}"}
+
+    def is_ours(self, head: dict[str, Any] | None, object_id: int, expected_etag: str | None) -> bool:
+        if head is None:
+            return False
+        if head["metadata"].get(META_KEY) == f"{self.journal_id}/{object_id}":
+            return True
+        return same_etag(head["etag"], expected_etag)
+
+    def taken_keys(self, key: str, ts: str) -> set[str]:
+        prefix = keys.key_prefix(key, ts)
+        return self.s3.list_keys(prefix) | {k for k, _ in self.s3.list_uploads(prefix)}
+
+    def claim(self, obj: ObjectRow, start: int, in_use: set[int], mode: str) -> Claimed:
+        taken = self.taken_keys(obj.key, obj.ts)
+        idx = start
+        while idx in in_use or any(keys.final_key(obj.key, obj.ts, idx, sfx) in taken for sfx in compressed_suffixes()):
+            idx += 1
+        return Claimed(obj.id, idx, keys.final_key(obj.key, obj.ts, idx, self.cfg.key_suffix), mode)
+
+    def start(self, obj: ObjectRow) -> Started | Done | KeyTaken:
+        key = obj.final_key
+        if obj.mode == "single":
+            return self.put(obj)
+        # uploads at exactly this key can only be ours (the claim saw none): a Create whose
+        # reply was lost, or a crash before its id was journaled.  Abort them first.
+        for k, upload_id in self.s3.list_uploads(key):
+            if k == key:
+                self.s3.abort(k, upload_id)
+        existing = self.s3.head(key)
+        if existing is not None and not self.is_ours(existing, obj.id, None):
+            return KeyTaken(obj.id, key)
+        upload_id = self.s3.create_multipart(key, self.metadata(obj.id))
+        crash.point("after-create-multipart")
+        return Started(obj.id, upload_id)
+
+    def put(self, obj: ObjectRow) -> Done | KeyTaken:
+        key = obj.final_key
+        body = FileBody.of(part_file(self.chunk_dir, obj.id, 1, self.codec))
+        existing = self.s3.head(key)
+        if existing is not None:
+            if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
+                return Done(obj.id, existing["etag"], "already in the bucket")
+            return KeyTaken(obj.id, key)
+        try:
+            etag = self.s3.put(key, body, self.metadata(obj.id))
+        except PreconditionFailed:
+            existing = self.s3.head(key)
+            if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
+                return Done(obj.id, existing["etag"], "already in the bucket")
+            return KeyTaken(obj.id, key)
+        crash.point("after-put-object")
+        return Done(obj.id, etag, "put")
+
+    def part(self, obj: ObjectRow, chunk: ChunkRow, attempts: int) -> PartDone | UploadGone:
+        body = FileBody.of(part_file(self.chunk_dir, obj.id, chunk.part, self.codec))
+        if chunk.part_size is not None and body.size != chunk.part_size:
+            raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
+                          f"{chunk.part_size}; run `spoolup recover`", op="UploadPart", key=obj.final_key)
+        try:
+            etag = self.s3.upload_part(obj.final_key, obj.upload_id, chunk.part, body)
+        except NoSuchUpload:
+            return UploadGone(obj.id)
+        except S3Error:
+            if attempts >= CHECK_UPLOAD_AFTER:
+                try:
+                    self.s3.list_parts(obj.final_key, obj.upload_id)
+                except NoSuchUpload:
+                    return UploadGone(obj.id)
+            raise
+        crash.point("after-upload-part")
+        return PartDone(obj.id, chunk.part, etag, body.md5_hex)
+
+    def complete(self, obj: ObjectRow, parts: list[ChunkRow]) -> Done | KeyTaken | UploadGone | PartsMismatch:
+        key = obj.final_key
+        listed = [(c.part, c.etag) for c in parts]
+        expected = multipart_etag(e for _, e in listed)
+        try:
+            etag = self.s3.complete(key, obj.upload_id, listed)
+        except (NoSuchUpload, PreconditionFailed) as e:
+            # maybe our own Complete succeeded and its reply (or journal entry) was lost
+            head = self.s3.head(key)
+            if self.is_ours(head, obj.id, expected):
+                return Done(obj.id, head["etag"], "found completed in the bucket")
+            if isinstance(e, NoSuchUpload):
+                return UploadGone(obj.id) if head is None else KeyTaken(obj.id, key)
+            self.s3.abort(key, obj.upload_id)
+            return KeyTaken(obj.id, key)
+        except InvalidPart:
+            try:
+                held = self.s3.list_parts(key, obj.upload_id)
+            except NoSuchUpload:
+                return UploadGone(obj.id)
+            bad = [c.part for c in parts if not same_etag(held.get(c.part, ("", 0))[0], c.etag)]
+            if bad:
+                return PartsMismatch(obj.id, bad)
+            raise
+        crash.point("after-complete")
+        return Done(obj.id, etag or expected, "completed")
+
+
+# ---------------------------------------------------------------------------
+# the coordinator
+
+
+class Uploader:
+    def __init__(self, cfg: Config, journal: Journal, s3: S3, log, *, process: str = "upload"):
+        self.cfg = cfg
+        self.journal = journal
+        self.log = log
+        self.process = process
+        self.codec = Codec(cfg.compression, cfg.compresslevel)
+        self.work = Work(cfg, s3, cfg.chunk_dir, self.codec, journal.journal_id)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.upload_threads, thread_name_prefix="upload")
+        self.inflight: dict[tuple, Future] = {}
+        self.failures: dict[tuple, tuple[int, float]] = {}  # task -> (attempts, not before)
+        self.wake = threading.Event()
+        self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0}
+        self._last_prune = 0.0
+
+    # -- scheduling --------------------------------------------------------------
+
+    def _submit(self, task: tuple, fn: Callable, *args) -> None:
+        if task in self.inflight:
+            return
+        attempts, not_before = self.failures.get(task, (0, 0.0))
+        if time.monotonic() < not_before:
+            return
+        if len(self.inflight) >= self.cfg.upload_threads * 2:
+            return
+        future = self.pool.submit(fn, *args)
+        future.add_done_callback(lambda _f: self.wake.set())
+        self.inflight[task] = future
+
+    def schedule(self) -> None:
+        j = self.journal
+        for obj in j.claimable():
+            prev = j.previous_index(obj)
+            chunks = j.chunks_of(obj.id)
+            mode = "single" if obj.state == "closed" and len(chunks) == 1 else "multipart"
+            in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
+            self._submit(("claim", obj.id), self.work.claim, obj, 0 if prev is None else prev + 1, in_use, mode)
+        for obj in j.to_start():
+            self._submit(("start", obj.id), self.work.start, obj)
+        for obj, chunk in j.parts_to_upload(limit=self.cfg.upload_threads * 4):
+            task = ("part", obj.id, chunk.part)
+            attempts = self.failures.get(task, (0, 0.0))[0]
+            self._submit(task, self.work.part, obj, chunk, attempts)
+        for obj in j.completable():
+            self._submit(("complete", obj.id), self.work.complete, obj, j.chunks_of(obj.id))
+
+    def harvest(self) -> int:
+        """Journal the results of finished tasks; returns how many finished."""
+        finished = [(t, f) for t, f in self.inflight.items() if f.done()]
+        parts: list[PartDone] = []
+        for task, future in finished:
+            del self.inflight[task]
+            try:
+                result = future.result()
+            except S3Error as e:
+                self._failed(task, e)
+                continue
+            except Exception as e:  # noqa: BLE001 - a bug or a local I/O error: keep retrying, say so
+                self._failed(task, S3Error(type(e).__name__, str(e), op=task[0]))
+                continue
+            if self.failures.pop(task, None) is not None:
+                self.log.info("retry succeeded", task=task[0], object=task[1])
+            if isinstance(result, PartDone):
+                parts.append(result)
+            else:
+                self._apply(result)
+        if parts:
+            self.journal.record_parts([(p.object_id, p.part, p.etag, p.md5) for p in parts])
+            crash.point("after-record-part")
+            self.stats["parts"] += len(parts)
+        return len(finished)
+
+    def _apply(self, result: Any) -> None:
+        j = self.journal
+        if isinstance(result, Claimed):
+            j.claim(result.object_id, result.idx, result.final_key, result.mode)
+            crash.point("after-claim")
+            self.log.debug("index claimed", object=result.object_id, key=result.final_key, mode=result.mode)
+        elif isinstance(result, Started):
+            j.set_upload_id(result.object_id, result.upload_id)
+        elif isinstance(result, Done):
+            j.complete(result.object_id, result.etag)
+            crash.point("after-object-done")
+            self.stats["objects"] += 1
+            obj = j.object(result.object_id)
+            self.log.info("object completed", key=obj.final_key, bytes=obj.size, records=obj.records,
+                          how=result.how, close_reason=obj.close_reason)
+            remove_chunk_files(self.cfg.chunk_dir, result.object_id)
+        elif isinstance(result, KeyTaken):
+            self.log.warning("object key already taken by someone else; using the next free index",
+                             key=result.final_key, object=result.object_id)
+            j.record_error(self.process, "claim", "KeyTaken", f"{result.final_key} exists and is not spoolup's: "
+                           "moved to the next free index", result.final_key)
+            j.unclaim(result.object_id)
+        elif isinstance(result, UploadGone):
+            self.log.warning("multipart upload vanished; starting it again from the local chunks",
+                             object=result.object_id)
+            obj = j.object(result.object_id)
+            j.record_error(self.process, "upload", "NoSuchUpload", "multipart upload vanished; re-uploading "
+                           "every part from local chunks", obj.final_key if obj else None)
+            j.reset_upload(result.object_id)
+        elif isinstance(result, PartsMismatch):
+            self.log.warning("S3 does not hold some parts as journaled; uploading them again",
+                             object=result.object_id, parts=result.parts)
+            with j.transaction():
+                j.conn.executemany(
+                    "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND part = ?",
+                    [(result.object_id, p) for p in result.parts],
+                )
+
+    def _failed(self, task: tuple, e: S3Error) -> None:
+        attempts, _ = self.failures.get(task, (0, 0.0))
+        attempts += 1
+        delay = min(self.cfg.retry_max_delay, 0.25 * 2 ** min(attempts, 20)) * random.uniform(0.5, 1.0)
+        self.failures[task] = (attempts, time.monotonic() + delay)
+        self.stats["errors"] += 1
+        self.stats["retries"] += 1
+        self.log.warning("S3 call failed; will retry", task=task[0], object=task[1], code=e.code,
+                         error=str(e), attempt=attempts, retry_in=round(delay, 2))
+        with contextlib.suppress(Exception):
+            self.journal.record_error(self.process, e.op or task[0], e.code, str(e), e.key)
+
+    # -- running ---------------------------------------------------------------------
+
+    def step(self, timeout: float) -> None:
+        self.harvest()
+        self.schedule()
+        self.wake.wait(timeout)
+        self.wake.clear()
+
+    def busy(self) -> bool:
+        return bool(self.inflight)
+
+    def finish_inflight(self, timeout: float) -> None:
+        """Let in-flight calls finish (up to `timeout`) and journal their results."""
+        deadline = time.monotonic() + timeout
+        while self.inflight and time.monotonic() < deadline:
+            self.wake.wait(min(0.2, max(deadline - time.monotonic(), 0)))
+            self.wake.clear()
+            self.harvest()
+
+    def housekeeping(self) -> None:
+        now = time.time()
+        if now - self._last_prune > PRUNE_EVERY:
+            self._last_prune = now
+            pruned = self.journal.prune_done(now - PRUNE_AFTER)
+            if pruned:
+                self.log.info("forgot old completed objects", objects=pruned)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def remove_chunk_files(chunk_dir: Path, object_id: int) -> None:
+    prefix = f"{object_id:012d}-"
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(chunk_dir):
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
+# ---------------------------------------------------------------------------
+# the process
+
+
+def _set_parent_death_signal() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def main(config_path: str, parent_pid: int) -> int:
+    """`spoolup _upload`: started by `spoolup run`/`drain`; stdin is the wake pipe
+    (a byte means "look at the journal"; EOF means the parent is gone)."""
+    from spoolup import config as config_mod
+    from spoolup import recover
+
+    _set_parent_death_signal()
+    cfg = config_mod.load(config_path)
+    logs.setup(level=cfg.log_level, fmt=cfg.log_format, secrets=cfg.secrets, process="upload",
+               log_file=cfg.log_file or None)
+    log = logs.get("spoolup.upload")
+    stop = threading.Event()
+    hard = {"n": 0}
+
+    def on_term(signum, _frame):
+        hard["n"] += 1
+        if hard["n"] > 1:
+            os._exit(1)  # second signal: stop at once (crash-safe by design)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, lambda *_: logs.reopen())
+    if os.getppid() != parent_pid:
+        return 0
+
+    lock_fd = os.open(cfg.state_dir / "upload.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    while True:  # an upload process of a killed predecessor may still be finishing
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if stop.wait(0.2):
+                return 0
+
+    journal = Journal.open(cfg.journal_path, fsync=cfg.fsync, create=False)
+    s3 = S3(cfg)
+    uploader = Uploader(cfg, journal, s3, log)
+
+    def read_wakes():
+        while True:
+            try:
+                data = os.read(0, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                stop.set()  # the parent is gone
+                uploader.wake.set()
+                return
+            uploader.wake.set()
+
+    threading.Thread(target=read_wakes, name="wake", daemon=True).start()
+    started = time.time()
+    journal.heartbeat("upload", os.getpid(), started)
+    log.info("upload process started", threads=cfg.upload_threads, bucket=cfg.bucket)
+
+    # reconcile with S3 before uploading anything (retried until S3 answers)
+    attempt = 0
+    while not stop.is_set():
+        try:
+            if s3.ensure_bucket():
+                log.info("bucket did not exist; created it", bucket=cfg.bucket)
+            report = recover.Report()
+            recover.reconcile_remote(cfg, journal, s3, report, dry_run=False)
+            for line in report.lines:
+                log.info("recovery", action=line)
+            break
+        except S3Error as e:
+            attempt += 1
+            delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(attempt, 10))
+            log.warning("cannot reconcile with S3 yet; retrying", error=str(e), retry_in=delay)
+            with contextlib.suppress(Exception):
+                journal.record_error("upload", e.op or "recover", e.code, str(e), e.key)
+            stop.wait(delay)
+
+    last_beat = 0.0
+    while not stop.is_set():
+        uploader.step(0.5)
+        if time.monotonic() - last_beat > HEARTBEAT_EVERY:
+            last_beat = time.monotonic()
+            journal.heartbeat("upload", os.getpid(), started,
+                              f"inflight={len(uploader.inflight)} parts={uploader.stats['parts']} "
+                              f"objects={uploader.stats['objects']}")
+            uploader.housekeeping()
+    log.info("upload process stopping", inflight=len(uploader.inflight))
+    uploader.finish_inflight(cfg.shutdown_timeout)
+    uploader.close()
+    journal.close()
+    log.info("upload process stopped")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1], int(sys.argv[2])))
