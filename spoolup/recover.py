@@ -204,18 +204,21 @@ def reconcile_remote(cfg: Config, journal: Journal, s3: S3, report: Report, *, d
                 journal.complete(obj.id, head["etag"])
                 remove_chunk_files(cfg.chunk_dir, obj.id)
 
-    # 4. multipart uploads under the target prefix the journal does not know
+    # 4. other uploads under the target prefix the journal does not know.  At a key spoolup
+    #    claimed they are orphans of spoolup's own (a Create whose reply was lost): abort them.
+    #    Anywhere else they are someone else's (a concurrent s3() writer, a leftover): spoolup
+    #    skips their indexes, as s3() does, and leaves them alone.
     known_ids = {r[0] for r in journal.conn.execute("SELECT upload_id FROM objects WHERE upload_id IS NOT NULL")}
+    claimed = {r[0] for r in journal.conn.execute("SELECT final_key FROM objects WHERE final_key IS NOT NULL")}
     prefix = keys.static_prefix(cfg.object_key)
-    known_keys = [r[0] for r in journal.conn.execute("SELECT DISTINCT key FROM objects")] if not prefix else []
     for key, upload_id in s3.list_uploads(prefix):
         if upload_id in known_ids:
             continue
-        if prefix or any(key.startswith(k) for k in known_keys):
-            report.did(f"abort multipart upload {upload_id[:16]}... of {key}: under spoolup's prefix "
-                       f"{prefix!r} but unknown to the journal (orphan of a crash)")
+        if key in claimed:
+            report.did(f"abort multipart upload {upload_id[:16]}... of {key}: spoolup claimed this key but the "
+                       "journal does not know the upload (orphan of a crash)")
             if not dry_run:
                 s3.abort(key, upload_id)
         else:
-            report.note(f"multipart upload {upload_id[:16]}... of {key} is not spoolup's (outside its keys); left alone")
-
+            report.note(f"multipart upload {upload_id[:16]}... of {key} is not spoolup's; its index is skipped "
+                        "and it is left alone (abort it with `aws s3api abort-multipart-upload` if it is stale)")

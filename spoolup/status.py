@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from spoolup import __version__, lock
@@ -20,7 +22,10 @@ LIVENESS_SECONDS = 10.0  # a process whose heartbeat is older is reported dead
 
 
 def collect(cfg: Config) -> dict[str, Any]:
-    journal = Journal.open_readonly(cfg.journal_path)
+    if not cfg.journal_path.exists():
+        journal = _empty_journal()  # never ran with this state dir: everything is zero
+    else:
+        journal = Journal.open_readonly(cfg.journal_path)
     try:
         return _collect(cfg, journal)
     finally:
@@ -96,6 +101,14 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         },
         "counters": counters,
     }
+
+
+def _empty_journal() -> Journal:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    journal = Journal(conn, Path(":memory:"))
+    journal.migrate()
+    return journal
 
 
 def _pid_alive(pid: int) -> bool:

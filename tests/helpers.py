@@ -1,0 +1,221 @@
+"""Test helpers: a real S3 endpoint (moto server in its own process on a free
+loopback port), real spoolup processes, and functions to read the bucket back.
+
+Nothing here mocks S3, SQLite or the filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+ACCESS_KEY = "test-access-key"
+SECRET_KEY = "test-secret-KEY-d41d8cd98f00b204"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    """`moto_server` as a subprocess; restartable (a restart forgets everything)."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_dir / f"moto-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log, stderr=log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def s3_client(url: str):
+    return boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+        config=BotoConfig(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5}),
+    )
+
+
+def toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+class Spoolup:
+    """A spoolup instance under test: its config, spool and state dirs, and its processes."""
+
+    def __init__(self, base: Path, url: str, bucket: str, **options):
+        self.base = base
+        self.spool = base / "spool"
+        self.state = base / "state"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.config = base / "spoolup.toml"
+        self.bucket = bucket
+        self.url = url
+        self.options = {
+            "url": url, "bucket": bucket, "access-key": ACCESS_KEY, "secret-key": SECRET_KEY,
+            "region": "us-east-1", "spool-dir": str(self.spool), "state-dir": str(self.state),
+            "log-format": "json", "poll-interval": 0.2, "retry-max-delay": 1.0, "s3-timeout": 10,
+            "spool-reap": "1h",
+        }
+        self.options.update(options)
+        self.write_config()
+        self.procs: list[subprocess.Popen] = []
+
+    def write_config(self, **changes) -> None:
+        self.options.update(changes)
+        self.config.write_text("".join(f"{k} = {toml(v)}\n" for k, v in self.options.items() if v is not None))
+
+    def env(self, crash_at: str | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOOLUP_", "AWS_"))}
+        if crash_at:
+            env["SPOOLUP_CRASH_AT"] = crash_at
+        return env
+
+    def cmd(self, *args: str, crash_at: str | None = None, timeout: float = 120, check: bool = False):
+        r = subprocess.run(
+            [sys.executable, "-m", "spoolup", *args, "--config", str(self.config)],
+            capture_output=True, text=True, timeout=timeout, env=self.env(crash_at),
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"spoolup {' '.join(args)} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def drain(self, timeout: float = 120, **kw):
+        return self.cmd("drain", timeout=timeout, **kw)
+
+    def status(self) -> dict:
+        r = self.cmd("status", "--json", check=True)
+        return json.loads(r.stdout)
+
+    def start(self, crash_at: str | None = None) -> subprocess.Popen:
+        log = open(self.base / "run.log", "ab")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "spoolup", "run", "--config", str(self.config)],
+            stdout=log, stderr=log, env=self.env(crash_at),
+        )
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, timeout: float = 60) -> int:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        return p.wait(timeout)
+
+    def log_text(self) -> str:
+        path = self.base / "run.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        # an upload process orphaned by a SIGKILLed parent stops on its own (parent-death signal)
+
+
+# ---------------------------------------------------------------------------
+# reading the bucket back
+
+
+def list_keys(s3, bucket: str, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(o["Key"] for o in page.get("Contents", []))
+    except s3.exceptions.NoSuchBucket:
+        return []
+    return sorted(keys)
+
+
+def key_index(key: str, base: str, suffix: str = "") -> int | None:
+    """The index of `key` among base, base-1, base-2, ... (None: not one of them)."""
+    if suffix:
+        if not key.endswith(suffix):
+            return None
+        key = key[: -len(suffix)]
+    if key == base:
+        return 0
+    if key.startswith(base + "-") and key[len(base) + 1:].isdigit():
+        return int(key[len(base) + 1:])
+    return None
+
+
+def objects_of(s3, bucket: str, base: str, suffix: str = "") -> list[str]:
+    """base, base-1, base-2, ... present in the bucket, in index order."""
+    found = [(key_index(k, base, suffix), k) for k in list_keys(s3, bucket, base)]
+    return [k for i, k in sorted(x for x in found if x[0] is not None)]
+
+
+def get(s3, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def content_of(s3, bucket: str, base: str, suffix: str = "") -> bytes:
+    return b"".join(get(s3, bucket, k) for k in objects_of(s3, bucket, base, suffix))
+
+
+def pending_uploads(s3, bucket: str) -> list[tuple[str, str]]:
+    try:
+        r = s3.list_multipart_uploads(Bucket=bucket)
+    except s3.exceptions.NoSuchBucket:
+        return []
+    return [(u["Key"], u["UploadId"]) for u in r.get("Uploads", []) or []]
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def syslog_lines(n: int, *, host: str = "web01", start: int = 0, width: int = 0) -> bytes:
+    """n syslog-like records with sequence numbers (optionally padded to about `width` bytes)."""
+    out = []
+    for i in range(start, start + n):
+        line = f"Nov 25 12:00:{i % 60:02d} {host} app[{1000 + i % 7}]: seq={i} request served in {i % 997}ms"
+        if width and len(line) < width - 1:
+            line += " " + "x" * (width - len(line) - 2)
+        out.append(line + "\n")
+    return "".join(out).encode()
