@@ -549,8 +549,8 @@ def _check_cross_option(v: dict[str, Any]) -> None:
         raise ConfigError(missing, "access-key and secret-key go together: give both, or neither to use boto3's credential chain")
     if v["kms-key"] and not v["server-side-encryption"].startswith("aws:kms"):
         raise ConfigError("kms-key", "needs server-side-encryption = \"aws:kms\" (or \"aws:kms:dsse\")")
-    if v["compression"] == "gzip" and not 0 <= v["compresslevel"] <= 9:
-        raise ConfigError("compresslevel", f"expected 0 to 9 for gzip; got {v['compresslevel']}")
+    if v["compression"] != "zstd" and not 0 <= v["compresslevel"] <= 9:
+        raise ConfigError("compresslevel", f"expected 0 to 9 (gzip; 1 to 22 with zstd); got {v['compresslevel']}")
     if v["compression"] == "zstd" and not 1 <= v["compresslevel"] <= 22:
         raise ConfigError("compresslevel", f"expected 1 to 22 for zstd; got {v['compresslevel']}")
     spool, state = v["spool-dir"], v["state-dir"]
@@ -566,3 +566,50 @@ def _check_cross_option(v: dict[str, Any]) -> None:
 
 def replace(cfg: Config, **changes: Any) -> Config:
     return dataclasses.replace(cfg, **changes)
+
+
+# --------------------------------------------------------------------------
+# documentation generated from the option table (tests keep README.md and
+# contrib/spoolup.toml.example equal to these)
+
+
+def _shown_default(opt: Option) -> str:
+    if opt.default is REQUIRED:
+        return "*required*"
+    if opt.name == "object-key":
+        return '`"{path}"` / `"{key}"`'
+    if opt.name in ("chunk-size", "max-object-size"):
+        return f'`"{format_size(opt.default)}"`'
+    return f"`{toml_value(opt.default)}`"
+
+
+def reference_table() -> str:
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for opt in OPTIONS:
+        origin = " (s3())" if opt.group == "s3()" else ""
+        rows.append(f"| `{opt.name}`{origin} | {_shown_default(opt)} | {opt.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def example_toml() -> str:
+    out = [
+        "# spoolup configuration: every option with its default.",
+        "# Flat keys named as syslog-ng's s3() options; sizes take bytes or units (\"5MiB\");",
+        "# durations are minutes (fractional allowed) or strings such as \"30s\", \"2h\".",
+        "# Generated from spoolup/config.py (tests/test_docs.py keeps it in sync).",
+        "",
+    ]
+    for opt in OPTIONS:
+        out.append(f"# {opt.help}")
+        if opt.default is REQUIRED:
+            example = {"bucket": '"my-logs"', "spool-dir": '"/var/spool/spoolup"',
+                       "state-dir": '"/var/lib/spoolup"'}[opt.name]
+            out.append(f"{opt.name} = {example}")
+        elif opt.name == "object-key":
+            out.append('#object-key = "{path}"')
+        elif opt.name in ("chunk-size", "max-object-size"):
+            out.append(f'#{opt.name} = "{format_size(opt.default)}"')
+        else:
+            out.append(f"#{opt.name} = {toml_value(opt.default)}")
+        out.append("")
+    return "\n".join(out)

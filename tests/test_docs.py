@@ -1,0 +1,37 @@
+"""The README's option table and contrib/spoolup.toml.example come from the option table in config.py."""
+
+from pathlib import Path
+
+from spoolup import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_option_table_is_current():
+    text = (ROOT / "README.md").read_text()
+    begin = text.index("<!-- BEGIN OPTIONS")
+    begin = text.index("\n", begin) + 1
+    end = text.index("<!-- END OPTIONS -->")
+    assert text[begin:end].strip() == config.reference_table().strip(), (
+        "README.md's option table is stale: regenerate it from spoolup.config.reference_table()"
+    )
+
+
+def test_example_config_is_current_and_loads(tmp_path):
+    example = (ROOT / "contrib" / "spoolup.toml.example").read_text()
+    assert example == config.example_toml()
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(example.replace("/var/spool/spoolup", str(tmp_path / "spool"))
+                        .replace("/var/lib/spoolup", str(tmp_path / "state")))
+    cfg = config.load(cfg_path)
+    for opt in config.OPTIONS:
+        if opt.default is not config.REQUIRED and opt.name != "object-key":
+            assert cfg.value(opt.name) == opt.default, opt.name
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = "apt-get install -y syslog-ng-core && pip install '.[test]' && python -m pytest"
+    assert command in readme and command in ci.splitlines()
+    assert "pip install '.[demo]' && spoolup demo" in readme

@@ -1,0 +1,207 @@
+"""The rotation policy (spoolup/objects.py), checked with hypothesis against a
+model of syslog-ng's s3() destination (modules/python-modules/syslogng/
+modules/s3/s3_destination.py: __get_s3_object, __get_backfill_s3_object,
+__flush_timed_out_s3_objects, send)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spoolup import objects
+
+# ---------------------------------------------------------------------------
+# a record stream: (key, ts, size, seconds since the previous record)
+
+KEYS = st.sampled_from(["a", "b", "c"])
+TSS = st.sampled_from(["", "01", "02", "03", "10"])
+RECORDS = st.lists(
+    st.tuples(KEYS, TSS, st.integers(1, 40), st.sampled_from([0.0, 0.5, 2.0, 11.0])), min_size=1, max_size=120
+)
+LIMITS = st.integers(1, 150)
+GRACE = st.sampled_from([1.0, 5.0, 10.0, 1e9])
+
+
+# ---------------------------------------------------------------------------
+# the reference: s3()'s algorithm, transcribed
+
+
+@dataclass
+class RefObj:
+    key: str
+    ts: str
+    index: int
+    size: int = 0
+    modified: float = 0.0
+    finished: bool = False
+    records: list[int] = field(default_factory=list)
+
+
+def s3_reference(records, limit, grace):
+    objs: list[RefObj] = []
+    current: dict[str, RefObj] = {}
+    backfill: dict[str, dict[str, RefObj]] = {}
+    finished: dict[tuple[str, str], int] = {}  # (key, ts) -> max finished index
+
+    def new(key, ts, index):
+        o = RefObj(key, ts, index)
+        objs.append(o)
+        return o
+
+    def finish(o):
+        if not o.finished:
+            o.finished = True
+            finished[(o.key, o.ts)] = max(finished.get((o.key, o.ts), -1), o.index)
+
+    def next_index(key, ts):
+        return max([o.index for o in objs if o.key == key and o.ts == ts], default=-1) + 1
+
+    now = 0.0
+    for i, (key, ts, size, dt) in enumerate(records):
+        now += dt
+        for o in objs:  # the flush timer
+            if not o.finished and o.modified + grace <= now:
+                finish(o)
+        if key not in current:
+            o = current[key] = new(key, ts, next_index(key, ts))
+        else:
+            cur = current[key]
+            if cur.ts == ts:
+                o = cur if not cur.finished else new(key, ts, next_index(key, ts))
+                current[key] = o
+            elif cur.ts < ts:
+                finish(cur)
+                o = current[key] = new(key, ts, next_index(key, ts))
+            else:
+                bf = backfill.setdefault(key, {})
+                if ts not in bf or bf[ts].finished:
+                    bf[ts] = new(key, ts, next_index(key, ts))
+                o = bf[ts]
+        o.size += size
+        o.modified = now
+        o.records.append(i)
+        if o.size >= limit:
+            finish(o)
+    return [(o.key, o.ts, o.index, o.records) for o in objs]
+
+
+# ---------------------------------------------------------------------------
+# spoolup's policy, driven the way ingest drives it
+
+
+@dataclass
+class Obj:
+    key: str
+    ts: str
+    seq: int
+    size: int = 0
+    last_write: float = 0.0
+    records: list[int] = field(default_factory=list)
+
+
+def spoolup_policy(records, limit, grace):
+    objs: list[Obj] = []
+    open_: dict[tuple[str, str], Obj] = {}
+    newest: dict[str, str] = {}
+    seq: dict[tuple[str, str], int] = {}
+
+    def close(o):
+        del open_[(o.key, o.ts)]
+
+    now = 0.0
+    for i, (key, ts, size, dt) in enumerate(records):
+        now += dt
+        for o in objects.expired(list(open_.values()), now, grace):
+            close(o)
+        open_ts = {t for (k, t) in open_ if k == key}
+        route = objects.route(newest.get(key), open_ts, ts)
+        for t in route.close:
+            close(open_[(key, t)])
+        newest[key] = route.newest
+        if route.reuse:
+            o = open_[(key, ts)]
+        else:
+            n = seq.get((key, ts), 0)
+            seq[(key, ts)] = n + 1
+            o = open_[(key, ts)] = Obj(key, ts, n)
+            objs.append(o)
+        record = b"x" * (size - 1) + b"\n"
+        stop, full = objects.take(o.size, limit, record, 0, len(record))
+        assert stop == len(record), "a single record is never split"
+        o.size += size
+        o.last_write = now
+        o.records.append(i)
+        if full:
+            close(o)
+    return [(o.key, o.ts, o.seq, o.records) for o in objs]
+
+
+@settings(max_examples=400, deadline=None)
+@given(RECORDS, LIMITS, GRACE)
+def test_policy_matches_s3_destination(records, limit, grace):
+    assert spoolup_policy(records, limit, grace) == s3_reference(records, limit, grace)
+
+
+@settings(max_examples=300, deadline=None)
+@given(RECORDS, LIMITS, GRACE)
+def test_every_record_lands_in_exactly_one_object_in_order(records, limit, grace):
+    placed = spoolup_policy(records, limit, grace)
+    seen = sorted(r for _, _, _, recs in placed for r in recs)
+    assert seen == list(range(len(records)))
+    # per (key, ts), objects in index order hold that (key, ts)'s records in arrival order
+    by_kt: dict[tuple[str, str], list[tuple[int, list[int]]]] = {}
+    for key, ts, seq, recs in placed:
+        by_kt.setdefault((key, ts), []).append((seq, recs))
+    for (key, ts), objs in by_kt.items():
+        objs.sort()
+        assert [s for s, _ in objs] == list(range(len(objs)))
+        flat = [r for _, recs in objs for r in recs]
+        assert flat == sorted(flat)
+        assert flat == [i for i, (k, t, _, _) in enumerate(records) if (k, t) == (key, ts)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(RECORDS, LIMITS)
+def test_objects_exceed_the_size_limit_only_by_their_last_record(records, limit):
+    sizes = [size for _, _, size, _ in records]
+    for key, ts, seq, recs in spoolup_policy(records, limit, 1e9):
+        total = sum(sizes[r] for r in recs)
+        assert total - sizes[recs[-1]] < limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=200), st.integers(0, 400), st.integers(1, 500))
+def test_take_cuts_a_block_exactly_where_per_record_writes_would(lengths, obj_size, limit):
+    """ingest hands take() a whole block of records at once; the cut must be the same
+    as writing the records one by one and completing the object once it is full."""
+    block = b"".join(b"r" * (n - 1) + b"\n" for n in lengths)
+    stop, full = objects.take(obj_size, limit, block, 0, len(block))
+    size, expect_stop, expect_full = obj_size, len(block), False
+    pos = 0
+    for n in lengths:
+        if size >= limit:  # already full before this record: take() sees room <= 0
+            break
+        size += n
+        pos += n
+        if size >= limit:
+            expect_stop, expect_full = pos, True
+            break
+    if obj_size >= limit:  # an object is completed as soon as it is full; take() then gives one record
+        expect_stop, expect_full = lengths[0], True
+    assert (stop, full) == (expect_stop, expect_full)
+
+
+def test_route_examples():
+    assert objects.route(None, set(), "05") == objects.Route(close=(), reuse=False, newest="05")
+    assert objects.route("05", {"05"}, "05") == objects.Route(close=(), reuse=True, newest="05")
+    assert objects.route("05", {"05"}, "06") == objects.Route(close=("05",), reuse=False, newest="06")
+    assert objects.route("05", {"05"}, "04") == objects.Route(close=(), reuse=False, newest="05")
+    assert objects.route("05", {"05", "04"}, "04") == objects.Route(close=(), reuse=True, newest="05")
+    assert objects.route("05", set(), "06") == objects.Route(close=(), reuse=False, newest="06")
+
+
+def test_full_by_parts():
+    assert not objects.full_by_parts(objects.MAX_PARTS - 1)
+    assert objects.full_by_parts(objects.MAX_PARTS)
