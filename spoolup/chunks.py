@@ -7,6 +7,9 @@ fed to a compressor as they arrive, its output goes to a `.tmp` file, and
 sealing finishes the member and renames it to `.part`.  The raw chunk file
 stays the durable truth until the seal is journaled, so a crash mid-chunk
 rebuilds the compressor from it and the object remains one valid stream.
+With more open compressed chunks than _MAX_COMPRESSORS (many keys), the least
+recently written one's member is finished and the next write starts a new one:
+such a part is several complete members, still one valid stream.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import zstandard
 
-from spoolup.files import AppendFiles, fsync_dir, write_all
+from spoolup.files import ChunkFiles, fsync_dir, write_all
 
 _MAX_COMPRESSORS = 64  # live compressors kept in memory; others are rebuilt from the raw chunk
 
@@ -72,8 +75,9 @@ class ChunkStore:
         self.directory = directory
         self.codec = codec
         self.fsync = fsync
-        self.files = AppendFiles(directory, fsync=fsync)
+        self.files = ChunkFiles(directory, fsync=fsync)
         self._live: OrderedDict[tuple[int, int], _Live] = OrderedDict()
+        self._parked: dict[tuple[int, int], int] = {}  # evicted compressors: .tmp length, members finished
         self._renamed = False
 
     # -- writing -------------------------------------------------------------
@@ -91,24 +95,40 @@ class ChunkStore:
 
     def stored_len(self, object_id: int, part: int) -> int:
         """Compressed bytes produced so far for an open chunk (chunk-size is measured on these)."""
+        parked = self._parked.get((object_id, part))
+        if parked is not None:
+            return parked
         return self._compressor(object_id, part).out_len
 
     def seal(self, object_id: int, part: int, raw_len: int) -> int:
         """Finish the chunk; returns the part's size.  Durable after the next sync()."""
         name = chunk_name(object_id, part)
         if not self.codec.compressed:
+            length = self.files.finish(name)  # the chunk file is the part: exact and durable now
+            assert length == raw_len, (name, length, raw_len)
             return raw_len
-        live = self._compressor(object_id, part)
-        tail = live.comp.flush()
-        write_all(live.fd, tail)
-        live.out_len += len(tail)
-        if self.fsync:
-            os.fsync(live.fd)
-        os.close(live.fd)
-        del self._live[(object_id, part)]
+        parked = self._parked.pop((object_id, part), None)
+        if parked is not None:  # its last member is finished already
+            if self.fsync:
+                fd = os.open(self.directory / (name + ".tmp"), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            out_len = parked
+        else:
+            live = self._compressor(object_id, part)
+            tail = live.comp.flush()
+            write_all(live.fd, tail)
+            live.out_len += len(tail)
+            if self.fsync:
+                os.fsync(live.fd)
+            os.close(live.fd)
+            del self._live[(object_id, part)]
+            out_len = live.out_len
         os.replace(self.directory / (name + ".tmp"), self.directory / (name + ".part"))
         self._renamed = True
-        return live.out_len
+        return out_len
 
     def sync(self) -> None:
         self.files.sync()
@@ -125,6 +145,18 @@ class ChunkStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.directory / name)
 
+    def discard(self) -> None:
+        """Abandon everything since the last journaled batch (it could not be made durable:
+        the disk is full): files closed without writing, compressors dropped.  The caller
+        then truncates the chunk files to their journaled lengths (recover.reconcile_chunks)."""
+        self.files.discard()
+        for live in self._live.values():
+            with contextlib.suppress(OSError):
+                os.close(live.fd)
+        self._live.clear()
+        self._parked.clear()
+        self._renamed = False
+
     def close(self) -> None:
         self.files.close()
         for live in self._live.values():
@@ -140,23 +172,37 @@ class ChunkStore:
         if live is not None:
             self._live.move_to_end(k)
             return live
-        live = self._rebuild(object_id, part)
+        parked = self._parked.pop(k, None)
+        if parked is None:
+            live = self._rebuild(object_id, part)
+        else:  # evicted before: its members so far stay, the next one starts here
+            fd = os.open(self.directory / (chunk_name(object_id, part) + ".tmp"), os.O_WRONLY | os.O_APPEND)
+            live = _Live(self.codec.compressor(), fd)
+            live.out_len = parked
         self._live[k] = live
         while len(self._live) > _MAX_COMPRESSORS:
-            _, old = self._live.popitem(last=False)
-            os.close(old.fd)
+            old_k, old = self._live.popitem(last=False)
+            self._park(old_k, old)
         return live
 
+    def _park(self, k: tuple[int, int], live: _Live) -> None:
+        """Evict a compressor: finish its member, so the .tmp file is a stream of complete
+        members.  Writing to the chunk again starts a new member after it -- instead of
+        compressing the whole raw chunk again, which with many keys (more open objects than
+        _MAX_COMPRESSORS) would cost time quadratic in the chunk size."""
+        tail = live.comp.flush()
+        write_all(live.fd, tail)
+        os.close(live.fd)
+        self._parked[k] = live.out_len + len(tail)
+
     def _rebuild(self, object_id: int, part: int) -> _Live:
-        """A compressor fed with the chunk's raw bytes so far (after eviction or a restart)."""
+        """A compressor fed with the chunk's raw bytes so far (after a restart: one member)."""
         name = chunk_name(object_id, part)
         fd = os.open(self.directory / (name + ".tmp"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         live = _Live(self.codec.compressor(), fd)
-        raw = self.directory / name
-        if raw.exists():
-            with open(raw, "rb") as f:
-                while block := f.read(1 << 20):
-                    out = live.comp.compress(block)
-                    write_all(fd, out)
-                    live.out_len += len(out)
+        if (self.directory / name).exists():
+            for block in self.files.content(name):
+                out = live.comp.compress(block)
+                write_all(fd, out)
+                live.out_len += len(out)
         return live

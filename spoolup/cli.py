@@ -107,8 +107,8 @@ def cmd_run(cfg, args) -> int:
 
     service = Service(cfg, logs.get("spoolup.ingest"))
     try:
+        service.install_signals()  # first: a SIGTERM during start-up (recovery) is a clean stop too
         service.open()
-        service.install_signals()
         return service.run()
     finally:
         service.close()
@@ -124,8 +124,8 @@ def cmd_drain(cfg, args) -> int:
         return _drain_via_service(cfg, args, log)
     service = Service(cfg, log)
     try:
-        service.open()
         service.install_signals()
+        service.open()
         code = service.run(drain=True, drain_timeout=args.timeout)
     finally:
         service.close()
@@ -195,6 +195,8 @@ def cmd_check_config(cfg, args) -> int:
 
     try:
         s3 = S3(cfg)
+        if cfg.role:
+            print(f"# credentials: {s3.identity()} (role assumed through STS)")
         try:
             s3.client.head_bucket(Bucket=cfg.bucket)
             print(f"# bucket {cfg.bucket}: reachable")
@@ -203,7 +205,7 @@ def cmd_check_config(cfg, args) -> int:
 
             err = _translate(e, "HeadBucket", None)
             if err.status == 404 or err.code in ("404", "NoSuchBucket"):
-                print(f"# bucket {cfg.bucket}: does not exist yet; spoolup creates it at start")
+                print(f"# bucket {cfg.bucket}: does not exist yet; it will be created when spoolup starts")
             else:
                 raise err from None
     except S3Error as e:

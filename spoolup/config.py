@@ -9,6 +9,7 @@ the option and what is accepted; the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -30,6 +31,9 @@ MAX_OBJECT_SIZE = 5 * TiB  # S3's maximum object size
 
 SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
 
+# The value sets s3() accepts (syslog-ng modules/python-modules/syslogng/modules/s3/
+# s3_destination.py: VALID_STORAGE_CLASSES, VALID_CANNED_ACLS).  s3() warns and falls
+# back to a default on an invalid value; spoolup refuses to start (exit 2).
 STORAGE_CLASSES = frozenset(
     {
         "STANDARD",
@@ -42,7 +46,6 @@ STORAGE_CLASSES = frozenset(
         "OUTPOSTS",
         "GLACIER_IR",
         "SNOW",
-        "EXPRESS_ONEZONE",
     }
 )
 CANNED_ACLS = frozenset(
@@ -57,7 +60,10 @@ CANNED_ACLS = frozenset(
         "log-delivery-write",
     }
 )
+# s3() accepts "" and "aws:kms"; spoolup adds SSE-S3 ("AES256") and dual-layer KMS.
 SERVER_SIDE_ENCRYPTIONS = frozenset({"", "AES256", "aws:kms", "aws:kms:dsse"})
+# an IAM role ARN (any partition: aws, aws-cn, aws-us-gov, ...)
+_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 FORMATS = ("lines", "envelope")
 COMPRESSIONS = ("none", "gzip", "zstd")
 LOG_FORMATS = ("auto", "json", "console")
@@ -237,6 +243,16 @@ def parse_bucket(value: Any) -> str:
     return text
 
 
+def parse_role(value: Any) -> str:
+    text = parse_str(value).strip()
+    if text and not _ROLE_ARN_RE.match(text):
+        raise ValueError(
+            f"expected an IAM role ARN such as \"arn:aws:iam::123456789012:role/log-writer\", or \"\" for none; "
+            f"got {value!r}"
+        )
+    return text
+
+
 def parse_listen(value: Any) -> str:
     text = parse_str(value).strip()
     if text == "":
@@ -253,7 +269,8 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # a TOML basic string: the escapes JSON writes (newline, tab, quote, backslash, \uXXXX) are valid TOML
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def format_size(n: int) -> str:
@@ -290,7 +307,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("access-key", parse_str, "", "Access key id; empty means boto3's default credential chain.", "s3()"),
     Option("secret-key", parse_str, "", "Secret access key (never logged or shown).", "s3()"),
     Option("region", parse_str, "", "Region name; empty means boto3's default.", "s3()"),
-    Option("role", parse_str, "", "IAM role ARN to assume through STS (refreshed automatically).", "s3()"),
+    Option(
+        "role",
+        parse_role,
+        "",
+        "IAM role ARN to assume through STS (at url when set, else AWS's), refreshed before it expires.",
+        "s3()",
+    ),
     Option(
         "object-key",
         parse_str,
@@ -311,8 +334,8 @@ OPTIONS: tuple[Option, ...] = (
         "template",
         parse_str,
         "",
-        "Accepted for s3() compatibility only: the record template is applied by syslog-ng's file() "
-        "destination (see contrib/syslog-ng/spoolup.conf); spoolup copies records verbatim.",
+        "Accepted for s3() compatibility only: the record template is applied by syslog-ng (the "
+        "template() of the spoolup() block in contrib/syslog-ng/spoolup.conf); spoolup copies records verbatim.",
         "s3()",
     ),
     Option("compression", parse_compression, "none", "false/true (gzip, as s3()), \"gzip\" or \"zstd\".", "s3()"),
@@ -350,24 +373,32 @@ OPTIONS: tuple[Option, ...] = (
         "storage-class",
         one_of(STORAGE_CLASSES, lambda s: s.upper().replace("-", "_")),
         "STANDARD",
-        "S3 storage class.",
+        "S3 storage class, as s3(): STANDARD, REDUCED_REDUNDANCY, STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING, "
+        "GLACIER, DEEP_ARCHIVE, OUTPOSTS, GLACIER_IR, SNOW.",
         "s3()",
     ),
     Option(
         "canned-acl",
         one_of(CANNED_ACLS | {""}, lambda s: s.lower().replace("_", "-")),
         "",
-        "Canned ACL for new objects; empty for none.",
+        "Canned ACL for new objects, as s3(): private, public-read, public-read-write, aws-exec-read, "
+        "authenticated-read, bucket-owner-read, bucket-owner-full-control, log-delivery-write; empty for none.",
         "s3()",
     ),
     Option(
         "server-side-encryption",
         one_of(SERVER_SIDE_ENCRYPTIONS),
         "",
-        "\"\", \"AES256\", \"aws:kms\" or \"aws:kms:dsse\".",
+        "\"\" (none), \"aws:kms\" (as s3()), or spoolup's additions \"AES256\" (SSE-S3) and \"aws:kms:dsse\".",
         "s3()",
     ),
-    Option("kms-key", parse_str, "", "KMS key id for server-side-encryption = \"aws:kms\".", "s3()"),
+    Option(
+        "kms-key",
+        parse_str,
+        "",
+        "KMS key id, alias/... or ARN for server-side-encryption = \"aws:kms\"; empty: the bucket's AWS managed key.",
+        "s3()",
+    ),
     # --- spoolup's own ---
     Option("spool-dir", parse_path, REQUIRED, "Directory that syslog-ng's file() destination writes into.", required=True),
     Option("state-dir", parse_path, REQUIRED, "Journal, chunk files and dead letters (created 0700).", required=True),
@@ -544,6 +575,9 @@ def _check_cross_option(v: dict[str, Any]) -> None:
             keys.check_strftime(v["object-key-timestamp"])
         except ValueError as e:
             raise ConfigError("object-key-timestamp", str(e)) from None
+    if v["format"] == "envelope" and v["object-key-timestamp"]:
+        raise ConfigError("object-key-timestamp", "with format = \"envelope\" each record carries its rendered "
+                          "timestamp (the spoolup() block's object-key-timestamp() in syslog-ng): leave it out here")
     if bool(v["access-key"]) != bool(v["secret-key"]):
         missing = "secret-key" if v["access-key"] else "access-key"
         raise ConfigError(missing, "access-key and secret-key go together: give both, or neither to use boto3's credential chain")

@@ -1,13 +1,21 @@
 """Dead-letter files: bad records, verbatim, one file per spool file.
 
-A bad record is never dropped: its line is appended (and synced with the same
-batch that consumes it) to `state-dir/dead-letter/<source id>-<name>.bad`,
-rotated to `.1`, `.2`, ... when it reaches ROTATE_BYTES (nothing is deleted),
-counted in the journal (shown by `status`) and logged once per file per minute.
+A bad record is never dropped: its line is appended to
+`state-dir/dead-letter/<source id>-<spool path>.bad` (synced with the batch that
+consumes it, before that batch commits), counted in the journal (shown by
+`status`) and logged at most once per spool file per minute.
+
+Exactly once, as for the objects: the journal counts the dead-letter bytes of
+each spool file in the same transaction that moves its offset past them.  After
+a crash, `reconcile` cuts the current file back to that count (the lines of a
+batch that never committed are read and written again), and a file is rotated
+to `.1`, `.2`, ... only after a commit, once it reached `rotate_bytes`, so
+rotated files hold committed lines only.  Nothing is ever deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -17,6 +25,7 @@ from spoolup.files import AppendFiles
 
 ROTATE_BYTES = 64 * 1024 * 1024
 LOG_EVERY = 60.0
+_NAME_RE = re.compile(r"^(\d+)-.*\.bad(?:\.(\d+))?$")
 
 
 def file_name(source_id: int, spool_path: str) -> str:
@@ -25,16 +34,21 @@ def file_name(source_id: int, spool_path: str) -> str:
 
 
 class DeadLetters:
-    def __init__(self, directory: Path, *, fsync: bool, log):
+    def __init__(self, directory: Path, *, fsync: bool, log, rotate_bytes: int = ROTATE_BYTES):
         self.directory = directory
+        self.rotate_bytes = rotate_bytes
+        self.fsync = fsync
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.files = AppendFiles(directory, fsync=fsync, max_open=32)
         self.log = log
         self._sizes: dict[str, int] = {}
+        self._pending: set[str] = set()  # files written since the last commit
         self._last_log: dict[int, float] = {}
         self._suppressed: dict[int, int] = {}
 
     def write(self, source_id: int, spool_path: str, line: bytes, reason: str) -> None:
+        """`spool_path` names the file: pass one that does not change (the path the
+        spool file was discovered at), so that a renamed spool file keeps its file."""
         name = file_name(source_id, spool_path)
         size = self._sizes.get(name)
         if size is None:
@@ -42,12 +56,10 @@ class DeadLetters:
                 size = (self.directory / name).stat().st_size
             except FileNotFoundError:
                 size = 0
-        if size >= ROTATE_BYTES:
-            self._rotate(name)
-            size = 0
         record = line if line.endswith(b"\n") else line + b"\n"
         self.files.append(name, record)
         self._sizes[name] = size + len(record)
+        self._pending.add(name)
         now = time.monotonic()
         if now - self._last_log.get(source_id, -LOG_EVERY) >= LOG_EVERY:
             self.log.warning("bad record written to the dead-letter file", source=source_id, path=spool_path,
@@ -57,16 +69,63 @@ class DeadLetters:
         else:
             self._suppressed[source_id] = self._suppressed.get(source_id, 0) + 1
 
+    def discard(self) -> None:
+        """Abandon the lines written since the last commit (their batch could not be made
+        durable: the disk is full).  `reconcile` then cuts the files back to the journal."""
+        self.files.close()
+        self._sizes.clear()
+        self._pending.clear()
+
+    def committed(self) -> None:
+        """The batch that wrote the pending lines is journaled: rotate the files that
+        reached rotate_bytes (so a rotated file never holds an uncommitted line)."""
+        for name in self._pending:
+            if self._sizes.get(name, 0) >= self.rotate_bytes:
+                self._rotate(name)
+        self._pending.clear()
+
     def _rotate(self, name: str) -> None:
-        self.files.sync()
-        self.files.forget(name)
+        self.files.forget(name)  # synced already (the batch committed after sync())
         n = 1
         while (self.directory / f"{name}.{n}").exists():
             n += 1
         os.replace(self.directory / name, self.directory / f"{name}.{n}")
+        self._sizes[name] = 0
+
+    def reconcile(self, journaled: dict[int, int]) -> list[str]:
+        """At start, before anything is written: cut every current dead-letter file back to
+        the bytes the journal counts for its spool file (`journaled`: source id -> bytes,
+        rotated files included).  Returns what was done, for the recovery log."""
+        rotated: dict[int, int] = {}
+        current: dict[int, list[os.DirEntry]] = {}
+        for entry in os.scandir(self.directory):
+            m = _NAME_RE.match(entry.name)
+            if not m or not entry.is_file(follow_symlinks=False):
+                continue
+            sid = int(m.group(1))
+            if m.group(2):
+                rotated[sid] = rotated.get(sid, 0) + entry.stat().st_size
+            else:
+                current.setdefault(sid, []).append(entry)
+        done = []
+        for sid, entries in current.items():
+            if len(entries) != 1:
+                continue  # written under several names (an older spoolup): leave them alone
+            entry = entries[0]
+            size = entry.stat().st_size
+            keep = journaled.get(sid, 0) - rotated.get(sid, 0)
+            if 0 <= keep < size:
+                with open(entry.path, "r+b") as f:
+                    f.truncate(keep)
+                    if self.fsync:
+                        os.fsync(f.fileno())
+                done.append(f"truncate dead-letter file {entry.name} from {size} to its journaled {keep} bytes "
+                            "(those lines are read from the spool again)")
+        return done
 
     def sync(self) -> None:
         self.files.sync()
 
     def close(self) -> None:
-        self.files.close()
+        with contextlib.suppress(OSError):
+            self.files.close()

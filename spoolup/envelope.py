@@ -26,35 +26,66 @@ class Bad(NamedTuple):
     reason: str
 
 
+_KEY_CACHE = 65536  # (key, ts) pairs whose validation result is remembered
+
+
+class Parser:
+    """Parses envelope lines for one configuration.  Keys repeat across records,
+    so the validation of each (key, ts) pair is done once and remembered: per
+    record this costs one json.loads, a dict lookup and the msg encoding."""
+
+    def __init__(self, template: str, max_object_size: int):
+        self.template = template
+        self.max_object_size = max_object_size
+        self._keys: dict[tuple[str, str], str | Bad] = {}
+
+    def parse(self, line: bytes) -> Record | Bad:
+        try:
+            doc = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return Bad("not valid JSON")
+        if type(doc) is not dict:
+            return Bad("not a JSON object")
+        key = doc.get("key")
+        ts = doc.get("ts")
+        msg = doc.get("msg")
+        if type(key) is not str:
+            return Bad("field 'key' is missing or not a string")
+        if ts is None:
+            ts = ""
+        elif type(ts) is not str:
+            return Bad("field 'ts' is not a string")
+        if type(msg) is not str:
+            return Bad("field 'msg' is missing or not a string")
+        rendered = self._keys.get((key, ts))
+        if rendered is None:
+            rendered = self._check_key(key, ts)
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()
+            self._keys[(key, ts)] = rendered
+        if type(rendered) is Bad:
+            return rendered
+        try:
+            body = msg.encode("utf-8") + b"\n"
+        except UnicodeEncodeError:
+            return Bad("field 'msg' is not valid Unicode (a lone surrogate escape)")
+        if len(body) > self.max_object_size:
+            return Bad(f"record of {len(body)} bytes is larger than max-object-size ({self.max_object_size} bytes)")
+        return Record(rendered, ts, body)
+
+    def _check_key(self, key: str, ts: str) -> str | Bad:
+        """The object key rendered from the config's object-key over {key}, or why it cannot be one."""
+        problem = keys.key_problem(key)
+        if problem:
+            return Bad(f"key {key!r} {problem}")
+        rendered = keys.render_envelope(self.template, key)
+        final = keys.final_key(rendered, ts, 0)
+        problem = keys.key_problem(final)
+        if problem:
+            return Bad(f"object key {final!r} {problem}")
+        return rendered
+
+
 def parse(line: bytes, template: str, max_object_size: int) -> Record | Bad:
-    try:
-        doc = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return Bad("not valid JSON")
-    if not isinstance(doc, dict):
-        return Bad("not a JSON object")
-    key = doc.get("key")
-    if not isinstance(key, str):
-        return Bad("field 'key' is missing or not a string")
-    ts = doc.get("ts", "")
-    if ts is None:
-        ts = ""
-    if not isinstance(ts, str):
-        return Bad("field 'ts' is not a string")
-    msg = doc.get("msg")
-    if not isinstance(msg, str):
-        return Bad("field 'msg' is missing or not a string")
-    problem = keys.key_problem(key)
-    if problem:
-        return Bad(f"key {key!r} {problem}")
-    rendered = keys.render_envelope(template, key)
-    problem = keys.key_problem(keys.final_key(rendered, ts, 0))
-    if problem:
-        return Bad(f"object key {keys.final_key(rendered, ts, 0)!r} {problem}")
-    try:
-        body = msg.encode("utf-8") + b"\n"
-    except UnicodeEncodeError:
-        return Bad("field 'msg' is not valid Unicode")
-    if len(body) > max_object_size:
-        return Bad(f"record of {len(body)} bytes is larger than max-object-size ({max_object_size} bytes)")
-    return Record(rendered, ts, body)
+    """One envelope line (without its newline); see Parser."""
+    return Parser(template, max_object_size).parse(line)

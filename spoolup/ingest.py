@@ -25,6 +25,7 @@ from spoolup.spool import Source, Spool
 
 BLOCK = 1 << 20  # bytes read from a spool file at a time
 BATCH_BYTES = 16 << 20  # a batch commits after this many bytes (or when nothing more is ready)
+MIN_BATCH_BYTES = 256 << 10  # the smallest batch after a disk-full rollback (see rollback())
 MAX_RECORD = 1 << 30  # a lines record longer than this stops its file with an error
 NEWEST_CACHE = 100_000  # keys whose newest timestamp is kept in memory
 
@@ -59,10 +60,12 @@ class Ingest:
         self.next_id = 1
         self.batch = Batch()
         self.batch_bytes = 0
+        self.batch_limit = BATCH_BYTES  # smaller for a while after the disk was full
         self.sealed_pending = 0
         self._sealed_in_batch: list[tuple[int, int]] = []
         self._ts_cache: tuple[int, str] = (-1, "")
         self.stats = {"bytes": 0, "records": 0}
+        self._envelope = envelope.Parser(cfg.object_key, cfg.max_object_size)
 
     # -- state ---------------------------------------------------------------------
 
@@ -78,6 +81,10 @@ class Ingest:
                     obj.part = chunk.part + 1
             self._track(obj)
         self.sealed_pending = self.journal.sealed_pending()
+        # dead-letter lines of a batch that never committed are read from the spool again
+        journaled = dict(self.journal.conn.execute("SELECT source_id, bytes FROM dead_letters").fetchall())
+        for action in self.dead.reconcile(journaled):
+            self.log.info("recovery", action=action)
 
     def _track(self, obj: OpenObject) -> None:
         self.open[obj.id] = obj
@@ -95,8 +102,10 @@ class Ingest:
 
     # -- reading the spool ---------------------------------------------------------------
 
-    def pump(self, sources: list[Source], now: float, *, budget: int = BATCH_BYTES * 4) -> int:
+    def pump(self, sources: list[Source], now: float, *, budget: int | None = None) -> int:
         """Read what is ready in `sources`, within `budget` bytes; commit as we go."""
+        if budget is None:
+            budget = self.batch_limit * 4
         consumed = 0
         self.sealed_pending = self.journal.sealed_pending() + self.batch.seals
         for src in sources:
@@ -105,7 +114,7 @@ class Ingest:
             if src.state != "active":
                 continue
             consumed += self._read(src, now, budget - consumed)
-            if self.batch_bytes >= BATCH_BYTES:
+            if self.batch_bytes >= self.batch_limit:
                 self.flush()
         self.flush()
         return consumed
@@ -138,10 +147,10 @@ class Ingest:
             consumed += end
             self.batch_bytes += end
             self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
-            if self.batch_bytes >= BATCH_BYTES:
+            if self.batch_bytes >= self.batch_limit:
                 self.flush()
-            if end < len(data):
-                break  # the rest is a partial record
+            if end < len(data) and src.offset + len(data) - end >= src.size:
+                break  # the rest of the file is a partial record: wait for its newline
         return consumed
 
     def _no_newline(self, src: Source, fd: int, data: bytes, now: float) -> tuple[bytes, int]:
@@ -191,31 +200,37 @@ class Ingest:
         self._deliver(src, src.key, self._timestamp(now), data, 0, end, now)
 
     def _envelopes(self, src: Source, data: bytes, end: int, now: float) -> None:
-        """Per record: parse, route, write; consecutive records of one (key, ts) are written together."""
-        tpl, limit = self.cfg.object_key, self.cfg.max_object_size
-        run_key = run_ts = None
-        run: list[bytes] = []
+        """Per record: parse and validate (bad lines go to the dead-letter file).  The good
+        records are grouped by key, keeping their order within each key: routing depends
+        only on a key's own sequence of timestamps, so this is the order s3() would see,
+        and each key's consecutive records of one timestamp are written with one call."""
+        parse, bad = self._envelope.parse, envelope.Bad
+        by_key: dict[str, list[envelope.Record]] = {}
         lines = data[:end].split(b"\n")
         if data[end - 1:end] == b"\n":
             lines.pop()  # the empty string after the last newline
         for line in lines:
-            rec = envelope.parse(line, tpl, limit)
-            if isinstance(rec, envelope.Bad):
-                if run:
-                    self._deliver_records(src, run_key, run_ts, run, now)
-                    run = []
+            rec = parse(line)
+            if type(rec) is bad:
                 self._dead_letter(src, line, rec.reason)
                 continue
-            if rec.key != run_key or rec.ts != run_ts:
-                if run:
-                    self._deliver_records(src, run_key, run_ts, run, now)
-                run_key, run_ts, run = rec.key, rec.ts, []
-            run.append(rec.body)
-        if run:
-            self._deliver_records(src, run_key, run_ts, run, now)
+            group = by_key.get(rec.key)
+            if group is None:
+                by_key[rec.key] = [rec]
+            else:
+                group.append(rec)
+        for key, records in by_key.items():
+            run_ts = records[0].ts
+            run: list[bytes] = []
+            for rec in records:
+                if rec.ts != run_ts:
+                    self._deliver_records(src, key, run_ts, run, now)
+                    run_ts, run = rec.ts, []
+                run.append(rec.body)
+            self._deliver_records(src, key, run_ts, run, now)
 
     def _dead_letter(self, src: Source, line: bytes, reason: str) -> None:
-        self.dead.write(src.id, src.path, line, reason)
+        self.dead.write(src.id, src.key_path, line, reason)  # key_path: the path it was found at
         path, n, b, _ = self.batch.dead_letters.get(src.id, (src.path, 0, 0, ""))
         self.batch.dead_letters[src.id] = (src.path, n + 1, b + len(line) + 1, reason)
         self.batch.counters["dead_letter_records"] = self.batch.counters.get("dead_letter_records", 0) + 1
@@ -359,6 +374,8 @@ class Ingest:
         crash.point("after-chunk-sync")
         self.journal.commit_batch(self.batch)
         crash.point("after-batch-commit")
+        if self.batch.dead_letters:
+            self.dead.committed()
         for oid, part in self._sealed_in_batch:
             self.store.sealed_committed(oid, part)
         if self.batch.closed or self._sealed_in_batch:
@@ -366,3 +383,36 @@ class Ingest:
         self.batch = Batch()
         self.batch_bytes = 0
         self._sealed_in_batch = []
+        self.batch_limit = min(self.batch_limit * 2, BATCH_BYTES)
+
+    def rollback(self) -> None:
+        """The batch in progress could not be made durable (the state dir's disk is full):
+        abandon it and go back to exactly what the journal says.  Chunk files are cut back to
+        their journaled lengths (which frees the space the batch took), spool offsets return to
+        their journaled values, open objects are reloaded; the same spool bytes are read again
+        on the next try, in smaller batches for a while, so that progress is possible in
+        whatever space there is.  Nothing journaled is touched."""
+        from spoolup import recover
+
+        self.store.discard()
+        self.dead.discard()
+        report = recover.Report()
+        recover.reconcile_chunks(self.cfg, self.journal, report, dry_run=False)
+        for action in report.lines:
+            self.log.info("recovery", action=action)
+        for problem in report.problems:
+            self.log.error("recovery problem", problem=problem)
+        rows = {r.id: r for r in self.journal.live_sources()}
+        heads = dict(self.journal.conn.execute("SELECT id, head FROM sources WHERE head IS NOT NULL").fetchall())
+        for src in self.spool.sources.values():
+            row = rows.get(src.id)
+            if row is not None:
+                src.offset, src.head = row.offset, heads.get(src.id)
+        self.open.clear()
+        self.open_by_key.clear()
+        self.newest.clear()
+        self.batch = Batch()
+        self.batch_bytes = 0
+        self._sealed_in_batch = []
+        self.batch_limit = max(self.batch_limit // 4, MIN_BATCH_BYTES)
+        self.load()

@@ -17,9 +17,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-import sqlite_utils
+from spoolup import metrics
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 LIVE_SOURCE_STATES = ("active", "error", "refused")
 MAX_ERRORS_KEPT = 500
@@ -131,22 +134,40 @@ class Journal:
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
         self.path = path
-        self.db = sqlite_utils.Database(conn)
+        self.migrated: list[str] = []
+        self._db = None
+
+    @property
+    def db(self) -> "sqlite_utils.Database":
+        """sqlite-utils over the same connection, for read-side queries (status, tools).
+        Imported on first use: it pulls in numpy, which the service's hot processes do not need."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
 
     # -- opening -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, *, fsync: bool = True, create: bool = True, migrate: bool = True) -> "Journal":
+    def open(cls, path: Path, *, fsync: bool = True, create: bool = True, migrate: bool = True,
+             check: bool = False) -> "Journal":
+        """Open (creating it whole if missing) and migrate the journal.  check: run SQLite's
+        quick_check first and refuse a damaged journal (before any migration writes to it).
+        The names of the migrations applied are in `journal.migrated`."""
         path = Path(path)
         if not path.exists():
             if not create:
                 raise JournalError(f"no journal at {path}: spoolup has not run with this state-dir yet")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
+            _create(path, fsync=fsync)
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=True)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 30000")
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
+                # a journal is created complete (see _create): an existing one at
+                # version 0 is an emptied or overwritten file, never a new one
+                raise sqlite3.DatabaseError("it holds no spoolup journal (schema version 0)")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
@@ -155,11 +176,12 @@ class Journal:
             conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys = OFF")
             journal = cls(conn, path)
-            version = journal.user_version()
-            if version == 0:
-                journal._check_empty()
+            if check:
+                problem = journal.integrity_problem()
+                if problem:
+                    raise sqlite3.DatabaseError(f"integrity check failed: {problem}")
             if migrate:
-                journal.migrate()
+                journal.migrated = journal.migrate()
             journal.conn.execute("SELECT count(*) FROM objects").fetchone()
         except sqlite3.DatabaseError as e:
             raise JournalError(corrupt_message(path, e)) from None
@@ -193,11 +215,6 @@ class Journal:
     def user_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
-    def _check_empty(self) -> None:
-        tables = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        if tables:
-            raise sqlite3.DatabaseError(f"schema version 0 but tables exist: {', '.join(tables)}")
-
     def migrate(self) -> list[str]:
         """Apply the migrations newer than the journal's version; returns their names."""
         version = self.user_version()
@@ -221,13 +238,17 @@ class Journal:
         return applied
 
     def integrity_problem(self) -> str | None:
-        rows = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
+        try:
+            rows = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as e:
+            return str(e)
         return None if rows == ["ok"] else "; ".join(rows[:5])
 
     # -- transactions and small tables ---------------------------------------
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        started = time.perf_counter()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -235,7 +256,15 @@ class Journal:
             self.conn.execute("ROLLBACK")
             raise
         else:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # a COMMIT that failed (SQLITE_FULL: disk full) leaves the transaction
+                # open; roll it back so the connection is usable again
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise
+            metrics.journal_commit(time.perf_counter() - started)
 
     def meta(self, name: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -560,6 +589,40 @@ class Journal:
     def request(self, request_id: int) -> dict | None:
         row = self.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
         return dict(row) if row else None
+
+
+def _create(path: Path, *, fsync: bool) -> None:
+    """A new journal, created whole: built and migrated under a temporary name, then
+    renamed into place (and the directory synced).  So a journal file that exists is
+    always a complete journal, and an empty or schema-0 one is damage, not a fresh start."""
+    tmp = path.with_name(path.name + ".new")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+        leftover.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+            Journal(conn, tmp).migrate()
+            conn.execute("PRAGMA journal_mode = WAL")
+        finally:
+            conn.close()
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.rename(tmp, path)
+        if fsync:
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except sqlite3.Error as e:
+        raise JournalError(f"cannot create the journal {path}: {e}") from None
 
 
 def _source(r: sqlite3.Row) -> SourceRow:

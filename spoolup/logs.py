@@ -19,15 +19,22 @@ import structlog
 
 MASK = "********"
 _SENSITIVE_FIELD = re.compile(r"secret|token|authorization|password|credential|signature", re.I)
-# an Authorization header value or an X-Amz-Signature query parameter, wherever it shows up in text
+# credentials wherever they show up in text: an Authorization header (SigV4 or SigV2, as a header
+# or in a printed headers dict), a presigned URL's X-Amz-Signature/X-Amz-Credential/X-Amz-Security-Token,
+# an X-Amz-Security-Token header.  Group 1 is kept, what follows it is masked.
 _SENSITIVE_TEXT = re.compile(
-    r"(AWS4-HMAC-SHA256\s+Credential=)[^\s,]+|(Signature=)[0-9a-fA-F]+|(X-Amz-Signature=)[0-9a-fA-F]+"
-    r"|(X-Amz-Security-Token=)[^&\s]+",
+    r"""(Authorization['"]?\s*[:=]\s*b?['"]?)[^'"\r\n]+"""
+    r"|(AWS4-HMAC-SHA256\s+Credential=)[^\s,]+"
+    r"|(Signature\s*[=:]\s*)[0-9a-fA-F]+"  # also botocore's debug line "Signature:\n<hex>"
+    r"|(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+"
+    r"""|(X-Amz-Security-Token['"]?\s*:\s*b?['"]?)[^'"\s,}]+""",
+    re.I,
 )
 
 _secrets: tuple[str, ...] = ()
 _process = "spoolup"
-_stream_lock = threading.Lock()
+# Reentrant: a signal handler that logs can interrupt the main thread while it holds the lock.
+_stream_lock = threading.RLock()
 
 
 class Redactor:
@@ -37,7 +44,9 @@ class Redactor:
         self.secrets = tuple(s for s in secrets if s)
 
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-        return {k: (MASK if _SENSITIVE_FIELD.search(k) and v else self.clean(v)) for k, v in event.items()}
+        # keys starting with "_" are structlog's own bookkeeping (the LogRecord), removed before rendering
+        return {k: v if k.startswith("_") else (MASK if _SENSITIVE_FIELD.search(k) and v else self.clean(v))
+                for k, v in event.items()}
 
     def clean(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -49,40 +58,85 @@ class Redactor:
             return type(value)(self.clean(v) for v in value)
         if isinstance(value, BaseException):
             return redact_text(f"{type(value).__name__}: {value}", self.secrets)
-        return value
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        # anything else is rendered with str()/repr() later: redact that text now
+        return redact_text(str(value), self.secrets)
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     for s in secrets or _secrets:
         if s and s in text:
             text = text.replace(s, MASK)
-    return _SENSITIVE_TEXT.sub(lambda m: (m.group(1) or m.group(2) or m.group(3) or m.group(4)) + MASK, text)
+    return _SENSITIVE_TEXT.sub(lambda m: next(g for g in m.groups() if g is not None) + MASK, text)
 
 
 class _ReopenableStream:
-    """stderr, or a log file that SIGHUP reopens (for logrotate)."""
+    """stderr, or a log file that SIGHUP reopens (for logrotate).
+
+    A signal handler only *requests* the reopen (`request_reopen`): the file is
+    swapped by the next write, or by `handle_reopen` from the main loop, never
+    under a write that is in progress."""
 
     def __init__(self, path: str | None):
         self.path = path
         self.stream = sys.stderr if not path else open(path, "a", buffering=1, encoding="utf-8")
+        self.reopen_requested = False
+        self.reopens = 0  # reopens done
+        self.announced = 0  # reopens logged by handle_reopen
+        self._depth = 0
 
     def write(self, text: str) -> None:
         with _stream_lock:
-            self.stream.write(text)
-            self.stream.flush()
+            if self.reopen_requested and self._depth == 0:
+                self._reopen_locked()
+            self._depth += 1
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except RuntimeError:  # "reentrant call": a signal handler logged inside a write; drop its line
+                pass
+            finally:
+                self._depth -= 1
 
     def flush(self) -> None:
-        self.stream.flush()
+        with _stream_lock:
+            self.stream.flush()
 
     def isatty(self) -> bool:
         return self.stream.isatty()
 
+    def _reopen_locked(self) -> None:
+        self.reopen_requested = False
+        if not self.path:
+            return
+        try:
+            new = open(self.path, "a", buffering=1, encoding="utf-8")
+        except OSError as e:  # keep logging to the old file rather than not at all
+            self.stream.write(f"spoolup: cannot reopen log file {self.path}: {e}; still writing to the old one\n")
+            return
+        old, self.stream = self.stream, new
+        old.close()
+        self.reopens += 1
+
     def reopen(self) -> None:
-        if self.path:
-            with _stream_lock:
-                old = self.stream
-                self.stream = open(self.path, "a", buffering=1, encoding="utf-8")
-                old.close()
+        with _stream_lock:
+            self._reopen_locked()
+
+
+class _Logger:
+    """structlog's logger: one write per rendered line, through the reopenable stream.
+    (structlog's PrintLogger holds a non-reentrant lock and writes the newline separately.)"""
+
+    def msg(self, message: str) -> None:
+        _out.write(message + "\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+def _logger_factory(*_args: Any) -> _Logger:
+    return _Logger()
 
 
 _out = _ReopenableStream(None)
@@ -112,7 +166,7 @@ def setup(*, level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_out),
+        logger_factory=_logger_factory,
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(_out)
@@ -125,8 +179,24 @@ def setup(*, level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()
 
 
 def reopen() -> None:
-    """SIGHUP: reopen the log file (after logrotate moved it)."""
-    _out.reopen()
+    """SIGHUP handler's half: ask for the log file to be reopened (after logrotate
+    moved it).  Safe in a signal handler: it only sets a flag; the next log line
+    goes to the new file, and `handle_reopen` (called from the main loops) does it
+    at once and says so."""
+    if _out.path:
+        _out.reopen_requested = True
+
+
+request_reopen = reopen
+
+
+def handle_reopen() -> None:
+    """From a main loop (not a signal handler): perform a requested reopen and log it."""
+    if _out.reopen_requested:
+        _out.reopen()
+    if _out.reopens != _out.announced:
+        _out.announced = _out.reopens
+        get("spoolup").info("log file reopened", path=_out.path)
 
 
 def _add_process(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -8,15 +8,19 @@ report says what would be done.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from spoolup import keys
 from spoolup.chunks import Codec, part_file, raw_file
 from spoolup.config import Config
 from spoolup.journal import Journal
-from spoolup.s3 import S3, FileBody, NoSuchUpload, multipart_etag, same_etag
 from spoolup.spool import scan
+
+if TYPE_CHECKING:
+    from spoolup.s3 import S3
 
 
 @dataclass
@@ -52,6 +56,26 @@ class Report:
 
 
 # ---------------------------------------------------------------------------
+# local: the journal itself
+
+
+def missing_journal_problem(cfg: Config) -> str | None:
+    """A state dir holding chunk files but no journal lost its journal (deleted, moved):
+    starting fresh would delete those chunks (journaled records, gone) and read every spool
+    file again from its start (every record already shipped, twice).  Refuse instead."""
+    if cfg.journal_path.exists() or not cfg.chunk_dir.is_dir():
+        return None
+    chunks = [e.name for e in os.scandir(cfg.chunk_dir)]
+    if not chunks:
+        return None
+    return (f"the state dir {cfg.state_dir} holds {len(chunks)} chunk file(s) but no journal "
+            f"({cfg.journal_path.name}): it was deleted or moved. spoolup will not start fresh over it, "
+            "because that would lose the records in those chunk files and ship again everything still in the "
+            f"spool. Restore the journal; or, to start fresh on purpose, move the whole state dir aside "
+            f"(e.g. `mv {cfg.state_dir} {cfg.state_dir}.old`) and check the bucket for objects already written")
+
+
+# ---------------------------------------------------------------------------
 # local: chunk files
 
 
@@ -75,9 +99,11 @@ def reconcile_chunks(cfg: Config, journal: Journal, report: Report, *, dry_run: 
     present = {e.name: e for e in os.scandir(directory) if e.is_file(follow_symlinks=False)}
     for name, size in sorted(expected.items()):
         entry = present.get(name)
-        actual = entry.stat().st_size if entry else None
+        actual = _size(entry)
         if actual == size:
             continue
+        if (actual is None or actual < size) and _done_now(journal, name):
+            continue  # completed meanwhile by the upload process (it starts alongside), files removed
         if actual is not None and actual > size and not name.endswith(".part"):
             report.did(f"truncate chunk file {name} from {actual} to its journaled {size} bytes "
                        "(the tail was written but never committed; it is read again from the spool)")
@@ -99,7 +125,20 @@ def reconcile_chunks(cfg: Config, journal: Journal, report: Report, *, dry_run: 
                    f"(uncommitted or already uploaded): {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}")
         if not dry_run:
             for name in stray:
-                os.unlink(directory / name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / name)
+
+
+def _size(entry: os.DirEntry | None) -> int | None:
+    try:
+        return entry.stat().st_size if entry is not None else None
+    except FileNotFoundError:
+        return None
+
+
+def _done_now(journal: Journal, chunk_name: str) -> bool:
+    row = journal.conn.execute("SELECT state FROM objects WHERE id = ?", (int(chunk_name[:12]),)).fetchone()
+    return row is None or row[0] == "done"
 
 
 # ---------------------------------------------------------------------------
@@ -114,11 +153,16 @@ def inspect_sources(cfg: Config, journal: Journal, report: Report) -> None:
     for src in journal.live_sources():
         entry = found.get((src.dev, src.ino))
         if entry is None:
-            if src.offset < src.size:
-                replaced = " (its path now holds a different file)" if src.path in by_path else ""
-                report.note(f"spool file {cfg.spool_dir / src.path} was removed or replaced{replaced} with "
-                            f"{src.size - src.offset} bytes not yet read; those bytes are lost to spoolup. "
-                            "Everything journaled before is safe")
+            unread = (f"; {src.size - src.offset} bytes of the old file not yet read are lost to spoolup"
+                      if src.offset < src.size else "")
+            if src.path in by_path:
+                report.note(f"spool file {cfg.spool_dir / src.path} was replaced by another file (its inode "
+                            f"changed under the journaled offset {src.offset}): the new file is shipped from its "
+                            f"start as a new spool file, to the next object of its key{unread}. Everything "
+                            "journaled from the old file is safe")
+            elif unread:
+                report.note(f"spool file {cfg.spool_dir / src.path} was removed{unread}. Everything journaled "
+                            "before is safe")
             continue
         if entry.st.st_size < src.offset:
             report.note(f"spool file {cfg.spool_dir / entry.path} shrank to {entry.st.st_size} bytes, below the "
@@ -136,7 +180,8 @@ def inspect_sources(cfg: Config, journal: Journal, report: Report) -> None:
 # remote: the bucket
 
 
-def reconcile_remote(cfg: Config, journal: Journal, s3: S3, report: Report, *, dry_run: bool) -> None:
+def reconcile_remote(cfg: Config, journal: Journal, s3: "S3", report: Report, *, dry_run: bool) -> None:
+    from spoolup.s3 import FileBody, NoSuchUpload, multipart_etag, same_etag
     from spoolup.upload import Work, remove_chunk_files
 
     codec = Codec(cfg.compression, cfg.compresslevel)

@@ -7,34 +7,65 @@ files, not the bucket.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import tempfile
+from pathlib import Path
 
 from spoolup import logs, recover
 from spoolup.config import Config
-from spoolup.journal import Journal, JournalError, corrupt_message
+from spoolup.journal import Journal, JournalError, corrupt_message, schema_version
 from spoolup.lock import StateLock
 from spoolup.s3 import S3, S3Error
 
 
 def _journal_copy(cfg: Config) -> tuple[Journal, list[str]]:
+    """The journal (with its write-ahead log, if a crash left one) copied into memory.
+    SQLite is pointed at a scratch copy of the files, never at the journal itself: even a
+    read-only connection may create the -wal and -shm files, or rebuild the -shm."""
     path = cfg.journal_path
     try:
-        disk = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        mem = sqlite3.connect(":memory:", isolation_level=None)
-        disk.backup(mem)
-        disk.close()
+        with tempfile.TemporaryDirectory(prefix="spoolup-recover-") as scratch:
+            copy = Path(scratch) / path.name
+            shutil.copyfile(path, copy)
+            wal = Path(f"{path}-wal")
+            if wal.exists():
+                shutil.copyfile(wal, Path(f"{copy}-wal"))
+            disk = sqlite3.connect(copy)
+            mem = sqlite3.connect(":memory:", isolation_level=None)
+            disk.backup(mem)
+            disk.close()
         mem.row_factory = sqlite3.Row
         journal = Journal(mem, path)
+        before = journal.user_version()
+        if before == 0:
+            raise sqlite3.DatabaseError("it holds no spoolup journal (schema version 0)")
+        _check_integrity(journal)
         applied = journal.migrate()
         journal.conn.execute("SELECT count(*) FROM objects").fetchone()
     except sqlite3.DatabaseError as e:
         raise JournalError(corrupt_message(path, e)) from None
-    return journal, applied
+    return journal, _migrated(before, journal.user_version(), applied)
+
+
+def _check_integrity(journal: Journal) -> None:
+    problem = journal.integrity_problem()
+    if problem:
+        raise JournalError(corrupt_message(journal.path, Exception(problem)))
+
+
+def _migrated(before: int, after: int, applied: list[str]) -> list[str]:
+    if not applied:
+        return []
+    return [f"migrate the journal from schema version {before} to {after} ({', '.join(applied)})"]
 
 
 def run(cfg: Config, *, dry_run: bool) -> int:
     log = logs.get("spoolup.recover")
     if not cfg.journal_path.exists():
+        missing = recover.missing_journal_problem(cfg)
+        if missing:
+            raise JournalError(missing)
         print(f"no journal at {cfg.journal_path}: nothing to recover")
         return 0
     lock = StateLock(cfg.state_dir)
@@ -44,22 +75,27 @@ def run(cfg: Config, *, dry_run: bool) -> int:
         if dry_run:
             journal, applied = _journal_copy(cfg)
         else:
-            before = _version(cfg)
-            journal = Journal.open(cfg.journal_path, fsync=cfg.fsync, create=False)
-            applied = [] if before == journal.user_version() else [f"schema {before} -> {journal.user_version()}"]
-        for name in applied:
-            report.did(f"migrate the journal: {name}")
-        problem = journal.integrity_problem()
-        if problem:
-            raise JournalError(corrupt_message(cfg.journal_path, Exception(problem)))
+            journal = Journal.open(cfg.journal_path, fsync=cfg.fsync, create=False, migrate=False)
+            before = journal.user_version()
+            _check_integrity(journal)  # before migrating: never write into a damaged journal
+            try:
+                applied = _migrated(before, schema_version(), journal.migrate())
+            except sqlite3.DatabaseError as e:
+                raise JournalError(corrupt_message(cfg.journal_path, e)) from None
+        for line in applied:
+            report.did(line)
         recover.reconcile_chunks(cfg, journal, report, dry_run=dry_run)
         recover.inspect_sources(cfg, journal, report)
         s3 = S3(cfg)
         try:
             recover.reconcile_remote(cfg, journal, s3, report, dry_run=dry_run)
         except S3Error as e:
-            report.problem(f"cannot reconcile with the bucket: {e} (local recovery is done; run recover "
-                           "again when S3 answers, or start the service: it retries)")
+            if e.code == "NoSuchBucket":  # a crash before the upload process first created it
+                report.note(f"bucket {cfg.bucket} does not exist yet: nothing to reconcile there "
+                            "(the service creates it when it starts)")
+            else:
+                report.problem(f"cannot reconcile with the bucket: {e} (local recovery is done; run recover "
+                               "again when S3 answers, or start the service: it retries)")
         finally:
             s3.close()
         journal.close()
@@ -72,14 +108,3 @@ def run(cfg: Config, *, dry_run: bool) -> int:
         return 1
     print("dry run: nothing was changed." if dry_run else "recovered: journal, chunk files and bucket are consistent.")
     return 0
-
-
-def _version(cfg: Config) -> int | None:
-    try:
-        conn = sqlite3.connect(f"file:{cfg.journal_path}?mode=ro", uri=True)
-        try:
-            return conn.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError:
-        return None

@@ -70,6 +70,10 @@ def _translate(e: Exception, op: str, key: str | None) -> S3Error:
         err = e.response.get("Error", {})
         code = str(err.get("Code") or "Unknown")
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if getattr(e, "operation_name", None) == "AssumeRole":
+            # the role's credentials are fetched (and refreshed) inside whatever S3 call needs them
+            return S3Error(code, f"cannot assume the configured role: {err.get('Message') or e}",
+                           op=f"{op} (AssumeRole)", key=key, status=status)
         if code in ("412",) or status == 412:
             code = "PreconditionFailed"
         if status == 501 and code in ("501", "Unknown"):
@@ -125,12 +129,14 @@ class S3:
             region_name=cfg.region or None,
         )
         if cfg.role:
-            # as s3(): assume the role through STS, refreshed before it expires
+            # as s3(): assume the role through STS, refreshed before it expires.  The static
+            # credentials (or boto3's chain) only ever sign the AssumeRole calls.
             sts = session.client("sts", endpoint_url=cfg.url or None, config=self._boto_config(cfg))
             session._session._credentials = DeferredRefreshableCredentials(
                 refresh_using=create_assume_role_refresher(sts, {"RoleArn": cfg.role, "RoleSessionName": "spoolup"}),
                 method="sts-assume-role",
             )
+        self.session = session
         self.client = session.client("s3", endpoint_url=cfg.url or None, config=self._boto_config(cfg))
         self.conditional = cfg.conditional_writes != "off"
 
@@ -147,6 +153,16 @@ class S3:
             s3={"addressing_style": "path"} if cfg.url else None,
             user_agent_extra="spoolup",
         )
+
+    def identity(self) -> str:
+        """The ARN S3 calls are made as (with `role`: the assumed role's session), as s3() logs it."""
+        sts = self.session.client("sts", endpoint_url=self.cfg.url or None, config=self._boto_config(self.cfg))
+        try:
+            return str(sts.get_caller_identity().get("Arn", ""))
+        except _CATCH as e:
+            raise _translate(e, "GetCallerIdentity", None) from None
+        finally:
+            sts.close()
 
     # -- object-creating calls ---------------------------------------------------
 

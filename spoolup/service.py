@@ -13,24 +13,26 @@ import errno
 import fcntl
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
-from spoolup import logs, recover
+from spoolup import logs, metrics, recover, systemd
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
 from spoolup.ingest import Ingest
-from spoolup.journal import Journal
+from spoolup.journal import Journal, JournalError
 from spoolup.lock import StateLock
-from spoolup.spool import Spool, Watcher
+from spoolup.spool import REAPING, Spool, Watcher
 
 HEARTBEAT_EVERY = 2.0
 EXPIRE_EVERY = 0.25
 REAP_EVERY = 5.0
+REAP_SETTLE = 0.2  # seconds between moving a shipped spool file aside and deleting it
 
 
 class RecoveryProblem(Exception):
@@ -88,6 +90,7 @@ class UploadProcess:
         now = time.monotonic()
         if self.next_start == 0.0:
             self.restarts += 1
+            metrics.upload_restarted()
             delay = min(30.0, 0.5 * 2 ** min(self.restarts - 1, 6))
             self.next_start = now + delay
             self.log.error("upload process exited; restarting it", code=code, restart_in=delay)
@@ -108,6 +111,7 @@ class UploadProcess:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
+            self.log.info("asked the upload process to stop", pid=self.proc.pid, timeout=timeout)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -145,6 +149,7 @@ class Service:
         self.journal: Journal | None = None
         self.uploader = UploadProcess(cfg, log)
         self.started = time.time()
+        self.full_streak = 0  # disk-full failures in a row
 
     # -- setup -----------------------------------------------------------------
 
@@ -152,7 +157,18 @@ class Service:
         """Lock the state dir, open (and migrate) the journal, recover the chunk files."""
         prepare_state_dir(self.cfg)
         self.lock.acquire()
-        self.journal = Journal.open(self.cfg.journal_path, fsync=self.cfg.fsync)
+        if self.cfg.metrics_listen:
+            metrics.serve(self.cfg, self.log)  # before the upload process starts: it inherits the metrics dir
+        missing = recover.missing_journal_problem(self.cfg)
+        if missing:
+            raise JournalError(missing)
+        self.journal = Journal.open(self.cfg.journal_path, fsync=self.cfg.fsync, check=True)
+        for name in self.journal.migrated:
+            self.log.info("recovery", action=f"migrate the journal: {name}")
+        # start the upload process now: its start-up (boto3, reconciling with S3) overlaps
+        # the local recovery and the first ingest batches.  Local recovery only touches open
+        # chunks and unreferenced files, which the upload process never reads.
+        self.uploader.start()
         report = recover.Report()
         recover.reconcile_chunks(self.cfg, self.journal, report, dry_run=False)
         for line in report.lines:
@@ -191,6 +207,7 @@ class Service:
         self.uploader.signal(signal.SIGHUP)
 
     def close(self) -> None:
+        self.uploader.stop(self.cfg.shutdown_timeout + 5.0)
         for thing in ("store", "dead", "spool"):
             obj = getattr(self, thing, None)
             if obj is not None:
@@ -207,61 +224,103 @@ class Service:
         every object, wait until all are uploaded, and return."""
         cfg, journal, ingest, spool = self.cfg, self.journal, self.ingest, self.spool
         watcher = Watcher(cfg.spool_dir, self.log)
-        self.uploader.start()
         last = {"scan": 0.0, "expire": 0.0, "reap": 0.0, "beat": 0.0}
         drain_state: DrainState | None = None
         deadline = time.monotonic() + drain_timeout if drain_timeout else None
         self.log.info("spoolup running", spool_dir=str(cfg.spool_dir), bucket=cfg.bucket, format=cfg.format,
                       mode="drain" if drain else "run")
+        systemd.notify("READY=1")
         try:
             while not self.stop.is_set():
-                now = time.time()
-                mono = time.monotonic()
-                if watcher.structure_changed or now - last["scan"] >= cfg.poll_interval:
-                    watcher.structure_changed = False
-                    spool.rescan(now)
-                    last["scan"] = now
-                if drain and drain_state is None:
-                    drain_state = self._start_drain([])
-                elif not drain:
-                    ids = journal.open_requests("drain")
-                    if ids and drain_state is None:
-                        drain_state = self._start_drain(ids)
-                sources = spool.active()
-                if drain_state is not None and drain_state.closed_through is None:
-                    sources = [s for s in sources if s.id in drain_state.snapshot]
-                consumed = ingest.pump(sources, now)
-                if now - last["expire"] >= EXPIRE_EVERY:
-                    ingest.expire(now)
-                    last["expire"] = now
-                if drain_state is not None:
-                    if self._drain_step(drain_state, consumed, now):
-                        if drain:
-                            self._reap(time.time())
-                            return 0
-                        journal.finish_requests(drain_state.request_ids, "ok")
-                        self.log.info("drain request done", requests=drain_state.request_ids)
-                        drain_state = None
-                if now - last["reap"] >= REAP_EVERY:
-                    self._reap(now)
-                    last["reap"] = now
-                self.uploader.supervise(journal)
-                if mono - last["beat"] >= HEARTBEAT_EVERY:
-                    journal.heartbeat("ingest", os.getpid(), self.started,
-                                      f"sources={len(spool.sources)} open_objects={len(ingest.open)}")
-                    last["beat"] = mono
-                if deadline is not None and mono > deadline:
-                    self.log.error("drain timed out with work pending", pending_objects=journal.pending_objects())
-                    return 1
-                if consumed == 0 or ingest.at_cap():
-                    watcher.event.wait(0.1 if (ingest.at_cap() or drain_state) else cfg.poll_interval)
-                    watcher.event.clear()
+                try:
+                    now = time.time()
+                    mono = time.monotonic()
+                    if watcher.structure_changed or now - last["scan"] >= cfg.poll_interval:
+                        watcher.structure_changed = False
+                        spool.rescan(now)
+                        last["scan"] = now
+                    if drain and drain_state is None:
+                        drain_state = self._start_drain([])
+                    elif not drain:
+                        ids = journal.open_requests("drain")
+                        if ids and drain_state is None:
+                            drain_state = self._start_drain(ids)
+                    sources = spool.active()
+                    if drain_state is not None and drain_state.closed_through is None:
+                        sources = [s for s in sources if s.id in drain_state.snapshot]
+                    consumed = ingest.pump(sources, now)
+                    if consumed:
+                        metrics.ingested(ingest.stats)
+                        self.full_streak = 0
+                    logs.handle_reopen()
+                    if now - last["expire"] >= EXPIRE_EVERY:
+                        ingest.expire(now)
+                        last["expire"] = now
+                    if drain_state is not None:
+                        if self._drain_step(drain_state, consumed, now):
+                            if drain:
+                                self._reap(time.time())
+                                return 0
+                            journal.finish_requests(drain_state.request_ids, "ok")
+                            self.log.info("drain request done", requests=drain_state.request_ids)
+                            drain_state = None
+                    if now - last["reap"] >= REAP_EVERY:
+                        self._reap(now)
+                        last["reap"] = now
+                    self.uploader.supervise(journal)
+                    if mono - last["beat"] >= HEARTBEAT_EVERY:
+                        journal.heartbeat("ingest", os.getpid(), self.started,
+                                          f"sources={len(spool.sources)} open_objects={len(ingest.open)}")
+                        last["beat"] = mono
+                    if deadline is not None and mono > deadline:
+                        self.log.error("drain timed out with work pending", pending_objects=journal.pending_objects())
+                        return 1
+                    if consumed == 0 or ingest.at_cap():
+                        watcher.event.wait(0.1 if (ingest.at_cap() or drain_state) else cfg.poll_interval)
+                        watcher.event.clear()
+                except (OSError, sqlite3.Error) as e:
+                    if not disk_full(e):
+                        raise
+                    self._disk_full(e)
+            if drain:  # stopped by a signal before everything was shipped
+                self.log.warning("drain interrupted by a stop signal; what was not shipped yet is shipped "
+                                 "by the next run or drain")
+                return 1
             return 0
         finally:
+            systemd.notify("STOPPING=1")
             watcher.stop()
-            ingest.flush()
+            try:
+                ingest.flush()
+            except (OSError, sqlite3.Error) as e:
+                if not disk_full(e):
+                    raise
+                self.log.error("state dir disk full at stop: the last batch is read again at the next start",
+                               error=str(e))
             self.uploader.stop(cfg.shutdown_timeout + 5.0)
             self.log.info("spoolup stopped", bytes=ingest.stats["bytes"], records=ingest.stats["records"])
+
+    def _disk_full(self, e: Exception) -> None:
+        """The state dir's filesystem is full: abandon the batch in progress (ingest goes back
+        to the journaled state, freeing what the batch wrote), say so in the log and in
+        `status`, and try again later, with a growing delay.  The backlog waits in the spool;
+        nothing journaled is lost, and the service resumes by itself when space returns."""
+        self.full_streak += 1
+        delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(self.full_streak - 1, 10))
+        message = (f"no space left on the filesystem of the state dir {self.cfg.state_dir} ({e}); ingest "
+                   f"pauses and retries (the backlog waits in the spool, nothing journaled is lost). Free "
+                   f"space there; spoolup resumes by itself")
+        self.log.error("state dir disk full", error=str(e), state_dir=str(self.cfg.state_dir), retry_in=delay)
+        try:
+            self.ingest.rollback()
+        except (OSError, sqlite3.Error) as again:
+            self.log.error("disk full: could not go back to the journaled state yet; retrying", error=str(again))
+        with contextlib.suppress(Exception):
+            self.journal.record_error("ingest", "write", "ENOSPC", message)
+        until = time.monotonic() + delay
+        while not self.stop.is_set() and time.monotonic() < until:
+            time.sleep(0.05)  # (not stop.wait(): the stop signal's handler sets `stop`, and must never
+            #                   find its lock held by this thread)
 
     def _start_drain(self, request_ids: list[int]) -> DrainState:
         snapshot = {s.id: s.size for s in self.spool.active()}
@@ -298,12 +357,30 @@ class Service:
         """Delete spool files whose bytes are all in completed objects (invariant 6)."""
         from spoolup import crash
 
+        moved = []
         for src in list(self.spool.active()):
             if src.offset < src.size or now - src.mtime < self.cfg.spool_reap_seconds:
                 continue
             if self.journal.source_pending_objects(src.id):
                 continue
-            self.spool.try_reap(src, now, self.cfg.spool_reap_seconds, crash.point)
+            if not self.spool.try_reap(src, now, self.cfg.spool_reap_seconds, crash.point) and \
+                    os.path.basename(src.path).startswith(REAPING):
+                moved.append(src)
+        if moved:
+            # moved aside (see Spool.try_reap): an open of the old path that was under way has
+            # completed by now, and holds the file open; the others are deleted
+            time.sleep(REAP_SETTLE)
+            for src in moved:
+                self.spool.try_reap(src, time.time(), self.cfg.spool_reap_seconds, crash.point)
+
+
+def disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT from a write, or SQLITE_FULL from the journal."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+    return False
 
 
 def _raise_fd_limit() -> None:

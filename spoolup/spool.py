@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from spoolup import keys
 from spoolup.journal import Journal, SourceRow
 
 HEAD_BYTES = 64  # fingerprint length
+REAPING = ".spoolup-reaping-"  # a shipped spool file's name between the two steps of its deletion
 
 
 @dataclass
@@ -132,7 +134,7 @@ class Spool:
                 self._forget(src, "its inode now holds a different file (the old file was deleted)")
                 src = None
             if src is None:
-                new.append(self._discover(ident, entry, now))
+                new.append(self._discover(ident, entry, now, found))
                 continue
             src.missing = 0
             if entry.path != src.path:
@@ -146,7 +148,8 @@ class Spool:
                 self._vanished(src)
         return new
 
-    def _discover(self, ident: tuple[int, int], entry: ScanEntry, now: float) -> Source:
+    def _discover(self, ident: tuple[int, int], entry: ScanEntry, now: float,
+                  found: dict[tuple[int, int], ScanEntry] | None = None) -> Source:
         row = self.journal.add_source(ident[0], ident[1], entry.path, entry.st.st_mtime, now)
         src = Source.from_row(row, None)
         self._add(src)
@@ -157,6 +160,12 @@ class Spool:
                 self._set_state(src, "refused", f"object key {src.key!r} rendered from {entry.path!r} {problem}; "
                                                 "the file stays in the spool")
                 return src
+        old = [s for s in self.sources.values() if s.path == entry.path and s is not src
+               and (found is None or (s.dev, s.ino) not in found)]  # (not merely renamed away)
+        if old:
+            self.log.warning("spool file replaced: its path now holds another file (inode changed under the "
+                             "journaled offset); the new file is shipped from its start as a new spool file",
+                             path=entry.path, old_source=old[0].id, journaled_offset=old[0].offset, source=src.id)
         self.log.info("new spool file", source=src.id, path=entry.path, key=src.key, size=src.size)
         return src
 
@@ -267,7 +276,22 @@ class Spool:
 
     def try_reap(self, src: Source, now: float, idle_seconds: float, crash_point) -> bool:
         """Delete a fully shipped spool file whose writer has closed it.  The
-        caller checked that every object holding its bytes is done."""
+        caller checked that every object holding its bytes is done.  True once
+        the file is deleted and journaled as reaped.
+
+        Two steps, because a writer may be opening the file by its path at the
+        very moment it is deleted (syslog-ng reopens a file it closed after
+        time-reap() when a new message comes): such a writer would write into a
+        deleted inode, and its records would be lost.  So the first step renames
+        the file to a reaping name (REAPING + source id) in its directory: new
+        opens of the path now create a new file, and an open already under way
+        still finds the file, which stays in the spool and is read like any
+        other.  A second call (the caller makes it a moment later) deletes it if
+        it is still fully shipped and idle and no one has it open, then journals
+        the source as reaped.  A crash after the delete and before the journal leaves
+        a journaled source whose file is gone with every byte consumed: the next
+        scan forgets it quietly.  (Journaling first would leave a file the journal
+        no longer tracks, read again from its start.)"""
         if src.state != "active" or src.offset < src.size or now - src.mtime < idle_seconds:
             return False
         self.close_fd(src)
@@ -276,36 +300,65 @@ class Spool:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
+        keep_fd = False
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (src.dev, src.ino) or st.st_size != src.offset:
                 return False
-            if not _nobody_else_has_it_open(fd):
+            lease = _take_lease(fd)
+            if lease is False:
                 return False
-            self.journal.mark_reaped(src.id)
+            if not path.name.startswith(REAPING):
+                # (the journal keeps the spool path: after a crash here, the scan finds the
+                # file under its reaping name by its inode, as any renamed file)
+                reaping = path.with_name(f"{REAPING}{src.id}")
+                os.rename(path, reaping)
+                old, src.path = src.path, str(reaping.relative_to(self.dir))
+                self.log.debug("shipped spool file moved aside to be deleted", source=src.id, path=old, to=src.path)
+                return False
             crash_point("before-reap-unlink")
             os.unlink(path)
+            crash_point("after-reap-unlink")
+            if lease and fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK:
+                # someone opened it while we held the lease: whatever it writes goes to the
+                # deleted inode, which we keep reading through this descriptor
+                self.log.warning("a writer opened a spool file while it was being deleted; reading on from the "
+                                 "deleted file until it is idle again", source=src.id, path=src.path)
+                src.fd, keep_fd = fd, True
+                return False
+            self.journal.mark_reaped(src.id)
         finally:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-            os.close(fd)
-        self.log.info("spool file shipped and deleted", source=src.id, path=src.path, bytes=src.offset)
+            if not keep_fd:
+                os.close(fd)
+        self.log.info("spool file shipped and deleted", source=src.id, path=src.key_path, bytes=src.offset)
         self.sources.pop(src.id, None)
         self.by_inode.pop((src.dev, src.ino), None)
         return True
 
 
-def _nobody_else_has_it_open(fd: int) -> bool:
+def _take_lease(fd: int) -> bool | None:
     """A write lease is granted only when no other descriptor has the file open:
-    the writer (syslog-ng) has really closed it.  Where leases are not available
-    (not the owner, NFS) the idle time alone decides, as DESIGN says."""
+    the writer (syslog-ng) has really closed it.  True: we hold the lease; False:
+    someone has the file open; None: leases are not available here (not the owner,
+    NFS), and the idle time alone decides, as DESIGN says.
+
+    A writer opening the file while we hold the lease makes the kernel send SIGIO,
+    whose default action terminates the process: it is ignored (we give the lease
+    up within microseconds anyway).  Signal dispositions can only be set from the
+    main thread; elsewhere no lease is taken."""
+    if signal.getsignal(signal.SIGIO) is signal.SIG_DFL:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
         return True
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EBUSY):
             return False
-        return True
+        return None
 
 
 class Watcher:

@@ -22,8 +22,8 @@ LIVENESS_SECONDS = 10.0  # a process whose heartbeat is older is reported dead
 
 
 def collect(cfg: Config) -> dict[str, Any]:
-    if not cfg.journal_path.exists():
-        journal = _empty_journal()  # never ran with this state dir: everything is zero
+    if not cfg.journal_path.exists() or _version(cfg.journal_path) == 0:
+        journal = _empty_journal()  # never ran with this state dir (or it is being created): all zero
     else:
         journal = Journal.open_readonly(cfg.journal_path)
     try:
@@ -103,6 +103,17 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     }
 
 
+def _version(path: Path) -> int | None:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        try:
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
 def _empty_journal() -> Journal:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.row_factory = sqlite3.Row
@@ -114,10 +125,14 @@ def _empty_journal() -> Journal:
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
+        return True
+    try:  # a killed process not yet reaped by its parent is a zombie: dead
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
         return True
 
 

@@ -28,6 +28,7 @@ import fcntl
 import os
 import random
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from spoolup import crash, keys, logs
+from spoolup import crash, keys, logs, metrics
 from spoolup.chunks import Codec, chunk_name, part_file
 from spoolup.config import Config
 from spoolup.journal import ChunkRow, Journal, ObjectRow
@@ -138,10 +139,10 @@ class Work:
             idx += 1
         return Claimed(obj.id, idx, keys.final_key(obj.key, obj.ts, idx, self.cfg.key_suffix), mode)
 
-    def start(self, obj: ObjectRow) -> Started | Done | KeyTaken:
+    def start(self, obj: ObjectRow, part_size: int | None = None) -> Started | Done | KeyTaken:
         key = obj.final_key
         if obj.mode == "single":
-            return self.put(obj)
+            return self.put(obj, part_size)
         # uploads at exactly this key can only be ours (the claim saw none): a Create whose
         # reply was lost, or a crash before its id was journaled.  Abort them first.
         for k, upload_id in self.s3.list_uploads(key):
@@ -154,9 +155,12 @@ class Work:
         crash.point("after-create-multipart")
         return Started(obj.id, upload_id)
 
-    def put(self, obj: ObjectRow) -> Done | KeyTaken:
+    def put(self, obj: ObjectRow, part_size: int | None = None) -> Done | KeyTaken:
         key = obj.final_key
         body = FileBody.of(part_file(self.chunk_dir, obj.id, 1, self.codec))
+        if part_size is not None and body.size != part_size:
+            raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
+                          f"{part_size}; run `spoolup recover`", op="PutObject", key=key)
         existing = self.s3.head(key)
         if existing is not None:
             if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
@@ -169,8 +173,21 @@ class Work:
             if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
                 return Done(obj.id, existing["etag"], "already in the bucket")
             return KeyTaken(obj.id, key)
+        metrics.uploaded(0, body.size)
         crash.point("after-put-object")
         return Done(obj.id, etag, "put")
+
+    def abort_others(self, key: str, upload_id: str) -> None:
+        """Abort the other uploads at a key this object completed.  They can only be
+        spoolup's own (the claim saw none there): a CreateMultipartUpload whose reply was
+        lost (a timeout, a reset) and which the client then retried.  Best effort: the
+        recovery at the next start aborts any left."""
+        try:
+            for k, other in self.s3.list_uploads(key):
+                if k == key and other != upload_id:
+                    self.s3.abort(k, other)
+        except S3Error:
+            pass
 
     def part(self, obj: ObjectRow, chunk: ChunkRow, attempts: int) -> PartDone | UploadGone:
         body = FileBody.of(part_file(self.chunk_dir, obj.id, chunk.part, self.codec))
@@ -189,6 +206,7 @@ class Work:
                     return UploadGone(obj.id)
             raise
         crash.point("after-upload-part")
+        metrics.uploaded(1, body.size)
         return PartDone(obj.id, chunk.part, etag, body.md5_hex)
 
     def complete(self, obj: ObjectRow, parts: list[ChunkRow]) -> Done | KeyTaken | UploadGone | PartsMismatch:
@@ -201,6 +219,7 @@ class Work:
             # maybe our own Complete succeeded and its reply (or journal entry) was lost
             head = self.s3.head(key)
             if self.is_ours(head, obj.id, expected):
+                self.abort_others(key, obj.upload_id)
                 return Done(obj.id, head["etag"], "found completed in the bucket")
             if isinstance(e, NoSuchUpload):
                 return UploadGone(obj.id) if head is None else KeyTaken(obj.id, key)
@@ -216,6 +235,7 @@ class Work:
                 return PartsMismatch(obj.id, bad)
             raise
         crash.point("after-complete")
+        self.abort_others(key, obj.upload_id)
         return Done(obj.id, etag or expected, "completed")
 
 
@@ -234,6 +254,7 @@ class Uploader:
         self.pool = ThreadPoolExecutor(max_workers=cfg.upload_threads, thread_name_prefix="upload")
         self.inflight: dict[tuple, Future] = {}
         self.failures: dict[tuple, tuple[int, float]] = {}  # task -> (attempts, not before)
+        self.vanished: dict[int, int] = {}  # object id -> uploads lost in a row (NoSuchUpload)
         self.wake = threading.Event()
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0}
         self._last_prune = 0.0
@@ -248,6 +269,8 @@ class Uploader:
             return
         if len(self.inflight) >= self.cfg.upload_threads * 2:
             return
+        if attempts:
+            metrics.upload_retry()
         future = self.pool.submit(fn, *args)
         future.add_done_callback(lambda _f: self.wake.set())
         self.inflight[task] = future
@@ -261,7 +284,9 @@ class Uploader:
             in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
             self._submit(("claim", obj.id), self.work.claim, obj, 0 if prev is None else prev + 1, in_use, mode)
         for obj in j.to_start():
-            self._submit(("start", obj.id), self.work.start, obj)
+            chunks = j.chunks_of(obj.id) if obj.mode == "single" else []
+            size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
+            self._submit(("start", obj.id), self.work.start, obj, size)
         for obj, chunk in j.parts_to_upload(limit=self.cfg.upload_threads * 4):
             task = ("part", obj.id, chunk.part)
             attempts = self.failures.get(task, (0, 0.0))[0]
@@ -305,8 +330,10 @@ class Uploader:
             j.set_upload_id(result.object_id, result.upload_id)
         elif isinstance(result, Done):
             j.complete(result.object_id, result.etag)
+            self.vanished.pop(result.object_id, None)
             crash.point("after-object-done")
             self.stats["objects"] += 1
+            metrics.object_uploaded()
             obj = j.object(result.object_id)
             self.log.info("object completed", key=obj.final_key, bytes=obj.size, records=obj.records,
                           how=result.how, close_reason=obj.close_reason)
@@ -318,8 +345,14 @@ class Uploader:
                            "moved to the next free index", result.final_key)
             j.unclaim(result.object_id)
         elif isinstance(result, UploadGone):
+            # the next CreateMultipartUpload waits, with a delay growing while the uploads keep
+            # vanishing: a store that answers NoSuchUpload to everything must not be hammered
+            # with Create/UploadPart/Abort rounds
+            n = self.vanished[result.object_id] = self.vanished.get(result.object_id, 0) + 1
+            delay = self._backoff(n)
+            self.failures[("start", result.object_id)] = (n, time.monotonic() + delay)
             self.log.warning("multipart upload vanished; starting it again from the local chunks",
-                             object=result.object_id)
+                             object=result.object_id, retry_in=round(delay, 2))
             obj = j.object(result.object_id)
             j.record_error(self.process, "upload", "NoSuchUpload", "multipart upload vanished; re-uploading "
                            "every part from local chunks", obj.final_key if obj else None)
@@ -333,13 +366,19 @@ class Uploader:
                     [(result.object_id, p) for p in result.parts],
                 )
 
+    def _backoff(self, attempts: int) -> float:
+        """Seconds to wait after the attempts-th failure in a row: exponential, jittered,
+        at most retry-max-delay."""
+        return min(self.cfg.retry_max_delay, 0.25 * 2 ** min(attempts, 20)) * random.uniform(0.5, 1.0)
+
     def _failed(self, task: tuple, e: S3Error) -> None:
         attempts, _ = self.failures.get(task, (0, 0.0))
         attempts += 1
-        delay = min(self.cfg.retry_max_delay, 0.25 * 2 ** min(attempts, 20)) * random.uniform(0.5, 1.0)
+        delay = self._backoff(attempts)
         self.failures[task] = (attempts, time.monotonic() + delay)
         self.stats["errors"] += 1
         self.stats["retries"] += 1
+        metrics.upload_error(e.code, e.op or task[0])
         self.log.warning("S3 call failed; will retry", task=task[0], object=task[1], code=e.code,
                          error=str(e), attempt=attempts, retry_in=round(delay, 2))
         with contextlib.suppress(Exception):
@@ -404,18 +443,37 @@ def main(config_path: str, parent_pid: int) -> int:
     from spoolup import recover
 
     _set_parent_death_signal()
+    crash.set_parent(parent_pid)
     cfg = config_mod.load(config_path)
     logs.setup(level=cfg.log_level, fmt=cfg.log_format, secrets=cfg.secrets, process="upload",
                log_file=cfg.log_file or None)
+    metrics.child(cfg)
     log = logs.get("spoolup.upload")
     stop = threading.Event()
-    hard = {"n": 0}
+    wake = threading.Event()
+
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_w, False)
 
     def on_term(signum, _frame):
-        hard["n"] += 1
-        if hard["n"] > 1:
-            os._exit(1)  # second signal: stop at once (crash-safe by design)
+        # Always the graceful stop, however many signals: a Ctrl-C (SIGINT to the whole process
+        # group) or systemd signalling every process reaches us *and* the parent, which forwards
+        # SIGTERM -- that must not count as a second, hard stop.  The hard stop is the parent's:
+        # a second signal to it SIGKILLs this process.
+        # No locks in here: the handler runs between two bytecodes of the main thread, which may
+        # hold the very lock Event.set() takes (it waits on `wake` most of the time), and a killed
+        # parent sends its parent-death signal once per thread -- Event.set() here deadlocked the
+        # process, which then held upload.lock forever and no upload process could start again.
+        # A byte on a pipe wakes the "stop" thread, which sets the events.
+        with contextlib.suppress(OSError):
+            os.write(sig_w, b"\0")
+
+    def stopper():
+        os.read(sig_r, 1)
         stop.set()
+        wake.set()
+
+    threading.Thread(target=stopper, name="stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -435,6 +493,7 @@ def main(config_path: str, parent_pid: int) -> int:
     journal = Journal.open(cfg.journal_path, fsync=cfg.fsync, create=False)
     s3 = S3(cfg)
     uploader = Uploader(cfg, journal, s3, log)
+    uploader.wake = wake
 
     def read_wakes():
         while True:
@@ -456,6 +515,8 @@ def main(config_path: str, parent_pid: int) -> int:
     # reconcile with S3 before uploading anything (retried until S3 answers)
     attempt = 0
     while not stop.is_set():
+        if attempt:
+            metrics.upload_retry()
         try:
             if s3.ensure_bucket():
                 log.info("bucket did not exist; created it", bucket=cfg.bucket)
@@ -468,24 +529,41 @@ def main(config_path: str, parent_pid: int) -> int:
             attempt += 1
             delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(attempt, 10))
             log.warning("cannot reconcile with S3 yet; retrying", error=str(e), retry_in=delay)
+            metrics.upload_error(e.code, e.op or "recover")
             with contextlib.suppress(Exception):
                 journal.record_error("upload", e.op or "recover", e.code, str(e), e.key)
             stop.wait(delay)
 
     last_beat = 0.0
+    full = 0
     while not stop.is_set():
-        uploader.step(0.5)
-        if time.monotonic() - last_beat > HEARTBEAT_EVERY:
-            last_beat = time.monotonic()
-            journal.heartbeat("upload", os.getpid(), started,
-                              f"inflight={len(uploader.inflight)} parts={uploader.stats['parts']} "
-                              f"objects={uploader.stats['objects']}")
-            uploader.housekeeping()
-    log.info("upload process stopping", inflight=len(uploader.inflight))
+        try:
+            uploader.step(0.5)
+            logs.handle_reopen()
+            if time.monotonic() - last_beat > HEARTBEAT_EVERY:
+                last_beat = time.monotonic()
+                journal.heartbeat("upload", os.getpid(), started,
+                                  f"inflight={len(uploader.inflight)} parts={uploader.stats['parts']} "
+                                  f"objects={uploader.stats['objects']}")
+                uploader.housekeeping()
+            full = 0
+        except sqlite3.OperationalError as e:
+            # the journal cannot grow (the state dir's disk is full): the results of the calls
+            # just finished are not journaled, so those calls are made again later -- harmless,
+            # by invariants 2, 3 and 5.  Wait, and go on once there is space.
+            if not (getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)):
+                raise
+            full += 1
+            delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(full - 1, 10))
+            log.error("state dir disk full: cannot journal upload results; retrying", error=str(e), retry_in=delay)
+            stop.wait(delay)
+    inflight = len(uploader.inflight)
+    log.info("upload process stopping", inflight=inflight, timeout=cfg.shutdown_timeout)
     uploader.finish_inflight(cfg.shutdown_timeout)
+    unfinished = len(uploader.inflight)
     uploader.close()
     journal.close()
-    log.info("upload process stopped")
+    log.info("upload process stopped", finished=inflight - unfinished, unfinished=unfinished)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""spoolup benchmarks: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,75 @@
+"""Render bench/results.json figures into bench/RESULTS.md (between markers,
+leaving the hand-written sections -- torture, profiles, analysis -- alone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BEGIN = "<!-- BEGIN FIGURES (python -m bench writes this part) -->"
+END = "<!-- END FIGURES -->"
+
+
+def _f(x, digits=2):
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def figures_markdown(info: dict, r: dict) -> str:
+    out = [BEGIN, "", f"Measured {info['date']} on {info['machine']}; Python {info['python']}; {info['versions']}.",
+           "S3 is moto server on loopback, one process, restarted between rounds.", "",
+           "| # | figure | spoolup | baseline (same run) | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
+    if "e2e" in r:
+        e = r["e2e"]
+        out.append(f"| 1 | end-to-end drain of {e['bytes'] // 2**20} MiB (256 B lines, 4 keys) | "
+                   f"{e['spoolup_s']:.2f} s = {e['spoolup_MBps']:.0f} MB/s | boto3/s3transfer upload, same threads: "
+                   f"{e['baseline_s']:.2f} s = {e['baseline_MBps']:.0f} MB/s | {e['ratio']:.2f} | >= 0.9 | "
+                   f"{'yes' if e['ratio'] >= 0.9 else 'no'} |")
+    if "ingest" in r:
+        g = r["ingest"]
+        ok = g["ratio"] >= 0.5 and g["spoolup_MBps"] >= 300
+        out.append(f"| 2 | ingest only, {g['bytes'] // 2**20} MiB, fsync on | {g['spoolup_MBps']:.0f} MB/s, "
+                   f"{g['spoolup_records_per_s'] / 1e6:.2f} M records/s (fsync off: {g['spoolup_nofsync_MBps']:.0f} MB/s) | "
+                   f"`cat` to /dev/null: {g['cat_MBps']:.0f} MB/s"
+                   + (f"; durable copy floor (`dd oflag=direct conv=fdatasync`): {g['dd_direct_MBps']:.0f} MB/s"
+                      if "dd_direct_MBps" in g else "")
+                   + f" | {g['ratio']:.2f} vs cat" + (f", {g['ratio_vs_dd']:.2f} vs dd" if "ratio_vs_dd" in g else "")
+                   + f" | >= 0.5 x cat and >= 300 MB/s | {'yes' if ok else 'no (see below)'} |")
+    if "manykeys" in r:
+        m = r["manykeys"]
+        out.append(f"| 3 | {m['keys']} keys, {m['bytes'] // 2**20} MiB envelope | {m['many_keys_s']:.1f} s, "
+                   f"{m['many_keys_objects_per_s']:.0f} objects/s | same bytes in 4 keys: {m['few_keys_s']:.2f} s"
+                   + (f"; boto3 PutObject of {m['keys']} small objects, 8 threads: {m['raw_put_s']:.1f} s"
+                      if "raw_put_s" in m else "")
+                   + f" | {m['ratio']:.2f} vs 4 keys" + (f", {m['ratio_vs_raw_put']:.2f} vs raw puts"
+                                                         if "ratio_vs_raw_put" in m else "")
+                   + f" | >= 0.5 | {'yes' if m['ratio'] >= 0.5 else 'no (see below)'} |")
+    if "memory" in r:
+        m = r["memory"]
+        cells = ", ".join(f"{k}: {v['peak_rss_MiB']:.0f} MiB" for k, v in m["backlogs"].items())
+        ok = m["max_peak_MiB"] <= 150 and m["growth_ratio"] <= 1.15
+        out.append(f"| 4 | peak RSS, all spoolup processes, draining a backlog | {cells} | - | "
+                   f"growth {m['growth_ratio']:.2f}x | <= 150 MiB, flat | {'yes' if ok else 'no'} |")
+    if "recover" in r:
+        c = r["recover"]
+        out.append(f"| 5 | `recover` after kill -9, {c['open_objects']} open objects | {c['recover_s']:.2f} s | - | - | "
+                   f"<= 2 s | {'yes' if c['recover_s'] <= 2 else 'no'} |")
+    if "sustained" in r:
+        s = r["sustained"]
+        ok = s["ratio"] >= 0.95 and s.get("backlog_bounded", False)
+        out.append(f"| 6 | syslog-ng + loggen at full rate for {s['seconds']} s while `spoolup run` uploads | "
+                   f"{s['with_spoolup_rate']:.0f} msg/s, max backlog {s['max_backlog_MiB']:.1f} MiB, "
+                   f"{s['final_backlog_MiB']:.1f} MiB at the end | loggen alone: {s['alone_rate']:.0f} msg/s | "
+                   f"{s['ratio']:.2f} | >= 0.95, backlog bounded | {'yes' if ok else 'no'} |")
+    out += ["", END]
+    return "\n".join(out)
+
+
+def write(path: Path, info: dict, results: dict) -> None:
+    block = figures_markdown(info, results)
+    text = path.read_text() if path.exists() else "# spoolup benchmark results\n\n" + BEGIN + "\n" + END + "\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n## Figures\n\n" + block + "\n"
+    path.write_text(text)

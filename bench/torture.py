@@ -1,0 +1,435 @@
+"""kill -9 torture: `python bench/torture.py --cycles N`.
+
+A writer thread appends sequence-numbered records, continuously, to several spool
+files (several keys; now and then a burst bigger than chunk-size, so some objects
+are real multipart uploads; small max-object-size, flush-grace-period and
+spool-reap, so objects rotate and idle spool files are deleted and recreated).
+Meanwhile `spoolup run` is SIGKILLed at random moments, over and over: its upload
+process alone (found through /proc; the service restarts it), the main process
+alone (the upload process then gets SIGTERM and finishes on its own, overlapping
+the next run), or both at once.  At the end the writer stops, `spoolup drain`
+ships the rest, and every record is checked: present exactly once, in order per
+key, in completed objects, byte for byte, and no multipart upload is left pending.
+
+Prints cycles, records, lost, duplicated (and more); exit 0 only when nothing is
+lost, duplicated, reordered or pending.  `--json` prints the figures as JSON (the
+test tests/test_torture.py runs it so).  Without `--s3-url` a moto server is
+started on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import ctypes
+import glob
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+ACCESS_KEY = "torture"
+SECRET_KEY = "torture-secret-0123456789"
+MiB = 1 << 20
+PREFIX = "torture/"
+KEY_RE = re.compile(r"^torture/(?P<name>[^/]+?)-(?P<ts>\d{12})(?:-(?P<idx>\d+))?(?:\.gz|\.zst)?$")
+RECORD_RE = re.compile(rb"^(?P<name>\S+) seq=(?P<seq>\d+) ")
+
+
+# ---------------------------------------------------------------------------
+# the writer
+
+
+class Writer(threading.Thread):
+    """Appends records `<file> seq=<n> <padding>\\n` to spool files, one write per
+    burst, opening and closing the file each time (as syslog-ng's file() does with
+    time-reap), so that idle files can be reaped and are recreated later."""
+
+    def __init__(self, spool: Path, names: list[str], rnd: random.Random, big_every: float):
+        super().__init__(name="writer", daemon=True)
+        self.spool = spool
+        self.names = names
+        self.rnd = rnd
+        self.big_every = big_every
+        self.stop = threading.Event()
+        self.seq = {n: 0 for n in names}
+        self.hash = {n: hashlib.sha256() for n in names}
+        self.bytes = {n: 0 for n in names}
+        self.bursts = 0
+        self.big_bursts = 0
+        self.error: BaseException | None = None
+        self._pool = rnd.randbytes(1 << 16).hex().encode()  # padding source
+
+    def records(self, name: str, n: int, width: tuple[int, int]) -> bytes:
+        out = []
+        lo, hi = width
+        for _ in range(n):
+            pad = self.rnd.randint(lo, hi)
+            at = self.rnd.randrange(0, len(self._pool) - pad)
+            out.append(b"%s seq=%09d %s\n" % (name.encode(), self.seq[name], self._pool[at:at + pad]))
+            self.seq[name] += 1
+        return b"".join(out)
+
+    def append(self, name: str, data: bytes) -> None:
+        fd = os.open(self.spool / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        self.hash[name].update(data)
+        self.bytes[name] += len(data)
+
+    def run(self) -> None:
+        try:
+            # each file alternates between busy spells and idle ones (longer than flush-grace-period,
+            # so its object is completed, and sometimes than spool-reap, so the file is deleted)
+            now = time.monotonic()
+            phase = {n: (True, now + self.rnd.uniform(0.5, 3)) for n in self.names}
+            next_big = now + self.rnd.uniform(0.5, 1.5) * self.big_every
+            while not self.stop.is_set():
+                now = time.monotonic()
+                for n, (busy, until) in phase.items():
+                    if now >= until:
+                        phase[n] = (not busy, now + (self.rnd.uniform(0.5, 4) if not busy else self.rnd.uniform(0.5, 5)))
+                busy = [n for n, (b, _) in phase.items() if b]
+                if now >= next_big:
+                    name = self.rnd.choice(self.names)
+                    data = self.records(name, 22_000, (280, 320))  # ~6.6 MiB: more than one 5 MiB chunk
+                    self.big_bursts += 1
+                    next_big = now + self.rnd.uniform(0.5, 1.5) * self.big_every
+                elif busy:
+                    name = self.rnd.choice(busy)
+                    data = self.records(name, self.rnd.randint(1, 300), (10, 400))
+                else:
+                    self.stop.wait(0.05)
+                    continue
+                self.append(name, data)
+                self.bursts += 1
+                self.stop.wait(self.rnd.uniform(0.0, 0.06))
+        except BaseException as e:  # noqa: BLE001 - reported by the driver
+            self.error = e
+
+
+# ---------------------------------------------------------------------------
+# processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(workdir / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("moto server did not start")
+
+
+def become_subreaper() -> None:
+    """Upload processes orphaned by a killed `spoolup run` are re-parented to us, so we
+    can reap them (and see when they are gone)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        with contextlib.suppress(OSError), open(path) as f:
+            out.extend(int(p) for p in f.read().split())
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+STUCK_AFTER = 20.0  # seconds an orphaned upload process may take to stop (shutdown-timeout is 2)
+
+
+def reap(pids: dict[int, float], stuck: list[int]) -> None:
+    """Reap the orphaned upload processes that stopped; one still running STUCK_AFTER
+    seconds after its parent was killed is stuck (it would keep upload.lock, and no
+    upload process could start again): counted, and killed so the torture goes on."""
+    for pid, since in list(pids.items()):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid if not alive(pid) else 0
+        if done:
+            del pids[pid]
+        elif time.monotonic() - since > STUCK_AFTER:
+            stuck.append(pid)
+            kill(pid)
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+def write_config(path: Path, url: str, bucket: str, spool: Path, state: Path, log_file: Path,
+                 compression: str = "none") -> None:
+    options = {
+        "url": url, "bucket": bucket, "access-key": ACCESS_KEY, "secret-key": SECRET_KEY, "region": "us-east-1",
+        "spool-dir": str(spool), "state-dir": str(state), "log-format": "json", "log-file": str(log_file),
+        "object-key": PREFIX + "{name}", "object-key-timestamp": "%Y%m%d%H%M",
+        "chunk-size": "5MiB", "max-object-size": "6MiB", "flush-grace-period": "1s", "spool-reap": "2s",
+        "poll-interval": 0.2, "shutdown-timeout": 2, "retry-max-delay": 1, "s3-timeout": 10,
+        "upload-threads": 4, "compression": compression, "compresslevel": 1 if compression == "gzip" else 3,
+    }
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items()))
+
+
+def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files: int = 4,
+            min_life: float = 0.4, max_life: float = 3.5, big_every: float = 12.0, quiet: bool = False,
+            compression: str = "none") -> dict:
+    rnd = random.Random(seed)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    become_subreaper()
+    moto = None
+    if s3_url is None:
+        moto, s3_url = start_moto(workdir)
+    bucket = f"torture-{seed}-{os.getpid()}"
+    spool, state = workdir / "spool", workdir / "state"
+    spool.mkdir(parents=True, exist_ok=True)
+    config = workdir / "spoolup.toml"
+    write_config(config, s3_url, bucket, spool, state, workdir / "spoolup.log", compression)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOOLUP_", "AWS_"))}
+    cmd = [sys.executable, "-m", "spoolup"]
+    names = [f"f{i}.log" for i in range(files)]
+    writer = Writer(spool, names, random.Random(seed + 1), big_every)
+    figures = {"cycles": 0, "kills_main": 0, "kills_upload": 0, "kills_both": 0, "unexpected_exits": 0}
+    orphans: dict[int, float] = {}  # upload processes of killed services -> when orphaned
+    stuck: list[int] = []
+    started = time.monotonic()
+    run_log = open(workdir / "run.out", "ab")
+    try:
+        writer.start()
+        for cycle in range(cycles):
+            p = subprocess.Popen([*cmd, "run", "--config", str(config)], env=env, stdout=run_log, stderr=run_log)
+            life = rnd.uniform(min_life, max_life)
+            kill_upload_at = rnd.uniform(0.2, life) if rnd.random() < 0.5 else None
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < life and p.poll() is None:
+                if kill_upload_at is not None and time.monotonic() - t0 >= kill_upload_at:
+                    for child in children(p.pid):  # the service restarts it
+                        kill(child)
+                        figures["kills_upload"] += 1
+                    kill_upload_at = None
+                time.sleep(0.02)
+            if p.poll() is not None:
+                figures["unexpected_exits"] += 1
+                say(f"cycle {cycle}: spoolup run exited by itself with {p.returncode}")
+            kids = children(p.pid)
+            if rnd.random() < 0.25:  # both at once
+                kill(p.pid)
+                for child in kids:
+                    kill(child)
+                figures["kills_both"] += 1
+            else:  # the main process; its upload process stops on its own (SIGTERM) and overlaps the next run
+                kill(p.pid)
+                figures["kills_main"] += 1
+            p.wait()
+            orphans.update({kid: time.monotonic() for kid in kids})
+            reap(orphans, stuck)
+            figures["cycles"] += 1
+            if writer.error:
+                raise RuntimeError(f"the writer failed: {writer.error!r}")
+            if not quiet and (cycle + 1) % 10 == 0:
+                say(f"cycle {cycle + 1}/{cycles}: {sum(writer.seq.values())} records written, "
+                    f"{time.monotonic() - started:.0f}s")
+        writer.stop.set()
+        writer.join()
+        deadline = time.monotonic() + 60
+        while orphans and time.monotonic() < deadline:
+            reap(orphans, stuck)
+            time.sleep(0.1)
+        figures["stuck_upload_processes"] = len(stuck)
+        if stuck:
+            say(f"upload processes that did not stop after their service was killed: {stuck}")
+        figures["tortured_seconds"] = round(time.monotonic() - started, 1)
+        r = subprocess.run([*cmd, "drain", "--config", str(config), "--timeout", "600"], env=env,
+                           capture_output=True, text=True)
+        figures["drain_exit"] = r.returncode
+        if r.returncode != 0:
+            say(f"final drain failed ({r.returncode}):\n{r.stderr[-4000:]}")
+        figures.update(verify(s3_url, bucket, writer, spool, compression))
+    finally:
+        writer.stop.set()
+        for pid in orphans:
+            kill(pid)
+        if moto is not None:
+            moto.terminate()
+            moto.wait(30)
+    figures["duration_seconds"] = round(time.monotonic() - started, 1)
+    figures["ok"] = (figures["drain_exit"] == 0 and figures["lost"] == 0 and figures["duplicated"] == 0
+                     and figures["out_of_order"] == 0 and figures["pending_uploads"] == 0
+                     and figures["byte_mismatches"] == 0 and figures["unexpected_exits"] == 0
+                     and figures["stuck_upload_processes"] == 0)
+    return figures
+
+
+def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str = "none") -> dict:
+    s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                      region_name="us-east-1",
+                      config=BotoConfig(s3={"addressing_style": "path"}, max_pool_connections=16))
+    objects: list[dict] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        objects.extend(page.get("Contents", []))
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) or []
+    per_name: dict[str, list[tuple[str, int, str]]] = {}
+    strays = []
+    for o in objects:
+        m = KEY_RE.match(o["Key"])
+        if not m:
+            strays.append(o["Key"])
+            continue
+        per_name.setdefault(m["name"], []).append((m["ts"], int(m["idx"] or 0), o["Key"]))
+
+    def fetch(key: str) -> bytes:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if compression == "gzip":
+            import gzip
+
+            return gzip.decompress(body)  # every part is a complete member
+        if compression == "zstd":
+            import io
+
+            import zstandard
+
+            return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True).read()
+        return body
+
+    lost = duplicated = out_of_order = mismatches = empty = 0
+    problems: list[str] = []  # where, for a failed run
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for name in writer.names:
+            keys = [k for _, _, k in sorted(per_name.get(name, []))]
+            bodies = list(pool.map(fetch, keys))
+            empty += sum(1 for b in bodies if not b)
+            data = b"".join(bodies)
+            if hashlib.sha256(data).digest() != writer.hash[name].digest() or len(data) != writer.bytes[name]:
+                mismatches += 1
+            seqs, where = [], []
+            for key, body in zip(keys, bodies):
+                for line in body.splitlines():
+                    m = RECORD_RE.match(line)
+                    if m and m["name"].decode() == name:
+                        seqs.append(int(m["seq"]))
+                        where.append(key)
+            seen = set(seqs)
+            missing = sorted(set(range(writer.seq[name])) - seen)
+            lost += len(missing)
+            duplicated += len(seqs) - len(seen)
+            out_of_order += sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a)
+            if missing:
+                ranges, start = [], missing[0]
+                for a, b in zip(missing, missing[1:] + [None]):
+                    if b != a + 1:
+                        ranges.append((start, a))
+                        start = b
+                index = {seq: key for seq, key in zip(seqs, where)}
+                for lo, hi in ranges[:10]:
+                    problems.append(f"{name}: seq {lo}..{hi} missing (after {index.get(lo - 1)}, "
+                                    f"before {index.get(hi + 1)})")
+            if len(seqs) != len(seen):
+                dups = sorted(q for q, n in collections.Counter(seqs).items() if n > 1)[:5]
+                problems.append(f"{name}: {len(seqs) - len(seen)} duplicated, e.g. seq {dups}")
+    heads_multipart = sum(1 for o in objects if "-" in o.get("ETag", "").strip('"'))
+    return {
+        "records": sum(writer.seq.values()), "bytes": sum(writer.bytes.values()), "objects": len(objects),
+        "multipart_objects": heads_multipart, "big_bursts": writer.big_bursts,
+        "lost": lost, "duplicated": duplicated, "out_of_order": out_of_order, "byte_mismatches": mismatches,
+        "empty_objects": empty, "stray_objects": len(strays), "pending_uploads": len(uploads),
+        "spool_files_left": len(list(spool.iterdir())), "problems": problems,
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = f"{int(f.readline().split()[1]) // 1024 // 1024} GiB RAM"
+    return f"{os.cpu_count()} CPUs ({cpu}), {mem}, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cycles", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--files", type=int, default=4, help="spool files (keys)")
+    ap.add_argument("--dir", help="work directory (kept); default: a temporary one, removed afterwards")
+    ap.add_argument("--s3-url", help="an S3 endpoint (e.g. a running moto server); default: start moto")
+    ap.add_argument("--max-life", type=float, default=3.5, help="longest life of a `spoolup run`, seconds")
+    ap.add_argument("--big-every", type=float, default=12.0, help="mean seconds between bursts > chunk-size")
+    ap.add_argument("--compression", choices=("none", "gzip", "zstd"), default="none")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args(argv)
+    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spoolup-torture-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    figures = torture(args.cycles, seed=args.seed, workdir=workdir, s3_url=args.s3_url, files=args.files,
+                      max_life=args.max_life, big_every=args.big_every, quiet=args.json,
+                      compression=args.compression)
+    if not args.dir and figures["ok"]:
+        shutil.rmtree(workdir, ignore_errors=True)
+    figures["seed"] = args.seed
+    figures["compression"] = args.compression
+    figures["machine"] = machine()
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for k in ("cycles", "records", "lost", "duplicated", "out_of_order", "byte_mismatches", "pending_uploads",
+                  "objects", "multipart_objects", "bytes", "kills_main", "kills_upload", "kills_both",
+                  "unexpected_exits", "stuck_upload_processes", "duration_seconds", "seed", "machine"):
+            print(f"{k}: {figures.get(k)}")
+        for line in figures.get("problems", []):
+            print(f"problem: {line}")
+        if not args.dir and not figures["ok"]:
+            print(f"work directory kept for inspection: {workdir}")
+    return 0 if figures["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Helpers shared by the crash-safety tests (kill points, recover, faults, disk
+full, torture): crashing a real spoolup at a named point, reading its journal
+read-only, and asserting that the bucket holds every spool byte exactly once.
+
+Nothing here mocks S3, SQLite or the filesystem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from helpers import Spoolup, get, list_keys, objects_of, pending_uploads, wait_for
+
+MiB = 1024 * 1024
+
+
+def write(path: Path, data: bytes, mode: str = "wb") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def noisy_lines(n: int, *, width: int = 256, seed: int = 1, start: int = 0, tag: str = "n") -> bytes:
+    """n records with sequence numbers and random hex (compresses only about 2:1, so a
+    compressed object of them still needs several 5 MiB parts)."""
+    import random
+
+    rnd = random.Random(seed)
+    pad = max(width - 24, 2) // 2
+    return b"".join(f"{tag} seq={i} {rnd.randbytes(pad).hex()}\n".encode() for i in range(start, start + n))
+
+
+def split_records(data: bytes, at: int) -> tuple[bytes, bytes]:
+    """data cut after the record that holds byte `at` (both halves whole records)."""
+    cut = data.index(b"\n", at) + 1
+    return data[:cut], data[cut:]
+
+
+# ---------------------------------------------------------------------------
+# crashing spoolup
+
+
+def crash_env(sp: Spoolup, point: str | None, *, scope: str = "service", mark: Path | None = None) -> dict:
+    env = sp.env(point)
+    if point:
+        env["SPOOLUP_CRASH_SCOPE"] = scope
+        env["SPOOLUP_CRASH_MARK"] = str(mark or crash_mark(sp))
+    return env
+
+
+def crash_mark(sp: Spoolup) -> Path:
+    return sp.base / "crash-mark"
+
+
+def spoolup_cmd(sp: Spoolup, *args: str, env: dict | None = None, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "spoolup", *args, "--config", str(sp.config)],
+        capture_output=True, text=True, timeout=timeout, env=env if env is not None else sp.env(),
+    )
+
+
+def drain_crashing(sp: Spoolup, point: str, *, scope: str = "service", timeout: float = 120):
+    """`spoolup drain` with a crash at `point`; asserts the crash happened (SIGKILL, mark written)."""
+    mark = crash_mark(sp)
+    mark.unlink(missing_ok=True)
+    r = spoolup_cmd(sp, "drain", env=crash_env(sp, point, scope=scope, mark=mark), timeout=timeout)
+    assert mark.exists(), f"the crash point {point} was never reached\n{r.stdout}\n{r.stderr[-3000:]}"
+    if scope == "service" or point.split(":")[0] in MAIN_PROCESS_POINTS:
+        assert r.returncode == -9, f"drain was not killed at {point}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    return r
+
+
+MAIN_PROCESS_POINTS = ("after-chunk-write", "after-chunk-sync", "after-batch-commit", "before-reap-unlink",
+                       "after-reap-unlink")
+
+
+def start_crashing(sp: Spoolup, point: str, *, scope: str = "service") -> subprocess.Popen:
+    """`spoolup run` with a crash at `point` (the caller waits for it)."""
+    mark = crash_mark(sp)
+    mark.unlink(missing_ok=True)
+    log = open(sp.base / "run.log", "ab")
+    p = subprocess.Popen([sys.executable, "-m", "spoolup", "run", "--config", str(sp.config)],
+                         stdout=log, stderr=log, env=crash_env(sp, point, scope=scope, mark=mark))
+    sp.procs.append(p)
+    return p
+
+
+def wait_killed(sp: Spoolup, p: subprocess.Popen, timeout: float = 60) -> None:
+    try:
+        code = p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"spoolup run was not killed within {timeout}s\n{sp.log_text()[-3000:]}") from None
+    assert crash_mark(sp).exists() and code == -9, f"exit {code}\n{sp.log_text()[-3000:]}"
+
+
+def wait_upload_process_gone(sp: Spoolup, timeout: float = 30) -> None:
+    """An upload process orphaned by a killed service finishes on its own (SIGTERM from
+    the parent-death signal); wait for it, so a test's next step sees a quiet bucket."""
+    lock = sp.state / "upload.lock"
+    if not lock.exists():
+        return
+    import fcntl
+
+    def free() -> bool:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    wait_for(free, timeout, 0.1, what="the orphaned upload process to stop")
+
+
+# ---------------------------------------------------------------------------
+# the journal, read-only
+
+
+def journal_path(sp: Spoolup) -> Path:
+    return sp.state / "journal.sqlite"
+
+
+def query(sp: Spoolup, sql: str, args: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{journal_path(sp)}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def journal_write(sp: Spoolup, sql: str, args: tuple = ()) -> None:
+    """Change the journal behind spoolup's back (tests of damage only; spoolup must not be running)."""
+    conn = sqlite3.connect(journal_path(sp), isolation_level=None, timeout=30)
+    try:
+        conn.execute(sql, args)
+    finally:
+        conn.close()
+
+
+def journal_state(sp: Spoolup) -> dict[str, list[tuple]]:
+    """What the journal says about sources, objects and chunks (not heartbeats or errors)."""
+    return {
+        "sources": query(sp, "SELECT id, dev, ino, path, offset, size, state FROM sources ORDER BY id"),
+        "objects": query(sp, "SELECT * FROM objects ORDER BY id"),
+        "chunks": query(sp, "SELECT * FROM chunks ORDER BY object_id, part"),
+    }
+
+
+def consumed(sp: Spoolup) -> int:
+    """Spool bytes journaled as consumed, all sources."""
+    try:
+        return query(sp, "SELECT coalesce(sum(offset), 0) FROM sources")[0][0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def chunk_files(sp: Spoolup) -> dict[str, int]:
+    d = sp.state / "chunks"
+    return {e.name: e.stat().st_size for e in os.scandir(d)} if d.exists() else {}
+
+
+# ---------------------------------------------------------------------------
+# the bucket
+
+
+def decode(body: bytes, suffix: str) -> bytes:
+    if suffix == ".gz":
+        return gzip.decompress(body)
+    if suffix == ".zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    return body
+
+
+def assert_exact(s3, bucket: str, expected: dict[str, bytes], *, suffix: str = "",
+                 foreign: dict[str, bytes] | None = None) -> dict[str, list[str]]:
+    """Each base key's objects, concatenated in index order, are exactly its spool bytes;
+    no object is empty, none is there that should not be, no multipart upload is pending.
+    Returns base -> keys."""
+    foreign = foreign or {}
+    layout: dict[str, list[str]] = {}
+    ours: list[str] = []
+    for base, data in expected.items():
+        keys = [k for k in objects_of(s3, bucket, base, suffix) if k not in foreign]
+        bodies = [decode(get(s3, bucket, k), suffix) for k in keys]
+        assert all(bodies), f"{base}: an empty object among {keys}"
+        got = b"".join(bodies)
+        if got != data:
+            raise AssertionError(f"{base}: bucket has {len(got)} bytes in {keys}, spool has {len(data)}; "
+                                 f"{describe_difference(got, data)}")
+        layout[base] = keys
+        ours.extend(keys)
+    for key, body in foreign.items():
+        assert get(s3, bucket, key) == body, f"foreign object {key} was overwritten"
+    assert sorted(list_keys(s3, bucket)) == sorted(ours + list(foreign)), "unexpected objects in the bucket"
+    assert pending_uploads(s3, bucket) == [], "multipart uploads left pending"
+    return layout
+
+
+def describe_difference(got: bytes, want: bytes) -> str:
+    g, w = got.splitlines(keepends=True), want.splitlines(keepends=True)
+    gs, ws = set(g), set(w)
+    missing = [ln for ln in w if ln not in gs]
+    extra = len(g) - len(gs)
+    return (f"{len(missing)} record(s) missing (first: {missing[:1]!r}), {extra} duplicated record(s), "
+            f"{len([ln for ln in g if ln not in ws])} unexpected")
+
+
+def wait_done(sp: Spoolup, timeout: float = 60) -> None:
+    """No object pending in the journal (the service is running)."""
+    wait_for(lambda: query(sp, "SELECT count(*) FROM objects WHERE state != 'done'")[0][0] == 0, timeout,
+             what="all objects completed")
+
+
+def now() -> float:
+    return time.monotonic()

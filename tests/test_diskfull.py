@@ -1,0 +1,137 @@
+"""Disk full: the state dir on a tiny tmpfs that the chunk data cannot fit.
+
+spoolup must say so clearly (log and `status`), keep the journal intact, keep
+running without spinning, and resume by itself once the filesystem has room
+again (`mount -o remount,size=...`), shipping every spool byte exactly once.
+Mounting needs root; elsewhere the test is skipped with the reason shown.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from crashkit import assert_exact, noisy_lines, write
+from helpers import wait_for, syslog_lines
+
+FILES = {
+    "a.log": noisy_lines(6_000, seed=11),  # ~1.5 MiB each, 4.5 MiB in all: a 2 MiB filesystem cannot hold them
+    "b.log": noisy_lines(6_000, seed=12, tag="b"),
+    "c.log": noisy_lines(6_000, seed=13, tag="c"),
+    "small.log": syslog_lines(50, host="small"),
+}
+
+
+@pytest.fixture
+def tiny_state_dir(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("disk-full test: needs root to mount a tmpfs for the state dir (mount -t tmpfs)")
+    mnt = tmp_path / "tiny-state"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "spoolup-diskfull", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"disk-full test: cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def integrity(journal: Path) -> str:
+    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_state_dir_disk_full_then_space_returns(make_spoolup, s3, tiny_state_dir):
+    sp = make_spoolup(**{"object-key": "{name}", "state-dir": str(tiny_state_dir), "shutdown-timeout": 5})
+    sp.state = tiny_state_dir
+    for name, data in FILES.items():
+        write(sp.spool / name, data)
+    p = sp.start()
+    try:
+        # a clear error, in status and in the log
+        err = wait_for(lambda: (e := sp.status()["last_error"]) and e["code"] == "ENOSPC" and e, 60,
+                       what="the disk-full error in status")
+        assert err["process"] == "ingest"
+        assert str(tiny_state_dir) in err["message"] and "resumes by itself" in err["message"]
+        wait_for(lambda: "state dir disk full" in sp.log_text(), 10, what="the disk-full error in the log")
+        # still running, not spinning, while the disk stays full
+        cpu0, t0 = cpu_seconds(p.pid), time.monotonic()
+        time.sleep(4)
+        assert p.poll() is None, sp.log_text()[-3000:]
+        assert cpu_seconds(p.pid) - cpu0 < 0.35 * (time.monotonic() - t0)
+        assert integrity(tiny_state_dir / "journal.sqlite") == "ok"
+        assert sp.status()["backlog_bytes"] > 0
+        # space returns: spoolup resumes by itself
+        subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_state_dir)], check=True)
+        r = sp.drain(timeout=120)  # asks the running service
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert p.poll() is None
+    finally:
+        code = sp.stop(p)
+    assert code == 0, sp.log_text()[-3000:]
+    assert integrity(tiny_state_dir / "journal.sqlite") == "ok"
+    assert_exact(s3, sp.bucket, FILES)
+    assert "Traceback" not in sp.log_text()
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of a filesystem (a filler file written until ENOSPC)."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 64 << 10, 4096, 1):  # big writes, then smaller, to the last byte
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_state_dir):
+    """The journal itself cannot grow either: both processes hit SQLITE_FULL/ENOSPC."""
+    subprocess.run(["mount", "-o", "remount,size=32m", str(tiny_state_dir)], check=True)
+    sp = make_spoolup(**{"object-key": "{name}", "state-dir": str(tiny_state_dir), "shutdown-timeout": 5,
+                         "flush-grace-period": "2s"})
+    sp.state = tiny_state_dir
+    first = {name: data[: len(data) // 3 // 100 * 100] for name, data in FILES.items()}
+    first = {name: data[: data.rfind(b"\n") + 1] for name, data in first.items()}
+    for name, data in first.items():
+        write(sp.spool / name, data)
+    p = sp.start()
+    try:
+        wait_for(lambda: sp.status()["completed_objects"]["count"] == len(FILES), 60, what="first objects")
+        filler = fill(tiny_state_dir)
+        for name, data in FILES.items():
+            write(sp.spool / name, data[len(first[name]):], "ab")
+        wait_for(lambda: "state dir disk full" in sp.log_text(), 60, what="the disk-full error in the log")
+        time.sleep(3)
+        assert p.poll() is None, sp.log_text()[-3000:]
+        assert integrity(tiny_state_dir / "journal.sqlite") == "ok"
+        filler.unlink()  # space returns
+        r = sp.drain(timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert p.poll() is None
+    finally:
+        code = sp.stop(p)
+    assert code == 0, sp.log_text()[-3000:]
+    assert integrity(tiny_state_dir / "journal.sqlite") == "ok"
+    assert_exact(s3, sp.bucket, FILES)
+    assert "Traceback" not in sp.log_text()

@@ -1,0 +1,211 @@
+"""Kill points: for each invariant of docs/DESIGN.md ("Delivery guarantee"), spoolup
+is SIGKILLed exactly between two steps of it (SPOOLUP_CRASH_AT, spoolup/crash.py),
+restarted, and the bucket must then hold every spool byte exactly once: each key's
+objects concatenated in index order equal the spool file, no duplicate or stray
+object, no multipart upload left pending.
+
+Objects of one chunk are a single conditional PutObject; objects bigger than
+chunk-size (5 MiB) are real multipart uploads, so both paths are crashed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from crashkit import (MiB, assert_exact, chunk_files, consumed, crash_mark, drain_crashing, noisy_lines, query,
+                      split_records,
+                      write)
+from helpers import get, list_keys, pending_uploads, syslog_lines, wait_for
+
+SMALL = {"a.log": syslog_lines(2000, host="a"), "b.log": syslog_lines(700, host="b"), "c.log": b"one record\n"}
+BIG = syslog_lines(50_000, width=256)  # ~12.8 MiB: parts of 5 + 5 + 2.8 MiB
+SHAPES = {
+    # name: (config options, spool files, key suffix)
+    "single": ({}, SMALL, ""),
+    "multipart": ({}, {"big.log": BIG, "a.log": SMALL["a.log"]}, ""),
+    "gzip": ({"compression": "gzip", "compresslevel": 1},
+             {"big.log": noisy_lines(45_000), "a.log": SMALL["a.log"]}, ".gz"),  # ~6 MiB compressed
+    # the fast mode: no fdatasync, WAL synchronous=NORMAL -- still exactly once when spoolup is killed
+    "fsync-off": ({"fsync": False}, {"big.log": BIG, "a.log": SMALL["a.log"]}, ""),
+}
+
+
+def make(make_spoolup, shape: str, **options):
+    opts, files, suffix = SHAPES[shape]
+    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5, **opts, **options})
+    return sp, files, suffix
+
+
+def restart_and_check(sp, s3, files, suffix="", **kw):
+    r = sp.drain(timeout=180)
+    assert r.returncode == 0, f"drain after the crash failed: {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+    return assert_exact(s3, sp.bucket, files, suffix=suffix, **kw)
+
+
+# ---------------------------------------------------------------------------
+# invariant 1: chunk bytes are written (and synced) before the batch that records
+# them and the source offsets commits; on start chunk files are truncated to their
+# journaled length and sources re-read from their journaled offset.
+
+
+@pytest.mark.parametrize("shape", ["single", "multipart", "gzip", "fsync-off"])
+@pytest.mark.parametrize("point", ["after-chunk-write", "after-chunk-sync", "after-batch-commit"])
+def test_invariant1_ingest_killed_between_chunk_write_and_commit(make_spoolup, s3, point, shape):
+    sp, files, suffix = make(make_spoolup, shape)
+    halves = {name: split_records(data, len(data) // 2) for name, data in files.items()}
+    for name, (first, _) in halves.items():
+        write(sp.spool / name, first)
+    # the first halves are journaled into open objects (the service stops cleanly, objects stay open) ...
+    p = sp.start()
+    wait_for(lambda: consumed(sp) == sum(len(f) for f, _ in halves.values()), 60, what="the first halves journaled")
+    assert sp.stop(p) == 0
+    assert query(sp, "SELECT count(*) FROM objects WHERE state = 'open'")[0][0] == len(files)
+    # ... then the rest is appended, and the batch that takes it is killed at `point`
+    for name, (_, rest) in halves.items():
+        write(sp.spool / name, rest, "ab")
+    drain_crashing(sp, point, scope="service")
+    journaled = {f"{o:012d}-{n:05d}": length for o, n, length, state in
+                 query(sp, "SELECT object_id, part, length, state FROM chunks") if state == "open"}
+    on_disk = chunk_files(sp)
+    if point == "after-batch-commit":
+        assert consumed(sp) == sum(len(d) for d in files.values())  # the second batch is journaled
+    else:
+        # the crash left written but uncommitted bytes: longer chunk files (or new ones)
+        assert consumed(sp) == sum(len(f) for f, _ in halves.values())
+        assert any(on_disk.get(name, 0) > length for name, length in journaled.items()) or \
+            set(on_disk) - set(journaled) - {n + ".part" for n in journaled}, (journaled, on_disk)
+    restart_and_check(sp, s3, files, suffix)
+
+
+# ---------------------------------------------------------------------------
+# invariants 2-4 and 6, the upload process: killed with the whole service
+# ("service": main and upload process at the same instant), then a fresh drain.
+
+UPLOAD_POINTS = [
+    # (point, shape): invariant
+    ("after-claim", "single"),  # 4/5: index journaled, nothing created yet
+    ("after-claim", "multipart"),
+    ("after-create-multipart", "multipart"),  # 4: upload created, id not journaled -> orphan aborted
+    ("after-upload-part", "multipart"),  # 2: part in S3, ETag not journaled
+    ("after-upload-part:2", "multipart"),
+    ("after-record-part", "multipart"),  # 2: ETag journaled
+    ("after-complete", "multipart"),  # 3: completed in S3, not journaled
+    ("after-complete", "gzip"),
+    ("after-put-object", "single"),  # 3: PutObject done, not journaled
+    ("after-object-done", "single"),  # 3: done journaled, chunk files not yet deleted
+    ("after-object-done", "multipart"),
+]
+
+
+@pytest.mark.parametrize("point,shape", UPLOAD_POINTS, ids=[f"{p}-{s}" for p, s in UPLOAD_POINTS])
+def test_upload_killed_with_the_service(make_spoolup, s3, point, shape):
+    sp, files, suffix = make(make_spoolup, shape)
+    for name, data in files.items():
+        write(sp.spool / name, data)
+    drain_crashing(sp, point, scope="service")
+    name = point.split(":")[0]
+    before = {k: s3.head_object(Bucket=sp.bucket, Key=k)["ETag"] for k in list_keys(s3, sp.bucket)}
+    if name in ("after-complete", "after-put-object"):
+        assert before, "the object was in the bucket before the crash"
+    if name == "after-create-multipart":
+        assert pending_uploads(s3, sp.bucket), "the crash left the upload the journal does not know"
+    layout = restart_and_check(sp, s3, files, suffix)
+    # an object completed before the crash is neither written again nor duplicated
+    for key, etag in before.items():
+        assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag, f"{key} was written again"
+    assert all(len(keys) == 1 for keys in layout.values()), layout
+    assert chunk_files(sp) == {}, "chunk files of completed objects are removed"
+
+
+# the upload process alone is killed; `spoolup run` restarts it and the same drain finishes
+PROCESS_POINTS = ["after-create-multipart", "after-upload-part", "after-complete", "after-claim"]
+
+
+@pytest.mark.parametrize("point", PROCESS_POINTS)
+def test_upload_process_killed_and_restarted_by_the_service(make_spoolup, s3, point):
+    sp, files, suffix = make(make_spoolup, "multipart")
+    for name, data in files.items():
+        write(sp.spool / name, data)
+    r = drain_crashing(sp, point, scope="process")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "upload process exited; restarting it" in r.stderr
+    layout = assert_exact(s3, sp.bucket, files, suffix=suffix)
+    assert all(len(keys) == 1 for keys in layout.values()), layout
+
+
+# ---------------------------------------------------------------------------
+# invariant 5: never overwrite an object spoolup did not write
+
+
+@pytest.mark.parametrize("shape", ["single", "multipart"])
+def test_invariant5_foreign_object_at_the_claimed_key(make_spoolup, s3, shape):
+    sp, files, suffix = make(make_spoolup, shape)
+    files = {"big.log": files["big.log"]} if shape == "multipart" else {"a.log": files["a.log"]}
+    for name, data in files.items():
+        write(sp.spool / name, data)
+    drain_crashing(sp, "after-claim", scope="service")
+    claimed = [k for (k,) in query(sp, "SELECT final_key FROM objects WHERE final_key IS NOT NULL")]
+    assert claimed == list(files), claimed
+    foreign = {}
+    for key in claimed:
+        foreign[key] = b"someone else's object, written while spoolup was down\n"
+        s3.put_object(Bucket=sp.bucket, Key=key, Body=foreign[key])
+    layout = restart_and_check(sp, s3, files, foreign=foreign)
+    for name in files:
+        assert layout[name] == [f"{name}-1"], layout
+    r = sp.status()
+    assert r["last_error"]["code"] == "KeyTaken"
+
+
+# ---------------------------------------------------------------------------
+# invariant 6: a spool file is deleted only when every byte is journaled consumed and
+# in completed objects, and its writer closed it.  A crash around the deletion must not
+# re-read (duplicate) it nor lose it.
+
+
+@pytest.mark.parametrize("point", ["before-reap-unlink", "after-reap-unlink"])
+def test_invariant6_killed_around_deleting_a_shipped_spool_file(make_spoolup, s3, point):
+    import os
+    import time
+
+    sp, files, suffix = make(make_spoolup, "single", **{"spool-reap": "1s"})
+    for name, data in files.items():
+        write(sp.spool / name, data)
+        old = time.time() - 3600
+        os.utime(sp.spool / name, (old, old))
+    drain_crashing(sp, point, scope="service")
+    restart_and_check(sp, s3, files)
+    sp.drain(check=True)  # and once more: still nothing duplicated, every file gone
+    assert_exact(s3, sp.bucket, files)
+    assert sorted(os.listdir(sp.spool)) == []
+    assert crash_mark(sp).read_text().startswith(point)
+
+
+
+def test_invariant6_a_writer_opening_the_file_during_the_reap_lease_does_not_kill_spoolup(tmp_path):
+    """The reap takes a write lease (no one else has the file open); a writer that opens the
+    file meanwhile makes the kernel send SIGIO, whose default action terminates the process.
+    spoolup ignores it, and sees the broken lease."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "app.log"
+    path.write_bytes(b"shipped\n")
+    script = (
+        "import fcntl, os, sys, time\n"
+        "from spoolup.spool import _take_lease\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "print('leased' if _take_lease(fd) is True else 'no lease', flush=True)\n"
+        "deadline = time.monotonic() + 20\n"
+        "while fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "print('broken' if fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK else 'kept', flush=True)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "leased"
+    writer = subprocess.Popen(["sh", "-c", f"echo more >> '{path}'"])  # blocks until the lease is given up
+    out, _ = holder.communicate(timeout=60)
+    assert holder.returncode == 0, f"the lease holder died: exit {holder.returncode} (SIGIO is 29)"
+    assert out.strip() == "broken"
+    assert writer.wait(60) == 0
+    assert path.read_bytes() == b"shipped\nmore\n"

@@ -1,0 +1,143 @@
+"""`spoolup status`: read while the service runs, validated against docs/status.schema.json,
+and never in the writer's way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import jsonschema
+
+from helpers import free_port, list_keys, syslog_lines, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
+MiB = 1024 * 1024
+
+
+def validate(doc: dict) -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    jsonschema.Draft202012Validator(SCHEMA).validate(doc)
+
+
+def envelope(key: str, msg: str) -> bytes:
+    return json.dumps({"key": key, "msg": msg}).encode() + b"\n"
+
+
+def test_schema_rejects_what_it_should():
+    """The schema is strict enough to catch a changed or undocumented field."""
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    assert not validator.is_valid({})
+    assert not validator.is_valid({"schema_version": 2})
+
+
+def test_live_status_matches_the_schema_and_the_facts(make_spoolup):
+    dead = f"http://127.0.0.1:{free_port()}"  # uploads fail: parts stay pending, the error is journaled
+    sp = make_spoolup(**{"format": "envelope", "url": dead, "s3-timeout": 1, "max-pending-uploads": 2,
+                         "object-key": "logs/{key}"})
+    big_msg = "x" * 1000
+    spool = b"".join(envelope("web01/app", big_msg) for _ in range(7000))  # ~7 MiB of records: one sealed part
+    spool += envelope("db01/pg", "checkpoint complete") + b"this line is not an envelope\n"
+    (sp.spool / "in.jsonl").write_bytes(spool)
+    p = sp.start()
+    try:
+        st = wait_for(lambda: (s := sp.status())["last_error"] and s["pending_parts"]["count"] == 1
+                      and s["service"]["processes"].get("upload", {}).get("alive") and s, 60,
+                      what="a pending part, the S3 error and the upload heartbeat")
+        validate(st)
+        assert st["service"]["running"] is True
+        assert st["service"]["processes"]["ingest"]["alive"] is True
+        opened = {o["key"]: o for o in st["open_objects"]}
+        assert set(opened) == {"logs/web01/app", "logs/db01/pg"}
+        assert opened["logs/db01/pg"]["bytes"] == len("checkpoint complete\n")
+        assert opened["logs/db01/pg"]["records"] == 1
+        assert opened["logs/web01/app"]["records"] == 7000
+        assert all(o["index"] is None and o["age_seconds"] >= 0 for o in opened.values())  # not claimed: S3 is down
+        assert st["pending_parts"] == {"count": 1, "bytes": 5 * MiB, "cap": 2}
+        assert st["backlog_bytes"] == 0
+        assert st["oldest_pending_age_seconds"] > 0
+        assert st["dead_letters"]["records"] == 1
+        assert st["dead_letters"]["files"][0]["path"] == "in.jsonl"
+        assert st["dead_letters"]["files"][0]["last_reason"] == "not valid JSON"
+        err = st["last_error"]
+        assert err["process"] == "upload" and err["code"] == "EndpointConnectionError" and err["time"] <= st["time"]
+        assert dead in err["message"]
+
+        table = sp.cmd("status", check=True).stdout
+        assert "service running" in table and "upload pid" in table and "NOT RUNNING" not in table
+        assert "pending parts: 1/2 (5.0MiB)" in table
+        assert "logs/web01/app" in table and "logs/db01/pg" in table
+        assert "dead letters: 1 records" in table
+        assert "EndpointConnectionError" in table
+    finally:
+        assert sp.stop(p) == 0
+    st = sp.status()  # and after the service stopped
+    validate(st)
+    assert st["service"]["running"] is False
+    assert st["service"]["processes"]["upload"]["alive"] is False
+    assert "NOT RUNNING" in sp.cmd("status", check=True).stdout
+
+
+def test_status_before_the_first_run_matches_the_schema(make_spoolup):
+    sp = make_spoolup()
+    st = sp.status()
+    validate(st)
+    assert st["open_objects"] == [] and st["last_error"] is None and st["service"]["running"] is False
+    assert not sp.state.exists() or not (sp.state / "journal.sqlite").exists()  # status creates nothing
+
+
+def test_readers_never_block_the_service(make_spoolup, s3):
+    """A reader holding a snapshot open (as status does while it reads) does not stop
+    ingest or upload from committing; and status itself never writes the journal."""
+    sp = make_spoolup(**{"object-key": "{name}", "flush-grace-period": "1s"})
+    (sp.spool / "first.log").write_bytes(syslog_lines(100))
+    p = sp.start()
+    try:
+        wait_for(lambda: "first.log" in list_keys(s3, sp.bucket), 60, what="the first object")
+        reader = sqlite3.connect(f"file:{sp.state / 'journal.sqlite'}?mode=ro", uri=True, isolation_level=None)
+        reader.execute("BEGIN")
+        before = reader.execute("SELECT count(*) FROM objects WHERE state = 'done'").fetchone()[0]
+        (sp.spool / "second.log").write_bytes(syslog_lines(100, start=100))
+        wait_for(lambda: "second.log" in list_keys(s3, sp.bucket), 60, what="progress while a reader holds a snapshot")
+        st = sp.status()
+        validate(st)
+        assert st["completed_objects"]["count"] == before + 1
+        assert reader.execute("SELECT count(*) FROM objects WHERE state = 'done'").fetchone()[0] == before
+        reader.execute("COMMIT")
+        reader.close()
+    finally:
+        assert sp.stop(p) == 0
+    journal = sp.state / "journal.sqlite"
+    image = journal.read_bytes()
+    for args in (("status",), ("status", "--json")):
+        sp.cmd(*args, check=True)
+    assert journal.read_bytes() == image
+
+
+def test_status_on_an_unreadable_journal_is_a_clear_error(make_spoolup):
+    sp = make_spoolup()
+    sp.state.mkdir(mode=0o700)
+    (sp.state / "journal.sqlite").write_bytes(b"this is not a database" * 100)
+    r = sp.cmd("status", "--json")
+    assert r.returncode == 1
+    assert "cannot be read" in r.stderr and r.stdout == ""
+
+
+def test_status_after_a_crash_reports_the_processes_dead(make_spoolup):
+    sp = make_spoolup()
+    (sp.spool / "a.log").write_bytes(syslog_lines(100))
+    p = sp.start()
+    st = wait_for(lambda: (s := sp.status())["service"]["processes"].get("upload", {}).get("alive") and s, 60,
+                  what="both processes")
+    os.kill(st["service"]["processes"]["upload"]["pid"], signal.SIGKILL)
+    p.kill()  # kill -9 of both: stale heartbeats and lock file remain
+    p.wait(30)
+    st = sp.status()
+    validate(st)
+    assert st["service"]["running"] is False
+    assert {n: s["alive"] for n, s in st["service"]["processes"].items()} == {"ingest": False, "upload": False}
+    assert [o["key"] for o in st["open_objects"]] == ["a.log"]
+    assert "NOT RUNNING" in sp.cmd("status", check=True).stdout

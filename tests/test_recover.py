@@ -1,0 +1,377 @@
+"""`spoolup recover [--dry-run]`: reconciling journal, chunk files, spool and bucket
+after a crash.  Every state is made by really crashing spoolup (SPOOLUP_CRASH_AT)
+and, where a test needs damage a crash cannot make (a chunk file cut short, an S3
+that lost parts, a corrupt journal), by damaging the files or the bucket the way
+a disk or an operator would.  `spoolup run` performs the same recovery at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from crashkit import (assert_exact, chunk_files, drain_crashing, journal_path, journal_state, journal_write,
+                      noisy_lines, query, spoolup_cmd, write)
+from faultproxy import FaultProxy
+from helpers import list_keys, pending_uploads, syslog_lines
+
+BIG = noisy_lines(40_000)  # ~10 MiB: parts of 5 + 5 + a little
+SMALL = syslog_lines(1500, host="s")
+WRITES = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
+
+
+@pytest.fixture
+def proxy(moto):
+    p = FaultProxy(moto.url).start()
+    yield p
+    p.stop()
+
+
+def crashed(make_spoolup, point: str, files: dict[str, bytes], **options):
+    """A spoolup whose drain was killed (with its upload process) at `point`."""
+    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5, **options})
+    for name, data in files.items():
+        write(sp.spool / name, data)
+    drain_crashing(sp, point, scope="service")
+    return sp
+
+
+def recover(sp, *extra: str):
+    return spoolup_cmd(sp, "recover", *extra)
+
+
+def drained(sp, s3, files, **kw):
+    r = sp.drain(timeout=180)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-3000:]}"
+    return assert_exact(s3, sp.bucket, files, **kw)
+
+
+def open_chunk(sp) -> tuple[Path, int]:
+    """An open chunk's file and its journaled length."""
+    oid, part, length = query(sp, "SELECT object_id, part, length FROM chunks WHERE state = 'open' "
+                                  "ORDER BY length DESC LIMIT 1")[0]
+    return sp.state / "chunks" / f"{oid:012d}-{part:05d}", length
+
+
+# ---------------------------------------------------------------------------
+# chunk files
+
+
+def test_chunk_file_longer_than_journaled_is_truncated(make_spoolup, s3):
+    files = {"a.log": SMALL, "b.log": syslog_lines(300, host="b")}
+    sp = crashed(make_spoolup, "after-batch-commit", files)
+    path, length = open_chunk(sp)
+    size = path.stat().st_size + 3400  # (a chunk file may end in padding to its last 4 KiB block)
+    with open(path, "ab") as f:
+        f.write(b"bytes written but never committed\n" * 100)
+    r = recover(sp, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"truncate chunk file {path.name} from {size} to its journaled {length} bytes" in r.stdout, r.stdout
+    assert "would do" in r.stdout and path.stat().st_size == size
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"truncate chunk file {path.name}" in r.stdout and "did" in r.stdout
+    assert path.stat().st_size == length
+    assert "Nothing to repair" in recover(sp).stdout
+    drained(sp, s3, files)
+
+
+@pytest.mark.parametrize("command", ["recover", "recover --dry-run", "run", "drain"])
+def test_chunk_file_shorter_than_journaled_is_refused_naming_the_file(make_spoolup, s3, command):
+    files = {"a.log": SMALL}
+    sp = crashed(make_spoolup, "after-batch-commit", files)
+    path, length = open_chunk(sp)
+    os.truncate(path, length - 10)
+    before = journal_state(sp)
+    r = spoolup_cmd(sp, *command.split(), timeout=60)
+    assert r.returncode == 1, f"{command}: exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    out = r.stdout + r.stderr
+    assert str(path) in out and f"journal says {length} bytes" in out, out[-2000:]
+    assert path.stat().st_size == length - 10, "spoolup does not guess"
+    assert list_keys(s3, sp.bucket) == [], "a damaged object is never uploaded"
+    assert journal_state(sp) == before
+
+
+# ---------------------------------------------------------------------------
+# multipart uploads: ListParts
+
+
+def test_parts_in_s3_but_not_journaled_are_journaled_not_uploaded_again(make_spoolup, s3, proxy):
+    files = {"big.log": BIG}
+    sp = crashed(make_spoolup, "after-upload-part", files)
+    sp.write_config(url=proxy.url)
+    sealed_before = query(sp, "SELECT count(*) FROM chunks WHERE state = 'sealed'")[0][0]
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "was uploaded but its ETag not journaled; journaled now (not uploaded again)" in r.stdout, r.stdout
+    assert proxy.count("ListParts") >= 1
+    assert proxy.count(*WRITES) == 0, "recover itself uploads nothing"
+    still_sealed = query(sp, "SELECT count(*) FROM chunks WHERE state = 'sealed'")[0][0]
+    assert still_sealed < sealed_before
+    start = proxy.requests()[-1].at
+    drained(sp, s3, files)
+    assert proxy.count("UploadPart", since=start) == still_sealed, "only the parts S3 does not hold are sent"
+
+
+def _crashed_after_record_part(make_spoolup):
+    sp = crashed(make_spoolup, "after-record-part", {"big.log": BIG})
+    (key, upload_id), = query(sp, "SELECT final_key, upload_id FROM objects WHERE upload_id IS NOT NULL")
+    recorded = query(sp, "SELECT part FROM chunks WHERE state = 'uploaded'")
+    assert recorded, "a part was journaled as uploaded before the crash"
+    return sp, key, upload_id
+
+
+def test_journaled_parts_missing_in_s3_are_uploaded_again_from_local_chunks(make_spoolup, s3, proxy):
+    sp, key, upload_id = _crashed_after_record_part(make_spoolup)
+    # a store that lost the parts: the journaled upload id now names an upload holding none
+    s3.abort_multipart_upload(Bucket=sp.bucket, Key=key, UploadId=upload_id)
+    empty = s3.create_multipart_upload(Bucket=sp.bucket, Key=key)["UploadId"]
+    journal_write(sp, "UPDATE objects SET upload_id = ? WHERE upload_id = ?", (empty, upload_id))
+    sp.write_config(url=proxy.url)
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "is journaled but S3 does not hold it; uploading it again from the local chunk" in r.stdout, r.stdout
+    assert proxy.count("ListParts") >= 1
+    assert query(sp, "SELECT count(*) FROM chunks WHERE state = 'uploaded'")[0][0] == 0
+    drained(sp, s3, {"big.log": BIG})
+    head = s3.head_object(Bucket=sp.bucket, Key="big.log")
+    assert head["ETag"].strip('"').endswith(f"-{-(-len(BIG) // (5 << 20))}")
+
+
+def test_vanished_upload_is_started_again_from_local_chunks(make_spoolup, s3):
+    sp, key, upload_id = _crashed_after_record_part(make_spoolup)
+    s3.abort_multipart_upload(Bucket=sp.bucket, Key=key, UploadId=upload_id)  # e.g. a lifecycle rule
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no longer exists; a new one is started" in r.stdout, r.stdout
+    assert query(sp, "SELECT upload_id FROM objects WHERE final_key = ?", (key,)) == [(None,)]
+    drained(sp, s3, {"big.log": BIG})
+
+
+@pytest.mark.parametrize("point,files", [("after-complete", {"big.log": BIG}),
+                                         ("after-put-object", {"s.log": SMALL})], ids=["multipart", "single"])
+def test_completed_in_s3_but_not_journaled_is_marked_done_not_uploaded_again(make_spoolup, s3, proxy, point, files):
+    sp = crashed(make_spoolup, point, files)
+    (key,) = files
+    head = s3.head_object(Bucket=sp.bucket, Key=key)
+    sp.write_config(url=proxy.url)
+    r = recover(sp, "--dry-run")
+    assert r.returncode == 0 and "had succeeded but was not journaled; marked done" in r.stdout, r.stdout
+    assert query(sp, "SELECT state FROM objects") == [("closed",)]
+    r = recover(sp)
+    assert r.returncode == 0 and "had succeeded but was not journaled; marked done" in r.stdout, r.stdout
+    assert query(sp, "SELECT state FROM objects") == [("done",)]
+    assert chunk_files(sp) == {}
+    drained(sp, s3, files)
+    assert proxy.count(*WRITES) == 0, [(q.op, q.key) for q in proxy.requests(*WRITES)]
+    again = s3.head_object(Bucket=sp.bucket, Key=key)
+    assert (again["ETag"], again["LastModified"]) == (head["ETag"], head["LastModified"])
+
+
+def test_orphan_upload_from_a_crash_before_journaling_is_aborted(make_spoolup, s3):
+    sp = crashed(make_spoolup, "after-create-multipart", {"big.log": BIG})
+    (orphan,) = pending_uploads(s3, sp.bucket)
+    assert orphan[0] == "big.log"
+    foreign = s3.create_multipart_upload(Bucket=sp.bucket, Key="other/thing.log")["UploadId"]
+    r = recover(sp, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"abort orphaned multipart upload {orphan[1][:16]}... of big.log" in r.stdout, r.stdout
+    assert sorted(pending_uploads(s3, sp.bucket)) == sorted([orphan, ("other/thing.log", foreign)])
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"abort orphaned multipart upload {orphan[1][:16]}... of big.log" in r.stdout
+    assert f"multipart upload {foreign[:16]}... of other/thing.log is not spoolup's" in r.stdout
+    assert pending_uploads(s3, sp.bucket) == [("other/thing.log", foreign)], "someone else's upload is left alone"
+    r = sp.drain(timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s3.abort_multipart_upload(Bucket=sp.bucket, Key="other/thing.log", UploadId=foreign)
+    assert_exact(s3, sp.bucket, {"big.log": BIG})
+
+
+# ---------------------------------------------------------------------------
+# spool files changed under a journaled offset
+
+
+def test_spool_file_truncated_under_its_journaled_offset(make_spoolup, s3):
+    files = {"t.log": SMALL, "ok.log": syslog_lines(100, host="ok")}
+    sp = crashed(make_spoolup, "after-batch-commit", files)
+    os.truncate(sp.spool / "t.log", 1000)
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"spool file {sp.spool / 't.log'} shrank to 1000 bytes, below the {len(SMALL)} bytes already shipped" \
+        in r.stdout, r.stdout
+    r = sp.drain(timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "spool file t.log shrank to 1000 bytes" in r.stderr
+    # nothing journaled is lost (it is in the chunk files, not re-read from the spool), nothing re-read
+    assert_exact(s3, sp.bucket, files)
+    (bad,) = [s for s in sp.status()["sources_needing_attention"] if s["state"] == "error"]
+    assert bad["path"] == "t.log" and "shrank" in bad["error"]
+
+
+def test_spool_file_replaced_under_its_journaled_offset(make_spoolup, s3):
+    files = {"r.log": SMALL}
+    sp = crashed(make_spoolup, "after-batch-commit", files)
+    replacement = syslog_lines(40, host="new")
+    write(sp.spool / "r.log.tmp", replacement)
+    os.replace(sp.spool / "r.log.tmp", sp.spool / "r.log")
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"spool file {sp.spool / 'r.log'} was replaced by another file" in r.stdout, r.stdout
+    assert "Everything journaled from the old file is safe" in r.stdout
+    # the old file's journaled bytes first, then the new file from its start (same key: same open object)
+    drained(sp, s3, {"r.log": SMALL + replacement})
+
+
+# ---------------------------------------------------------------------------
+# the journal itself
+
+
+def downgrade_to_v1(sp) -> None:
+    """Make the journal exactly what spoolup with schema version 1 left behind."""
+    conn = sqlite3.connect(journal_path(sp), isolation_level=None)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        conn.execute("DROP INDEX requests_open")
+        conn.execute("PRAGMA user_version = 1")
+    finally:
+        conn.close()
+
+
+def test_journal_of_schema_version_1_is_migrated(make_spoolup, s3):
+    files = {"big.log": BIG, "s.log": SMALL}
+    sp = crashed(make_spoolup, "after-upload-part", files)
+    downgrade_to_v1(sp)
+    before = journal_path(sp).read_bytes()
+    r = recover(sp, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    migrated = "migrate the journal from schema version 1 to 2 (0002_requests_open_index.sql)"
+    assert migrated in r.stdout, r.stdout
+    assert journal_path(sp).read_bytes() == before
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert migrated in r.stdout, r.stdout
+    assert query(sp, "PRAGMA user_version") == [(2,)]
+    assert query(sp, "SELECT name FROM sqlite_master WHERE name = 'requests_open'") == [("requests_open",)]
+    drained(sp, s3, files)
+
+
+def corrupt(sp, how: str) -> None:
+    path = journal_path(sp)
+    for extra in ("-wal", "-shm"):  # what a clean stop leaves: the database file alone
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    data = path.read_bytes()
+    if how == "garbage-header":
+        path.write_bytes(b"\x00garbage\xff" * 10 + data[100:])
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "emptied":
+        path.write_bytes(b"")
+    elif how == "scribbled-pages":
+        page = 4096
+        path.write_bytes(data[: 2 * page] + os.urandom(len(data) - 3 * page) + data[-page:])
+    elif how == "newer-schema":
+        journal_write(sp, "PRAGMA user_version = 99")
+    elif how == "deleted":
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["garbage-header", "truncated", "emptied", "scribbled-pages", "newer-schema",
+                                 "deleted"])
+def test_corrupt_journal_is_refused_never_started_fresh(make_spoolup, s3, how):
+    sp = crashed(make_spoolup, "after-batch-commit", {"a.log": SMALL, "b.log": syslog_lines(9000, host="b")})
+    conn = sqlite3.connect(journal_path(sp))  # checkpoint: the whole journal in one file
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    corrupt(sp, how)
+    damaged = journal_path(sp).read_bytes() if journal_path(sp).exists() else None
+    chunks = chunk_files(sp)
+    assert chunks
+    for command in (("recover",), ("recover", "--dry-run"), ("run",), ("drain",)):
+        r = spoolup_cmd(sp, *command, timeout=60)
+        out = r.stdout + r.stderr
+        assert r.returncode == 1, f"{command}: exit {r.returncode}\n{out[-3000:]}"
+        if how == "newer-schema":
+            assert "newer than this spoolup" in out, out[-2000:]
+        elif how == "deleted":
+            assert f"holds {len(chunks)} chunk file(s) but no journal" in out, out[-2000:]
+            assert "will not start fresh" in out
+        else:
+            assert f"the journal {journal_path(sp)} cannot be read" in out, out[-2000:]
+            assert "move the state directory aside" in out
+        now = journal_path(sp).read_bytes() if journal_path(sp).exists() else None
+        assert now == damaged, f"{command} changed the damaged journal"
+        assert chunk_files(sp) == chunks, f"{command} touched the chunk files"
+    assert list_keys(s3, sp.bucket) == []
+
+
+# ---------------------------------------------------------------------------
+# --dry-run changes nothing anywhere; `spoolup run` does the same recovery at start
+
+
+def messy_state(make_spoolup, s3):
+    """One state with every kind of repair: an object completed in S3 but not journaled,
+    a chunk file longer than journaled, a chunk file the journal does not know, an
+    upload at a claimed key the journal does not know, and a schema-1 journal."""
+    files = {"big.log": BIG, "s.log": SMALL}
+    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5, "upload-threads": 1})
+    write(sp.spool / "big.log", BIG)
+    drain_crashing(sp, "after-complete", scope="service")
+    write(sp.spool / "s.log", SMALL)
+    (key,) = [k for (k,) in query(sp, "SELECT final_key FROM objects WHERE state = 'closed'")]
+    with open(sp.state / "chunks" / f"{1:012d}-00001", "ab") as f:
+        f.write(b"tail never committed\n")
+    write(sp.state / "chunks" / "000000000777-00001", b"a chunk file of nothing\n")
+    orphan = s3.create_multipart_upload(Bucket=sp.bucket, Key=key)["UploadId"]
+    downgrade_to_v1(sp)
+    return sp, files, key, orphan
+
+
+def snapshot(sp, s3) -> dict:
+    def digest(p: Path) -> str | None:
+        return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+
+    j = journal_path(sp)
+    return {
+        # the -shm file is not compared: it is SQLite's shared-memory index, rebuilt from the WAL
+        "journal": digest(j), "wal": digest(Path(f"{j}-wal")),
+        "chunks": {e.name: digest(Path(e.path)) for e in os.scandir(sp.state / "chunks")},
+        "objects": {k: s3.head_object(Bucket=sp.bucket, Key=k)["ETag"] for k in list_keys(s3, sp.bucket)},
+        "uploads": sorted(pending_uploads(s3, sp.bucket)),
+        "spool": {e.name: digest(Path(e.path)) for e in os.scandir(sp.spool)},
+    }
+
+
+def test_dry_run_changes_nothing_anywhere(make_spoolup, s3):
+    sp, files, key, orphan = messy_state(make_spoolup, s3)
+    before = snapshot(sp, s3)
+    r = recover(sp, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for expected in ("Recovery actions (would do)", "migrate the journal", f"{key}: CompleteMultipartUpload had "
+                     "succeeded but was not journaled; marked done", "truncate chunk file 000000000001-00001",
+                     "000000000777-00001", f"abort multipart upload {orphan[:16]}", "dry run: nothing was changed"):
+        assert expected in r.stdout, f"{expected!r} not in\n{r.stdout}"
+    assert snapshot(sp, s3) == before
+    r = recover(sp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Recovery actions (did)" in r.stdout
+    assert "Nothing to repair" in recover(sp).stdout
+    drained(sp, s3, files)
+
+
+def test_run_performs_the_same_recovery_at_start(make_spoolup, s3):
+    sp, files, key, orphan = messy_state(make_spoolup, s3)
+    etag = s3.head_object(Bucket=sp.bucket, Key=key)["ETag"]
+    r = sp.drain(timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for expected in ("truncate chunk file 000000000001-00001", "000000000777-00001",
+                     "CompleteMultipartUpload had succeeded but was not journaled", f"abort multipart upload "
+                     f"{orphan[:16]}"):
+        assert expected in r.stderr, f"{expected!r} not logged"
+    assert query(sp, "PRAGMA user_version") == [(2,)]
+    assert_exact(s3, sp.bucket, files)
+    assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag
