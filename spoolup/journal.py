@@ -136,6 +136,7 @@ class Journal:
         self.path = path
         self.migrated: list[str] = []
         self._db = None
+        self._depth = 0  # nesting of transaction()
 
     @property
     def db(self) -> "sqlite_utils.Database":
@@ -248,23 +249,34 @@ class Journal:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction.  Nested uses join the outermost one (the upload
+        process journals a whole round of results with one commit)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
         started = time.perf_counter()
         self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self.conn
         except BaseException:
+            self._depth = 0
             self.conn.execute("ROLLBACK")
             raise
-        else:
-            try:
-                self.conn.execute("COMMIT")
-            except BaseException:
-                # a COMMIT that failed (SQLITE_FULL: disk full) leaves the transaction
-                # open; roll it back so the connection is usable again
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-                raise
-            metrics.journal_commit(time.perf_counter() - started)
+        self._depth = 0
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            # a COMMIT that failed (SQLITE_FULL: disk full) leaves the transaction
+            # open; roll it back so the connection is usable again
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        metrics.journal_commit(time.perf_counter() - started)
 
     def meta(self, name: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -433,14 +445,21 @@ class Journal:
     def claimable(self, limit: int = 256) -> list[ObjectRow]:
         """Objects that need their final index now (they have a part to send, or
         are complete), whose earlier objects of the same (key, ts) are claimed."""
+        return [obj for obj, _prev, _chunks in self.claimable_with_context(limit)]
+
+    def claimable_with_context(self, limit: int = 256) -> list[tuple[ObjectRow, int | None, int]]:
+        """claimable(), each with the previous index of its (key, ts) and its number of chunks."""
         rows = self.conn.execute(
-            "SELECT o.* FROM objects o WHERE o.idx IS NULL AND o.state != 'done' "
+            "SELECT o.*, "
+            "(SELECT max(p.idx) FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id) AS prev_idx, "
+            "(SELECT count(*) FROM chunks c WHERE c.object_id = o.id) AS n_chunks "
+            "FROM objects o WHERE o.idx IS NULL AND o.state != 'done' "
             "AND (o.state = 'closed' OR EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state = 'sealed')) "
             "AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id AND p.idx IS NULL) "
             "ORDER BY o.id LIMIT ?",
             (limit,),
         )
-        return [_object(r) for r in rows]
+        return [(_object(r), r["prev_idx"], r["n_chunks"]) for r in rows]
 
     def previous_index(self, obj: ObjectRow) -> int | None:
         return self.conn.execute(

@@ -32,7 +32,8 @@ class S3Error(Exception):
         self.op = op
         self.key = key
         self.status = status
-        super().__init__(redact_text(f"{op} {key or ''}: {code}: {message}".strip()))
+        where = f"{op} {key}" if key else op
+        super().__init__(redact_text(f"{where}: {code}: {message}" if where else f"{code}: {message}"))
 
     @property
     def message(self) -> str:
@@ -231,7 +232,9 @@ class S3:
         except _CATCH as e:
             err = _translate(e, "PutObject", key)
             if isinstance(err, NotImplementedByServer) and self.conditional and self.cfg.conditional_writes == "auto":
-                self.conditional = False
+                self.conditional = False  # the store ignores If-None-Match: look before writing
+                if self.head(key) is not None:
+                    raise PreconditionFailed("PreconditionFailed", "the key exists", op="PutObject", key=key) from None
                 return self.put(key, body, metadata)
             raise err from None
         return r["ETag"]

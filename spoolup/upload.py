@@ -48,6 +48,7 @@ HEARTBEAT_EVERY = 2.0
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
 CHECK_UPLOAD_AFTER = 3  # failed part attempts before asking S3 whether the upload still exists
+PENDING_TTL = 2.0  # seconds one listing of pending multipart uploads serves claims
 
 
 def compressed_suffixes() -> tuple[str, ...]:
@@ -117,6 +118,9 @@ class Work:
         self.chunk_dir = chunk_dir
         self.codec = codec
         self.journal_id = journal_id
+        self.prefix = keys.static_prefix(cfg.object_key)
+        self._pending: tuple[float, set[str]] = (-PENDING_TTL - 1.0, set())
+        self._pending_lock = threading.Lock()
 
     def metadata(self, object_id: int) -> dict[str, str]:
         return {META_KEY: f"{self.journal_id}/{object_id}"}
@@ -128,15 +132,33 @@ class Work:
             return True
         return same_etag(head["etag"], expected_etag)
 
+    def pending_upload_keys(self) -> set[str]:
+        """Keys with a multipart upload in progress under the object-key's static prefix.
+        One ListMultipartUploads serves every claim for PENDING_TTL seconds (the per-key
+        listing s3() does would double the requests per object when there are many keys)."""
+        with self._pending_lock:
+            stamp, found = self._pending
+            if time.monotonic() - stamp > PENDING_TTL:
+                found = {k for k, _ in self.s3.list_uploads(self.prefix)}
+                self._pending = (time.monotonic(), found)
+            return found
+
     def taken_keys(self, key: str, ts: str) -> set[str]:
         prefix = keys.key_prefix(key, ts)
-        return self.s3.list_keys(prefix) | {k for k, _ in self.s3.list_uploads(prefix)}
+        return self.s3.list_keys(prefix) | {k for k in self.pending_upload_keys() if k.startswith(prefix)}
+
+    def free_indexes(self, obj: ObjectRow, start: int, in_use: set[int], taken: set[str]):
+        """Candidate indexes from `start` on, skipping those spoolup's journal uses and
+        those the bucket holds (objects or pending uploads, with or without a suffix)."""
+        idx = start
+        while True:
+            if idx not in in_use and not any(keys.final_key(obj.key, obj.ts, idx, sfx) in taken
+                                             for sfx in compressed_suffixes()):
+                yield idx
+            idx += 1
 
     def claim(self, obj: ObjectRow, start: int, in_use: set[int], mode: str) -> Claimed:
-        taken = self.taken_keys(obj.key, obj.ts)
-        idx = start
-        while idx in in_use or any(keys.final_key(obj.key, obj.ts, idx, sfx) in taken for sfx in compressed_suffixes()):
-            idx += 1
+        idx = next(self.free_indexes(obj, start, in_use, self.taken_keys(obj.key, obj.ts)))
         return Claimed(obj.id, idx, keys.final_key(obj.key, obj.ts, idx, self.cfg.key_suffix), mode)
 
     def start(self, obj: ObjectRow, part_size: int | None = None) -> Started | Done | KeyTaken:
@@ -161,11 +183,12 @@ class Work:
         if part_size is not None and body.size != part_size:
             raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
                           f"{part_size}; run `spoolup recover`", op="PutObject", key=key)
-        existing = self.s3.head(key)
-        if existing is not None:
-            if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
-                return Done(obj.id, existing["etag"], "already in the bucket")
-            return KeyTaken(obj.id, key)
+        if not self.s3.conditional:  # no If-None-Match on this store: look before writing
+            existing = self.s3.head(key)
+            if existing is not None:
+                if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
+                    return Done(obj.id, existing["etag"], "already in the bucket")
+                return KeyTaken(obj.id, key)
         try:
             etag = self.s3.put(key, body, self.metadata(obj.id))
         except PreconditionFailed:
@@ -258,6 +281,7 @@ class Uploader:
         self.wake = threading.Event()
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0}
         self._last_prune = 0.0
+        self._after_commit: list[Callable[[], None]] = []  # what harvest() runs once its transaction commits
 
     # -- scheduling --------------------------------------------------------------
 
@@ -275,14 +299,24 @@ class Uploader:
         future.add_done_callback(lambda _f: self.wake.set())
         self.inflight[task] = future
 
+    def _room(self) -> int:
+        return self.cfg.upload_threads * 2 - len(self.inflight)
+
+    def _ready(self, task: tuple) -> bool:
+        return task not in self.inflight and time.monotonic() >= self.failures.get(task, (0, 0.0))[1]
+
     def schedule(self) -> None:
         j = self.journal
-        for obj in j.claimable():
-            prev = j.previous_index(obj)
-            chunks = j.chunks_of(obj.id)
-            mode = "single" if obj.state == "closed" and len(chunks) == 1 else "multipart"
+        for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8):
+            if self._room() <= 0:
+                break
+            task = ("claim", obj.id)
+            if not self._ready(task):
+                continue
+            start = 0 if prev is None else prev + 1
             in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
-            self._submit(("claim", obj.id), self.work.claim, obj, 0 if prev is None else prev + 1, in_use, mode)
+            mode = "single" if obj.state == "closed" and n_chunks == 1 else "multipart"
+            self._submit(task, self.work.claim, obj, start, in_use, mode)
         for obj in j.to_start():
             chunks = j.chunks_of(obj.id) if obj.mode == "single" else []
             size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
@@ -295,49 +329,58 @@ class Uploader:
             self._submit(("complete", obj.id), self.work.complete, obj, j.chunks_of(obj.id))
 
     def harvest(self) -> int:
-        """Journal the results of finished tasks; returns how many finished."""
+        """Journal the results of finished tasks, all in one transaction; returns how many
+        finished.  What must follow the commit (crash points of the tests, deleting the
+        chunk files of completed objects) runs after it."""
         finished = [(t, f) for t, f in self.inflight.items() if f.done()]
+        if not finished:
+            return 0
         parts: list[PartDone] = []
-        for task, future in finished:
-            del self.inflight[task]
-            try:
-                result = future.result()
-            except S3Error as e:
-                self._failed(task, e)
-                continue
-            except Exception as e:  # noqa: BLE001 - a bug or a local I/O error: keep retrying, say so
-                self._failed(task, S3Error(type(e).__name__, str(e), op=task[0]))
-                continue
-            if self.failures.pop(task, None) is not None:
-                self.log.info("retry succeeded", task=task[0], object=task[1])
-            if isinstance(result, PartDone):
-                parts.append(result)
-            else:
-                self._apply(result)
-        if parts:
-            self.journal.record_parts([(p.object_id, p.part, p.etag, p.md5) for p in parts])
-            crash.point("after-record-part")
-            self.stats["parts"] += len(parts)
+        self._after_commit = []
+        with self.journal.transaction():
+            for task, future in finished:
+                del self.inflight[task]
+                try:
+                    result = future.result()
+                except S3Error as e:
+                    self._failed(task, e)
+                    continue
+                except Exception as e:  # noqa: BLE001 - a bug or a local I/O error: keep retrying, say so
+                    self._failed(task, S3Error(type(e).__name__, str(e), op=task[0]))
+                    continue
+                if self.failures.pop(task, None) is not None:
+                    self.log.info("retry succeeded", task=task[0], object=task[1])
+                if isinstance(result, PartDone):
+                    parts.append(result)
+                else:
+                    self._apply(result)
+            if parts:
+                self.journal.record_parts([(p.object_id, p.part, p.etag, p.md5) for p in parts])
+                self._after_commit.append(lambda: crash.point("after-record-part"))
+                self.stats["parts"] += len(parts)
+        for action in self._after_commit:
+            action()
         return len(finished)
 
     def _apply(self, result: Any) -> None:
         j = self.journal
         if isinstance(result, Claimed):
             j.claim(result.object_id, result.idx, result.final_key, result.mode)
-            crash.point("after-claim")
+            self._after_commit.append(lambda: crash.point("after-claim"))
             self.log.debug("index claimed", object=result.object_id, key=result.final_key, mode=result.mode)
         elif isinstance(result, Started):
             j.set_upload_id(result.object_id, result.upload_id)
         elif isinstance(result, Done):
             j.complete(result.object_id, result.etag)
             self.vanished.pop(result.object_id, None)
-            crash.point("after-object-done")
             self.stats["objects"] += 1
             metrics.object_uploaded()
             obj = j.object(result.object_id)
             self.log.info("object completed", key=obj.final_key, bytes=obj.size, records=obj.records,
                           how=result.how, close_reason=obj.close_reason)
-            remove_chunk_files(self.cfg.chunk_dir, result.object_id)
+            oid = result.object_id
+            self._after_commit.append(lambda: crash.point("after-object-done"))
+            self._after_commit.append(lambda: remove_chunk_files(self.cfg.chunk_dir, oid))
         elif isinstance(result, KeyTaken):
             self.log.warning("object key already taken by someone else; using the next free index",
                              key=result.final_key, object=result.object_id)
