@@ -25,7 +25,9 @@ import zstandard
 
 from spoolup.files import ChunkFiles, fsync_dir, write_all
 
-_MAX_COMPRESSORS = 64  # live compressors kept in memory; others are rebuilt from the raw chunk
+_MAX_COMPRESSORS = 64  # live compressors kept in memory at most ...
+_COMPRESSOR_BUDGET = 64 << 20  # ... and at most this much memory for them (zstd's grow with the level)
+_GZIP_STATE = 288 << 10  # zlib's deflate state at memLevel 8 (window 32 KiB x 2 + hash tables)
 
 
 def chunk_name(object_id: int, part: int) -> str:
@@ -40,6 +42,14 @@ class Codec:
     @property
     def compressed(self) -> bool:
         return self.name != "none"
+
+    def max_live(self) -> int:
+        """How many compressors may be alive at once within the memory budget."""
+        if self.name == "zstd":
+            size = zstandard.ZstdCompressionParameters.from_level(self.level).estimated_compression_context_size()
+        else:
+            size = _GZIP_STATE
+        return max(2, min(_MAX_COMPRESSORS, _COMPRESSOR_BUDGET // size))
 
     def compressor(self):
         if self.name == "gzip":
@@ -77,6 +87,7 @@ class ChunkStore:
         self.fsync = fsync
         self.files = ChunkFiles(directory, fsync=fsync)
         self._live: OrderedDict[tuple[int, int], _Live] = OrderedDict()
+        self._max_live = codec.max_live() if codec.compressed else 0
         self._parked: dict[tuple[int, int], int] = {}  # evicted compressors: .tmp length, members finished
         self._renamed = False
 
@@ -180,7 +191,7 @@ class ChunkStore:
             live = _Live(self.codec.compressor(), fd)
             live.out_len = parked
         self._live[k] = live
-        while len(self._live) > _MAX_COMPRESSORS:
+        while len(self._live) > self._max_live:
             old_k, old = self._live.popitem(last=False)
             self._park(old_k, old)
         return live

@@ -578,10 +578,13 @@ class Journal:
                 "(SELECT id FROM objects WHERE state = 'done' AND done_at < ?)",
                 (older_than,),
             )
-            # keep the newest object of every (key, ts): it carries the key's newest timestamp
+            # keep, for every key, the last object of its newest timestamp: it carries that
+            # timestamp (an older one arriving later is backfill, never a new "current" object)
+            # and the highest index used for it
             cur = self.conn.execute(
-                "DELETE FROM objects WHERE state = 'done' AND done_at < ? AND id NOT IN "
-                "(SELECT max(id) FROM objects GROUP BY key)",
+                "DELETE FROM objects WHERE state = 'done' AND done_at < ? AND id NOT IN ("
+                "WITH newest AS (SELECT key, max(ts) AS ts FROM objects GROUP BY key) "
+                "SELECT max(o.id) FROM objects o JOIN newest n ON o.key = n.key AND o.ts = n.ts GROUP BY o.key)",
                 (older_than,),
             )
         return cur.rowcount

@@ -32,6 +32,6 @@ def test_example_config_is_current_and_loads(tmp_path):
 def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = "apt-get install -y syslog-ng-core && pip install '.[test]' && python -m pytest"
+    command = "apt-get install -y syslog-ng-core strace && pip install '.[test]' && python -m pytest"
     assert command in readme and command in ci.splitlines()
     assert "pip install '.[demo]' && spoolup demo" in readme
