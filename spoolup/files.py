@@ -117,14 +117,13 @@ _BUF_SIZE = 4 << 20
 
 
 class _Chunk:
-    __slots__ = ("fd", "length", "flushed", "tail", "dirty")
+    __slots__ = ("length", "flushed", "tail", "dirty")
 
-    def __init__(self, fd: int, length: int, flushed: int, tail: bytearray):
-        self.fd = fd
+    def __init__(self, length: int, flushed: int, tail: bytearray):
         self.length = length  # logical bytes appended
         self.flushed = flushed  # bytes written to the file as whole blocks (aligned)
         self.tail = tail  # bytes after `flushed`, held in memory until they fill a block
-        self.dirty = False
+        self.dirty = False  # appended to since the last sync()
 
 
 class ChunkFiles:
@@ -132,32 +131,39 @@ class ChunkFiles:
 
     Buffered writes plus fdatasync cost this kind of machine about 3 s of kernel
     CPU per GiB (page-cache writeback); O_DIRECT writes cost almost none and run
-    at device speed (bench/RESULTS.md).  The last, partial block is kept in
-    memory and written zero-padded at each sync(), so a file on disk may be up
-    to 4095 bytes longer than its logical length until `finish()` truncates it;
-    the journal holds the logical length and recovery truncates to it anyway.
-    Filesystems without O_DIRECT (tmpfs) get plain writes at explicit offsets.
+    at device speed (bench/RESULTS.md).  The last, partial block of each file is
+    kept in memory and written zero-padded at each sync(), so a file on disk may
+    be up to 4095 bytes longer than its logical length until `finish()` (or
+    `close()`) truncates it; the journal holds the logical length and recovery
+    truncates to it anyway.  Filesystems without O_DIRECT (tmpfs) get plain
+    writes at explicit offsets.
+
+    A file's state (length, in-memory tail) lives apart from its descriptor:
+    with many keys, more files are appended to than descriptors are kept open,
+    and an evicted descriptor costs a close(), not a write and a sync.
     """
 
-    def __init__(self, directory: Path, *, fsync: bool, max_open: int = 256, direct: bool = True):
+    def __init__(self, directory: Path, *, fsync: bool, max_open: int = 1024, direct: bool = True):
         self.directory = directory
         self.fsync = fsync
         self.max_open = max_open
         self.direct = direct and hasattr(os, "O_DIRECT")
-        self._open: OrderedDict[str, _Chunk] = OrderedDict()
+        self._chunks: dict[str, _Chunk] = {}
+        self._fds: OrderedDict[str, int] = OrderedDict()
         self._lengths: dict[str, int] = {}
         self._new_files = False
+        self._closed_dirty = False  # a file written since the last sync lost its descriptor
         self._buf = None
 
     # -- writing ---------------------------------------------------------------
 
     def append(self, name: str, data) -> None:
-        c = self._get(name)
+        c = self._state(name)
         c.length += len(data)
         self._lengths[name] = c.length
         c.dirty = True
         if not self.direct:  # page cache: write through at once
-            _pwrite_all(c.fd, data, c.flushed)
+            _pwrite_all(self._fd(name), data, c.flushed)
             c.flushed += len(data)
             return
         if len(c.tail) + len(data) < BLOCK:
@@ -165,6 +171,7 @@ class ChunkFiles:
             return
         # whole blocks go straight to the file through one aligned buffer; the rest
         # (less than a block) stays in memory as the new tail
+        fd = self._fd(name)
         view = memoryview(data)
         buf = self._aligned()
         fill = len(c.tail)
@@ -177,7 +184,7 @@ class ChunkFiles:
             fill += take
             n = fill - fill % BLOCK
             if n:
-                _pwrite_all(c.fd, memoryview(buf)[:n], c.flushed)
+                _pwrite_all(fd, memoryview(buf)[:n], c.flushed)
                 c.flushed += n
             if pos == len(view):
                 c.tail = bytearray(buf[n:fill])
@@ -191,7 +198,7 @@ class ChunkFiles:
 
     def content(self, name: str):
         """The logical content written so far (disk part, then the in-memory tail)."""
-        c = self._open.get(name)
+        c = self._chunks.get(name)
         path = self.directory / name
         flushed = c.flushed if c is not None else self._lengths.get(name, None)
         if flushed is None:
@@ -210,72 +217,71 @@ class ChunkFiles:
 
     def sync(self) -> None:
         """Every append so far survives a crash of the machine (with fsync)."""
-        dirty = [c for c in self._open.values() if c.dirty]
-        for c in dirty:
-            self._write_out(c)
-        if self.fsync:
-            if len(dirty) > _SYNCFS_THRESHOLD:
+        dirty = [name for name, c in self._chunks.items() if c.dirty]
+        for name in dirty:
+            self._write_tail(name)
+        if self.fsync and (dirty or self._closed_dirty):
+            if len(dirty) > _SYNCFS_THRESHOLD or self._closed_dirty:
                 syncfs(self.directory)
             else:
-                for c in dirty:
-                    os.fdatasync(c.fd)
+                for name in dirty:
+                    os.fdatasync(self._fd(name))
                 if self._new_files:
                     fsync_dir(self.directory)
-        for c in dirty:
-            c.dirty = False
+        for name in dirty:
+            self._chunks[name].dirty = False
         self._new_files = False
+        self._closed_dirty = False
 
     def finish(self, name: str) -> int:
         """Seal: the file becomes exactly its logical bytes, durable (with fsync), and closed."""
-        c = self._get(name)
-        self._write_out(c)
-        os.ftruncate(c.fd, c.length)
+        c = self._state(name)
+        self._write_tail(name)
+        fd = self._fd(name)
+        os.ftruncate(fd, c.length)
         if self.fsync:
-            os.fdatasync(c.fd)
-        os.close(c.fd)
-        del self._open[name]
+            os.fdatasync(fd)
+        c.dirty = False
+        self._close_fd(name)
+        del self._chunks[name]
         return c.length
 
     def forget(self, name: str) -> None:
-        c = self._open.pop(name, None)
-        if c is not None:
-            os.close(c.fd)
+        self._close_fd(name)
+        self._chunks.pop(name, None)
         self._lengths.pop(name, None)
 
     def discard(self) -> None:
         """Close every file without writing anything more: what was appended since the last
         journaled batch is abandoned (the disk is full).  Recovery then truncates the files
         to their journaled lengths; lengths are read from the files again when reopened."""
-        for c in self._open.values():
+        for fd in self._fds.values():
             with contextlib.suppress(OSError):
-                os.close(c.fd)
-        self._open.clear()
+                os.close(fd)
+        self._fds.clear()
+        self._chunks.clear()
         self._lengths.clear()
         self._new_files = False
+        self._closed_dirty = False
 
     def close(self) -> None:
         """Sync and close everything, leaving each file exactly its logical length."""
         with contextlib.suppress(OSError):
             self.sync()
-        for name in list(self._open):
+        for name, c in list(self._chunks.items()):
             with contextlib.suppress(OSError):
-                self._release(self._open.pop(name))
+                if c.tail or c.flushed != c.length:
+                    os.ftruncate(self._fd(name), c.length)
+        for name in list(self._fds):
+            with contextlib.suppress(OSError):
+                self._close_fd(name)
+        self._chunks.clear()
 
     # -- internals ---------------------------------------------------------------
 
-    def _release(self, c: _Chunk) -> None:
-        """Close a file without zero padding on disk (it may be reopened later)."""
-        if c.dirty:
-            self._write_out(c)
-        os.ftruncate(c.fd, c.length)
-        if self.fsync and (c.dirty or c.tail):
-            os.fdatasync(c.fd)
-        os.close(c.fd)
-
-    def _get(self, name: str) -> _Chunk:
-        c = self._open.get(name)
+    def _state(self, name: str) -> _Chunk:
+        c = self._chunks.get(name)
         if c is not None:
-            self._open.move_to_end(name)
             return c
         path = self.directory / name
         exists = path.exists()
@@ -284,20 +290,35 @@ class ChunkFiles:
         length = self._lengths.get(name)
         if length is None:
             length = path.stat().st_size if exists else 0
-        fd = self._open_fd(path)
         flushed = length - length % BLOCK if self.direct else length
         tail = bytearray()
         if flushed < length:
             with open(path, "rb") as f:
                 f.seek(flushed)
                 tail = bytearray(f.read(length - flushed))
-        c = self._open[name] = _Chunk(fd, length, flushed, tail)
+        c = self._chunks[name] = _Chunk(length, flushed, tail)
         self._lengths[name] = length
-        while len(self._open) > self.max_open:
-            old_name, old = next(iter(self._open.items()))
-            del self._open[old_name]
-            self._release(old)
         return c
+
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is not None:
+            self._fds.move_to_end(name)
+            return fd
+        fd = self._fds[name] = self._open_fd(self.directory / name)
+        while len(self._fds) > self.max_open:
+            old = next(iter(self._fds))
+            self._close_fd(old)
+        return fd
+
+    def _close_fd(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
+        if fd is None:
+            return
+        c = self._chunks.get(name)
+        if c is not None and c.dirty:
+            self._closed_dirty = True  # its writes are made durable by the next sync's syncfs
+        os.close(fd)
 
     def _open_fd(self, path: Path) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
@@ -310,14 +331,15 @@ class ChunkFiles:
                 self.direct = False  # this filesystem does not do O_DIRECT (tmpfs): plain writes
         return os.open(path, flags, 0o600)
 
-    def _write_out(self, c: _Chunk) -> None:
+    def _write_tail(self, name: str) -> None:
         """The partial last block, zero-padded (it is rewritten when the next bytes come)."""
+        c = self._chunks[name]
         if self.direct and c.tail:
             buf = self._aligned()
             n = len(c.tail)
             buf[:n] = c.tail
             buf[n:BLOCK] = bytes(BLOCK - n)
-            _pwrite_all(c.fd, memoryview(buf)[:BLOCK], c.flushed)
+            _pwrite_all(self._fd(name), memoryview(buf)[:BLOCK], c.flushed)
 
     def _aligned(self):
         if self._buf is None:

@@ -337,9 +337,11 @@ class Service:
                 self.spool.refresh(s)
             if any(s.offset < s.size and self._has_record(s) for s in pending):
                 return False  # more whole records to read (the cap was hit, or they just arrived)
-            self.ingest.close_all("drain", now)
+            closed = self.ingest.close_all("drain", now)
             state.closed_through = self.ingest.next_id - 1
             self.uploader.wake()
+            self.log.info("drain: everything in the spool is ingested; waiting for the uploads",
+                          objects_closed=closed, pending_objects=self.journal.pending_objects())
             return False
         left = self.journal.conn.execute(
             "SELECT count(*) FROM objects WHERE state != 'done' AND id <= ?", (state.closed_through,)

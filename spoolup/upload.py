@@ -306,10 +306,32 @@ class Uploader:
         return task not in self.inflight and time.monotonic() >= self.failures.get(task, (0, 0.0))[1]
 
     def schedule(self) -> None:
+        """Submit what is ready, finishing started objects first (complete, parts, start)
+        and claiming new ones last: objects complete early and steadily, and the S3 work
+        per object is the same in any order."""
         j = self.journal
+        for obj in j.completable():
+            if self._room() <= 0:
+                return
+            if self._ready(("complete", obj.id)):
+                self._submit(("complete", obj.id), self.work.complete, obj, j.chunks_of(obj.id))
+        for obj, chunk in j.parts_to_upload(limit=self.cfg.upload_threads * 4):
+            if self._room() <= 0:
+                return
+            task = ("part", obj.id, chunk.part)
+            attempts = self.failures.get(task, (0, 0.0))[0]
+            self._submit(task, self.work.part, obj, chunk, attempts)
+        for obj in j.to_start():
+            if self._room() <= 0:
+                return
+            if not self._ready(("start", obj.id)):
+                continue
+            chunks = j.chunks_of(obj.id) if obj.mode == "single" else []
+            size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
+            self._submit(("start", obj.id), self.work.start, obj, size)
         for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8):
             if self._room() <= 0:
-                break
+                return
             task = ("claim", obj.id)
             if not self._ready(task):
                 continue
@@ -317,16 +339,6 @@ class Uploader:
             in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
             mode = "single" if obj.state == "closed" and n_chunks == 1 else "multipart"
             self._submit(task, self.work.claim, obj, start, in_use, mode)
-        for obj in j.to_start():
-            chunks = j.chunks_of(obj.id) if obj.mode == "single" else []
-            size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
-            self._submit(("start", obj.id), self.work.start, obj, size)
-        for obj, chunk in j.parts_to_upload(limit=self.cfg.upload_threads * 4):
-            task = ("part", obj.id, chunk.part)
-            attempts = self.failures.get(task, (0, 0.0))[0]
-            self._submit(task, self.work.part, obj, chunk, attempts)
-        for obj in j.completable():
-            self._submit(("complete", obj.id), self.work.complete, obj, j.chunks_of(obj.id))
 
     def harvest(self) -> int:
         """Journal the results of finished tasks, all in one transaction; returns how many
@@ -379,8 +391,9 @@ class Uploader:
             self.log.info("object completed", key=obj.final_key, bytes=obj.size, records=obj.records,
                           how=result.how, close_reason=obj.close_reason)
             oid = result.object_id
+            parts = j.conn.execute("SELECT coalesce(max(part), 0) FROM chunks WHERE object_id = ?", (oid,)).fetchone()[0]
             self._after_commit.append(lambda: crash.point("after-object-done"))
-            self._after_commit.append(lambda: remove_chunk_files(self.cfg.chunk_dir, oid))
+            self._after_commit.append(lambda: remove_chunk_files(self.cfg.chunk_dir, oid, parts))
         elif isinstance(result, KeyTaken):
             self.log.warning("object key already taken by someone else; using the next free index",
                              key=result.final_key, object=result.object_id)
@@ -458,13 +471,19 @@ class Uploader:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def remove_chunk_files(chunk_dir: Path, object_id: int) -> None:
-    prefix = f"{object_id:012d}-"
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(chunk_dir):
-            if entry.name.startswith(prefix):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+def remove_chunk_files(chunk_dir: Path, object_id: int, parts: int | None = None) -> None:
+    """Delete a completed object's chunk files (every name a chunk of it can have).
+    With `parts` known, by name; otherwise by scanning the directory (recovery only)."""
+    names: list[str] = []
+    if parts is None:
+        prefix = f"{object_id:012d}-"
+        with contextlib.suppress(FileNotFoundError):
+            names = [e.name for e in os.scandir(chunk_dir) if e.name.startswith(prefix)]
+    else:
+        names = [chunk_name(object_id, p) + sfx for p in range(1, parts + 1) for sfx in ("", ".tmp", ".part")]
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(chunk_dir / name)
 
 
 # ---------------------------------------------------------------------------
