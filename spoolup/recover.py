@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from spoolup import keys
 from spoolup.chunks import Codec, part_file, raw_file
 from spoolup.config import Config
+from spoolup.files import syncfs
 from spoolup.journal import Journal
 from spoolup.spool import scan
 
@@ -97,6 +98,7 @@ def reconcile_chunks(cfg: Config, journal: Journal, report: Report, *, dry_run: 
         else:
             expected[part_file(directory, oid, part, codec).name] = part_size
     present = {e.name: e for e in os.scandir(directory) if e.is_file(follow_symlinks=False)}
+    truncated: list[str] = []
     for name, size in sorted(expected.items()):
         entry = present.get(name)
         actual = _size(entry)
@@ -105,13 +107,9 @@ def reconcile_chunks(cfg: Config, journal: Journal, report: Report, *, dry_run: 
         if (actual is None or actual < size) and _done_now(journal, name):
             continue  # completed meanwhile by the upload process (it starts alongside), files removed
         if actual is not None and actual > size and not name.endswith(".part"):
-            report.did(f"truncate chunk file {name} from {actual} to its journaled {size} bytes "
-                       "(the tail was written but never committed; it is read again from the spool)")
+            truncated.append(f"{name} ({actual} -> {size})")
             if not dry_run:
-                with open(entry.path, "r+b") as f:
-                    f.truncate(size)
-                    if cfg.fsync:
-                        os.fsync(f.fileno())
+                os.truncate(entry.path, size)
             continue
         shown = "missing" if actual is None else f"{actual} bytes"
         report.problem(
@@ -119,6 +117,12 @@ def reconcile_chunks(cfg: Config, journal: Journal, report: Report, *, dry_run: 
             "bytes that were journaled as safe are gone from the state dir (disk corruption or manual "
             "deletion). Restore the file from a backup; spoolup will not upload a damaged object"
         )
+    if truncated:
+        report.did(f"truncate {len(truncated)} chunk file(s) to their journaled lengths (the bytes past them "
+                   "were never committed: a batch cut short, or the zero padding of an O_DIRECT block; they "
+                   f"are read again from the spool): {', '.join(truncated[:5])}{' ...' if len(truncated) > 5 else ''}")
+        if not dry_run and cfg.fsync:
+            syncfs(directory)  # one flush for all of them
     stray = sorted(set(present) - set(expected))
     if stray:
         report.did(f"remove {len(stray)} chunk file(s) the journal does not reference "

@@ -70,11 +70,12 @@ def test_chunk_file_longer_than_journaled_is_truncated(make_spoolup, s3):
         f.write(b"bytes written but never committed\n" * 100)
     r = recover(sp, "--dry-run")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"truncate chunk file {path.name} from {size} to its journaled {length} bytes" in r.stdout, r.stdout
+    assert "chunk file(s) to their journaled lengths" in r.stdout, r.stdout
+    assert f"{path.name} ({size} -> {length})" in r.stdout, r.stdout
     assert "would do" in r.stdout and path.stat().st_size == size
     r = recover(sp)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"truncate chunk file {path.name}" in r.stdout and "did" in r.stdout
+    assert f"{path.name} ({size} -> {length})" in r.stdout and "did" in r.stdout
     assert path.stat().st_size == length
     assert "Nothing to repair" in recover(sp).stdout
     drained(sp, s3, files)
@@ -352,7 +353,8 @@ def test_dry_run_changes_nothing_anywhere(make_spoolup, s3):
     r = recover(sp, "--dry-run")
     assert r.returncode == 0, r.stdout + r.stderr
     for expected in ("Recovery actions (would do)", "migrate the journal", f"{key}: CompleteMultipartUpload had "
-                     "succeeded but was not journaled; marked done", "truncate chunk file 000000000001-00001",
+                     "succeeded but was not journaled; marked done", "chunk file(s) to their journaled lengths",
+                     "000000000001-00001 (",
                      "000000000777-00001", f"abort multipart upload {orphan[:16]}", "dry run: nothing was changed"):
         assert expected in r.stdout, f"{expected!r} not in\n{r.stdout}"
     assert snapshot(sp, s3) == before
@@ -368,7 +370,7 @@ def test_run_performs_the_same_recovery_at_start(make_spoolup, s3):
     etag = s3.head_object(Bucket=sp.bucket, Key=key)["ETag"]
     r = sp.drain(timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
-    for expected in ("truncate chunk file 000000000001-00001", "000000000777-00001",
+    for expected in ("chunk file(s) to their journaled lengths", "000000000001-00001 (", "000000000777-00001",
                      "CompleteMultipartUpload had succeeded but was not journaled", f"abort multipart upload "
                      f"{orphan[:16]}"):
         assert expected in r.stderr, f"{expected!r} not logged"
