@@ -5,6 +5,7 @@ same thread count) uploading the same bytes to the same moto server."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ def spoolup_drain(url: str, base: Path, files: dict[str, int], threads: int, fsy
 def run(total: int = 256 * MiB, keys: int = 4, threads: int = 8, repeats: int = 2) -> dict:
     with workdir() as base:
         files = syslog_spool(base / "spool", total, keys)
+        os.sync()  # steady state: the writer's pages were written back long ago
         size = sum(files.values())
         base_times, spool_times = [], []
         for _ in range(repeats):

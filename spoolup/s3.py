@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -92,10 +93,12 @@ class FileBody:
 
     path: Path
     size: int
-    md5_hex: str
+    md5_hex: str | None
 
     @classmethod
-    def of(cls, path: Path) -> "FileBody":
+    def of(cls, path: Path, *, md5: bool = True) -> "FileBody":
+        if not md5:
+            return cls(path, os.stat(path).st_size, None)
         h = hashlib.md5()
         size = 0
         with open(path, "rb") as f:
@@ -105,8 +108,11 @@ class FileBody:
         return cls(path, size, h.hexdigest())
 
     @property
-    def content_md5(self) -> str:
-        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode()
+    def content_md5(self) -> str | None:
+        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode() if self.md5_hex else None
+
+    def integrity_args(self) -> dict[str, str]:
+        return {"ContentMD5": self.content_md5} if self.md5_hex else {}
 
 
 def multipart_etag(part_etags: Iterable[str]) -> str:
@@ -140,6 +146,10 @@ class S3:
         self.session = session
         self.client = session.client("s3", endpoint_url=cfg.url or None, config=self._boto_config(cfg))
         self.conditional = cfg.conditional_writes != "off"
+        # Over plain http botocore signs every body with SHA-256 (x-amz-content-sha256, which
+        # the server checks): a Content-MD5 of parts would hash each byte a second time.
+        # Over https botocore skips that signature when Content-MD5 is given, so parts carry it.
+        self.part_md5 = not (cfg.url or "https://").startswith("http://")
 
     @staticmethod
     def _boto_config(cfg: Config) -> BotoConfig:
@@ -196,7 +206,7 @@ class S3:
             with open(body.path, "rb") as f:
                 r = self.client.upload_part(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part, Body=f,
-                    ContentLength=body.size, ContentMD5=body.content_md5,
+                    ContentLength=body.size, **body.integrity_args(),
                 )
         except _CATCH as e:
             raise _translate(e, "UploadPart", key) from None

@@ -276,7 +276,7 @@ class Service:
                         self.log.error("drain timed out with work pending", pending_objects=journal.pending_objects())
                         return 1
                     if consumed == 0 or ingest.at_cap():
-                        watcher.event.wait(0.1 if (ingest.at_cap() or drain_state) else cfg.poll_interval)
+                        watcher.event.wait(0.05 if (ingest.at_cap() or drain_state) else cfg.poll_interval)
                         watcher.event.clear()
                 except (OSError, sqlite3.Error) as e:
                     if not disk_full(e):

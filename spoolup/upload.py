@@ -213,7 +213,7 @@ class Work:
             pass
 
     def part(self, obj: ObjectRow, chunk: ChunkRow, attempts: int) -> PartDone | UploadGone:
-        body = FileBody.of(part_file(self.chunk_dir, obj.id, chunk.part, self.codec))
+        body = FileBody.of(part_file(self.chunk_dir, obj.id, chunk.part, self.codec), md5=self.s3.part_md5)
         if chunk.part_size is not None and body.size != chunk.part_size:
             raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
                           f"{chunk.part_size}; run `spoolup recover`", op="UploadPart", key=obj.final_key)
@@ -626,7 +626,11 @@ def main(config_path: str, parent_pid: int) -> int:
     uploader.close()
     journal.close()
     log.info("upload process stopped", finished=inflight - unfinished, unfinished=unfinished)
-    return 0
+    # Everything is journaled and closed: skip the interpreter's teardown (joining idle
+    # HTTP threads, collecting boto3), which would keep `spoolup run`/`drain` waiting.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover
