@@ -6,6 +6,7 @@ Goal: spoolup keeps up (backlog bounded) and costs loggen <= 5 % of its rate."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import MiB, Moto, client, free_port, kill_tree, new_bucket, spoolup, spoolup_config, workdir
+from bench.common import MiB, Moto, children, client, free_port, kill_tree, new_bucket, spoolup_config, workdir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "contrib" / "syslog-ng" / "spoolup.conf"
@@ -70,7 +71,15 @@ def backlog(spool: Path, journal: Path) -> int:
     return max(total - consumed, 0) + sealed
 
 
-def one_round(base: Path, seconds: int, with_spoolup: bool, url: str | None) -> dict:
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def one_round(base: Path, seconds: int, with_spoolup: bool, url: str | None, moto_pid: int | None = None) -> dict:
     spool = base / "spool"
     shutil.rmtree(spool, ignore_errors=True)
     shutil.rmtree(base / "state", ignore_errors=True)
@@ -100,7 +109,14 @@ def one_round(base: Path, seconds: int, with_spoolup: bool, url: str | None) -> 
         sampler = threading.Thread(target=sample, daemon=True)
         if with_spoolup:
             sampler.start()
+        watched = {"syslog-ng": [sng.pid]}
+        if run is not None:
+            watched["spoolup"] = [run.pid, *children(run.pid)]
+        if moto_pid:
+            watched["moto"] = [moto_pid]
+        cpu0 = {k: sum(cpu_seconds(p) for p in pids) for k, pids in watched.items()}
         rate = loggen(port, seconds)
+        cpu = {k: round(sum(cpu_seconds(p) for p in pids) - cpu0[k], 1) for k, pids in watched.items()}
         stop.set()
         final = None
         if with_spoolup:
@@ -108,7 +124,7 @@ def one_round(base: Path, seconds: int, with_spoolup: bool, url: str | None) -> 
             final = backlog(spool, base / "state" / "journal.sqlite")
             run.send_signal(signal.SIGTERM)
             run.wait(120)
-        return {"rate": rate, "samples": samples, "final": final}
+        return {"rate": rate, "samples": samples, "final": final, "cpu_seconds": cpu}
     finally:
         if run is not None and run.poll() is None:
             kill_tree(run)
@@ -119,7 +135,7 @@ def one_round(base: Path, seconds: int, with_spoolup: bool, url: str | None) -> 
 def run(seconds: int = 60) -> dict:
     with workdir() as base, Moto(base) as moto:
         alone = one_round(base, seconds, False, None)
-        shipped = one_round(base, seconds, True, moto.url)
+        shipped = one_round(base, seconds, True, moto.url, moto.proc.pid)
     backlogs = [b for _, b in shipped["samples"]]
     half = backlogs[len(backlogs) // 2:] or [0]
     bounded = max(half) <= max(backlogs[: max(len(backlogs) // 2, 1)] or [0]) * 1.5 + 64 * MiB
@@ -133,6 +149,8 @@ def run(seconds: int = 60) -> dict:
         "final_backlog_MiB": (shipped["final"] or 0) / MiB,
         "backlog_samples_MiB": [round(b / MiB, 1) for b in backlogs],
         "backlog_bounded": bounded,
+        "cpu_seconds_alone": alone["cpu_seconds"],
+        "cpu_seconds_with_spoolup": shipped["cpu_seconds"],
         "goal": ">= 0.95, backlog bounded",
     }
 

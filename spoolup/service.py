@@ -27,9 +27,11 @@ from spoolup.deadletter import DeadLetters
 from spoolup.ingest import Ingest
 from spoolup.journal import Journal, JournalError
 from spoolup.lock import StateLock
-from spoolup.spool import REAPING, Spool, Watcher
+from spoolup.spool import DATA_POLL, REAPING, Spool, Watcher
 
 HEARTBEAT_EVERY = 2.0
+SMALL_BATCH = 1 << 20  # a pump that read less than this ...
+PACE_SECONDS = 0.05  # ... waits this long before the next one (at most 20 small commits a second)
 EXPIRE_EVERY = 0.25
 REAP_EVERY = 5.0
 REAP_SETTLE = 0.2  # seconds between moving a shipped spool file aside and deleting it
@@ -276,8 +278,13 @@ class Service:
                         self.log.error("drain timed out with work pending", pending_objects=journal.pending_objects())
                         return 1
                     if consumed == 0 or ingest.at_cap():
-                        watcher.event.wait(0.05 if (ingest.at_cap() or drain_state) else cfg.poll_interval)
+                        watcher.event.wait(0.05 if (ingest.at_cap() or drain_state)
+                                           else min(cfg.poll_interval, DATA_POLL))
                         watcher.event.clear()
+                    elif consumed < SMALL_BATCH and drain_state is None:
+                        # a writer trickling lines in (syslog-ng flushes every few KiB): gather for
+                        # a moment rather than commit (and sync) a tiny batch per write
+                        self.stop.wait(PACE_SECONDS)
                 except (OSError, sqlite3.Error) as e:
                     if not disk_full(e):
                         raise

@@ -361,9 +361,15 @@ def _take_lease(fd: int) -> bool | None:
         return None
 
 
+DATA_POLL = 0.25  # seconds between looks at the active files for new bytes
+
+
 class Watcher:
-    """watchdog on the spool dir; sets `event` on any change.  Falls back to
-    polling (the caller's timeout) when inotify is unavailable."""
+    """watchdog on the spool dir: files created, moved, deleted or closed after
+    writing set `event`.  Appends are not watched: a writer such as syslog-ng
+    appends thousands of times a second, and handling one inotify event per
+    write cost more CPU than all of ingest; active files are looked at every
+    DATA_POLL seconds instead (one fstat each).  Without inotify, polling only."""
 
     def __init__(self, spool_dir: Path, log):
         self.event = threading.Event()
@@ -371,7 +377,16 @@ class Watcher:
         self.observer = None
         self.log = log
         try:
-            from watchdog.events import FileSystemEventHandler
+            from watchdog.events import (
+                DirCreatedEvent,
+                DirDeletedEvent,
+                DirMovedEvent,
+                FileClosedEvent,
+                FileCreatedEvent,
+                FileDeletedEvent,
+                FileMovedEvent,
+                FileSystemEventHandler,
+            )
             from watchdog.observers import Observer
 
             watcher = self
@@ -384,7 +399,11 @@ class Watcher:
                         watcher.event.set()
 
             self.observer = Observer()
-            self.observer.schedule(Handler(), str(spool_dir), recursive=True)
+            self.observer.schedule(
+                Handler(), str(spool_dir), recursive=True,
+                event_filter=[FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileDeletedEvent,
+                              DirDeletedEvent, FileClosedEvent],
+            )
             self.observer.daemon = True
             self.observer.start()
         except Exception as e:  # noqa: BLE001 - inotify limits, unsupported fs: poll instead
