@@ -80,7 +80,6 @@ def run(total: int = 256 * MiB, keys: int = 4, threads: int = 8, repeats: int = 
 
 if __name__ == "__main__":
     import json
-    import sys
 
     total = int(sys.argv[1]) * MiB if len(sys.argv) > 1 else 256 * MiB
     print(json.dumps(run(total), indent=2))

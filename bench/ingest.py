@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
+
+from spoolup.journal import peek
 
 from bench.common import MiB, free_port, kill_tree, spoolup_config, syslog_spool, workdir
 
@@ -18,14 +19,7 @@ LINE = 256
 
 
 def journaled(journal) -> int:
-    try:
-        c = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
-        try:
-            return c.execute("SELECT coalesce(sum(offset), 0) FROM sources").fetchone()[0]
-        finally:
-            c.close()
-    except sqlite3.Error:
-        return 0
+    return peek(journal, "SELECT coalesce(sum(offset), 0) FROM sources", 0)
 
 
 def spoolup_ingest(base, total: int, fsync: bool) -> float:

@@ -6,7 +6,6 @@ deletes completed objects from moto as they appear, so that moto's own RAM
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading

@@ -189,6 +189,15 @@ class Journal:
         return journal
 
     @classmethod
+    def in_memory(cls) -> "Journal":
+        """An empty journal of the current schema in memory (status before the first run, tests)."""
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        journal = cls(conn, Path(":memory:"))
+        journal.migrate()
+        return journal
+
+    @classmethod
     def open_readonly(cls, path: Path) -> "Journal":
         """For status: never blocks or changes the writers' journal."""
         path = Path(path)
@@ -645,6 +654,20 @@ def _create(path: Path, *, fsync: bool) -> None:
                 os.close(fd)
     except sqlite3.Error as e:
         raise JournalError(f"cannot create the journal {path}: {e}") from None
+
+
+def peek(path: Path, sql: str, default=None):
+    """One value from a journal file, read-only, without opening it as a Journal
+    (no migration, no WAL set-up); `default` when it cannot be read."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        try:
+            row = conn.execute(sql).fetchone()
+            return default if row is None or row[0] is None else row[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return default
 
 
 def _source(r: sqlite3.Row) -> SourceRow:

@@ -15,7 +15,7 @@ import fcntl
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from spoolup import keys
@@ -26,18 +26,10 @@ REAPING = ".spoolup-reaping-"  # a shipped spool file's name between the two ste
 
 
 @dataclass
-class Source:
-    id: int
-    dev: int
-    ino: int
-    path: str  # relative to spool-dir, '/'-separated
-    key_path: str
-    offset: int
-    size: int
-    mtime: float
-    state: str
-    error: str | None
-    head: bytes | None
+class Source(SourceRow):
+    """A live spool file: its journal row plus what ingest keeps in memory."""
+
+    head: bytes | None = None  # first bytes: tells a reused inode from this file
     fd: int | None = None
     key: str | None = None  # rendered object-key (lines format)
     missing: int = 0  # consecutive rescans that did not find it
@@ -49,8 +41,7 @@ class Source:
 
     @classmethod
     def from_row(cls, row: SourceRow, head: bytes | None) -> "Source":
-        return cls(row.id, row.dev, row.ino, row.path, row.key_path, row.offset, row.size, row.mtime, row.state,
-                   row.error, head)
+        return cls(**vars(row), head=head)
 
 
 @dataclass

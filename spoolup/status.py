@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 from spoolup import __version__, lock
 from spoolup.config import Config
-from spoolup.journal import Journal
+from spoolup.journal import Journal, peek
 
 SCHEMA_VERSION = 1
 LIVENESS_SECONDS = 10.0  # a process whose heartbeat is older is reported dead
 
 
 def collect(cfg: Config) -> dict[str, Any]:
-    if not cfg.journal_path.exists() or _version(cfg.journal_path) == 0:
-        journal = _empty_journal()  # never ran with this state dir (or it is being created): all zero
+    if not cfg.journal_path.exists() or peek(cfg.journal_path, "PRAGMA user_version") == 0:
+        journal = Journal.in_memory()  # never ran with this state dir (or it is being created): all zero
     else:
         journal = Journal.open_readonly(cfg.journal_path)
     try:
@@ -101,25 +99,6 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         },
         "counters": counters,
     }
-
-
-def _version(path: Path) -> int | None:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
-        try:
-            return conn.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError:
-        return None
-
-
-def _empty_journal() -> Journal:
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    journal = Journal(conn, Path(":memory:"))
-    journal.migrate()
-    return journal
 
 
 def _pid_alive(pid: int) -> bool:

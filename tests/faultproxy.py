@@ -193,19 +193,9 @@ class FaultProxy:
             return
         if rule is not None and rule.action == "delay":
             time.sleep(rule.delay)
-        req.status = status
-        try:
-            h.send_response(status)
-            for k, v in headers:
-                if k.lower() not in HOP_BY_HOP and k.lower() not in ("content-length", "server", "date"):
-                    h.send_header(k, v)
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            if h.command != "HEAD":
-                h.wfile.write(data)
-            h.wfile.flush()
-        except OSError:
-            h.close_connection = True
+        kept = [(k, v) for k, v in headers
+                if k.lower() not in HOP_BY_HOP and k.lower() not in ("content-length", "server", "date")]
+        _respond(h, req, status, kept, data)
 
     def _forward(self, h: BaseHTTPRequestHandler, body: bytes):
         conn = http.client.HTTPConnection(*self.upstream, timeout=120)
@@ -228,17 +218,22 @@ class FaultProxy:
         }
         xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
                f"<Message>{messages.get(code, code)}</Message><RequestId>faultproxy</RequestId></Error>").encode()
-        req.status = status
-        try:
-            h.send_response(status)
-            h.send_header("Content-Type", "application/xml")
-            h.send_header("Content-Length", str(len(xml)))
-            h.end_headers()
-            if h.command != "HEAD":
-                h.wfile.write(xml)
-            h.wfile.flush()
-        except OSError:
-            h.close_connection = True
+        _respond(h, req, status, [("Content-Type", "application/xml")], xml)
+
+
+def _respond(h: BaseHTTPRequestHandler, req: Request, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    req.status = status
+    try:
+        h.send_response(status)
+        for k, v in headers:
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+        h.wfile.flush()
+    except OSError:
+        h.close_connection = True
 
 
 def _reset(h: BaseHTTPRequestHandler) -> None:

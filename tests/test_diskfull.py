@@ -78,13 +78,22 @@ def test_state_dir_disk_full_then_space_returns(make_spoolup, s3, tiny_state_dir
         assert sp.status()["backlog_bytes"] > 0
         # space returns: spoolup resumes by itself
         subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_state_dir)], check=True)
-        r = sp.drain(timeout=120)  # asks the running service
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert p.poll() is None
+        drained_by_the_service(sp, p)
     finally:
         code = sp.stop(p)
+    assert_recovered(sp, p, code, s3, tiny_state_dir)
+
+
+def drained_by_the_service(sp, p) -> None:
+    r = sp.drain(timeout=120)  # asks the running service
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert p.poll() is None
+
+
+def assert_recovered(sp, p, code: int, s3, state_dir: Path) -> None:
+    """The service stopped cleanly, its journal is sound and every record is in the bucket once."""
     assert code == 0, sp.log_text()[-3000:]
-    assert integrity(tiny_state_dir / "journal.sqlite") == "ok"
+    assert integrity(state_dir / "journal.sqlite") == "ok"
     assert_exact(s3, sp.bucket, FILES)
     assert "Traceback" not in sp.log_text()
 
@@ -126,12 +135,7 @@ def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_stat
         assert p.poll() is None, sp.log_text()[-3000:]
         assert integrity(tiny_state_dir / "journal.sqlite") == "ok"
         filler.unlink()  # space returns
-        r = sp.drain(timeout=120)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert p.poll() is None
+        drained_by_the_service(sp, p)
     finally:
         code = sp.stop(p)
-    assert code == 0, sp.log_text()[-3000:]
-    assert integrity(tiny_state_dir / "journal.sqlite") == "ok"
-    assert_exact(s3, sp.bucket, FILES)
-    assert "Traceback" not in sp.log_text()
+    assert_recovered(sp, p, code, s3, tiny_state_dir)

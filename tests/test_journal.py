@@ -1,21 +1,10 @@
 """Journal verbs that are easiest to check directly on a real SQLite database."""
 
-import sqlite3
-from pathlib import Path
-
 from spoolup.journal import Journal
 
 
-def memory_journal() -> Journal:
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    journal = Journal(conn, Path(":memory:"))
-    journal.migrate()
-    return journal
-
-
 def test_prune_keeps_each_keys_newest_timestamp_and_last_index():
-    j = memory_journal()
+    j = Journal.in_memory()
     rows = [(1, "k", "2", "done", 0), (2, "k", "9", "done", 0), (3, "k", "3", "done", 0),
             (4, "m", "", "done", 0), (5, "m", "", "done", 0), (6, "n", "1", "done", 500)]
     for oid, key, ts, state, done_at in rows:
@@ -28,7 +17,7 @@ def test_prune_keeps_each_keys_newest_timestamp_and_last_index():
 
 
 def test_nested_transactions_commit_once_and_roll_back_together():
-    j = memory_journal()
+    j = Journal.in_memory()
     with j.transaction():
         j.set_meta("a", "1")
         with j.transaction():

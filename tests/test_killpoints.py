@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from crashkit import (MiB, assert_exact, chunk_files, consumed, crash_mark, drain_crashing, noisy_lines, query,
-                      split_records,
-                      write)
-from helpers import get, list_keys, pending_uploads, syslog_lines, wait_for
+from crashkit import (assert_exact, chunk_files, consumed, crash_mark, drain_crashing, noisy_lines, query,
+                      split_records, write)
+from helpers import list_keys, pending_uploads, syslog_lines, wait_for
 
 SMALL = {"a.log": syslog_lines(2000, host="a"), "b.log": syslog_lines(700, host="b"), "c.log": b"one record\n"}
 BIG = syslog_lines(50_000, width=256)  # ~12.8 MiB: parts of 5 + 5 + 2.8 MiB
