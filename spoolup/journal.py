@@ -112,10 +112,19 @@ class Batch:
 # open and migrate
 
 
+def _migrations_dir():
+    """migrations/ as installed (the package spoolup.migrations), or beside the package
+    in a source checkout (when `python -m spoolup` runs from the repository)."""
+    try:
+        return importlib.resources.files("spoolup.migrations")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "migrations"
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration file, in order."""
     out = []
-    for entry in importlib.resources.files("spoolup.migrations").iterdir():
+    for entry in _migrations_dir().iterdir():
         m = re.match(r"^(\d+)_.*\.sql$", entry.name)
         if m:
             out.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
