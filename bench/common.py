@@ -7,7 +7,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,46 +19,19 @@ from pathlib import Path
 import boto3
 from botocore.config import Config as BotoConfig
 
+from spoolup.locals3 import LocalS3, free_port  # noqa: F401 - free_port is used by the figures
+
 ACCESS_KEY = "bench"
 SECRET_KEY = "bench-secret"
 MiB = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Moto:
+class Moto(LocalS3):
     """moto_server in its own process (restart it between figures: it keeps objects in RAM)."""
 
     def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "Moto":
-        log = open(self.workdir / f"moto-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("moto did not start")
-
-    def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+        super().__init__(None)
+        self.log_path = workdir / f"moto-{self.port}.log"
 
 
 def client(url: str, threads: int = 8):

@@ -8,7 +8,6 @@ way `aws s3 ls --recursive` does, checking every byte against the spool.
 
 from __future__ import annotations
 
-import logging
 import random
 import shutil
 import signal
@@ -42,10 +41,13 @@ def _write_spool(spool: Path) -> dict[str, bytes]:
 
 
 def main(workdir: str | None) -> int:
-    try:
-        import boto3
-        from moto.server import ThreadedMotoServer
-    except ImportError:
+    import importlib.util
+
+    import boto3
+
+    from spoolup.locals3 import LocalS3
+
+    if importlib.util.find_spec("moto") is None:
         print("spoolup demo needs moto's server: pip install 'spoolup[demo]'", file=sys.stderr)
         return 1
 
@@ -56,52 +58,51 @@ def main(workdir: str | None) -> int:
         shutil.rmtree(spool)
     if state.exists():
         shutil.rmtree(state)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    print(f"local S3 (moto server) listening on {url}")
-    contents = _write_spool(spool)
-    total = sum(len(v) for v in contents.values())
-    print(f"demo spool: {len(contents)} files, {total} bytes in {spool}")
-    config = base / "spoolup.toml"
-    config.write_text(
-        f'url = "{url}"\nbucket = "{BUCKET}"\naccess-key = "demo"\nsecret-key = "demo-secret"\n'
-        f'region = "us-east-1"\nspool-dir = "{spool}"\nstate-dir = "{state}"\n'
-        'object-key = "logs/{path}"\nmax-object-size = "7MiB"\nchunk-size = "5MiB"\n'
-        'flush-grace-period = "3s"\nspool-reap = "1h"\nlog-format = "console"\nlog-level = "info"\n'
-    )
-    print(f"configuration: {config}")
-    print("starting `spoolup run` ...\n")
-    s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id="demo", aws_secret_access_key="demo-secret",
-                      region_name="us-east-1")
-    proc = subprocess.Popen([sys.executable, "-m", "spoolup", "run", "--config", str(config)])
+    server = LocalS3(base / "moto.log").start()
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                print(f"spoolup run exited early with {proc.returncode}", file=sys.stderr)
+        url = server.url
+        print(f"local S3 (moto server, pid {server.proc.pid}) listening on {url}")
+        contents = _write_spool(spool)
+        total = sum(len(v) for v in contents.values())
+        print(f"demo spool: {len(contents)} files, {total} bytes in {spool}")
+        config = base / "spoolup.toml"
+        config.write_text(
+            f'url = "{url}"\nbucket = "{BUCKET}"\naccess-key = "demo"\nsecret-key = "demo-secret"\n'
+            f'region = "us-east-1"\nspool-dir = "{spool}"\nstate-dir = "{state}"\n'
+            'object-key = "logs/{path}"\nmax-object-size = "7MiB"\nchunk-size = "5MiB"\n'
+            'flush-grace-period = "3s"\nspool-reap = "1h"\nlog-format = "console"\nlog-level = "info"\n'
+        )
+        print(f"configuration: {config}")
+        print("starting `spoolup run` ...\n")
+        s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id="demo", aws_secret_access_key="demo-secret",
+                          region_name="us-east-1")
+        proc = subprocess.Popen([sys.executable, "-m", "spoolup", "run", "--config", str(config)])
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    print(f"spoolup run exited early with {proc.returncode}", file=sys.stderr)
+                    return 1
+                listing = _listing(s3)
+                if _verify(listing, contents, s3, quiet=True):
+                    break
+                time.sleep(0.5)
+            else:
+                print("timed out waiting for the demo objects", file=sys.stderr)
                 return 1
-            listing = _listing(s3)
-            if _verify(listing, contents, s3, quiet=True):
-                break
-            time.sleep(0.5)
-        else:
-            print("timed out waiting for the demo objects", file=sys.stderr)
-            return 1
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+        listing = _listing(s3)
+        print(f"\n$ aws s3 ls --recursive s3://{BUCKET}   (endpoint {url})")
+        for key, size, modified in listing:
+            print(f"{modified:%Y-%m-%d %H:%M:%S} {size:>10} {key}")
+        ok = _verify(listing, contents, s3, quiet=False)
+        print(f"\nspoolup run exited with {proc.returncode}; work dir {base}")
+        return 0 if ok and proc.returncode == 0 else 1
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-    listing = _listing(s3)
-    print(f"\n$ aws s3 ls --recursive s3://{BUCKET}   (endpoint {url})")
-    for key, size, modified in listing:
-        print(f"{modified:%Y-%m-%d %H:%M:%S} {size:>10} {key}")
-    ok = _verify(listing, contents, s3, quiet=False)
-    print(f"\nspoolup run exited with {proc.returncode}; work dir {base}")
-    server.stop()
-    return 0 if ok and proc.returncode == 0 else 1
+        server.stop()
 
 
 def _listing(s3) -> list[tuple[str, int, object]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,47 +17,18 @@ from pathlib import Path
 import boto3
 from botocore.config import Config as BotoConfig
 
+from spoolup.locals3 import LocalS3, free_port  # noqa: F401 - free_port is part of the helpers
+
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-KEY-d41d8cd98f00b204"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MotoServer:
-    """`moto_server` as a subprocess; restartable (a restart forgets everything)."""
+class MotoServer(LocalS3):
+    """The tests' S3 endpoint: a LocalS3 logging into a directory of the test run."""
 
     def __init__(self, log_dir: Path):
-        self.log_dir = log_dir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.log_dir / f"moto-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log, stderr=log,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("moto server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        super().__init__(None)
+        self.log_path = log_dir / f"moto-{self.port}.log"
 
 
 def s3_client(url: str):

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import boto3
 import pytest
 
-from helpers import ACCESS_KEY, SECRET_KEY, Spoolup, free_port, get, list_keys, syslog_lines, toml
+from helpers import ACCESS_KEY, SECRET_KEY, Spoolup, get, list_keys, syslog_lines, toml
 from spoolup import config
+from spoolup.locals3 import LocalS3
 
 # transcribed from syslog-ng's modules/python-modules/syslogng/modules/s3/s3_destination.py
 S3_STORAGE_CLASSES = ["STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
@@ -183,22 +182,9 @@ class AuthMoto:
     SETUP_CALLS = 7
 
     def __init__(self, log_dir):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self.SETUP_CALLS)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=open(log_dir / "moto-auth.log", "ab"), stderr=subprocess.STDOUT, env=env,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        self.server = LocalS3(log_dir / "moto-auth.log", env={"INITIAL_NO_AUTH_ACTION_COUNT": str(self.SETUP_CALLS)})
+        self.server.start()
+        self.port, self.url, self.proc = self.server.port, self.server.url, self.server.proc
         iam = self.client("iam", "setup", "setup")
         account = "123456789012"
         self.role_arn = f"arn:aws:iam::{account}:role/log-writer"
@@ -230,8 +216,7 @@ class AuthMoto:
         return self.client(service, c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
