@@ -23,7 +23,7 @@ from pathlib import Path
 
 import zstandard
 
-from spoolup.files import ChunkFiles, fsync_dir, write_all
+from spoolup.files import ChunkFiles, fsync_dir, fsync_path, write_all
 
 _MAX_COMPRESSORS = 64  # live compressors kept in memory at most ...
 _COMPRESSOR_BUDGET = 64 << 20  # ... and at most this much memory for them (zstd's grow with the level)
@@ -121,11 +121,7 @@ class ChunkStore:
         parked = self._parked.pop((object_id, part), None)
         if parked is not None:  # its last member is finished already
             if self.fsync:
-                fd = os.open(self.directory / (name + ".tmp"), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(self.directory / (name + ".tmp"))
             out_len = parked
         else:
             live = self._compressor(object_id, part)

@@ -402,12 +402,7 @@ class Ingest:
             self.log.info("recovery", action=action)
         for problem in report.problems:
             self.log.error("recovery problem", problem=problem)
-        rows = {r.id: r for r in self.journal.live_sources()}
-        heads = dict(self.journal.conn.execute("SELECT id, head FROM sources WHERE head IS NOT NULL").fetchall())
-        for src in self.spool.sources.values():
-            row = rows.get(src.id)
-            if row is not None:
-                src.offset, src.head = row.offset, heads.get(src.id)
+        self.spool.revert()
         self.open.clear()
         self.open_by_key.clear()
         self.newest.clear()

@@ -9,6 +9,7 @@ Each process uses its own Journal from a single thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.resources
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from spoolup import metrics
+from spoolup.files import fsync_dir, fsync_path
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -187,9 +189,7 @@ class Journal:
             conn.execute("PRAGMA foreign_keys = OFF")
             journal = cls(conn, path)
             if check:
-                problem = journal.integrity_problem()
-                if problem:
-                    raise sqlite3.DatabaseError(f"integrity check failed: {problem}")
+                journal.check_integrity()
             if migrate:
                 journal.migrated = journal.migrate()
             journal.conn.execute("SELECT count(*) FROM objects").fetchone()
@@ -256,12 +256,14 @@ class Journal:
                 self.set_meta("created", repr(time.time()))
         return applied
 
-    def integrity_problem(self) -> str | None:
+    def check_integrity(self) -> None:
+        """Raise sqlite3.DatabaseError when SQLite's quick_check finds damage (or cannot run)."""
         try:
             rows = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
         except sqlite3.DatabaseError as e:
-            return str(e)
-        return None if rows == ["ok"] else "; ".join(rows[:5])
+            rows = [str(e)]
+        if rows != ["ok"]:
+            raise sqlite3.DatabaseError(f"integrity check failed: {'; '.join(rows[:5])}")
 
     # -- transactions and small tables ---------------------------------------
 
@@ -350,6 +352,10 @@ class Journal:
             f"SELECT * FROM sources WHERE state IN {LIVE_SOURCE_STATES!r} ORDER BY id"
         ).fetchall()
         return [_source(r) for r in rows]
+
+    def source_heads(self) -> dict[int, bytes]:
+        """The journaled fingerprint (first bytes) of each source that has one."""
+        return dict(self.conn.execute("SELECT id, head FROM sources WHERE head IS NOT NULL").fetchall())
 
     def add_source(self, dev: int, ino: int, path: str, mtime: float, now: float) -> SourceRow:
         with self.transaction():
@@ -460,13 +466,10 @@ class Journal:
 
     # -- uploads ---------------------------------------------------------------
 
-    def claimable(self, limit: int = 256) -> list[ObjectRow]:
-        """Objects that need their final index now (they have a part to send, or
-        are complete), whose earlier objects of the same (key, ts) are claimed."""
-        return [obj for obj, _prev, _chunks in self.claimable_with_context(limit)]
-
     def claimable_with_context(self, limit: int = 256) -> list[tuple[ObjectRow, int | None, int]]:
-        """claimable(), each with the previous index of its (key, ts) and its number of chunks."""
+        """Objects that need their final index now (they have a part to send, or are
+        complete), whose earlier objects of the same (key, ts) are claimed; each with the
+        previous index of its (key, ts) and its number of chunks."""
         rows = self.conn.execute(
             "SELECT o.*, "
             "(SELECT max(p.idx) FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id) AS prev_idx, "
@@ -478,11 +481,6 @@ class Journal:
             (limit,),
         )
         return [(_object(r), r["prev_idx"], r["n_chunks"]) for r in rows]
-
-    def previous_index(self, obj: ObjectRow) -> int | None:
-        return self.conn.execute(
-            "SELECT max(idx) FROM objects WHERE key = ? AND ts = ? AND id < ?", (obj.key, obj.ts, obj.id)
-        ).fetchone()[0]
 
     def indexes_in_use(self, key: str, ts: str, exclude_id: int) -> set[int]:
         rows = self.conn.execute(
@@ -649,18 +647,10 @@ def _create(path: Path, *, fsync: bool) -> None:
         finally:
             conn.close()
         if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(tmp)
         os.rename(tmp, path)
         if fsync:
-            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(path.parent)
     except sqlite3.Error as e:
         raise JournalError(f"cannot create the journal {path}: {e}") from None
 
@@ -688,6 +678,16 @@ def _source(r: sqlite3.Row) -> SourceRow:
 def _object(r) -> ObjectRow:
     d = dict(r)
     return ObjectRow(**{k: d[k] for k in ObjectRow.__dataclass_fields__})
+
+
+def disk_full(e: BaseException) -> bool:
+    """Is this the state dir's filesystem full?  ENOSPC/EDQUOT from a write, or SQLITE_FULL
+    from the journal."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+    return False
 
 
 def corrupt_message(path: Path, err: Exception) -> str:

@@ -74,7 +74,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
 class _ReopenableStream:
     """stderr, or a log file that SIGHUP reopens (for logrotate).
 
-    A signal handler only *requests* the reopen (`request_reopen`): the file is
+    A signal handler only *requests* the reopen (module-level `reopen()`): the file is
     swapped by the next write, or by `handle_reopen` from the main loop, never
     under a write that is in progress."""
 
@@ -185,9 +185,6 @@ def reopen() -> None:
     at once and says so."""
     if _out.path:
         _out.reopen_requested = True
-
-
-request_reopen = reopen
 
 
 def handle_reopen() -> None:

@@ -40,18 +40,12 @@ def _journal_copy(cfg: Config) -> tuple[Journal, list[str]]:
         before = journal.user_version()
         if before == 0:
             raise sqlite3.DatabaseError("it holds no spoolup journal (schema version 0)")
-        _check_integrity(journal)
+        journal.check_integrity()
         applied = journal.migrate()
         journal.conn.execute("SELECT count(*) FROM objects").fetchone()
     except sqlite3.DatabaseError as e:
         raise JournalError(corrupt_message(path, e)) from None
     return journal, _migrated(before, journal.user_version(), applied)
-
-
-def _check_integrity(journal: Journal) -> None:
-    problem = journal.integrity_problem()
-    if problem:
-        raise JournalError(corrupt_message(journal.path, Exception(problem)))
 
 
 def _migrated(before: int, after: int, applied: list[str]) -> list[str]:
@@ -75,9 +69,9 @@ def run(cfg: Config, *, dry_run: bool) -> int:
         if dry_run:
             journal, applied = _journal_copy(cfg)
         else:
-            journal = Journal.open(cfg.journal_path, fsync=cfg.fsync, create=False, migrate=False)
+            # checked before migrating: never write into a damaged journal
+            journal = Journal.open(cfg.journal_path, fsync=cfg.fsync, create=False, migrate=False, check=True)
             before = journal.user_version()
-            _check_integrity(journal)  # before migrating: never write into a damaged journal
             try:
                 applied = _migrated(before, schema_version(), journal.migrate())
             except sqlite3.DatabaseError as e:

@@ -25,7 +25,7 @@ from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
 from spoolup.ingest import Ingest
-from spoolup.journal import Journal, JournalError
+from spoolup.journal import Journal, JournalError, disk_full
 from spoolup.lock import StateLock
 from spoolup.spool import DATA_POLL, REAPING, Spool, Watcher
 
@@ -381,15 +381,6 @@ class Service:
             time.sleep(REAP_SETTLE)
             for src in moved:
                 self.spool.try_reap(src, time.time(), self.cfg.spool_reap_seconds, crash.point)
-
-
-def disk_full(e: BaseException) -> bool:
-    """ENOSPC/EDQUOT from a write, or SQLITE_FULL from the journal."""
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(e, sqlite3.Error):
-        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
-    return False
 
 
 def _raise_fd_limit() -> None:

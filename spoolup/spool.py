@@ -94,9 +94,18 @@ class Spool:
     # -- loading and scanning ----------------------------------------------------
 
     def load(self) -> None:
-        heads = dict(self.journal.conn.execute("SELECT id, head FROM sources WHERE head IS NOT NULL").fetchall())
+        heads = self.journal.source_heads()
         for row in self.journal.live_sources():
             self._add(Source.from_row(row, heads.get(row.id)))
+
+    def revert(self) -> None:
+        """Put the sources' offsets and fingerprints back to what the journal says (the
+        batch that moved them was abandoned)."""
+        heads = self.journal.source_heads()
+        for row in self.journal.live_sources():
+            src = self.sources.get(row.id)
+            if src is not None:
+                src.offset, src.head = row.offset, heads.get(row.id)
 
     def _add(self, src: Source) -> None:
         if self.object_key is not None:

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from spoolup import crash, keys, logs, metrics
 from spoolup.chunks import Codec, chunk_name, part_file
 from spoolup.config import Config
-from spoolup.journal import ChunkRow, Journal, ObjectRow
+from spoolup.journal import ChunkRow, Journal, ObjectRow, disk_full
 from spoolup.s3 import S3, FileBody, InvalidPart, NoSuchUpload, PreconditionFailed, S3Error, multipart_etag, same_etag
 
 META_KEY = "spoolup-object"  # x-amz-meta-spoolup-object: <journal id>/<object id>
@@ -613,7 +613,7 @@ def main(config_path: str, parent_pid: int) -> int:
             # the journal cannot grow (the state dir's disk is full): the results of the calls
             # just finished are not journaled, so those calls are made again later -- harmless,
             # by invariants 2, 3 and 5.  Wait, and go on once there is space.
-            if not (getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)):
+            if not disk_full(e):
                 raise
             full += 1
             delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(full - 1, 10))
