@@ -18,9 +18,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from spoolup import metrics
 from spoolup.files import fsync_dir, fsync_path
 
 if TYPE_CHECKING:
@@ -28,6 +27,23 @@ if TYPE_CHECKING:
 
 LIVE_SOURCE_STATES = ("active", "error", "refused")
 MAX_ERRORS_KEPT = 500
+
+
+# Observers of write transactions, called with the seconds each took (BEGIN IMMEDIATE to the
+# end of COMMIT).  Metrics add theirs when enabled: cross-cutting concerns hook into the
+# journal, the journal imports none of them (no import cycle journal -> metrics -> status).
+_commit_hooks: list[Callable[[float], None]] = []
+
+
+def add_commit_hook(hook: Callable[[float], None]) -> None:
+    """Call `hook(seconds)` after every committed write transaction of this process."""
+    if hook not in _commit_hooks:
+        _commit_hooks.append(hook)
+
+
+def remove_commit_hook(hook: Callable[[float], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _commit_hooks.remove(hook)
 
 
 class JournalError(Exception):
@@ -296,7 +312,10 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
             raise
-        metrics.journal_commit(time.perf_counter() - started)
+        if _commit_hooks:
+            elapsed = time.perf_counter() - started
+            for hook in _commit_hooks:
+                hook(elapsed)
 
     def meta(self, name: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()

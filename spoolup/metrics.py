@@ -2,7 +2,8 @@
 
 Both processes' metrics are served from one endpoint, by the main process:
 
-* Counters and the commit-latency histogram live in the process that counts
+* Counters and the commit-latency histogram (a commit hook of the journal, which
+  imports nothing of metrics) live in the process that counts
   them and are written to prometheus_client's multiprocess files in
   `state-dir/metrics/` (one small mmap file per process and metric type).  The
   main process serves the sum of every file there.  A restarted upload process
@@ -27,6 +28,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from spoolup import journal
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -79,6 +82,7 @@ def _enable(process: str, path: Path) -> None:
     values.ValueClass = values.MultiProcessValue()
     _process = process
     _m = _Metrics()
+    journal.add_commit_hook(_m.commit.observe)
 
 
 # ---------------------------------------------------------------------------
@@ -135,11 +139,6 @@ def ingested(stats: dict[str, int]) -> None:
     if dr > 0:
         _m.ingested_records.inc(dr)
     _ingested["bytes"], _ingested["records"] = stats["bytes"], stats["records"]
-
-
-def journal_commit(seconds: float) -> None:
-    if _m is not None:
-        _m.commit.observe(seconds)
 
 
 def uploaded(parts: int, nbytes: int) -> None:
