@@ -71,6 +71,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CONDITIONAL_WRITES = ("auto", "on", "off")
 
 
+def _resolved(path: Path) -> Path:
+    """The path with every symlink of its existing part followed (a loop: as written)."""
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError):
+        return path
+
+
 class ConfigError(Exception):
     """A configuration problem; `option` names the offending option."""
 
@@ -588,10 +596,16 @@ def _check_cross_option(v: dict[str, Any]) -> None:
     if v["compression"] == "zstd" and not 1 <= v["compresslevel"] <= 22:
         raise ConfigError("compresslevel", f"expected 1 to 22 for zstd; got {v['compresslevel']}")
     spool, state = v["spool-dir"], v["state-dir"]
-    if spool == state or state.is_relative_to(spool):
-        raise ConfigError("state-dir", f"must not be inside spool-dir ({spool}): spoolup would ship its own journal")
-    if spool.is_relative_to(state):
-        raise ConfigError("spool-dir", f"must not be inside state-dir ({state})")
+    # compared as resolved (symlinks followed, as far as the paths exist): a state-dir that
+    # reaches into spool-dir through a link would have spoolup ship its own journal
+    real_spool, real_state = _resolved(spool), _resolved(state)
+    if real_spool == real_state or real_state.is_relative_to(real_spool):
+        via = "" if state.is_relative_to(spool) else f" (it resolves to {real_state}, inside {real_spool})"
+        raise ConfigError("state-dir", f"must not be inside spool-dir ({spool}){via}: spoolup would ship its own "
+                                       "journal")
+    if real_spool.is_relative_to(real_state):
+        via = "" if spool.is_relative_to(state) else f" (it resolves to {real_spool}, inside {real_state})"
+        raise ConfigError("spool-dir", f"must not be inside state-dir ({state}){via}")
     if spool.exists() and not spool.is_dir():
         raise ConfigError("spool-dir", f"{spool} exists and is not a directory")
     if state.exists() and not state.is_dir():

@@ -159,3 +159,25 @@ def test_secret_is_masked_in_check_config(tmp_path):
     assert secret not in r.stdout + r.stderr
     assert 'secret-key = "********"' in r.stdout
     assert repr(config.load(write_config(tmp_path, {"access-key": "a", "secret-key": secret}))).count(secret) == 0
+
+
+@pytest.mark.parametrize("which", ["state-into-spool", "spool-into-state"])
+def test_dirs_nested_through_a_symlink_are_refused(tmp_path, which):
+    """A state-dir that resolves into spool-dir through a symlink (or the reverse) would make
+    spoolup ship its own journal and chunk files: paths are compared resolved (issue 10.7)."""
+    spool, state = tmp_path / "spool", tmp_path / "state"
+    if which == "state-into-spool":
+        spool.mkdir()
+        (spool / "inner").mkdir()
+        (tmp_path / "link").symlink_to(spool / "inner")
+        options, option = {"spool-dir": str(spool), "state-dir": str(tmp_path / "link" / "st")}, "'state-dir'"
+    else:
+        state.mkdir()
+        (state / "inner").mkdir()
+        (tmp_path / "link").symlink_to(state / "inner")
+        options, option = {"spool-dir": str(tmp_path / "link"), "state-dir": str(state)}, "'spool-dir'"
+    for command in ("run", "check-config"):
+        r = spoolup(command, "--config", write_config(tmp_path, options))
+        assert r.returncode == 2, (command, r.returncode, r.stderr)
+        assert option in r.stderr and "resolves" in r.stderr, r.stderr
+    assert not (tmp_path / "link" / "st").exists()  # refused before anything was created
