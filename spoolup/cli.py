@@ -189,6 +189,8 @@ def cmd_check_config(cfg, args) -> int:
         print(f"{name} = {config_mod.toml_value(value)}")
     if cfg.template:
         print("# note: 'template' is applied by syslog-ng's file() destination; spoolup copies records verbatim")
+    for warning in config_mod.warnings(cfg):
+        print(f"# warning: {warning}")
     if args.no_s3:
         return EXIT_OK
     from spoolup.s3 import S3, S3Error

@@ -231,6 +231,76 @@ def parse_compression(value: Any) -> str:
     raise ValueError(f"expected true, false, \"gzip\", \"zstd\" or \"none\"; got {value!r}")
 
 
+def parse_suffix(value: Any) -> str:
+    text = parse_str(value)
+    problem = keys.suffix_problem(text)
+    if problem:
+        raise ValueError(f"{value!r} {problem}")
+    return text
+
+
+# Object options.  S3 limits user metadata (x-amz-meta-*) to 2 KB per object, names and
+# values counted together; spoolup's own (x-amz-meta-spoolup-object) keeps its share.
+METADATA_BYTES = 2048 - 128
+RESERVED_METADATA_PREFIX = "spoolup-"
+_METADATA_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+MAX_TAGS = 10  # S3's limit of tags per object
+_TAG_RE = re.compile(r"^[\w .:/=+\-@]*$")  # S3: letters, digits, spaces and + - = . _ : / @
+_CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[\w!#$&^.+-]+(\s*;\s*[\w!#$&^.+-]+=(\"[^\"]*\"|[\w!#$&^.+-]+))*$")
+
+
+def _table(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a TOML table of {what}, such as {{team = \"web\", env = \"prod\"}}; got {value!r}")
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise ValueError(f"the value of {k!r} must be a string; got {v!r}")
+    return dict(value)
+
+
+def parse_metadata(value: Any) -> dict[str, str]:
+    """User metadata (x-amz-meta-<name>: <value>) for every object."""
+    table = _table(value, "names and values")
+    size = 0
+    for name, text in table.items():
+        if not _METADATA_NAME_RE.match(name):
+            raise ValueError(f"metadata name {name!r}: use lowercase letters, digits, '-', '_' and '.' "
+                             "(S3 lowercases names; x-amz-meta-<name> must be an HTTP header)")
+        if name.startswith(RESERVED_METADATA_PREFIX):
+            raise ValueError(f"metadata name {name!r}: names starting with {RESERVED_METADATA_PREFIX!r} are "
+                             "spoolup's own (x-amz-meta-spoolup-object)")
+        if not all(0x20 <= ord(ch) < 0x7F for ch in text):
+            raise ValueError(f"the value of {name!r} must be printable ASCII (S3 sends metadata as HTTP headers)")
+        size += len(name) + len(text)
+    if size > METADATA_BYTES:
+        raise ValueError(f"names and values take {size} bytes; S3 allows 2 KB of user metadata per object, "
+                         f"{METADATA_BYTES} of them for this option")
+    return table
+
+
+def parse_tags(value: Any) -> dict[str, str]:
+    """Object tags (S3 object tagging) for every object."""
+    table = _table(value, "tag keys and values")
+    if len(table) > MAX_TAGS:
+        raise ValueError(f"{len(table)} tags; S3 allows at most {MAX_TAGS} per object")
+    for key, text in table.items():
+        if not 1 <= len(key) <= 128 or not _TAG_RE.match(key):
+            raise ValueError(f"tag key {key!r}: 1 to 128 letters, digits, spaces and + - = . _ : / @")
+        if key.lower().startswith("aws:"):
+            raise ValueError(f"tag key {key!r}: the prefix 'aws:' is reserved by AWS")
+        if len(text) > 256 or not _TAG_RE.match(text):
+            raise ValueError(f"the value of tag {key!r}: up to 256 letters, digits, spaces and + - = . _ : / @")
+    return table
+
+
+def parse_content_type(value: Any) -> str:
+    text = parse_str(value).strip()
+    if text and (len(text) > 255 or not _CONTENT_TYPE_RE.match(text)):
+        raise ValueError(f"expected a media type such as \"text/plain; charset=utf-8\" or "
+                         f"\"application/gzip\", or \"\" for the default of the compression; got {value!r}")
+    return text
+
+
 def parse_url(value: Any) -> str:
     text = parse_str(value).strip()
     if text and not re.match(r"^https?://[^/\s]+", text):
@@ -277,8 +347,14 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     # a TOML basic string: the escapes JSON writes (newline, tab, quote, backslash, \uXXXX) are valid TOML
     return json.dumps(str(value), ensure_ascii=False)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else json.dumps(key, ensure_ascii=False)
 
 
 def format_size(n: int) -> str:
@@ -336,6 +412,14 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "Timestamp appended to the key (\"-\" + value). lines: strftime codes evaluated at ingest "
         "(e.g. \"%Y%m%d%H\" for hourly objects); envelope: taken from the record's ts field. Empty: none.",
+        "s3()",
+    ),
+    Option(
+        "object-key-suffix",
+        parse_suffix,
+        "",
+        "Appended to the key after the index, before .gz/.zst (s3() of syslog-ng 4.8.2+, whose default is "
+        "\".log\"). lines only; envelope: the spoolup() block's object-key-suffix(). Empty: none.",
         "s3()",
     ),
     Option(
@@ -407,7 +491,29 @@ OPTIONS: tuple[Option, ...] = (
         "KMS key id, alias/... or ARN for server-side-encryption = \"aws:kms\"; empty: the bucket's AWS managed key.",
         "s3()",
     ),
+    Option(
+        "content-type",
+        parse_content_type,
+        "",
+        "Content-Type of the objects (s3()). Empty: by compression, \"text/plain; charset=utf-8\", "
+        "\"application/gzip\" or \"application/zstd\". Content-Encoding is never set (see README).",
+        "s3()",
+    ),
     # --- spoolup's own ---
+    Option(
+        "metadata",
+        parse_metadata,
+        {},
+        "User metadata for every object, a table: {team = \"web\"} gives x-amz-meta-team: web. Names in "
+        "lowercase, not starting with \"spoolup-\" (spoolup's own); printable ASCII values; at most 1920 bytes.",
+    ),
+    Option(
+        "tags",
+        parse_tags,
+        {},
+        "Object tags for every object, a table: {retention = \"90d\"}. At most 10; keys up to 128 and values "
+        "up to 256 letters, digits, spaces and + - = . _ : / @; no \"aws:\" keys.",
+    ),
     Option("spool-dir", parse_path, REQUIRED, "Directory that syslog-ng's file() destination writes into.", required=True),
     Option("state-dir", parse_path, REQUIRED, "Journal, chunk files and dead letters (created 0700).", required=True),
     Option("format", one_of(FORMATS), "lines", "Spool format: \"lines\" or \"envelope\" (JSON from format-json)."),
@@ -436,6 +542,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+TABLE_OPTIONS = frozenset({"metadata", "tags"})  # the only options whose value is a TOML table
 
 
 @dataclass(frozen=True)
@@ -448,6 +555,7 @@ class Config:
     role: str
     object_key: str
     object_key_timestamp: str
+    object_key_suffix: str
     template: str
     compression: str
     compresslevel: int
@@ -460,6 +568,9 @@ class Config:
     canned_acl: str
     server_side_encryption: str
     kms_key: str
+    content_type: str
+    metadata: dict
+    tags: dict
     spool_dir: Path
     state_dir: Path
     format: str
@@ -547,7 +658,7 @@ def from_mapping(raw: dict[str, Any], source: Path | None = None) -> Config:
     seen_as: dict[str, str] = {}
     for given, value in raw.items():
         name = given.replace("_", "-")  # syslog-ng treats - and _ alike; so do we
-        if isinstance(value, dict):
+        if isinstance(value, dict) and name not in TABLE_OPTIONS:
             raise ConfigError(given, "spoolup's config is flat: put options at the top level, not in a [table]")
         if name not in OPTIONS_BY_NAME:
             known = ", ".join(o.name for o in OPTIONS)
@@ -586,6 +697,9 @@ def _check_cross_option(v: dict[str, Any]) -> None:
     if v["format"] == "envelope" and v["object-key-timestamp"]:
         raise ConfigError("object-key-timestamp", "with format = \"envelope\" each record carries its rendered "
                           "timestamp (the spoolup() block's object-key-timestamp() in syslog-ng): leave it out here")
+    if v["format"] == "envelope" and v["object-key-suffix"]:
+        raise ConfigError("object-key-suffix", "with format = \"envelope\" each record carries its suffix (the "
+                          "spoolup() block's object-key-suffix() in syslog-ng): leave it out here")
     if bool(v["access-key"]) != bool(v["secret-key"]):
         missing = "secret-key" if v["access-key"] else "access-key"
         raise ConfigError(missing, "access-key and secret-key go together: give both, or neither to use boto3's credential chain")
@@ -610,6 +724,16 @@ def _check_cross_option(v: dict[str, Any]) -> None:
         raise ConfigError("spool-dir", f"{spool} exists and is not a directory")
     if state.exists() and not state.is_dir():
         raise ConfigError("state-dir", f"{state} exists and is not a directory")
+
+
+def warnings(cfg: Config) -> list[str]:
+    """What check-config points out about a valid configuration."""
+    out = []
+    if cfg.format == "lines" and cfg.object_key_timestamp:
+        problem = keys.timestamp_sort_problem(cfg.object_key_timestamp)
+        if problem:
+            out.append(f"object-key-timestamp: {problem}")
+    return out
 
 
 def replace(cfg: Config, **changes: Any) -> Config:

@@ -3,7 +3,10 @@ $(format-json ...) with the fields
 
     key  (string, required)  the rendered object-key() template
     ts   (string, optional)  the rendered object-key-timestamp(); absent or "" = none
-    msg  (string, required)  the rendered record; the object receives msg + "\\n" (UTF-8)
+    suffix (string, optional) the block's object-key-suffix(); absent or "" = none
+    msg  (string, required)  the rendered record; the object receives msg + "\\n" (UTF-8).
+                             A record larger than max-object-size is kept whole, as s3()
+                             keeps it: it completes the object it goes into.
 
 Anything else is a bad record for the dead-letter file; `parse` says why.
 """
@@ -20,6 +23,7 @@ class Record(NamedTuple):
     key: str  # the final object-key (config object-key rendered over {key})
     ts: str
     body: bytes  # msg as UTF-8 + "\n"
+    suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
 
 
 class Bad(NamedTuple):
@@ -34,10 +38,9 @@ class Parser:
     so the validation of each (key, ts) pair is done once and remembered: per
     record this costs one json.loads, a dict lookup and the msg encoding."""
 
-    def __init__(self, template: str, max_object_size: int):
+    def __init__(self, template: str):
         self.template = template
-        self.max_object_size = max_object_size
-        self._keys: dict[tuple[str, str], str | Bad] = {}
+        self._keys: dict[tuple[str, str, str], str | Bad] = {}
 
     def parse(self, line: bytes) -> Record | Bad:
         try:
@@ -49,6 +52,7 @@ class Parser:
         key = doc.get("key")
         ts = doc.get("ts")
         msg = doc.get("msg")
+        suffix = doc.get("suffix")
         if type(key) is not str:
             return Bad("field 'key' is missing or not a string")
         if ts is None:
@@ -57,35 +61,41 @@ class Parser:
             return Bad("field 'ts' is not a string")
         if type(msg) is not str:
             return Bad("field 'msg' is missing or not a string")
-        rendered = self._keys.get((key, ts))
+        if suffix is None:
+            suffix = ""
+        elif type(suffix) is not str:
+            return Bad("field 'suffix' is not a string")
+        rendered = self._keys.get((key, ts, suffix))
         if rendered is None:
-            rendered = self._check_key(key, ts)
+            rendered = self._check_key(key, ts, suffix)
             if len(self._keys) >= _KEY_CACHE:
                 self._keys.clear()
-            self._keys[(key, ts)] = rendered
+            self._keys[(key, ts, suffix)] = rendered
         if type(rendered) is Bad:
             return rendered
         try:
             body = msg.encode("utf-8") + b"\n"
         except UnicodeEncodeError:
             return Bad("field 'msg' is not valid Unicode (a lone surrogate escape)")
-        if len(body) > self.max_object_size:
-            return Bad(f"record of {len(body)} bytes is larger than max-object-size ({self.max_object_size} bytes)")
-        return Record(rendered, ts, body)
+        return Record(rendered, ts, body, suffix)
 
-    def _check_key(self, key: str, ts: str) -> str | Bad:
+    def _check_key(self, key: str, ts: str, suffix: str) -> str | Bad:
         """The object key rendered from the config's object-key over {key}, or why it cannot be one."""
         problem = keys.key_problem(key)
         if problem:
             return Bad(f"key {key!r} {problem}")
         rendered = keys.render_envelope(self.template, key)
-        final = keys.final_key(rendered, ts, 0)
+        if suffix:
+            problem = keys.suffix_problem(suffix)
+            if problem:
+                return Bad(f"suffix {suffix!r} {problem}")
+        final = keys.final_key(rendered, ts, 0, suffix)
         problem = keys.key_problem(final)
         if problem:
             return Bad(f"object key {final!r} {problem}")
         return rendered
 
 
-def parse(line: bytes, template: str, max_object_size: int) -> Record | Bad:
+def parse(line: bytes, template: str) -> Record | Bad:
     """One envelope line (without its newline); see Parser."""
-    return Parser(template, max_object_size).parse(line)
+    return Parser(template).parse(line)

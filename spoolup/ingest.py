@@ -42,6 +42,7 @@ class OpenObject:
     part: int = 1  # part number of the chunk being filled
     chunk_len: int = 0  # raw bytes in that chunk (0: not started)
     sealed: int = 0  # parts sealed so far
+    suffix: str = ""  # object-key-suffix of its final key
 
 
 class Ingest:
@@ -65,14 +66,15 @@ class Ingest:
         self._sealed_in_batch: list[tuple[int, int]] = []
         self._ts_cache: tuple[int, str] = (-1, "")
         self.stats = {"bytes": 0, "records": 0}
-        self._envelope = envelope.Parser(cfg.object_key, cfg.max_object_size)
+        self._envelope = envelope.Parser(cfg.object_key)
 
     # -- state ---------------------------------------------------------------------
 
     def load(self) -> None:
         self.next_id = self.journal.max_object_id() + 1
         for row in self.journal.open_objects():
-            obj = OpenObject(row.id, row.key, row.ts, row.size, row.records, row.created, row.last_write)
+            obj = OpenObject(row.id, row.key, row.ts, row.size, row.records, row.created, row.last_write,
+                             suffix=row.key_suffix)
             for chunk in self.journal.chunks_of(row.id):
                 if chunk.state == "open":
                     obj.part, obj.chunk_len = chunk.part, chunk.length
@@ -197,7 +199,7 @@ class Ingest:
         return self._ts_cache[1]
 
     def _lines(self, src: Source, data: bytes, end: int, now: float) -> None:
-        self._deliver(src, src.key, self._timestamp(now), data, 0, end, now)
+        self._deliver(src, src.key, self._timestamp(now), data, 0, end, now, self.cfg.object_key_suffix)
 
     def _envelopes(self, src: Source, data: bytes, end: int, now: float) -> None:
         """Per record: parse and validate (bad lines go to the dead-letter file).  The good
@@ -220,14 +222,14 @@ class Ingest:
             else:
                 group.append(rec)
         for key, records in by_key.items():
-            run_ts = records[0].ts
+            run_ts, run_suffix = records[0].ts, records[0].suffix
             run: list[bytes] = []
             for rec in records:
-                if rec.ts != run_ts:
-                    self._deliver_records(src, key, run_ts, run, now)
-                    run_ts, run = rec.ts, []
+                if rec.ts != run_ts or rec.suffix != run_suffix:
+                    self._deliver_records(src, key, run_ts, run, now, run_suffix)
+                    run_ts, run_suffix, run = rec.ts, rec.suffix, []
                 run.append(rec.body)
-            self._deliver_records(src, key, run_ts, run, now)
+            self._deliver_records(src, key, run_ts, run, now, run_suffix)
 
     def _dead_letter(self, src: Source, line: bytes, reason: str) -> None:
         self.dead.write(src.id, src.key_path, line, reason)  # key_path: the path it was found at
@@ -237,12 +239,13 @@ class Ingest:
 
     # -- routing and writing ---------------------------------------------------------------
 
-    def _deliver(self, src: Source, key: str, ts: str, data: bytes, start: int, end: int, now: float) -> None:
+    def _deliver(self, src: Source, key: str, ts: str, data: bytes, start: int, end: int, now: float,
+                 suffix: str) -> None:
         """Whole newline-terminated records data[start:end] of one (key, ts)."""
         pos = start
         limit = self.cfg.max_object_size
         while pos < end:
-            obj = self._target(key, ts, now)
+            obj = self._target(key, ts, now, suffix)
             stop, full = objects.take(obj.size, limit, data, pos, end)
             self._write(obj, data, pos, stop, now)
             self.batch.source_objects.add((src.id, obj.id))
@@ -252,12 +255,13 @@ class Ingest:
                 self._close(obj, "max-parts", now)
             pos = stop
 
-    def _deliver_records(self, src: Source, key: str, ts: str, records: list[bytes], now: float) -> None:
+    def _deliver_records(self, src: Source, key: str, ts: str, records: list[bytes], now: float,
+                         suffix: str) -> None:
         """Records (each ending in b"\\n", possibly containing more newlines) of one (key, ts)."""
         limit = self.cfg.max_object_size
         i = 0
         while i < len(records):
-            obj = self._target(key, ts, now)
+            obj = self._target(key, ts, now, suffix)
             room = limit - obj.size
             j, size = i, 0
             while j < len(records) and size < room:
@@ -272,15 +276,19 @@ class Ingest:
                 self._close(obj, "max-parts", now)
             i = j
 
-    def _target(self, key: str, ts: str, now: float) -> OpenObject:
+    def _target(self, key: str, ts: str, now: float, suffix: str) -> OpenObject:
         by_ts = self.open_by_key.get(key, {})
         route = objects.route(self._newest(key), by_ts.keys(), ts)
         for old_ts in route.close:
             self._close(by_ts[old_ts], "newer-timestamp", now)
         self.newest[key] = route.newest
         if route.reuse:
-            return by_ts[ts]
-        return self._new_object(key, ts, now)
+            obj = by_ts[ts]
+            if obj.suffix == suffix:
+                return obj
+            # another object-key-suffix for the same key: its records go to an object of their own
+            self._close(obj, "object-key-suffix", now)
+        return self._new_object(key, ts, now, suffix)
 
     def _newest(self, key: str) -> str | None:
         if key in self.newest:
@@ -292,11 +300,12 @@ class Ingest:
         self.newest[key] = newest
         return newest
 
-    def _new_object(self, key: str, ts: str, now: float) -> OpenObject:
-        obj = OpenObject(self.next_id, key, ts, 0, 0, now, now)
+    def _new_object(self, key: str, ts: str, now: float, suffix: str) -> OpenObject:
+        obj = OpenObject(self.next_id, key, ts, 0, 0, now, now, suffix=suffix)
         self.next_id += 1
         self._track(obj)
-        self.batch.new_objects.append(ObjectRow(obj.id, key, ts, "open", None, None, None, None, 0, 0, now, now))
+        self.batch.new_objects.append(ObjectRow(obj.id, key, ts, "open", None, None, None, None, 0, 0, now, now,
+                                                key_suffix=suffix))
         self.log.debug("object opened", object=obj.id, key=key, ts=ts)
         return obj
 

@@ -86,6 +86,7 @@ class ObjectRow:
     close_reason: str | None = None
     done_at: float | None = None
     etag: str | None = None
+    key_suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
 
 
 @dataclass
@@ -437,9 +438,10 @@ class Journal:
         with self.transaction():
             if batch.new_objects:
                 c.executemany(
-                    "INSERT INTO objects (id, key, ts, state, size, records, created, last_write) "
-                    "VALUES (?, ?, ?, 'open', ?, ?, ?, ?)",
-                    [(o.id, o.key, o.ts, o.size, o.records, o.created, o.last_write) for o in batch.new_objects],
+                    "INSERT INTO objects (id, key, ts, state, size, records, created, last_write, key_suffix) "
+                    "VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?)",
+                    [(o.id, o.key, o.ts, o.size, o.records, o.created, o.last_write, o.key_suffix)
+                     for o in batch.new_objects],
                 )
             if batch.chunks:
                 c.executemany(

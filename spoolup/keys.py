@@ -11,16 +11,26 @@ ENVELOPE_FIELDS = frozenset({"key"})
 MAX_KEY_BYTES = 1024  # S3's limit for a whole key
 # room kept for "-" + timestamp + "-" + index + ".zst" when checking a rendered key
 _SUFFIX_ROOM = 64
+MAX_SUFFIX_BYTES = 64  # object-key-suffix
 
 
 def final_key(key: str, ts: str, index: int, suffix: str = "") -> str:
-    """The key s3() writes: key + -ts (if any) + -index (if > 0) + suffix (.gz)."""
+    """The key s3() writes: key + -ts (if any) + -index (if > 0) + suffix (object-key-suffix + .gz/.zst)."""
     out = key
     if ts:
         out += f"-{ts}"
     if index > 0:
         out += f"-{index}"
     return out + suffix
+
+
+def suffix_problem(suffix: str) -> str | None:
+    """Why `suffix` cannot be an object-key-suffix (None when it can)."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in suffix):
+        return "contains control characters"
+    if len(suffix.encode("utf-8", "surrogatepass")) > MAX_SUFFIX_BYTES:
+        return f"is longer than {MAX_SUFFIX_BYTES} bytes"
+    return None
 
 
 def key_prefix(key: str, ts: str) -> str:
@@ -62,6 +72,30 @@ def check_strftime(template: str) -> None:
     problem = key_problem(rendered)
     if problem:
         raise ValueError(f"renders to {rendered!r}, which {problem}")
+
+
+# instants the sortability check renders a timestamp at: (first, step, count) in seconds
+_SORT_PROBES = ((1767225600, 1, 150), (1767225600, 61, 300), (1767225600, 3599, 20000))  # from 2026-01-01
+
+
+def timestamp_sort_problem(template: str) -> str | None:
+    """Why timestamps rendered from the strftime `template` do not sort as the times they
+    stand for (None when they do).  Timestamps compare as strings, as in s3(): a later one
+    that sorts lower is taken as older and goes to a backfill object.  Checked by rendering
+    the template at increasing instants (UTC: the format is what matters, not the zone)."""
+    for first, step, count in _SORT_PROBES:
+        prev_t, prev = first, time.strftime(template, time.gmtime(first))
+        for i in range(1, count):
+            t = first + i * step
+            cur = time.strftime(template, time.gmtime(t))
+            if cur < prev:
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(prev_t))
+                later = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+                return (f"{template!r} renders {when} as {prev!r} and the later {later} as {cur!r}, which sorts "
+                        "before it; timestamps compare as strings (as in s3()), so use zero-padded numbers, "
+                        "largest unit first, such as \"%Y%m%d%H\"")
+            prev_t, prev = t, cur
+    return None
 
 
 def render_lines(template: str, rel_path: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,6 +24,7 @@ from spoolup.config import Config
 from spoolup.logs import redact_text
 
 _READ_BLOCK = 1 << 20
+DEFAULT_CONTENT_TYPES = {"none": "text/plain; charset=utf-8", "gzip": "application/gzip", "zstd": "application/zstd"}
 
 
 class S3Error(Exception):
@@ -186,12 +188,11 @@ class S3:
             args["ServerSideEncryption"] = c.server_side_encryption
         if c.kms_key:
             args["SSEKMSKeyId"] = c.kms_key
-        if c.compression == "gzip":
-            args["ContentType"] = "application/gzip"
-        elif c.compression == "zstd":
-            args["ContentType"] = "application/zstd"
-        else:
-            args["ContentType"] = "text/plain; charset=utf-8"
+        # The object is a .gz/.zst file: Content-Encoding is never set, or browsers, curl
+        # --compressed and HTTP libraries would unpack it on download (README, "Object options").
+        args["ContentType"] = c.content_type or DEFAULT_CONTENT_TYPES[c.compression]
+        if c.tags:
+            args["Tagging"] = urllib.parse.urlencode(c.tags, quote_via=urllib.parse.quote)
         return args
 
     def create_multipart(self, key: str, metadata: dict[str, str]) -> str:

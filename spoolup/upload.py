@@ -51,8 +51,11 @@ CHECK_UPLOAD_AFTER = 3  # failed part attempts before asking S3 whether the uplo
 PENDING_TTL = 2.0  # seconds one listing of pending multipart uploads serves claims
 
 
-def compressed_suffixes() -> tuple[str, ...]:
-    return ("", ".gz", ".zst")
+def compressed_suffixes(key_suffix: str = "") -> tuple[str, ...]:
+    """The endings a final key of an object with this object-key-suffix may have in the bucket:
+    with or without the suffix (s3() before 4.8.2 has none), with or without .gz/.zst."""
+    ends = ("", ".gz", ".zst")
+    return ends + tuple(key_suffix + e for e in ends) if key_suffix else ends
 
 
 # ---------------------------------------------------------------------------
@@ -123,7 +126,8 @@ class Work:
         self._pending_lock = threading.Lock()
 
     def metadata(self, object_id: int) -> dict[str, str]:
-        return {META_KEY: f"{self.journal_id}/{object_id}"}
+        # the configured metadata cannot use spoolup's names (config refuses "spoolup-*")
+        return {**self.cfg.metadata, META_KEY: f"{self.journal_id}/{object_id}"}
 
     def is_ours(self, head: dict[str, Any] | None, object_id: int, expected_etag: str | None) -> bool:
         if head is None:
@@ -153,13 +157,13 @@ class Work:
         idx = start
         while True:
             if idx not in in_use and not any(keys.final_key(obj.key, obj.ts, idx, sfx) in taken
-                                             for sfx in compressed_suffixes()):
+                                             for sfx in compressed_suffixes(obj.key_suffix)):
                 yield idx
             idx += 1
 
     def claim(self, obj: ObjectRow, start: int, in_use: set[int], mode: str) -> Claimed:
         idx = next(self.free_indexes(obj, start, in_use, self.taken_keys(obj.key, obj.ts)))
-        return Claimed(obj.id, idx, keys.final_key(obj.key, obj.ts, idx, self.cfg.key_suffix), mode)
+        return Claimed(obj.id, idx, keys.final_key(obj.key, obj.ts, idx, obj.key_suffix + self.cfg.key_suffix), mode)
 
     def start(self, obj: ObjectRow, part_size: int | None = None) -> Started | Done | KeyTaken:
         key = obj.final_key

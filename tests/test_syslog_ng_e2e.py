@@ -79,7 +79,7 @@ log { source(s_net); destination(d_env); destination(d_all); destination(d_lines
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     text = expanded.read_text()
-    assert ('template("$(format-json key=\\"${HOST}/my-logs\\" ts=\\"${R_MONTH_ABBREV}${R_DAY}\\" '
+    assert ('template("$(format-json key=\\"${HOST}/my-logs\\" ts=\\"${R_MONTH_ABBREV}${R_DAY}\\" suffix=\\"\\" '
             'msg=$(substr \\"${MESSAGE}\\n\\" 0 -1))\\n")') in text
     for fixed in ("create-dirs(yes)", "time-reap(60)", "time-reap(30)", "fsync(no)", "overwrite-if-older(0)",
                   "mark-mode(none)", 'persist_name("spoolup2")', 'file("/var/spool/spoolup-lines/${HOST}/${PROGRAM}.log"'):
@@ -152,6 +152,38 @@ log {{ source(s_in); destination(d_spool); destination(d_ref); flags(flow-contro
     for prog in ("app", "db"):
         expected = (ref / f"web01_{prog}.txt").read_bytes()
         assert get(s3, sp.bucket, f"web01/{prog}") == expected
+    assert sp.status()["dead_letters"]["records"] == 0
+
+
+def test_object_key_suffix_and_oversize_records_as_s3_makes_them(tmp_path, make_spoolup, s3):
+    """The block's object-key-suffix() goes after the index (and before .gz: test_pipeline); a
+    record larger than max-object-size is written whole into the open object, which then
+    completes (s3())."""
+    sp = make_spoolup(format="envelope", **{"object-key": "{key}", "max-object-size": 2000})
+    ref = tmp_path / "ref"
+    port = free_port()
+    sng = SyslogNg(tmp_path / "sng", tcp_source("s_in", port) + f"""
+destination d_spool {{ spoolup(spool-dir("{sp.spool}") object-key("${{HOST}}/app") object-key-timestamp("${{S_YEAR}}")
+                               object-key-suffix(".log")); }};
+destination d_ref {{ file("{ref}/all.txt" create-dirs(yes) template("${{MESSAGE}}\\n")); }};
+log {{ source(s_in); destination(d_spool); destination(d_ref); flags(flow-control); }};
+""")
+    messages = ["small", "B" * 6000, "after the big one", "C" * 3000]
+    try:
+        sng.start([port])
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            for msg in messages:
+                c.sendall(f"<13>Nov 25 12:00:00 web01 app[42]: {msg}\n".encode())
+        wait_for_lines(ref, len(messages), sng)
+        wait_for_lines(sp.spool, len(messages), sng)
+    finally:
+        sng.stop()
+    sp.drain(check=True)
+    year = re.match(rb"^\{.*\"ts\":\"(\d{4})\"", next(sp.spool.iterdir()).read_bytes())[1].decode()
+    assert list_keys(s3, sp.bucket) == [f"web01/app-{year}-1.log", f"web01/app-{year}.log"]
+    expected = (ref / "all.txt").read_bytes().splitlines(keepends=True)
+    assert get(s3, sp.bucket, f"web01/app-{year}.log") == b"".join(expected[:2])
+    assert get(s3, sp.bucket, f"web01/app-{year}-1.log") == b"".join(expected[2:])
     assert sp.status()["dead_letters"]["records"] == 0
 
 
