@@ -219,7 +219,7 @@ def write_config(path: Path, url: str, bucket: str, spool: Path, state: Path, lo
 
 def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files: int = 4,
             min_life: float = 0.4, max_life: float = 3.5, big_every: float = 12.0, quiet: bool = False,
-            compression: str = "none") -> dict:
+            compression: str = "none", state_dir: Path | None = None) -> dict:
     rnd = random.Random(seed)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     become_subreaper()
@@ -227,7 +227,7 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
     if s3_url is None:
         moto, s3_url = start_moto(workdir)
     bucket = f"torture-{seed}-{os.getpid()}"
-    spool, state = workdir / "spool", workdir / "state"
+    spool, state = workdir / "spool", state_dir or workdir / "state"
     spool.mkdir(parents=True, exist_ok=True)
     config = workdir / "spoolup.toml"
     write_config(config, s3_url, bucket, spool, state, workdir / "spoolup.log", compression)
@@ -405,13 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-life", type=float, default=3.5, help="longest life of a `spoolup run`, seconds")
     ap.add_argument("--big-every", type=float, default=12.0, help="mean seconds between bursts > chunk-size")
     ap.add_argument("--compression", choices=("none", "gzip", "zstd"), default="none")
+    ap.add_argument("--state-dir", help="state dir (e.g. on another filesystem: a ramfs); default: in the work directory")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spoolup-torture-"))
     workdir.mkdir(parents=True, exist_ok=True)
     figures = torture(args.cycles, seed=args.seed, workdir=workdir, s3_url=args.s3_url, files=args.files,
                       max_life=args.max_life, big_every=args.big_every, quiet=args.json,
-                      compression=args.compression)
+                      compression=args.compression, state_dir=Path(args.state_dir) if args.state_dir else None)
     if not args.dir and figures["ok"]:
         shutil.rmtree(workdir, ignore_errors=True)
     figures["seed"] = args.seed

@@ -93,38 +93,38 @@ class ChunkStore:
 
     # -- writing -------------------------------------------------------------
 
-    def append(self, object_id: int, part: int, data) -> None:
+    def append(self, object_id: int, part: int, data, at: int) -> None:
+        """Append to a chunk whose raw length before this is `at` (the journal's, plus the
+        batch's appends so far): the file's own size is never taken for it."""
         if self.codec.compressed:
-            live = self._compressor(object_id, part)  # before the raw append: a rebuild reads the raw file
-            self.files.append(chunk_name(object_id, part), data)
+            live = self._compressor(object_id, part, at)  # before the raw append: a rebuild reads the raw file
+            self.files.append(chunk_name(object_id, part), data, at)
             out = live.comp.compress(bytes(data))
             if out:
                 write_all(live.fd, out)
                 live.out_len += len(out)
         else:
-            self.files.append(chunk_name(object_id, part), data)
+            self.files.append(chunk_name(object_id, part), data, at)
 
-    def stored_len(self, object_id: int, part: int) -> int:
+    def stored_len(self, object_id: int, part: int, raw_len: int) -> int:
         """Compressed bytes produced so far for an open chunk (chunk-size is measured on these)."""
         parked = self._parked.get((object_id, part))
         if parked is not None:
             return parked
-        return self._compressor(object_id, part).out_len
+        return self._compressor(object_id, part, raw_len).out_len
 
     def seal(self, object_id: int, part: int, raw_len: int) -> int:
         """Finish the chunk; returns the part's size.  Durable after the next sync()."""
         name = chunk_name(object_id, part)
         if not self.codec.compressed:
-            length = self.files.finish(name)  # the chunk file is the part: exact and durable now
-            assert length == raw_len, (name, length, raw_len)
-            return raw_len
+            return self.files.finish(name, raw_len)  # the chunk file is the part: exact and durable now
         parked = self._parked.pop((object_id, part), None)
         if parked is not None:  # its last member is finished already
             if self.fsync:
                 fsync_path(self.directory / (name + ".tmp"))
             out_len = parked
         else:
-            live = self._compressor(object_id, part)
+            live = self._compressor(object_id, part, raw_len)
             tail = live.comp.flush()
             write_all(live.fd, tail)
             live.out_len += len(tail)
@@ -173,7 +173,7 @@ class ChunkStore:
 
     # -- compressors -----------------------------------------------------------
 
-    def _compressor(self, object_id: int, part: int) -> _Live:
+    def _compressor(self, object_id: int, part: int, raw_len: int) -> _Live:
         k = (object_id, part)
         live = self._live.get(k)
         if live is not None:
@@ -181,7 +181,7 @@ class ChunkStore:
             return live
         parked = self._parked.pop(k, None)
         if parked is None:
-            live = self._rebuild(object_id, part)
+            live = self._rebuild(object_id, part, raw_len)
         else:  # evicted before: its members so far stay, the next one starts here
             fd = os.open(self.directory / (chunk_name(object_id, part) + ".tmp"), os.O_WRONLY | os.O_APPEND)
             live = _Live(self.codec.compressor(), fd)
@@ -202,13 +202,13 @@ class ChunkStore:
         os.close(live.fd)
         self._parked[k] = live.out_len + len(tail)
 
-    def _rebuild(self, object_id: int, part: int) -> _Live:
-        """A compressor fed with the chunk's raw bytes so far (after a restart: one member)."""
+    def _rebuild(self, object_id: int, part: int, raw_len: int) -> _Live:
+        """A compressor fed with the chunk's `raw_len` raw bytes so far (after a restart: one member)."""
         name = chunk_name(object_id, part)
         fd = os.open(self.directory / (name + ".tmp"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         live = _Live(self.codec.compressor(), fd)
-        if (self.directory / name).exists():
-            for block in self.files.content(name):
+        if raw_len:
+            for block in self.files.content(name, raw_len):
                 out = live.comp.compress(block)
                 write_all(fd, out)
                 live.out_len += len(out)

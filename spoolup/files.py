@@ -132,16 +132,22 @@ class _Chunk:
 
 
 class ChunkFiles:
-    """Append-only chunk files written with O_DIRECT in whole 4 KiB blocks.
+    """Append-only chunk files written in whole 4 KiB blocks, with O_DIRECT where the
+    filesystem has it.
 
     Buffered writes plus fdatasync cost this kind of machine about 3 s of kernel
     CPU per GiB (page-cache writeback); O_DIRECT writes cost almost none and run
     at device speed (bench/RESULTS.md).  The last, partial block of each file is
     kept in memory and written zero-padded at each sync(), so a file on disk may
     be up to 4095 bytes longer than its logical length until `finish()` (or
-    `close()`) truncates it; the journal holds the logical length and recovery
-    truncates to it anyway.  Filesystems without O_DIRECT (tmpfs) get plain
-    writes at explicit offsets.
+    `close()`) truncates it.  Filesystems without O_DIRECT (ramfs, tmpfs before
+    Linux 6.6, some FUSE and overlay setups) get exactly the same writes through
+    the page cache: only the open flag differs, never the bookkeeping.
+
+    A file's logical length is always the caller's (the journal's), never the
+    size found on disk: after a crash or an abandoned batch a file may hold
+    padding or uncommitted bytes past it, which later writes overwrite and
+    `finish()` cuts off.  Zero padding can therefore never become data.
 
     A file's state (length, in-memory tail) lives apart from its descriptor:
     with many keys, more files are appended to than descriptors are kept open,
@@ -155,22 +161,18 @@ class ChunkFiles:
         self.direct = direct and hasattr(os, "O_DIRECT")
         self._chunks: dict[str, _Chunk] = {}
         self._fds: OrderedDict[str, int] = OrderedDict()
-        self._lengths: dict[str, int] = {}
-        self._new_files = False
+        self._new_files = False  # a file was created since the last sync: its directory entry is not durable
         self._closed_dirty = False  # a file written since the last sync lost its descriptor
         self._buf = None
 
     # -- writing ---------------------------------------------------------------
 
-    def append(self, name: str, data) -> None:
-        c = self._state(name)
+    def append(self, name: str, data, at: int) -> None:
+        """Append `data` to `name`, whose logical length before it is `at` (journaled plus
+        this batch's appends)."""
+        c = self._state(name, at)
         c.length += len(data)
-        self._lengths[name] = c.length
         c.dirty = True
-        if not self.direct:  # page cache: write through at once
-            _pwrite_all(self._fd(name), data, c.flushed)
-            c.flushed += len(data)
-            return
         if len(c.tail) + len(data) < BLOCK:
             c.tail += data
             return
@@ -198,34 +200,28 @@ class ChunkFiles:
             fill = len(rest)
             buf[:fill] = rest
 
-    def length(self, name: str) -> int | None:
-        return self._lengths.get(name)
-
-    def content(self, name: str):
-        """The logical content written so far (disk part, then the in-memory tail)."""
-        c = self._chunks.get(name)
-        path = self.directory / name
-        flushed = c.flushed if c is not None else self._lengths.get(name, None)
-        if flushed is None:
-            flushed = path.stat().st_size if path.exists() else 0
-        if flushed:
-            with open(path, "rb") as f:
-                left = flushed
+    def content(self, name: str, length: int):
+        """The first `length` logical bytes (disk part, then the in-memory tail)."""
+        c = self._state(name, length)
+        if c.flushed:
+            with open(self.directory / name, "rb") as f:
+                left = c.flushed
                 while left > 0:
                     block = f.read(min(left, 1 << 20))
                     if not block:
                         break
                     left -= len(block)
                     yield block
-        if c is not None and c.tail:
+        if c.tail:
             yield bytes(c.tail)
 
     def sync(self) -> None:
-        """Every append so far survives a crash of the machine (with fsync)."""
+        """Every append so far, and every file created, survives a crash of the machine
+        (with fsync)."""
         dirty = [name for name, c in self._chunks.items() if c.dirty]
         for name in dirty:
             self._write_tail(name)
-        if self.fsync and (dirty or self._closed_dirty):
+        if self.fsync and (dirty or self._closed_dirty or self._new_files):
             if len(dirty) > _SYNCFS_THRESHOLD or self._closed_dirty:
                 syncfs(self.directory)
             else:
@@ -238,9 +234,10 @@ class ChunkFiles:
         self._new_files = False
         self._closed_dirty = False
 
-    def finish(self, name: str) -> int:
-        """Seal: the file becomes exactly its logical bytes, durable (with fsync), and closed."""
-        c = self._state(name)
+    def finish(self, name: str, length: int) -> int:
+        """Seal: the file becomes exactly its `length` logical bytes, durable (with fsync),
+        and closed.  Its directory entry is made durable by the next sync()."""
+        c = self._state(name, length)
         self._write_tail(name)
         fd = self._fd(name)
         os.ftruncate(fd, c.length)
@@ -254,18 +251,16 @@ class ChunkFiles:
     def forget(self, name: str) -> None:
         self._close_fd(name)
         self._chunks.pop(name, None)
-        self._lengths.pop(name, None)
 
     def discard(self) -> None:
         """Close every file without writing anything more: what was appended since the last
-        journaled batch is abandoned (the disk is full).  Recovery then truncates the files
-        to their journaled lengths; lengths are read from the files again when reopened."""
+        journaled batch is abandoned (the disk is full).  The next append or seal names the
+        journaled length again (recovery truncates the files to it, when it can)."""
         for fd in self._fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
         self._chunks.clear()
-        self._lengths.clear()
         self._new_files = False
         self._closed_dirty = False
 
@@ -275,8 +270,7 @@ class ChunkFiles:
             self.sync()
         for name, c in list(self._chunks.items()):
             with contextlib.suppress(OSError):
-                if c.tail or c.flushed != c.length:
-                    os.ftruncate(self._fd(name), c.length)
+                os.ftruncate(self._fd(name), c.length)
         for name in list(self._fds):
             with contextlib.suppress(OSError):
                 self._close_fd(name)
@@ -284,25 +278,31 @@ class ChunkFiles:
 
     # -- internals ---------------------------------------------------------------
 
-    def _state(self, name: str) -> _Chunk:
+    def _state(self, name: str, length: int) -> _Chunk:
         c = self._chunks.get(name)
         if c is not None:
+            if c.length != length:
+                raise RuntimeError(f"chunk file {self.directory / name}: {c.length} bytes written, "
+                                   f"{length} expected")
             return c
         path = self.directory / name
-        exists = path.exists()
-        if not exists:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = None
             self._new_files = True
-        length = self._lengths.get(name)
-        if length is None:
-            length = path.stat().st_size if exists else 0
-        flushed = length - length % BLOCK if self.direct else length
+        if (size or 0) < length:
+            raise OSError(errno.EIO, f"chunk file is {size or 0} bytes, shorter than its journaled {length}",
+                          str(path))
+        flushed = length - length % BLOCK
         tail = bytearray()
         if flushed < length:
             with open(path, "rb") as f:
                 f.seek(flushed)
                 tail = bytearray(f.read(length - flushed))
         c = self._chunks[name] = _Chunk(length, flushed, tail)
-        self._lengths[name] = length
+        if size is None:
+            self._fd(name)  # create it now: the directory entry is synced with the batch
         return c
 
     def _fd(self, name: str) -> int:
@@ -333,13 +333,13 @@ class ChunkFiles:
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
-                self.direct = False  # this filesystem does not do O_DIRECT (tmpfs): plain writes
+                self.direct = False  # no O_DIRECT on this filesystem: the same writes, through the page cache
         return os.open(path, flags, 0o600)
 
     def _write_tail(self, name: str) -> None:
         """The partial last block, zero-padded (it is rewritten when the next bytes come)."""
         c = self._chunks[name]
-        if self.direct and c.tail:
+        if c.tail:
             buf = self._aligned()
             n = len(c.tail)
             buf[:n] = c.tail

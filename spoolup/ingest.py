@@ -316,16 +316,16 @@ class Ingest:
         view = memoryview(data)[start:stop]
         chunk_size = self.cfg.chunk_size
         if self.store.codec.compressed:
-            self.store.append(obj.id, obj.part, view)
+            self.store.append(obj.id, obj.part, view, obj.chunk_len)
             obj.chunk_len += n
             self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
-            if self.store.stored_len(obj.id, obj.part) >= chunk_size and obj.part < objects.MAX_PARTS:
+            if self.store.stored_len(obj.id, obj.part, obj.chunk_len) >= chunk_size and obj.part < objects.MAX_PARTS:
                 self._seal(obj)
         else:
             pos = 0
             while pos < n:
                 k = n - pos if obj.part >= objects.MAX_PARTS else min(chunk_size - obj.chunk_len, n - pos)
-                self.store.append(obj.id, obj.part, view[pos:pos + k])
+                self.store.append(obj.id, obj.part, view[pos:pos + k], obj.chunk_len)
                 obj.chunk_len += k
                 pos += k
                 self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)

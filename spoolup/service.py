@@ -182,7 +182,7 @@ class Service:
         codec = Codec(self.cfg.compression, self.cfg.compresslevel)
         self.store = ChunkStore(self.cfg.chunk_dir, codec, fsync=self.cfg.fsync)
         self.dead = DeadLetters(self.cfg.deadletter_dir, fsync=self.cfg.fsync, log=self.log)
-        self.spool = Spool(self.cfg.spool_dir, self.journal, self.log,
+        self.spool = Spool(self.cfg.spool_dir, self.journal, self.log, fsync=self.cfg.fsync,
                            object_key=self.cfg.object_key if self.cfg.format == "lines" else None)
         self.ingest = Ingest(self.cfg, self.journal, self.spool, self.store, self.dead, self.log,
                              notify=self.uploader.wake)

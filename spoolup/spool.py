@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spoolup import keys
+from spoolup.files import fsync_dir
 from spoolup.journal import Journal, SourceRow
 
 HEAD_BYTES = 64  # fingerprint length
@@ -82,10 +83,11 @@ def scan(spool_dir: Path) -> tuple[dict[tuple[int, int], ScanEntry], list[str]]:
 class Spool:
     """The live sources of one spool directory."""
 
-    def __init__(self, spool_dir: Path, journal: Journal, log, *, object_key: str | None):
+    def __init__(self, spool_dir: Path, journal: Journal, log, *, object_key: str | None, fsync: bool = True):
         self.dir = spool_dir
         self.journal = journal
         self.log = log
+        self.fsync = fsync  # sync a directory after moving a file aside or deleting it (before the journal says so)
         self.object_key = object_key  # lines format: template over {path}/{dir}/{name}
         self.sources: dict[int, Source] = {}
         self.by_inode: dict[tuple[int, int], Source] = {}
@@ -118,6 +120,10 @@ class Spool:
         self.sources.pop(src.id, None)
         if self.by_inode.get((src.dev, src.ino)) is src:
             del self.by_inode[(src.dev, src.ino)]
+
+    def _sync_dir(self, directory: Path) -> None:
+        if self.fsync:
+            fsync_dir(directory)
 
     def rescan(self, now: float) -> list[Source]:
         """Look at the whole spool: new files, renames, shrunk or vanished files.
@@ -313,11 +319,14 @@ class Spool:
                 # file under its reaping name by its inode, as any renamed file)
                 reaping = path.with_name(f"{REAPING}{src.id}")
                 os.rename(path, reaping)
+                self._sync_dir(reaping.parent)
                 old, src.path = src.path, str(reaping.relative_to(self.dir))
                 self.log.debug("shipped spool file moved aside to be deleted", source=src.id, path=old, to=src.path)
                 return False
             crash_point("before-reap-unlink")
             os.unlink(path)
+            self._sync_dir(path.parent)  # durable before the journal says reaped: a file back after a power
+            #                              loss would be a new, unknown file, read again from its start
             crash_point("after-reap-unlink")
             if lease and fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK:
                 # someone opened it while we held the lease: whatever it writes goes to the

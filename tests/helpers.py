@@ -6,6 +6,7 @@ Nothing here mocks S3, SQLite or the filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,10 +53,10 @@ def toml(value) -> str:
 class Spoolup:
     """A spoolup instance under test: its config, spool and state dirs, and its processes."""
 
-    def __init__(self, base: Path, url: str, bucket: str, **options):
+    def __init__(self, base: Path, url: str, bucket: str, *, state_dir: Path | None = None, **options):
         self.base = base
         self.spool = base / "spool"
-        self.state = base / "state"
+        self.state = state_dir or base / "state"  # state_dir: e.g. a mount point (see mounted())
         self.spool.mkdir(parents=True, exist_ok=True)
         self.config = base / "spoolup.toml"
         self.bucket = bucket
@@ -120,6 +121,44 @@ class Spoolup:
                 p.kill()
                 p.wait(10)
         # an upload process orphaned by a SIGKILLed parent stops on its own (parent-death signal)
+
+
+# ---------------------------------------------------------------------------
+# filesystems for the state dir
+
+
+STATE_FILESYSTEMS = ("disk", "ramfs")  # "disk": the test run's own; "ramfs": no O_DIRECT
+
+
+def need_root(what: str) -> None:
+    """Mounting needs root: elsewhere the test is skipped with the reason -- except under CI,
+    which must run it (a skip there would pass for a success)."""
+    if os.geteuid() == 0:
+        return
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{what}: needs root to mount a filesystem, and CI must run it")
+    pytest.skip(f"{what}: needs root to mount a filesystem")
+
+
+@contextlib.contextmanager
+def mounted(fstype: str, path: Path, options: str = "mode=0700"):
+    """A real filesystem of type `fstype` (ramfs, tmpfs, ...) mounted at `path` for the
+    duration; unmounted (lazily, if something still holds it) afterwards."""
+    need_root(f"a state dir on {fstype}")
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", fstype, "-o", options, f"spoolup-test-{fstype}", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        import pytest
+
+        pytest.fail(f"cannot mount a {fstype} at {path}: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 spoolup must say so clearly (log and `status`), keep the journal intact, keep
 running without spinning, and resume by itself once the filesystem has room
 again (`mount -o remount,size=...`), shipping every spool byte exactly once.
-Mounting needs root; elsewhere the test is skipped with the reason shown.
+Mounting needs root; elsewhere the test is skipped with the reason shown (under CI: fails).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from crashkit import assert_exact, noisy_lines, write
-from helpers import wait_for, syslog_lines
+from helpers import mounted, syslog_lines, wait_for
 
 FILES = {
     "a.log": noisy_lines(6_000, seed=11),  # ~1.5 MiB each, 4.5 MiB in all: a 2 MiB filesystem cannot hold them
@@ -29,17 +29,8 @@ FILES = {
 
 @pytest.fixture
 def tiny_state_dir(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("disk-full test: needs root to mount a tmpfs for the state dir (mount -t tmpfs)")
-    mnt = tmp_path / "tiny-state"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "spoolup-diskfull", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"disk-full test: cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mnt
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with mounted("tmpfs", tmp_path / "tiny-state", "size=2m,mode=0700") as mnt:
+        yield mnt
 
 
 def cpu_seconds(pid: int) -> float:
@@ -57,8 +48,7 @@ def integrity(journal: Path) -> str:
 
 
 def test_state_dir_disk_full_then_space_returns(make_spoolup, s3, tiny_state_dir):
-    sp = make_spoolup(**{"object-key": "{name}", "state-dir": str(tiny_state_dir), "shutdown-timeout": 5})
-    sp.state = tiny_state_dir
+    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5}, state_dir=tiny_state_dir)
     for name, data in FILES.items():
         write(sp.spool / name, data)
     p = sp.start()
@@ -117,9 +107,8 @@ def fill(directory: Path) -> Path:
 def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_state_dir):
     """The journal itself cannot grow either: both processes hit SQLITE_FULL/ENOSPC."""
     subprocess.run(["mount", "-o", "remount,size=32m", str(tiny_state_dir)], check=True)
-    sp = make_spoolup(**{"object-key": "{name}", "state-dir": str(tiny_state_dir), "shutdown-timeout": 5,
-                         "flush-grace-period": "2s"})
-    sp.state = tiny_state_dir
+    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5, "flush-grace-period": "2s"},
+                      state_dir=tiny_state_dir)
     first = {name: data[: len(data) // 3 // 100 * 100] for name, data in FILES.items()}
     first = {name: data[: data.rfind(b"\n") + 1] for name, data in first.items()}
     for name, data in first.items():

@@ -5,7 +5,9 @@ objects concatenated in index order equal the spool file, no duplicate or stray
 object, no multipart upload left pending.
 
 Objects of one chunk are a single conditional PutObject; objects bigger than
-chunk-size (5 MiB) are real multipart uploads, so both paths are crashed.
+chunk-size (5 MiB) are real multipart uploads, so both paths are crashed.  Each
+test runs with the state dir on the test run's filesystem and on a ramfs (no
+O_DIRECT: the chunk files are written through the page cache).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 
 from crashkit import (assert_exact, chunk_files, consumed, crash_mark, drain_crashing, noisy_lines, query,
                       split_records, write)
-from helpers import list_keys, pending_uploads, syslog_lines, wait_for
+from helpers import STATE_FILESYSTEMS, list_keys, pending_uploads, syslog_lines, wait_for  # noqa: F401
 
 SMALL = {"a.log": syslog_lines(2000, host="a"), "b.log": syslog_lines(700, host="b"), "c.log": b"one record\n"}
 BIG = syslog_lines(50_000, width=256)  # ~12.8 MiB: parts of 5 + 5 + 2.8 MiB

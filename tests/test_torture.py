@@ -2,11 +2,13 @@
 server.  A writer appends sequence-numbered records to several spool files while
 `spoolup run` is SIGKILLed at random moments (main process, upload process, both)
 and restarted; at the end every record must be in completed objects exactly once,
-in order per key, byte for byte, with no multipart upload pending.
+in order per key, byte for byte, with no multipart upload pending.  Run with the
+state dir on the test run's filesystem and on a ramfs (no O_DIRECT).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,21 +16,24 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import STATE_FILESYSTEMS, mounted  # noqa: F401 - STATE_FILESYSTEMS: runs once per filesystem
+
 ROOT = Path(__file__).resolve().parent.parent
 CYCLES = int(os.environ.get("SPOOLUP_TORTURE_CYCLES", "20"))
 
 
-def test_kill9_torture(moto, tmp_path):
+def test_kill9_torture(moto, tmp_path, state_fs):
     seed = int(time.time())
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "torture.py"), "--cycles", str(CYCLES), "--seed", str(seed),
-         "--s3-url", moto.url, "--dir", str(tmp_path / "torture"), "--json"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
+    cmd = [sys.executable, str(ROOT / "bench" / "torture.py"), "--cycles", str(CYCLES), "--seed", str(seed),
+           "--s3-url", moto.url, "--dir", str(tmp_path / "torture"), "--json"]
+    with contextlib.ExitStack() as stack:
+        if state_fs != "disk":
+            cmd += ["--state-dir", str(stack.enter_context(mounted(state_fs, tmp_path / "state")))]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.stdout.strip(), f"torture printed nothing (exit {r.returncode})\n{r.stderr[-4000:]}"
     figures = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"torture: {figures}")
-    summary = (f"seed {seed}: cycles {figures['cycles']}, records {figures['records']}, lost {figures['lost']}, "
+    summary = (f"{state_fs} seed {seed}: cycles {figures['cycles']}, records {figures['records']}, lost {figures['lost']}, "
                f"duplicated {figures['duplicated']}, out of order {figures['out_of_order']}, byte mismatches "
                f"{figures['byte_mismatches']}, pending uploads {figures['pending_uploads']}, unexpected exits "
                f"{figures['unexpected_exits']}, stuck upload processes {figures['stuck_upload_processes']}, final drain exit {figures['drain_exit']}\n{r.stderr[-4000:]}")
