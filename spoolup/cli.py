@@ -6,12 +6,15 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad configuration.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from spoolup import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = "/etc/spoolup/spoolup.toml"
+CONFIG_ENV = "SPOOLUP_CONFIG"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.add_argument("--config", "-c", required=True, metavar="FILE", help="spoolup TOML configuration file")
+        sp.add_argument("--config", "-c", default=os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG, metavar="FILE",
+                        help=f"spoolup TOML configuration file (default: ${CONFIG_ENV} if set, else {DEFAULT_CONFIG})")
         return sp
 
     with_config("run", "Run the service in the foreground (SIGTERM/SIGINT stop it cleanly).")
@@ -47,23 +51,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="Run spoolup against an embedded local S3 (moto server) on a demo spool.",
                           description="Start a local S3 endpoint (moto server) on a free loopback port, write a "
                           "small demo spool, run `spoolup run` until the demo objects are complete, and list them.")
-    demo.add_argument("--dir", metavar="DIR", help="work directory to use and keep (default: a temporary one)")
-    up = sub.add_parser("_upload", help=argparse.SUPPRESS)
-    up.add_argument("--config", required=True)
-    up.add_argument("--parent-pid", type=int, required=True)
+    demo.add_argument("--dir", metavar="DIR", help="work directory to use and keep (default: a temporary one, "
+                      "removed afterwards)")
     return p
 
 
+def _upload_parser() -> argparse.ArgumentParser:
+    """`spoolup _upload`: the upload process, started by run/drain; internal, so not in --help."""
+    up = _Parser(prog="spoolup _upload")
+    up.add_argument("--config", required=True)
+    up.add_argument("--parent-pid", type=int, required=True)
+    return up
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_upload"]:
+        from spoolup import upload
+
+        args = _upload_parser().parse_args(argv[1:])
+        return upload.main(args.config, args.parent_pid)
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader gone away is handled below
+        return code
+    except BrokenPipeError:
+        # the reader went away (`spoolup status | head -1`): what it wanted it got; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if args.command == "_upload":
-        from spoolup import upload
-
-        return upload.main(args.config, args.parent_pid)
     if args.command == "demo":
         from spoolup import demo
 
@@ -89,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         from spoolup.s3 import S3Error
         from spoolup.service import RecoveryProblem
 
+        if isinstance(e, BrokenPipeError):
+            raise
         if isinstance(e, (JournalError, StateDirBusy, RecoveryProblem, S3Error, OSError)):
             print(f"spoolup: {logs.redact_text(str(e), cfg.secrets)}", file=sys.stderr)
             return EXIT_FAILURE
@@ -184,12 +210,15 @@ def cmd_recover(cfg, args) -> int:
 def cmd_check_config(cfg, args) -> int:
     from spoolup import config as config_mod
 
-    print(f"# effective configuration from {cfg.source} (secrets masked)")
-    for name, value in cfg.masked().items():
-        print(f"{name} = {config_mod.toml_value(value)}")
+    print(f"# effective configuration from {cfg.source} (secrets masked; values as written, defaults as documented)")
+    for name, text in cfg.as_written().items():
+        print(f"{name} = {text}")
     if cfg.template:
         print("# note: 'template' is applied by syslog-ng's file() destination; spoolup copies records verbatim")
-    for warning in config_mod.warnings(cfg):
+    from spoolup.spool import spool_dir_problem
+
+    spool_problem = spool_dir_problem(cfg.spool_dir)
+    for warning in ([spool_problem] if spool_problem else []) + config_mod.warnings(cfg):
         print(f"# warning: {warning}")
     if args.no_s3:
         return EXIT_OK
@@ -199,17 +228,10 @@ def cmd_check_config(cfg, args) -> int:
         s3 = S3(cfg)
         if cfg.role:
             print(f"# credentials: {s3.identity()} (role assumed through STS)")
-        try:
-            s3.client.head_bucket(Bucket=cfg.bucket)
+        if s3.bucket_exists():
             print(f"# bucket {cfg.bucket}: reachable")
-        except Exception as e:  # noqa: BLE001
-            from spoolup.s3 import _translate
-
-            err = _translate(e, "HeadBucket", None)
-            if err.status == 404 or err.code in ("404", "NoSuchBucket"):
-                print(f"# bucket {cfg.bucket}: does not exist yet; it will be created when spoolup starts")
-            else:
-                raise err from None
+        else:
+            print(f"# bucket {cfg.bucket}: does not exist yet; it will be created when spoolup starts")
     except S3Error as e:
         print(f"spoolup: cannot access bucket {cfg.bucket}: {e}", file=sys.stderr)
         return EXIT_FAILURE

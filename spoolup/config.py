@@ -587,6 +587,7 @@ class Config:
     log_file: str
     metrics_listen: str
     source: Path | None = None
+    written: tuple[tuple[str, Any], ...] = ()  # (option, value) as written in the file, for check-config
 
     # ---- derived values ----
     @property
@@ -632,6 +633,23 @@ class Config:
             out[opt.name] = v
         return out
 
+    def as_written(self) -> dict[str, str]:
+        """Each option as TOML text the way the file wrote it ("5GiB", "20s"), defaults as the
+        reference shows them; secrets masked.  For check-config."""
+        written = dict(self.written)
+        out: dict[str, str] = {}
+        for opt in OPTIONS:
+            if opt.name in SECRET_OPTIONS and self.value(opt.name):
+                out[opt.name] = toml_value("********")
+            elif opt.name in written:
+                out[opt.name] = toml_value(written[opt.name])
+            elif opt.name in ("chunk-size", "max-object-size") and opt.default is not REQUIRED:
+                out[opt.name] = toml_value(format_size(self.value(opt.name)))
+            else:
+                v = self.value(opt.name)
+                out[opt.name] = toml_value(str(v) if isinstance(v, Path) else v)
+        return out
+
     def __repr__(self) -> str:  # never show secrets, whatever prints a Config
         return f"Config({self.masked()!r})"
 
@@ -661,8 +679,7 @@ def from_mapping(raw: dict[str, Any], source: Path | None = None) -> Config:
         if isinstance(value, dict) and name not in TABLE_OPTIONS:
             raise ConfigError(given, "spoolup's config is flat: put options at the top level, not in a [table]")
         if name not in OPTIONS_BY_NAME:
-            known = ", ".join(o.name for o in OPTIONS)
-            raise ConfigError(given, f"unknown option; known options are: {known}")
+            raise ConfigError(given, unknown_option(name))
         if name in seen_as:
             raise ConfigError(given, f"given twice (also as '{seen_as[name]}')")
         seen_as[name] = given
@@ -681,7 +698,19 @@ def from_mapping(raw: dict[str, Any], source: Path | None = None) -> Config:
     if values["object-key"] is None:
         values["object-key"] = "{path}" if fmt == "lines" else "{key}"
     _check_cross_option(values)
-    return Config(**{OPTIONS_BY_NAME[n].attr: v for n, v in values.items()}, source=source)
+    written = tuple((given.replace("_", "-"), value) for given, value in raw.items())
+    return Config(**{OPTIONS_BY_NAME[n].attr: v for n, v in values.items()}, source=source, written=written)
+
+
+def unknown_option(name: str) -> str:
+    """The message for an option that does not exist: the likely one it was meant to be."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(OPTIONS_BY_NAME), n=3, cutoff=0.6)
+    if close:
+        return f"unknown option; did you mean {' or '.join(repr(c) for c in close)}?"
+    return ("unknown option; every option is in the README's configuration reference and in "
+            "contrib/spoolup.toml.example")
 
 
 def _check_cross_option(v: dict[str, Any]) -> None:
@@ -737,7 +766,8 @@ def warnings(cfg: Config) -> list[str]:
 
 
 def replace(cfg: Config, **changes: Any) -> Config:
-    return dataclasses.replace(cfg, **changes)
+    written = tuple((n, v) for n, v in cfg.written if OPTIONS_BY_NAME[n].attr not in changes)
+    return dataclasses.replace(cfg, **{"written": written, **changes})
 
 
 # --------------------------------------------------------------------------

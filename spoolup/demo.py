@@ -43,15 +43,23 @@ def _write_spool(spool: Path) -> dict[str, bytes]:
 def main(workdir: str | None) -> int:
     import importlib.util
 
-    import boto3
-
-    from spoolup.locals3 import LocalS3
-
     if importlib.util.find_spec("moto") is None:
         print("spoolup demo needs moto's server: pip install 'spoolup[demo]'", file=sys.stderr)
         return 1
 
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="spoolup-demo-"))
+    if workdir is None:  # a temporary work dir, removed afterwards (--dir keeps one)
+        with tempfile.TemporaryDirectory(prefix="spoolup-demo-") as scratch:
+            code = _run(Path(scratch), keep=False)
+        print("work dir removed (spoolup demo --dir DIR keeps it)")
+        return code
+    return _run(Path(workdir), keep=True)
+
+
+def _run(base: Path, *, keep: bool) -> int:
+    import boto3
+
+    from spoolup.locals3 import LocalS3
+
     base.mkdir(parents=True, exist_ok=True)
     spool, state = base / "spool", base / "state"
     if spool.exists():
@@ -99,7 +107,7 @@ def main(workdir: str | None) -> int:
         for key, size, modified in listing:
             print(f"{modified:%Y-%m-%d %H:%M:%S} {size:>10} {key}")
         ok = _verify(listing, contents, s3, quiet=False)
-        print(f"\nspoolup run exited with {proc.returncode}; work dir {base}")
+        print(f"\nspoolup run exited with {proc.returncode}" + (f"; work dir {base}" if keep else ""))
         return 0 if ok and proc.returncode == 0 else 1
     finally:
         server.stop()

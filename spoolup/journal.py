@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib.resources
+import json
 import os
 import re
 import sqlite3
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 LIVE_SOURCE_STATES = ("active", "error", "refused")
 MAX_ERRORS_KEPT = 500
+STOPPED = "stopped"  # the info of a process's last heartbeat when it stopped cleanly
 
 
 # Observers of write transactions, called with the seconds each took (BEGIN IMMEDIATE to the
@@ -361,6 +363,20 @@ class Journal:
                 "seen = excluded.seen, info = excluded.info",
                 (name, pid, started, time.time(), info),
             )
+
+    def stopped(self, name: str, pid: int, started: float) -> None:
+        """A clean stop: the last heartbeat says so (status shows "stopped at ..." rather
+        than a process that died)."""
+        self.heartbeat(name, pid, started, STOPPED)
+
+    def set_health(self, process: str, health: dict) -> None:
+        """Whether `process`'s S3 calls succeed (spoolup.health), kept in meta as JSON."""
+        with self.transaction():
+            self.set_meta(f"health:{process}", json.dumps(health, sort_keys=True))
+
+    def health(self, process: str) -> dict | None:
+        raw = self.meta(f"health:{process}")
+        return json.loads(raw) if raw else None
 
     def processes(self) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM processes ORDER BY name")]

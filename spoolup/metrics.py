@@ -113,6 +113,22 @@ def serve(cfg, log) -> None:
     log.info("serving Prometheus metrics", url=f"http://{cfg.metrics_listen}/metrics")
 
 
+def check_listen(cfg) -> None:
+    """Fail (OSError, saying which option) if metrics-listen cannot be bound, before `spoolup run`
+    creates or changes anything; serve() binds it for real once the state dir is locked."""
+    import socket
+
+    host, port = split_listen(cfg.metrics_listen)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as e:
+        raise OSError(f"cannot serve metrics on metrics-listen = \"{cfg.metrics_listen}\": {e.strerror or e}") from None
+
+
 def child(cfg) -> None:
     """Upload process: count into the directory the main process serves, if it does."""
     path = directory(cfg)
@@ -223,7 +239,17 @@ class JournalCollector:
         yield dl
         procs = st["service"]["processes"]
         up = procs.get("upload", {}).get("alive", False)
-        yield gauge("spoolup_upload_process_up", "1 if the upload process is alive (recent heartbeat).", int(up))
+        yield gauge("spoolup_upload_process_up", "1 if the upload process is alive (recent heartbeat and its pid "
+                    "exists), whether or not S3 works for it (spoolup_s3_healthy).", int(up))
+        h = st["s3_health"]
+        if h["state"] != "unknown":  # no live upload process: no S3 health to report (spoolup_upload_process_up)
+            yield gauge("spoolup_s3_healthy", "1 if the upload process's last S3 call succeeded, 0 while they fail "
+                        "(wrong credentials, endpoint unreachable, ...); absent while no upload process is alive.",
+                        int(h["state"] == "ok"))
+        yield gauge("spoolup_s3_failing_since_timestamp_seconds", "Unix time of the first failed S3 call after the "
+                    "last success (0: not failing).", h["failing_since"] or 0)
+        yield gauge("spoolup_s3_last_success_timestamp_seconds", "Unix time of the last successful S3 call (0: none).",
+                    h["last_success"] or 0)
         err = st["last_error"]
         yield gauge("spoolup_last_error_timestamp_seconds", "Unix time of the last error journaled (0: none).",
                     err["time"] if err else 0)

@@ -45,6 +45,8 @@ class Report:
         if self.lines:
             out.append(f"Recovery actions ({verb}):")
             out.extend(f"  - {line}" for line in self.lines)
+        elif self.problems:  # something could not be checked or fixed: agreement is not known
+            out.append("Nothing to repair in what could be checked; see the problems below.")
         else:
             out.append("Nothing to repair: journal, chunk files and bucket agree.")
         if self.notes:

@@ -35,6 +35,7 @@ class S3Error(Exception):
         self.op = op
         self.key = key
         self.status = status
+        self.detail = redact_text(message)  # S3's own words, without the op/key/code prefix (journaled as is)
         where = f"{op} {key}" if key else op
         super().__init__(redact_text(f"{where}: {code}: {message}" if where else f"{code}: {message}"))
 
@@ -302,17 +303,46 @@ class S3:
             raise _translate(e, "ListParts", key) from None
         return out
 
-    def ensure_bucket(self) -> bool:
-        """True if the bucket had to be created (as s3() does when it is missing)."""
+    def bucket_exists(self) -> bool:
+        """HeadBucket: True if the bucket is there, False if it does not exist; an S3Error in
+        S3's own words otherwise.  A HEAD reply has no body, so an error to it carries only the
+        HTTP status ("403"): it is followed by a GET (ListObjectsV2 of one key), whose error
+        body says why (InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied, ...)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-            return False
+            return True
         except botocore.exceptions.ClientError as e:
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status != 404 and e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-                raise _translate(e, "HeadBucket", None) from None
+            err = _translate(e, "HeadBucket", None)
         except botocore.exceptions.BotoCoreError as e:
             raise _translate(e, "HeadBucket", None) from None
+        if err.status == 404 or err.code in ("404", "NoSuchBucket"):
+            return False
+        if err.code.isdigit():
+            err = self._why(err)
+            if err.code == "NoSuchBucket":
+                return False
+        raise err
+
+    def _why(self, head_error: S3Error) -> S3Error:
+        """The error of a GET on the bucket, which has a body with S3's code, for a HEAD error without one."""
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        except botocore.exceptions.ClientError as e:
+            why = _translate(e, "ListObjectsV2", None)
+            if not why.code.isdigit():
+                return S3Error(why.code, why.detail, op="HeadBucket", status=head_error.status)
+        except botocore.exceptions.BotoCoreError:
+            pass
+        hint = {403: "HTTP 403 Forbidden without an error code: wrong access-key/secret-key, a clock more "
+                     "than 15 minutes off, or a policy that denies s3:ListBucket on the bucket",
+                400: "HTTP 400 Bad Request without an error code: often the wrong region for this bucket"}
+        return S3Error(head_error.code, hint.get(head_error.status or 0, head_error.detail), op="HeadBucket",
+                       status=head_error.status)
+
+    def ensure_bucket(self) -> bool:
+        """True if the bucket had to be created (as s3() does when it is missing)."""
+        if self.bucket_exists():
+            return False
         args: dict[str, Any] = {}
         region = self.client.meta.region_name
         if region and region != "us-east-1":

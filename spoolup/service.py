@@ -41,7 +41,7 @@ class RecoveryProblem(Exception):
     """Local recovery found damage it will not guess about."""
 
 
-def prepare_state_dir(cfg: Config) -> None:
+def prepare_state_dir(cfg: Config, log) -> None:
     os.umask(0o077)
     cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(cfg.state_dir, 0o700)
@@ -49,6 +49,8 @@ def prepare_state_dir(cfg: Config) -> None:
     cfg.deadletter_dir.mkdir(mode=0o700, exist_ok=True)
     if not cfg.spool_dir.exists():
         cfg.spool_dir.mkdir(mode=0o755, parents=True)
+        log.warning("spool dir did not exist; created it (empty): nothing ships until syslog-ng writes there. "
+                    "Check spool-dir if that is not what you expect", spool_dir=str(cfg.spool_dir))
 
 
 class UploadProcess:
@@ -157,7 +159,9 @@ class Service:
 
     def open(self) -> None:
         """Lock the state dir, open (and migrate) the journal, recover the chunk files."""
-        prepare_state_dir(self.cfg)
+        if self.cfg.metrics_listen:
+            metrics.check_listen(self.cfg)  # a port in use fails before anything is created
+        prepare_state_dir(self.cfg, self.log)
         self.lock.acquire()
         if self.cfg.metrics_listen:
             metrics.serve(self.cfg, self.log)  # before the upload process starts: it inherits the metrics dir
@@ -305,6 +309,8 @@ class Service:
                 self.log.error("state dir disk full at stop: the last batch is read again at the next start",
                                error=str(e))
             self.uploader.stop(cfg.shutdown_timeout + 5.0)
+            with contextlib.suppress(Exception):
+                journal.stopped("ingest", os.getpid(), self.started)
             self.log.info("spoolup stopped", bytes=ingest.stats["bytes"], records=ingest.stats["records"])
 
     def _disk_full(self, e: Exception) -> None:

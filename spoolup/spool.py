@@ -80,6 +80,21 @@ def scan(spool_dir: Path) -> tuple[dict[tuple[int, int], ScanEntry], list[str]]:
     return found, skipped
 
 
+def spool_dir_problem(spool_dir: Path) -> str | None:
+    """What looks wrong with a spool dir before spoolup runs (a mistyped spool-dir is the
+    usual cause): it does not exist, or holds no file at all."""
+    if not spool_dir.exists():
+        return (f"spool-dir {spool_dir} does not exist: `spoolup run` creates it, but nothing will ship until "
+                "syslog-ng writes there. Is it the directory of syslog-ng's file() destination?")
+    if not spool_dir.is_dir():
+        return f"spool-dir {spool_dir} is not a directory"
+    found, _skipped = scan(spool_dir)
+    if not found:
+        return (f"spool-dir {spool_dir} holds no files yet: nothing ships until syslog-ng writes there. "
+                "Is it the directory of syslog-ng's file() destination?")
+    return None
+
+
 class Spool:
     """The live sources of one spool directory."""
 

@@ -11,9 +11,10 @@ import os
 import time
 from typing import Any
 
-from spoolup import __version__, lock
+from spoolup import __version__, health, keys, lock
 from spoolup.config import Config
-from spoolup.journal import Journal, peek
+from spoolup.journal import LIVE_SOURCE_STATES, STOPPED, Journal, peek
+from spoolup.spool import scan
 
 SCHEMA_VERSION = 1
 LIVENESS_SECONDS = 10.0  # a process whose heartbeat is older is reported dead
@@ -33,36 +34,13 @@ def collect(cfg: Config) -> dict[str, Any]:
 def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     now = time.time()
     q = j.conn.execute
-    open_objects = [
-        {
-            "key": r["key"],
-            "timestamp": r["ts"],
-            "index": r["idx"],
-            "final_key": r["final_key"],
-            "bytes": r["size"],
-            "records": r["records"],
-            "age_seconds": round(now - r["created"], 3),
-            "idle_seconds": round(now - r["last_write"], 3),
-        }
-        for r in q("SELECT * FROM objects WHERE state = 'open' ORDER BY key, ts, id")
-    ]
+    open_objects = _open_objects(cfg, j, now)
     closed = q("SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = 'closed'").fetchone()
     done = q("SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = 'done'").fetchone()
     sealed = q("SELECT count(*), coalesce(sum(part_size), 0) FROM chunks WHERE state = 'sealed'").fetchone()
     oldest = q("SELECT min(created) FROM objects WHERE state != 'done'").fetchone()[0]
 
-    backlog = 0
-    sources = []
-    for s in j.live_sources():
-        try:
-            size = os.stat(cfg.spool_dir / s.path).st_size
-        except OSError:
-            size = s.size
-        pending = max(size - s.offset, 0) if s.state == "active" else 0
-        backlog += pending
-        if s.state != "active" or pending:
-            sources.append({"path": s.path, "state": s.state, "offset": s.offset, "size": size,
-                            "backlog_bytes": pending, "error": s.error})
+    backlog, sources = _sources(cfg, j)
 
     dead = [
         {"path": r["path"], "records": r["records"], "bytes": r["bytes"], "last_at": r["last_at"],
@@ -73,8 +51,11 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     processes = {}
     for p in j.processes():
         alive = now - p["seen"] < LIVENESS_SECONDS and _pid_alive(p["pid"])
+        stopped = not alive and p["info"] == STOPPED
         processes[p["name"]] = {"pid": p["pid"], "alive": alive, "last_seen_seconds": round(now - p["seen"], 3),
-                                "started": p["started"], "info": p["info"]}
+                                "started": p["started"], "info": p["info"],
+                                "state": "alive" if alive else "stopped" if stopped else "dead",
+                                "stopped_at": p["seen"] if stopped else None}
     counters = j.counters()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -98,6 +79,88 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
             "operation": err["op"], "code": err["code"], "message": err["message"], "key": err["key"],
         },
         "counters": counters,
+        "s3_health": _s3_health(j, processes.get("upload"), now),
+    }
+
+
+def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
+    """Each open object: the key it will get, what is uploaded of it, and when it completes."""
+    q = j.conn.execute
+    uploaded = {r[0]: (r[1], r[2]) for r in q(
+        "SELECT c.object_id, count(*), coalesce(sum(c.part_size), 0) FROM chunks c JOIN objects o "
+        "ON o.id = c.object_id WHERE o.state = 'open' AND c.state = 'uploaded' GROUP BY c.object_id")}
+    last_index = {(r[0], r[1]): r[2] for r in q(
+        "SELECT key, ts, max(idx) FROM objects WHERE idx IS NOT NULL GROUP BY key, ts")}
+    out = []
+    for r in q("SELECT * FROM objects WHERE state = 'open' ORDER BY key, ts, id"):
+        parts, part_bytes = uploaded.get(r["id"], (0, 0))
+        if r["final_key"]:
+            expected = r["final_key"]
+        else:  # claimed at the first upload: the next index after the last one, unless the bucket holds it
+            prev = last_index.get((r["key"], r["ts"]))
+            expected = keys.final_key(r["key"], r["ts"], 0 if prev is None else prev + 1, cfg.key_suffix)
+        out.append({
+            "key": r["key"],
+            "timestamp": r["ts"],
+            "index": r["idx"],
+            "final_key": r["final_key"],
+            "bytes": r["size"],
+            "records": r["records"],
+            "age_seconds": round(now - r["created"], 3),
+            "idle_seconds": round(now - r["last_write"], 3),
+            "expected_key": expected,
+            "parts_uploaded": parts,
+            "bytes_uploaded": part_bytes,
+            "completes": {
+                "grace_at": round(r["last_write"] + cfg.grace_seconds, 3),
+                "size_remaining_bytes": max(cfg.max_object_size - r["size"], 0),
+                "on_newer_timestamp": bool(r["ts"]),
+            },
+        })
+    return out
+
+
+def _sources(cfg: Config, j: Journal) -> tuple[int, list[dict[str, Any]]]:
+    """Bytes in the spool not yet ingested, and the spool files with a backlog or needing
+    attention.  Files the journal does not know yet (new ones, or every file before the first
+    run) count whole."""
+    live = {(s.dev, s.ino): s for s in j.live_sources()}
+    since = dict(j.conn.execute(f"SELECT id, updated FROM sources WHERE state IN {LIVE_SOURCE_STATES!r}"))
+    found, _skipped = scan(cfg.spool_dir)
+    backlog = 0
+    out = []
+    for s in live.values():
+        entry = found.get((s.dev, s.ino))
+        size = entry.st.st_size if entry is not None else s.size
+        pending = max(size - s.offset, 0) if s.state == "active" else 0
+        backlog += pending
+        if s.state != "active" or pending:
+            out.append({"path": s.path, "state": s.state, "offset": s.offset, "size": size,
+                        "backlog_bytes": pending, "error": s.error,
+                        "since": None if s.state == "active" else since.get(s.id)})
+    for ident, entry in sorted(found.items(), key=lambda kv: kv[1].path):
+        if ident not in live and entry.st.st_size:
+            backlog += entry.st.st_size
+            out.append({"path": entry.path, "state": "active", "offset": 0, "size": entry.st.st_size,
+                        "backlog_bytes": entry.st.st_size, "error": None, "since": None})
+    return backlog, out
+
+
+def _s3_health(j: Journal, upload: dict | None, now: float) -> dict[str, Any]:
+    """Whether the upload process's S3 calls succeed (spoolup.health): "ok", "failing", or
+    "unknown" while no upload process is alive (then the rest is the last known state)."""
+    h = {**health.empty(), **(j.health("upload") or {})}
+    alive = bool(upload and upload["alive"])
+    state = "unknown" if not alive else "failing" if h["failing_since"] is not None else "ok"
+    fail = h["last_failure"]
+    return {
+        "state": state,
+        "failing_since": h["failing_since"],
+        "failing_seconds": round(now - h["failing_since"], 3) if h["failing_since"] is not None else None,
+        "failures": h["failures"],
+        "last_success": h["last_success"],
+        "last_failure": None if fail is None else {
+            "time": fail["at"], "operation": fail["operation"], "code": fail["code"], "message": fail["message"]},
     }
 
 
@@ -134,13 +197,56 @@ def _bytes(n: int) -> str:
     return f"{n}B"
 
 
+def _clock(t: float | None, now: float) -> str:
+    """A time as the operator's clock shows it: HH:MM:SS today, with the date otherwise."""
+    if t is None:
+        return "-"
+    fmt = "%H:%M:%S" if time.strftime("%Y%m%d", time.localtime(t)) == time.strftime("%Y%m%d", time.localtime(now)) \
+        else "%Y-%m-%d %H:%M:%S"
+    return time.strftime(fmt, time.localtime(t))
+
+
+def _process(name: str, p: dict[str, Any], now: float) -> str:
+    if p["state"] == "alive":
+        return f"{name} pid {p['pid']} alive"
+    if p["state"] == "stopped":
+        return f"{name} pid {p['pid']} stopped at {_clock(p['stopped_at'], now)}"
+    return f"{name} pid {p['pid']} NOT RUNNING (last seen {_age(p['last_seen_seconds'])} ago, no clean stop)"
+
+
+def _health(h: dict[str, Any], now: float) -> str:
+    fail = h["last_failure"]
+    said = f"{fail['operation']}: {fail['code'] or 'error'}: {fail['message']}" if fail else ""
+    if h["state"] == "failing":
+        return (f"S3: FAILING since {_clock(h['failing_since'], now)} ({_age(h['failing_seconds'])}, "
+                f"{h['failures']} failed calls, retrying): {said}")
+    if h["state"] == "ok":
+        return f"S3: ok (last success {_clock(h['last_success'], now)})"
+    if h["failing_since"] is not None:
+        return f"S3: unknown (no upload process running); it was failing since {_clock(h['failing_since'], now)}: {said}"
+    return "S3: unknown (no upload process running)"
+
+
+def _completes(o: dict[str, Any], now: float) -> str:
+    c = o["completes"]
+    when = [f"at {_clock(c['grace_at'], now)} (flush-grace-period after the last record)",
+            f"at {_bytes(o['bytes'] + c['size_remaining_bytes'])} (max-object-size)"]
+    if c["on_newer_timestamp"]:
+        when.append("on a newer timestamp")
+    return ", ".join(when[:-1]) + " or " + when[-1]
+
+
+LIST_AT_MOST = 50
+
+
 def render(st: dict[str, Any]) -> str:
     out = []
+    now = st["time"]
     svc = st["service"]
-    procs = ", ".join(f"{n} pid {p['pid']} {'alive' if p['alive'] else 'NOT RUNNING'}" for n, p in
-                      svc["processes"].items()) or "none seen"
+    procs = ", ".join(_process(n, p, now) for n, p in svc["processes"].items()) or "none seen"
     out.append(f"spoolup {st['spoolup_version']}  bucket {st['bucket']}  service "
                f"{'running' if svc['running'] else 'stopped'} ({procs})")
+    out.append(_health(st["s3_health"], now))
     out.append(f"backlog in spool: {_bytes(st['backlog_bytes'])}   pending parts: {st['pending_parts']['count']}/"
                f"{st['pending_parts']['cap']} ({_bytes(st['pending_parts']['bytes'])})   oldest pending: "
                f"{_age(st['oldest_pending_age_seconds'])}")
@@ -148,19 +254,30 @@ def render(st: dict[str, Any]) -> str:
                f"upload, {st['completed_objects']['count']} completed")
     if st["open_objects"]:
         out.append("")
-        out.append(f"{'KEY':<48} {'TS':<12} {'INDEX':>5} {'BYTES':>10} {'RECORDS':>9} {'AGE':>6} {'IDLE':>6}")
-        for o in st["open_objects"][:50]:
-            idx = "-" if o["index"] is None else str(o["index"])
-            out.append(f"{o['key'][:48]:<48} {o['timestamp'][:12]:<12} {idx:>5} {_bytes(o['bytes']):>10} "
-                       f"{o['records']:>9} {_age(o['age_seconds']):>6} {_age(o['idle_seconds']):>6}")
-        if len(st["open_objects"]) > 50:
-            out.append(f"... and {len(st['open_objects']) - 50} more (see --json)")
-    if st["sources_needing_attention"]:
-        bad = [s for s in st["sources_needing_attention"] if s["state"] != "active"]
-        if bad:
-            out.append("")
-            out.append("spool files needing attention:")
-            out.extend(f"  {s['path']}: {s['state']}: {s['error']}" for s in bad)
+        out.append("open objects (each completes at whichever comes first):")
+        for o in st["open_objects"][:LIST_AT_MOST]:
+            out.append(f"  {o['expected_key']}{'' if o['final_key'] else ' (index claimed at upload)'}: "
+                       f"{_bytes(o['bytes'])}, {o['records']} records, {o['parts_uploaded']} parts "
+                       f"({_bytes(o['bytes_uploaded'])}) uploaded, idle {_age(o['idle_seconds'])}; "
+                       f"completes {_completes(o, now)}")
+        if len(st["open_objects"]) > LIST_AT_MOST:
+            out.append(f"  ... and {len(st['open_objects']) - LIST_AT_MOST} more (see --json)")
+    bad = [s for s in st["sources_needing_attention"] if s["state"] != "active"]
+    waiting = [s for s in st["sources_needing_attention"] if s["backlog_bytes"]]
+    if waiting:
+        out.append("")
+        out.append(f"spool files with a backlog ({len(waiting)}):")
+        out.extend(f"  {s['path']}: {_bytes(s['backlog_bytes'])} not read yet (of {_bytes(s['size'])})"
+                   for s in waiting[:LIST_AT_MOST])
+        if len(waiting) > LIST_AT_MOST:
+            out.append(f"  ... and {len(waiting) - LIST_AT_MOST} more (see --json)")
+    if bad:
+        out.append("")
+        out.append(f"spool files needing attention ({len(bad)}):")
+        out.extend(f"  {s['path']}: {s['state']} since {_clock(s['since'], now)}, {_bytes(s['size'])}: {s['error']}"
+                   for s in bad[:LIST_AT_MOST])
+        if len(bad) > LIST_AT_MOST:
+            out.append(f"  ... and {len(bad) - LIST_AT_MOST} more (see --json)")
     dl = st["dead_letters"]
     if dl["records"]:
         out.append("")
@@ -169,8 +286,8 @@ def render(st: dict[str, Any]) -> str:
     err = st["last_error"]
     out.append("")
     if err:
-        out.append(f"last error ({_age(err['age_seconds'])} ago, {err['process']}): {err['operation']} "
-                   f"{err['code'] or ''}: {err['message']}")
+        out.append(f"last error ({_age(err['age_seconds'])} ago, {err['process']}): {err['operation']}: "
+                   f"{err['code'] or 'error'}: {err['message']}")
     else:
         out.append("last error: none")
     return "\n".join(out)

@@ -40,6 +40,7 @@ from typing import Any, Callable
 from spoolup import crash, keys, logs, metrics
 from spoolup.chunks import Codec, chunk_name, part_file
 from spoolup.config import Config
+from spoolup.health import S3Health
 from spoolup.journal import ChunkRow, Journal, ObjectRow, disk_full
 from spoolup.s3 import S3, FileBody, InvalidPart, NoSuchUpload, PreconditionFailed, S3Error, multipart_etag, same_etag
 
@@ -286,6 +287,7 @@ class Uploader:
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0}
         self._last_prune = 0.0
         self._after_commit: list[Callable[[], None]] = []  # what harvest() runs once its transaction commits
+        self.health = S3Health(journal, process)
 
     # -- scheduling --------------------------------------------------------------
 
@@ -353,23 +355,27 @@ class Uploader:
             return 0
         parts: list[PartDone] = []
         self._after_commit = []
+        succeeded = False
         with self.journal.transaction():
             for task, future in finished:
                 del self.inflight[task]
                 try:
                     result = future.result()
                 except S3Error as e:
-                    self._failed(task, e)
+                    self._failed(task, e, remote=not e.code.startswith("Local"))
                     continue
                 except Exception as e:  # noqa: BLE001 - a bug or a local I/O error: keep retrying, say so
-                    self._failed(task, S3Error(type(e).__name__, str(e), op=task[0]))
+                    self._failed(task, S3Error(type(e).__name__, str(e), op=task[0]), remote=False)
                     continue
+                succeeded = True
                 if self.failures.pop(task, None) is not None:
                     self.log.info("retry succeeded", task=task[0], object=task[1])
                 if isinstance(result, PartDone):
                     parts.append(result)
                 else:
                     self._apply(result)
+            if succeeded:
+                self.health.ok()
             if parts:
                 self.journal.record_parts([(p.object_id, p.part, p.etag, p.md5) for p in parts])
                 self._after_commit.append(lambda: crash.point("after-record-part"))
@@ -431,7 +437,9 @@ class Uploader:
         at most retry-max-delay."""
         return min(self.cfg.retry_max_delay, 0.25 * 2 ** min(attempts, 20)) * random.uniform(0.5, 1.0)
 
-    def _failed(self, task: tuple, e: S3Error) -> None:
+    def _failed(self, task: tuple, e: S3Error, *, remote: bool = True) -> None:
+        """A task failed: retry it later.  remote: S3 failed (not a local chunk file or a bug),
+        which makes the upload process's S3 health "failing"."""
         attempts, _ = self.failures.get(task, (0, 0.0))
         attempts += 1
         delay = self._backoff(attempts)
@@ -442,7 +450,9 @@ class Uploader:
         self.log.warning("S3 call failed; will retry", task=task[0], object=task[1], code=e.code,
                          error=str(e), attempt=attempts, retry_in=round(delay, 2))
         with contextlib.suppress(Exception):
-            self.journal.record_error(self.process, e.op or task[0], e.code, str(e), e.key)
+            self.journal.record_error(self.process, e.op or task[0], e.code, e.detail, e.key)
+            if remote:
+                self.health.failed(e.op or task[0], e.code, e.detail)
 
     # -- running ---------------------------------------------------------------------
 
@@ -575,10 +585,27 @@ def main(config_path: str, parent_pid: int) -> int:
 
     threading.Thread(target=read_wakes, name="wake", daemon=True).start()
     started = time.time()
-    journal.heartbeat("upload", os.getpid(), started)
+    health = uploader.health
+
+    last_beat = [0.0]
+
+    def beat() -> bool:
+        """A heartbeat (with the S3 health) when one is due; True if it was."""
+        if time.monotonic() - last_beat[0] < HEARTBEAT_EVERY:
+            return False
+        last_beat[0] = time.monotonic()
+        with journal.transaction():
+            journal.heartbeat("upload", os.getpid(), started,
+                              f"inflight={len(uploader.inflight)} parts={uploader.stats['parts']} "
+                              f"objects={uploader.stats['objects']}")
+            health.flush()
+        return True
+
+    beat()
     log.info("upload process started", threads=cfg.upload_threads, bucket=cfg.bucket)
 
-    # reconcile with S3 before uploading anything (retried until S3 answers)
+    # reconcile with S3 before uploading anything (retried until S3 answers); the process
+    # is alive meanwhile and says so (heartbeats), and S3's failure is its health, not its death
     attempt = 0
     while not stop.is_set():
         if attempt:
@@ -590,6 +617,7 @@ def main(config_path: str, parent_pid: int) -> int:
             recover.reconcile_remote(cfg, journal, s3, report, dry_run=False)
             for line in report.lines:
                 log.info("recovery", action=line)
+            health.ok()
             break
         except S3Error as e:
             attempt += 1
@@ -597,20 +625,19 @@ def main(config_path: str, parent_pid: int) -> int:
             log.warning("cannot reconcile with S3 yet; retrying", error=str(e), retry_in=delay)
             metrics.upload_error(e.code, e.op or "recover")
             with contextlib.suppress(Exception):
-                journal.record_error("upload", e.op or "recover", e.code, str(e), e.key)
-            stop.wait(delay)
+                journal.record_error("upload", e.op or "recover", e.code, e.detail, e.key)
+                health.failed(e.op or "recover", e.code, e.detail)
+            until = time.monotonic() + delay
+            while not stop.is_set() and (left := until - time.monotonic()) > 0:
+                stop.wait(min(left, HEARTBEAT_EVERY))
+                beat()
 
-    last_beat = 0.0
     full = 0
     while not stop.is_set():
         try:
             uploader.step(0.5)
             logs.handle_reopen()
-            if time.monotonic() - last_beat > HEARTBEAT_EVERY:
-                last_beat = time.monotonic()
-                journal.heartbeat("upload", os.getpid(), started,
-                                  f"inflight={len(uploader.inflight)} parts={uploader.stats['parts']} "
-                                  f"objects={uploader.stats['objects']}")
+            if beat():
                 uploader.housekeeping()
             full = 0
         except sqlite3.OperationalError as e:
@@ -628,6 +655,9 @@ def main(config_path: str, parent_pid: int) -> int:
     uploader.finish_inflight(cfg.shutdown_timeout)
     unfinished = len(uploader.inflight)
     uploader.close()
+    with contextlib.suppress(Exception):
+        health.flush()
+        journal.stopped("upload", os.getpid(), started)
     journal.close()
     log.info("upload process stopped", finished=inflight - unfinished, unfinished=unfinished)
     # Everything is journaled and closed: skip the interpreter's teardown (joining idle

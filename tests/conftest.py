@@ -18,6 +18,16 @@ def moto(tmp_path_factory) -> MotoServer:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def checking_moto(tmp_path_factory) -> MotoServer:
+    """A moto server that checks credentials as S3 does (an unknown access key: 403 InvalidAccessKeyId)."""
+    server = MotoServer(tmp_path_factory.mktemp("moto-auth"))
+    server.env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def s3(moto):
     return s3_client(moto.url)

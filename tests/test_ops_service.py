@@ -119,6 +119,17 @@ def test_check_config_unreachable_endpoint_exits_1(make_spoolup):
     assert sp.cmd("check-config", "--no-s3").returncode == 0
 
 
+def test_check_config_wrong_credentials_says_what_s3_says(make_spoolup, checking_moto):
+    """Issue 14, item 7: a HEAD has no body, so its 403 said only "Forbidden"; S3's own code
+    comes from the GET that follows it."""
+    sp = make_spoolup(url=checking_moto.url)
+    r = sp.cmd("check-config")
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"spoolup: cannot access bucket {sp.bucket}: HeadBucket: InvalidAccessKeyId: "), r.stderr
+    assert "The AWS Access Key Id you provided does not exist in our records." in r.stderr
+    assert "Forbidden" not in r.stderr and r.stderr.count("HeadBucket") == 1
+
+
 def test_check_config_bad_option_exits_2(make_spoolup):
     sp = make_spoolup(**{"upload-threads": 0})
     r = sp.cmd("check-config")

@@ -65,6 +65,11 @@ def test_live_status_matches_the_schema_and_the_facts(make_spoolup):
         err = st["last_error"]
         assert err["process"] == "upload" and err["code"] == "EndpointConnectionError" and err["time"] <= st["time"]
         assert dead in err["message"]
+        assert not err["message"].startswith(err["operation"])  # S3's words, not "op: code: op: code: ..."
+        health = st["s3_health"]  # alive, and S3 failing: two facts
+        assert health["state"] == "failing" and health["failures"] >= 1
+        assert health["failing_since"] <= health["last_failure"]["time"] <= st["time"]
+        assert health["last_failure"]["code"] == "EndpointConnectionError"
 
         table = sp.cmd("status", check=True).stdout
         assert "service running" in table and "upload pid" in table and "NOT RUNNING" not in table
@@ -72,13 +77,19 @@ def test_live_status_matches_the_schema_and_the_facts(make_spoolup):
         assert "logs/web01/app" in table and "logs/db01/pg" in table
         assert "dead letters: 1 records" in table
         assert "EndpointConnectionError" in table
+        assert "S3: FAILING since " in table
     finally:
         assert sp.stop(p) == 0
-    st = sp.status()  # and after the service stopped
+    st = sp.status()  # and after the service stopped (cleanly: "stopped at", not "NOT RUNNING")
     validate(st)
     assert st["service"]["running"] is False
     assert st["service"]["processes"]["upload"]["alive"] is False
-    assert "NOT RUNNING" in sp.cmd("status", check=True).stdout
+    assert {n: p["state"] for n, p in st["service"]["processes"].items()} == {"ingest": "stopped", "upload": "stopped"}
+    assert all(p["stopped_at"] <= st["time"] for p in st["service"]["processes"].values())
+    assert st["s3_health"]["state"] == "unknown"
+    table = sp.cmd("status", check=True).stdout
+    assert "NOT RUNNING" not in table
+    assert "ingest pid" in table and table.count(" stopped at ") == 2
 
 
 def test_status_before_the_first_run_matches_the_schema(make_spoolup):

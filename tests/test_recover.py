@@ -377,3 +377,23 @@ def test_run_performs_the_same_recovery_at_start(make_spoolup, s3):
     assert query(sp, "PRAGMA user_version") == [(2,)]
     assert_exact(s3, sp.bucket, files)
     assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag
+
+
+def test_dry_run_with_s3_down_never_says_the_bucket_agrees(make_spoolup):
+    """Issue 14, item 2: with S3 unreachable, recover --dry-run said "Nothing to repair:
+    journal, chunk files and bucket agree." and then that it could not reach the bucket."""
+    from helpers import free_port, wait_for
+
+    sp = make_spoolup(url=f"http://127.0.0.1:{free_port()}", **{"s3-timeout": 1})
+    write(sp.spool / "a.log", SMALL)
+    p = sp.start()
+    try:
+        wait_for(lambda: sp.status()["open_objects"], 60, what="the spool ingested")
+    finally:
+        assert sp.stop(p) == 0
+    for extra in (("--dry-run",), ()):
+        r = recover(sp, *extra)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "cannot reconcile with the bucket" in r.stdout
+        assert "bucket agree" not in r.stdout, r.stdout
+        assert "Nothing to repair in what could be checked; see the problems below." in r.stdout
