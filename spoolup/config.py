@@ -706,7 +706,9 @@ def unknown_option(name: str) -> str:
     """The message for an option that does not exist: the likely one it was meant to be."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(OPTIONS_BY_NAME), n=3, cutoff=0.6)
+    ratio = {o: difflib.SequenceMatcher(None, name, o).ratio() for o in OPTIONS_BY_NAME}
+    best = max(ratio.values())
+    close = sorted((o for o, r in ratio.items() if r >= 0.6 and r >= best - 0.15), key=lambda o: -ratio[o])[:3]
     if close:
         return f"unknown option; did you mean {' or '.join(repr(c) for c in close)}?"
     return ("unknown option; every option is in the README's configuration reference and in "

@@ -23,9 +23,7 @@ class S3Health:
     def __init__(self, journal: Journal, process: str = "upload"):
         self.journal = journal
         self.process = process
-        self.state = empty()
-        previous = journal.health(process) or {}
-        self.state["last_success"] = previous.get("last_success")  # a new process has not failed yet
+        self.state = empty()  # a new process: what it finds out itself, nothing older
         self.dirty = True
 
     @property

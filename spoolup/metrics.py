@@ -244,7 +244,7 @@ class JournalCollector:
         h = st["s3_health"]
         if h["state"] != "unknown":  # no live upload process: no S3 health to report (spoolup_upload_process_up)
             yield gauge("spoolup_s3_healthy", "1 if the upload process's last S3 call succeeded, 0 while they fail "
-                        "(wrong credentials, endpoint unreachable, ...); absent while no upload process is alive.",
+                        "(wrong credentials, endpoint unreachable, ...); absent while no upload process is alive or none of its calls answered yet.",
                         int(h["state"] == "ok"))
         yield gauge("spoolup_s3_failing_since_timestamp_seconds", "Unix time of the first failed S3 call after the "
                     "last success (0: not failing).", h["failing_since"] or 0)

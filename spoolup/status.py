@@ -147,11 +147,13 @@ def _sources(cfg: Config, j: Journal) -> tuple[int, list[dict[str, Any]]]:
 
 
 def _s3_health(j: Journal, upload: dict | None, now: float) -> dict[str, Any]:
-    """Whether the upload process's S3 calls succeed (spoolup.health): "ok", "failing", or
-    "unknown" while no upload process is alive (then the rest is the last known state)."""
+    """Whether the live upload process's S3 calls succeed (spoolup.health): "ok", "failing", or
+    "unknown" while no upload process is alive or none of its calls has answered yet (then
+    the rest is the last known state)."""
     h = {**health.empty(), **(j.health("upload") or {})}
     alive = bool(upload and upload["alive"])
-    state = "unknown" if not alive else "failing" if h["failing_since"] is not None else "ok"
+    state = ("unknown" if not alive else "failing" if h["failing_since"] is not None
+             else "ok" if h["last_success"] is not None else "unknown")
     fail = h["last_failure"]
     return {
         "state": state,
@@ -214,7 +216,7 @@ def _process(name: str, p: dict[str, Any], now: float) -> str:
     return f"{name} pid {p['pid']} NOT RUNNING (last seen {_age(p['last_seen_seconds'])} ago, no clean stop)"
 
 
-def _health(h: dict[str, Any], now: float) -> str:
+def _health(h: dict[str, Any], upload_alive: bool, now: float) -> str:
     fail = h["last_failure"]
     said = f"{fail['operation']}: {fail['code'] or 'error'}: {fail['message']}" if fail else ""
     if h["state"] == "failing":
@@ -222,6 +224,8 @@ def _health(h: dict[str, Any], now: float) -> str:
                 f"{h['failures']} failed calls, retrying): {said}")
     if h["state"] == "ok":
         return f"S3: ok (last success {_clock(h['last_success'], now)})"
+    if upload_alive:
+        return "S3: no answer yet to the upload process's first calls"
     if h["failing_since"] is not None:
         return f"S3: unknown (no upload process running); it was failing since {_clock(h['failing_since'], now)}: {said}"
     return "S3: unknown (no upload process running)"
@@ -246,7 +250,7 @@ def render(st: dict[str, Any]) -> str:
     procs = ", ".join(_process(n, p, now) for n, p in svc["processes"].items()) or "none seen"
     out.append(f"spoolup {st['spoolup_version']}  bucket {st['bucket']}  service "
                f"{'running' if svc['running'] else 'stopped'} ({procs})")
-    out.append(_health(st["s3_health"], now))
+    out.append(_health(st["s3_health"], svc["processes"].get("upload", {}).get("alive", False), now))
     out.append(f"backlog in spool: {_bytes(st['backlog_bytes'])}   pending parts: {st['pending_parts']['count']}/"
                f"{st['pending_parts']['cap']} ({_bytes(st['pending_parts']['bytes'])})   oldest pending: "
                f"{_age(st['oldest_pending_age_seconds'])}")

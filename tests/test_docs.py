@@ -35,3 +35,12 @@ def test_readme_test_command_is_what_ci_runs():
     command = "apt-get install -y syslog-ng-core strace && pip install '.[test]' && python -m pytest"
     assert command in readme and command in ci.splitlines()
     assert "pip install '.[demo]' && spoolup demo" in readme
+
+
+def test_readme_minimal_config_says_when_objects_appear():
+    """Issue 14, item 4: with the minimal config the bucket stayed empty for an hour, unexplained."""
+    readme = (ROOT / "README.md").read_text()
+    after = readme[readme.index("A minimal configuration:"):]
+    after = after[after.index("```", after.index("```toml") + 3):][:800]
+    assert "`flush-grace-period`" in after and "60 minutes by default" in after
+    assert "`spoolup status`" in after and "when it" in after and "completes" in after

@@ -152,3 +152,79 @@ def test_status_after_a_crash_reports_the_processes_dead(make_spoolup):
     assert {n: s["alive"] for n, s in st["service"]["processes"].items()} == {"ingest": False, "upload": False}
     assert [o["key"] for o in st["open_objects"]] == ["a.log"]
     assert "NOT RUNNING" in sp.cmd("status", check=True).stdout
+
+
+def test_open_objects_say_what_they_will_be_and_when_they_complete(make_spoolup, s3):
+    """Issue 14, item 4: with the README's minimal config (flush-grace-period 60 minutes, as
+    s3()), the bucket stays empty for an hour; status says so, per object."""
+    import time
+
+    from helpers import content_of  # noqa: F401 - (kept beside the other readers)
+
+    sp = make_spoolup(**{"object-key": "logs/{path}", "object-key-timestamp": "%Y%m%d%H"})
+    big = syslog_lines(60_000, width=200)  # ~12 MiB: two 5 MiB parts are uploaded while it stays open
+    (sp.spool / "big.log").write_bytes(big)
+    (sp.spool / "small.log").write_bytes(syslog_lines(10))
+    p = sp.start()
+    try:
+        st = wait_for(lambda: (s := sp.status()) and len(s["open_objects"]) == 2
+                      and {o["key"]: o for o in s["open_objects"]}["logs/big.log"]["parts_uploaded"] == 2 and s,
+                      90, what="two parts of the open object uploaded")
+        validate(st)
+        objs = {o["key"]: o for o in st["open_objects"]}
+        big_obj, small_obj = objs["logs/big.log"], objs["logs/small.log"]
+        ts = big_obj["timestamp"]
+        assert len(ts) == 10 and ts == time.strftime("%Y%m%d%H", time.localtime(st["time"] - big_obj["age_seconds"]))
+        assert big_obj["expected_key"] == f"logs/big.log-{ts}"  # claimed: its final key
+        assert big_obj["final_key"] == big_obj["expected_key"]
+        assert small_obj["final_key"] is None and small_obj["expected_key"] == f"logs/small.log-{small_obj['timestamp']}"
+        assert big_obj["bytes"] == len(big) and big_obj["bytes_uploaded"] == 2 * 5 * MiB
+        assert small_obj["parts_uploaded"] == 0 and small_obj["bytes_uploaded"] == 0
+        for o in (big_obj, small_obj):
+            c = o["completes"]
+            last_record = st["time"] - o["idle_seconds"]
+            assert abs(c["grace_at"] - (last_record + 3600)) < 0.01  # flush-grace-period: 60 minutes
+            assert c["size_remaining_bytes"] == 5 * 1024 ** 4 - o["bytes"]
+            assert c["on_newer_timestamp"] is True
+        assert list_keys(s3, sp.bucket) == []  # nothing in the bucket yet, as status says
+
+        table = sp.cmd("status", check=True).stdout
+        at = time.strftime("%H:%M:%S", time.localtime(big_obj["completes"]["grace_at"]))
+        assert (f"  logs/big.log-{ts}: {len(big) / MiB:.1f}MiB, 60000 records, 2 parts (10.0MiB) uploaded") in table
+        assert f"completes at {at} (flush-grace-period after the last record), at 5.0TiB (max-object-size) " \
+               "or on a newer timestamp" in table
+        assert f"  logs/small.log-{ts} (index claimed at upload): " in table
+    finally:
+        assert sp.stop(p) == 0
+
+
+def test_human_status_lists_spool_files_with_backlog_and_needing_attention(make_spoolup):
+    """Issue 14, item 6: path, bytes, reason, since when."""
+    import time
+
+    dead = f"http://127.0.0.1:{free_port()}"  # uploads fail: at the cap, the backlog stays in the spool
+    sp = make_spoolup(**{"url": dead, "s3-timeout": 1, "max-pending-uploads": 1})
+    backlog = syslog_lines(100_000, width=200)  # ~20 MiB
+    (sp.spool / "backlog.log").write_bytes(backlog)
+    (sp.spool / "bad\x01name.log").write_bytes(syslog_lines(5))  # no valid key: refused
+    p = sp.start()
+    try:
+        st = wait_for(lambda: (s := sp.status())["pending_parts"]["count"] == 1
+                      and any(x["state"] == "refused" for x in s["sources_needing_attention"]) and s,
+                      60, what="the cap reached and the refused file")
+        validate(st)
+        files = {s["path"]: s for s in st["sources_needing_attention"]}
+        waiting = files["backlog.log"]
+        assert waiting["state"] == "active" and waiting["since"] is None
+        assert 0 < waiting["backlog_bytes"] == len(backlog) - waiting["offset"]
+        refused = files["bad\x01name.log"]
+        assert refused["state"] == "refused" and "the file stays in the spool" in refused["error"]
+        assert refused["since"] <= st["time"]
+        table = sp.cmd("status", check=True).stdout
+        assert "spool files with a backlog (1):" in table
+        assert "  backlog.log: " in table and f"not read yet (of {len(backlog) / MiB:.1f}MiB)" in table
+        since = time.strftime("%H:%M:%S", time.localtime(refused["since"]))
+        assert "spool files needing attention (1):" in table
+        assert f"  bad\x01name.log: refused since {since}, {len(syslog_lines(5))}B: object key" in table
+    finally:
+        assert sp.stop(p) == 0
