@@ -1,13 +1,81 @@
-"""pytest fixtures; the machinery lives in helpers.py."""
+"""pytest fixtures; the machinery lives in helpers.py and localrgw.py.
+
+S3 endpoints: `moto` (a moto server per worker) and `rgw` (one Ceph RGW cluster
+per test session, shared by all pytest-xdist workers).  `s3server` is the one a
+test talks to through `s3` and `make_spoolup`: moto, unless the test (or its
+module) is marked `s3_servers("moto", "rgw")`; then it runs once per server, as
+test[moto] and test[rgw].  `xfail_rgw(reason, **params)` marks the rgw run of
+such a test (only for the given parameter values, if any) as a strict xfail: a
+known spoolup bug on RGW, visible until it is fixed.
+
+A module that sets STATE_FILESYSTEMS (e.g. helpers.STATE_FILESYSTEMS) runs each
+of its spoolup tests once per filesystem of the state dir; with s3_servers too,
+moto runs on every filesystem and the other servers on the first ("disk") only.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 
 import pytest
 
-from helpers import MotoServer, Spoolup, mounted, s3_client
+import localrgw
+from helpers import ACCESS_KEY, SECRET_KEY, MotoServer, S3Server, Spoolup, mounted
+
+SERVERS = ("moto", "rgw")
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the main process; xdist workers inherit the variable
+        os.environ["RGW_FIXTURE_OWNER_PID"] = str(os.getpid())
+
+
+def pytest_generate_tests(metafunc):
+    names = metafunc.fixturenames
+    marker = metafunc.definition.get_closest_marker("s3_servers")
+    servers = tuple(marker.args or SERVERS) if marker is not None and "s3server" in names else ()
+    assert set(servers) <= set(SERVERS), f"s3_servers: unknown server in {servers}"
+    kinds = tuple(getattr(metafunc.module, "STATE_FILESYSTEMS", None) or ()) if "state_fs" in names else ()
+    if servers and kinds:
+        combos = [(server, kinds[0]) for server in servers] + [(servers[0], kind) for kind in kinds[1:]]
+        metafunc.parametrize(("s3server", "state_fs"), combos, indirect=True, ids=[f"{s}-{k}" for s, k in combos])
+    elif servers:
+        metafunc.parametrize("s3server", servers, indirect=True)
+    elif kinds:
+        metafunc.parametrize("state_fs", kinds, indirect=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("s3server") != "rgw":
+            continue
+        for marker in item.iter_markers("xfail_rgw"):
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            when = {k: v for k, v in marker.kwargs.items() if k != "reason"}
+            if all(callspec.params.get(k) == v for k, v in when.items()):
+                item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+                break
+
+
+def _session_root(tmp_path_factory):
+    """The directory shared by every worker of this session (the xdist pattern); without
+    xdist, the session's own temp dir."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput"):
+        return  # workers leave the shared cluster to the main process
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    root = factory.getbasetemp()  # the workers' _session_root(): their basetemps are inside it
+    if (root / "rgw.json").exists():
+        localrgw.stop_shared_rgw(root)
 
 
 @pytest.fixture(scope="session")
@@ -28,22 +96,38 @@ def checking_moto(tmp_path_factory) -> MotoServer:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory) -> S3Server:
+    """The session's Ceph RGW (started on first use).  Missing Ceph packages fail the
+    test under CI and skip it, visibly, elsewhere."""
+    missing = localrgw.missing_binaries()
+    if missing:
+        why = f"{', '.join(missing)} not on PATH ({localrgw.INSTALL})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: CI must run the tests against Ceph RGW (.ci/run installs it)")
+        pytest.skip(f"{why}; CI is unset, so skipping the test against Ceph RGW")
+    owner = int(os.environ.get("RGW_FIXTURE_OWNER_PID", os.getpid()))
+    info = localrgw.shared_rgw(_session_root(tmp_path_factory), ACCESS_KEY, SECRET_KEY, owner)
+    return S3Server("rgw", info["url"], info["access_key"], info["secret_key"])
+
+
 @pytest.fixture
-def s3(moto):
-    return s3_client(moto.url)
+def s3server(request) -> S3Server:
+    """The S3 endpoint of this test: moto, or each of s3_servers(...) in turn."""
+    name = getattr(request, "param", "moto")
+    if name == "rgw":
+        return request.getfixturevalue("rgw")
+    return S3Server("moto", request.getfixturevalue("moto").url)
+
+
+@pytest.fixture
+def s3(s3server):
+    return s3server.client()
 
 
 @pytest.fixture
 def bucket() -> str:
     return f"t-{uuid.uuid4().hex[:16]}"
-
-
-def pytest_generate_tests(metafunc):
-    """A module that sets STATE_FILESYSTEMS (e.g. helpers.STATE_FILESYSTEMS) runs each of its
-    spoolup tests once per filesystem of the state dir."""
-    kinds = getattr(metafunc.module, "STATE_FILESYSTEMS", None)
-    if kinds and "state_fs" in metafunc.fixturenames:
-        metafunc.parametrize("state_fs", kinds, indirect=True)
 
 
 @pytest.fixture
@@ -54,7 +138,7 @@ def state_fs(request) -> str:
 
 
 @pytest.fixture
-def make_spoolup(tmp_path, moto, bucket, state_fs):
+def make_spoolup(tmp_path, s3server, bucket, state_fs):
     made: list[Spoolup] = []
     with contextlib.ExitStack() as mounts:
 
@@ -63,7 +147,9 @@ def make_spoolup(tmp_path, moto, bucket, state_fs):
             state_dir = options.pop("state_dir", None)
             if state_dir is None and state_fs != "disk":
                 state_dir = mounts.enter_context(mounted(state_fs, base / "state"))
-            sp = Spoolup(base, options.pop("url", moto.url), options.pop("bucket", bucket),
+            options.setdefault("access-key", s3server.access_key)
+            options.setdefault("secret-key", s3server.secret_key)
+            sp = Spoolup(base, options.pop("url", s3server.url), options.pop("bucket", bucket),
                          state_dir=state_dir, **options)
             made.append(sp)
             return sp
@@ -73,5 +159,3 @@ def make_spoolup(tmp_path, moto, bucket, state_fs):
         finally:
             for sp in made:
                 sp.cleanup()
-
-

@@ -32,8 +32,13 @@ def test_example_config_is_current_and_loads(tmp_path):
 def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = "apt-get install -y syslog-ng-core strace && pip install '.[test]' && python -m pytest"
-    assert command in readme and command in ci.splitlines()
+    command = "bash tests/setup.sh && python -m pytest -n 2"
+    assert f"```sh\n{command}\n```" in readme.split("Run the tests", 1)[1]
+    assert command in ci.splitlines()
+    setup = (ROOT / "tests" / "setup.sh").read_text()
+    for package in ("syslog-ng-core", "strace", "ceph-mon", "ceph-osd", "ceph-mgr", "radosgw", "ceph-common",
+                    "'.[test]'"):
+        assert package in setup, package
     assert "pip install '.[demo]' && spoolup demo" in readme
 
 
