@@ -164,6 +164,7 @@ def _reap(directory: Path, owner_pid: int) -> None:
             break
         time.sleep(1)
     LocalRGW(directory, "", "").stop()
+    (directory.parent / "rgw.json").unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:
