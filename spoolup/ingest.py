@@ -67,6 +67,7 @@ class Ingest:
         self._ts_cache: tuple[int, str] = (-1, "")
         self.stats = {"bytes": 0, "records": 0}
         self._envelope = envelope.Parser(cfg.object_key)
+        self._restored = True  # False from a rollback until the journaled state is back (restore())
 
     # -- state ---------------------------------------------------------------------
 
@@ -106,6 +107,7 @@ class Ingest:
 
     def pump(self, sources: list[Source], now: float, *, budget: int | None = None) -> int:
         """Read what is ready in `sources`, within `budget` bytes; commit as we go."""
+        self._ready()
         if budget is None:
             budget = self.batch_limit * 4
         consumed = 0
@@ -358,6 +360,7 @@ class Ingest:
 
     def expire(self, now: float) -> int:
         """Complete objects without a new record for flush-grace-period."""
+        self._ready()
         stale = objects.expired(list(self.open.values()), now, self.cfg.grace_seconds)
         for obj in stale:
             self._close(obj, "flush-grace-period", now)
@@ -366,6 +369,7 @@ class Ingest:
         return len(stale)
 
     def close_all(self, reason: str, now: float) -> int:
+        self._ready()
         n = len(self.open)
         for obj in list(self.open.values()):
             self._close(obj, reason, now)
@@ -375,6 +379,7 @@ class Ingest:
     # -- committing --------------------------------------------------------------------------
 
     def flush(self) -> None:
+        self._ready()
         if not self.batch:
             return
         crash.point("after-chunk-write")
@@ -396,15 +401,32 @@ class Ingest:
 
     def rollback(self) -> None:
         """The batch in progress could not be made durable (the state dir's disk is full):
-        abandon it and go back to exactly what the journal says.  Chunk files are cut back to
-        their journaled lengths (which frees the space the batch took), spool offsets return to
-        their journaled values, open objects are reloaded; the same spool bytes are read again
-        on the next try, in smaller batches for a while, so that progress is possible in
-        whatever space there is.  Nothing journaled is touched."""
-        from spoolup import recover
-
+        abandon it and go back to exactly what the journal says.  First, in memory only (this
+        cannot fail): the batch, the open objects and every file's written length are
+        dropped, so nothing of the abandoned batch can be committed any more.  Then restore()
+        reloads the journaled state and cuts the chunk files back to their journaled lengths
+        (which frees the space the batch took).  The same spool bytes are read again on the
+        next try, in smaller batches for a while, so that progress is possible in whatever
+        space there is.  Nothing journaled is touched."""
+        self._restored = False
+        self.batch = Batch()
+        self.batch_bytes = 0
+        self._sealed_in_batch = []
+        self.open.clear()
+        self.open_by_key.clear()
+        self.newest.clear()
         self.store.discard()
         self.dead.discard()
+        self.batch_limit = max(self.batch_limit // 4, MIN_BATCH_BYTES)
+        self.restore()
+
+    def restore(self) -> None:
+        """The I/O half of rollback(): may fail (the truncation, the syncfs after it, the
+        journal reads).  Until it succeeds nothing is read, written or committed -- every entry
+        point (pump, expire, close_all, flush) tries it again first -- so a failed rollback
+        restarts from the journal instead of carrying on with the abandoned batch."""
+        from spoolup import recover
+
         report = recover.Report()
         recover.reconcile_chunks(self.cfg, self.journal, report, dry_run=False)
         for action in report.lines:
@@ -415,8 +437,14 @@ class Ingest:
         self.open.clear()
         self.open_by_key.clear()
         self.newest.clear()
-        self.batch = Batch()
-        self.batch_bytes = 0
-        self._sealed_in_batch = []
-        self.batch_limit = max(self.batch_limit // 4, MIN_BATCH_BYTES)
         self.load()
+        self._restored = True
+
+    @property
+    def restored(self) -> bool:
+        """False after a rollback whose restore() has not succeeded yet."""
+        return self._restored
+
+    def _ready(self) -> None:
+        if not self._restored:
+            self.restore()

@@ -290,9 +290,12 @@ class Service:
                         # a moment rather than commit (and sync) a tiny batch per write
                         self.stop.wait(PACE_SECONDS)
                 except (OSError, sqlite3.Error) as e:
-                    if not disk_full(e):
+                    if disk_full(e):
+                        self._disk_full(e)
+                    elif not ingest.restored:  # a rollback's restore failed again: keep trying
+                        self._not_restored(e)
+                    else:
                         raise
-                    self._disk_full(e)
             if drain:  # stopped by a signal before everything was shipped
                 self.log.warning("drain interrupted by a stop signal; what was not shipped yet is shipped "
                                  "by the next run or drain")
@@ -304,7 +307,7 @@ class Service:
             try:
                 ingest.flush()
             except (OSError, sqlite3.Error) as e:
-                if not disk_full(e):
+                if not disk_full(e) and ingest.restored:
                     raise
                 self.log.error("state dir disk full at stop: the last batch is read again at the next start",
                                error=str(e))
@@ -330,6 +333,19 @@ class Service:
             self.log.error("disk full: could not go back to the journaled state yet; retrying", error=str(again))
         with contextlib.suppress(Exception):
             self.journal.record_error("ingest", "write", "ENOSPC", message)
+        self._pause(delay)
+
+    def _not_restored(self, e: Exception) -> None:
+        """Going back to the journaled state after a disk-full failed again (the truncation or
+        the sync after it; e.g. EIO from a device that ran out of space): nothing is read or
+        committed until it succeeds; try again with the same growing delay."""
+        self.full_streak += 1
+        delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(self.full_streak - 1, 10))
+        self.log.error("disk full: could not go back to the journaled state yet; retrying", error=str(e),
+                       retry_in=delay)
+        self._pause(delay)
+
+    def _pause(self, delay: float) -> None:
         until = time.monotonic() + delay
         while not self.stop.is_set() and time.monotonic() < until:
             time.sleep(0.05)  # (not stop.wait(): the stop signal's handler sets `stop`, and must never

@@ -162,12 +162,12 @@ def need_root(what: str) -> None:
 
 
 @contextlib.contextmanager
-def mounted(fstype: str, path: Path, options: str = "mode=0700"):
+def mounted(fstype: str, path: Path, options: str = "mode=0700", source: str | None = None):
     """A real filesystem of type `fstype` (ramfs, tmpfs, ...) mounted at `path` for the
     duration; unmounted (lazily, if something still holds it) afterwards."""
     need_root(f"a state dir on {fstype}")
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", fstype, "-o", options, f"spoolup-test-{fstype}", str(path)],
+    r = subprocess.run(["mount", "-t", fstype, "-o", options, source or f"spoolup-test-{fstype}", str(path)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         import pytest

@@ -8,6 +8,7 @@ Mounting needs root; elsewhere the test is skipped with the reason shown (under 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from crashkit import assert_exact, noisy_lines, write
+from crashkit import consumed
 from helpers import mounted, syslog_lines, wait_for
 
 FILES = {
@@ -126,5 +128,38 @@ def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_stat
         filler.unlink()  # space returns
         drained_by_the_service(sp, p)
     finally:
+        code = sp.stop(p)
+    assert_recovered(sp, p, code, s3, tiny_state_dir)
+
+
+def test_a_rollback_that_fails_restarts_from_the_journal(make_spoolup, s3, tiny_state_dir):
+    """The disk fills in the middle of a batch, and the rollback that follows fails as well:
+    its truncation of the chunk files is refused (EPERM here: the open chunk files were made
+    immutable, `chattr +i`, which spoolup's open descriptors still write through; no Linux
+    filesystem at hand refuses a shrinking truncate with ENOSPC).  Ingest must not carry on
+    with the abandoned batch -- its spool offsets, its chunk lengths, a block's zero padding
+    taken for data -- but try the rollback again until it succeeds, and then ship every
+    record exactly once."""
+    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5}, state_dir=tiny_state_dir)
+    first = {name: data[: data.index(b"\n", len(data) // 8) + 1] for name, data in FILES.items()}
+    for name, data in first.items():
+        write(sp.spool / name, data)
+    p = sp.start()
+    chunks = tiny_state_dir / "chunks"
+    try:
+        wait_for(lambda: consumed(sp) == sum(map(len, first.values())), 60, what="the first records journaled")
+        immutable = [str(f) for f in chunks.iterdir()]
+        subprocess.run(["chattr", "+i", *immutable], check=True)
+        for name, data in FILES.items():
+            write(sp.spool / name, data[len(first[name]):], "ab")
+        wait_for(lambda: "could not go back to the journaled state" in sp.log_text() or None, 60,
+                 what="the failed rollback in the log")
+        subprocess.run(["chattr", "-i", *immutable], check=True)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_state_dir)], check=True)  # room again
+        assert p.poll() is None, sp.log_text()[-3000:]
+        drained_by_the_service(sp, p)
+    finally:
+        with contextlib.suppress(Exception):
+            subprocess.run(["chattr", "-R", "-i", str(chunks)], capture_output=True)
         code = sp.stop(p)
     assert_recovered(sp, p, code, s3, tiny_state_dir)
