@@ -27,6 +27,7 @@ from spoolup.deadletter import DeadLetters
 from spoolup.ingest import Ingest
 from spoolup.journal import Journal, JournalError, disk_full
 from spoolup.lock import StateLock
+from spoolup.progress import DrainProgress, unshipped_bytes
 from spoolup.spool import DATA_POLL, REAPING, Spool, Watcher
 
 HEARTBEAT_EVERY = 2.0
@@ -232,6 +233,7 @@ class Service:
         watcher = Watcher(cfg.spool_dir, self.log)
         last = {"scan": 0.0, "expire": 0.0, "reap": 0.0, "beat": 0.0}
         drain_state: DrainState | None = None
+        progress = DrainProgress(self.log) if drain else None
         deadline = time.monotonic() + drain_timeout if drain_timeout else None
         self.log.info("spoolup running", spool_dir=str(cfg.spool_dir), bucket=cfg.bucket, format=cfg.format,
                       mode="drain" if drain else "run")
@@ -263,7 +265,10 @@ class Service:
                         ingest.expire(now)
                         last["expire"] = now
                     if drain_state is not None:
-                        if self._drain_step(drain_state, consumed, now):
+                        finished = self._drain_step(drain_state, consumed, now)
+                        if progress is not None:
+                            progress.update(self._drain_remaining(drain_state), final=finished)
+                        if finished:
                             if drain:
                                 self._reap(time.time())
                                 return 0
@@ -302,6 +307,8 @@ class Service:
                 return 1
             return 0
         finally:
+            if progress is not None and progress.shown:
+                progress.stream.write("\n")  # leave the last progress line standing
             systemd.notify("STOPPING=1")
             watcher.stop()
             try:
@@ -376,6 +383,14 @@ class Service:
             "SELECT count(*) FROM objects WHERE state != 'done' AND id <= ?", (state.closed_through,)
         ).fetchone()[0]
         return left == 0
+
+    def _drain_remaining(self, state: DrainState) -> int:
+        """Record bytes the drain has still to ship: unread spool bytes it covers, and chunks
+        not yet uploaded."""
+        unread = 0
+        if state.closed_through is None:
+            unread = sum(max(state.snapshot[s.id] - s.offset, 0) for s in self.spool.active() if s.id in state.snapshot)
+        return unread + unshipped_bytes(self.journal)
 
     def _has_record(self, src) -> bool:
         fd = self.spool.fd(src)

@@ -398,10 +398,12 @@ class Uploader:
             self.stats["objects"] += 1
             metrics.object_uploaded()
             obj = j.object(result.object_id)
-            self.log.info("object completed", key=obj.final_key, bytes=obj.size, records=obj.records,
-                          how=result.how, close_reason=obj.close_reason)
             oid = result.object_id
             parts = j.conn.execute("SELECT coalesce(max(part), 0) FROM chunks WHERE object_id = ?", (oid,)).fetchone()[0]
+            # seconds: from its close (it was complete on the spoolup side) to complete in the bucket
+            self.log.info("object completed", key=obj.final_key, bytes=obj.size, parts=parts,
+                          seconds=round(time.time() - (obj.closed_at or obj.created), 3), records=obj.records,
+                          how=result.how, close_reason=obj.close_reason)
             self._after_commit.append(lambda: crash.point("after-object-done"))
             self._after_commit.append(lambda: remove_chunk_files(self.cfg.chunk_dir, oid, parts))
         elif isinstance(result, KeyTaken):
