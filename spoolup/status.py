@@ -98,7 +98,8 @@ def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
             expected = r["final_key"]
         else:  # claimed at the first upload: the next index after the last one, unless the bucket holds it
             prev = last_index.get((r["key"], r["ts"]))
-            expected = keys.final_key(r["key"], r["ts"], 0 if prev is None else prev + 1, cfg.key_suffix)
+            expected = keys.final_key(r["key"], r["ts"], 0 if prev is None else prev + 1,
+                                      (r["key_suffix"] or "") + cfg.key_suffix)
         out.append({
             "key": r["key"],
             "timestamp": r["ts"],
