@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from helpers import get, syslog_lines
-from spoolup.progress import _bytes
+from spoolup.status import _bytes  # the same units as the progress line
 
 MiB = 1024 * 1024
 
