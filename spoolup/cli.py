@@ -169,14 +169,19 @@ def _drain_via_service(cfg, args, log) -> int:
     """`spoolup run` holds the state dir: ask it to drain, and wait for it."""
     from spoolup.journal import Journal
 
+    from spoolup.progress import DrainProgress, pending_bytes
+
     journal = Journal.open(cfg.journal_path, fsync=cfg.fsync, create=False, migrate=False)
+    progress = DrainProgress(log)
     try:
         request = journal.add_request("drain")
         log.info("asked the running service to drain", request=request)
         deadline = time.monotonic() + args.timeout if args.timeout else None
         while True:
             row = journal.request(request)
-            if row and row["done_at"]:
+            done = bool(row and row["done_at"])
+            progress.update(0 if done else pending_bytes(journal), final=done)
+            if done:
                 print("drained by the running service: nothing pending")
                 return EXIT_OK
             if deadline is not None and time.monotonic() > deadline:
@@ -190,6 +195,8 @@ def _drain_via_service(cfg, args, log) -> int:
                 return EXIT_FAILURE
             time.sleep(0.2)
     finally:
+        if progress.shown:
+            progress.stream.write("\n")
         journal.close()
 
 

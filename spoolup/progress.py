@@ -40,6 +40,14 @@ def unshipped_bytes(journal) -> int:
         "WHERE o.state != 'done' AND c.state != 'uploaded'").fetchone()[0]
 
 
+def pending_bytes(journal) -> int:
+    """What a running service has still to ship, as its journal says: unshipped chunk bytes
+    and the spool bytes of active files not read yet (as of the service's last look)."""
+    unread = journal.conn.execute(
+        "SELECT coalesce(sum(max(size - offset, 0)), 0) FROM sources WHERE state = 'active'").fetchone()[0]
+    return unread + unshipped_bytes(journal)
+
+
 class DrainProgress:
     def __init__(self, log, *, stream=None, tty: bool | None = None):
         self.log = log

@@ -88,10 +88,22 @@ def moto(tmp_path_factory) -> MotoServer:
 
 @pytest.fixture(scope="session")
 def checking_moto(tmp_path_factory) -> MotoServer:
-    """A moto server that checks credentials as S3 does (an unknown access key: 403 InvalidAccessKeyId)."""
+    """A moto server that checks credentials as S3 does (an unknown access key: 403 InvalidAccessKeyId;
+    a wrong secret: 403 SignatureDoesNotMatch); `access_key`/`secret_key` are valid there."""
+    import json
+
+    import boto3
+
     server = MotoServer(tmp_path_factory.mktemp("moto-auth"))
-    server.env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server.env = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"}  # the three IAM calls below, then every call is checked
     server.start()
+    iam = boto3.client("iam", endpoint_url=server.url, aws_access_key_id="setup", aws_secret_access_key="setup",
+                       region_name="us-east-1")
+    iam.create_user(UserName="spoolup")
+    key = iam.create_access_key(UserName="spoolup")["AccessKey"]
+    iam.put_user_policy(UserName="spoolup", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    server.access_key, server.secret_key = key["AccessKeyId"], key["SecretAccessKey"]  # valid there
     yield server
     server.stop()
 

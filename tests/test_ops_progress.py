@@ -102,3 +102,23 @@ def test_drain_on_a_terminal_shows_a_progress_line(make_spoolup, s3):
     assert "drain progress" not in text  # the line, not JSON events
     assert "drained: nothing pending" in text
     assert all(get(s3, sp.bucket, k) == v for k, v in files.items())
+
+
+def test_drain_through_a_running_service_reports_progress_too(make_spoolup, s3):
+    from helpers import wait_for
+
+    sp = make_spoolup(**{"object-key": "{name}"})  # flush-grace-period 60 min: the objects stay open
+    files = spool_two_files(sp)
+    p = sp.start()
+    try:
+        wait_for(lambda: sum(o["bytes"] for o in sp.status()["open_objects"]) == sum(map(len, files.values())),
+                 60, what="the spool ingested by the service")
+        r = sp.drain()
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "drained by the running service" in r.stdout
+        progress = events(r.stderr, "drain progress")
+        assert progress and progress[-1]["done"] is True
+        assert progress[-1]["shipped_bytes"] == progress[-1]["total_bytes"] > 0
+        assert all(get(s3, sp.bucket, k) == v for k, v in files.items())
+    finally:
+        assert sp.stop(p) == 0
