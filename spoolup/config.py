@@ -528,6 +528,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("poll-interval", parse_seconds, 1.0, "Seconds between spool rescans (watchdog events come sooner)."),
     Option("s3-timeout", parse_seconds, 60.0, "Seconds before an S3 connection or read times out (then retried)."),
     Option("retry-max-delay", parse_seconds, 30.0, "Longest backoff in seconds between retries of a failed S3 call."),
+    Option(
+        "quarantine-retry",
+        parse_seconds,
+        300.0,
+        "Longest delay in seconds between retries of a quarantined spool entry (unreadable, not a regular "
+        "file, cannot be deleted); the first retry is after 1 s, then the delay doubles.",
+    ),
+    Option(
+        "max-open-files",
+        int_range(16, 1_000_000),
+        1024,
+        "Descriptors each process keeps open for spool files and for chunk files (least recently used closed "
+        "first); also kept 64 under the process's RLIMIT_NOFILE.",
+    ),
     Option("shutdown-timeout", parse_seconds, 30.0, "Seconds in-flight uploads get to finish on SIGTERM."),
     Option(
         "conditional-writes",
@@ -580,6 +594,8 @@ class Config:
     poll_interval: float
     s3_timeout: float
     retry_max_delay: float
+    quarantine_retry: float
+    max_open_files: int
     shutdown_timeout: float
     conditional_writes: str
     log_level: str

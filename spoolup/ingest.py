@@ -115,7 +115,7 @@ class Ingest:
         for src in sources:
             if self.at_cap() or consumed >= budget:
                 break
-            if src.state != "active":
+            if src.state != "active" or not self.spool.readable(src, now):
                 continue
             consumed += self._read(src, now, budget - consumed)
             if self.batch_bytes >= self.batch_limit:
@@ -129,8 +129,9 @@ class Ingest:
             return 0
         self.spool.refresh(src)
         consumed = 0
-        while consumed < budget and not self.at_cap() and src.state == "active" and src.offset < src.size:
-            data = os.pread(fd, min(BLOCK, src.size - src.offset), src.offset)
+        while (consumed < budget and not self.at_cap() and src.state == "active" and src.offset < src.size
+               and self.spool.readable(src, now)):
+            data = self.spool.pread(src, fd, min(BLOCK, src.size - src.offset), src.offset)
             if not data:
                 break
             end = data.rfind(b"\n") + 1
@@ -164,7 +165,9 @@ class Ingest:
             parts = [data]
             pos = src.offset + len(data)
             while pos < src.size:
-                block = os.pread(fd, min(BLOCK, src.size - pos), pos)
+                block = self.spool.pread(src, fd, min(BLOCK, src.size - pos), pos)
+                if block is None:
+                    return data, 0
                 if not block:
                     break
                 parts.append(block)
@@ -174,8 +177,9 @@ class Ingest:
                     whole = b"".join(parts)
                     return whole, len(whole) - len(block) + nl + 1
                 if pos - src.offset > MAX_RECORD:
-                    self.spool._set_state(src, "error", f"a record at offset {src.offset} is longer than "
-                                          f"{MAX_RECORD} bytes; split it or move the file out of the spool")
+                    self.spool.quarantine(src.path, "record-too-long", f"a record at offset {src.offset} is longer "
+                                          f"than {MAX_RECORD} bytes; split it or move the file out of the spool",
+                                          src=src)
                     return data, 0
             data = b"".join(parts)
         if self._tail_is_final(src, now):

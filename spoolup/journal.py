@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from spoolup.files import fsync_dir, fsync_path
+from spoolup.quarantine import Entry
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -397,7 +398,7 @@ class Journal:
         with self.transaction():
             cur = self.conn.execute(
                 "INSERT INTO sources (dev, ino, path, key_path, mtime, first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (dev, ino, path, path, mtime, now, now),
+                (dev, ino, db_path(path), db_path(path), mtime, now, now),
             )
         return SourceRow(cur.lastrowid, dev, ino, path, path, 0, 0, mtime, "active", None)
 
@@ -411,7 +412,7 @@ class Journal:
             args.append(error)
         if path is not None:
             sets.append("path = ?")
-            args.append(path)
+            args.append(db_path(path))
         with self.transaction():
             self.conn.execute(f"UPDATE sources SET {', '.join(sets)} WHERE id = ?", (*args, source_id))
 
@@ -429,6 +430,27 @@ class Journal:
                 "UPDATE sources SET state = 'reaped', updated = ? WHERE id = ?", (time.time(), source_id)
             )
             self.conn.execute("DELETE FROM source_objects WHERE source_id = ?", (source_id,))
+
+    # -- quarantine (spoolup/quarantine.py) -------------------------------------
+
+    def quarantined(self) -> list[Entry]:
+        rows = self.conn.execute("SELECT * FROM quarantine ORDER BY since, path").fetchall()
+        return [Entry(fs_path(r["path"]), r["reason"], r["message"], r["since"], r["next_retry"], r["attempts"],
+                      r["source_id"], r["key"]) for r in rows]
+
+    def set_quarantine(self, e: Entry) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO quarantine (path, source_id, key, reason, message, since, next_retry, attempts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET source_id = excluded.source_id, "
+                "key = excluded.key, reason = excluded.reason, message = excluded.message, since = excluded.since, "
+                "next_retry = excluded.next_retry, attempts = excluded.attempts",
+                (db_path(e.path), e.source_id, e.key, e.reason, e.message, e.since, e.next_retry, e.attempts),
+            )
+
+    def clear_quarantine(self, path: str) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM quarantine WHERE path = ?", (db_path(path),))
 
     # -- objects and chunks (ingest) -------------------------------------------
 
@@ -496,7 +518,7 @@ class Journal:
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source_id) DO UPDATE SET path = excluded.path, "
                     "records = records + excluded.records, bytes = bytes + excluded.bytes, "
                     "last_at = excluded.last_at, last_reason = excluded.last_reason",
-                    [(sid, p, n, b, now, r) for sid, (p, n, b, r) in batch.dead_letters.items()],
+                    [(sid, db_path(p), n, b, now, r) for sid, (p, n, b, r) in batch.dead_letters.items()],
                 )
             if batch.counters:
                 self.bump_counters(batch.counters)
@@ -706,9 +728,25 @@ def peek(path: Path, sql: str, default=None):
         return default
 
 
+def db_path(path: str) -> str | bytes:
+    """A spool path as the journal stores it: text, or (a name that is not UTF-8, which
+    Python holds with surrogate escapes) its bytes as a BLOB."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def fs_path(value: str | bytes) -> str:
+    """The journal's path back as Python's str for the filesystem (surrogate escapes)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def _source(r: sqlite3.Row) -> SourceRow:
     return SourceRow(
-        r["id"], r["dev"], r["ino"], r["path"], r["key_path"], r["offset"], r["size"], r["mtime"], r["state"], r["error"]
+        r["id"], r["dev"], r["ino"], fs_path(r["path"]), fs_path(r["key_path"]), r["offset"], r["size"], r["mtime"],
+        r["state"], r["error"]
     )
 
 

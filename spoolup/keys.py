@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import string
 import time
@@ -96,9 +97,20 @@ def timestamp_sort_problem(template: str) -> str | None:
                         "largest unit first, such as \"%Y%m%d%H\"")
             prev_t, prev = t, cur
     return None
+def printable(rel_path: str) -> str:
+    """A spool path as text: a file name that is not UTF-8 (held by Python with surrogate
+    escapes) shows each such byte as the text \\xNN, as syslog-ng's format-json escapes
+    message bytes.  This is the rule for keys rendered from such names, and how logs and
+    `status` show them."""
+    try:
+        rel_path.encode("utf-8")
+        return rel_path
+    except UnicodeEncodeError:
+        return os.fsencode(rel_path).decode("utf-8", "backslashreplace")
 
 
 def render_lines(template: str, rel_path: str) -> str:
+    rel_path = printable(rel_path)
     directory, name = posixpath.split(rel_path)
     return template.format_map({"path": rel_path, "dir": directory, "name": name})
 

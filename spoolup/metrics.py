@@ -230,9 +230,18 @@ class JournalCollector:
                     sum(o["bytes"] for o in st["open_objects"]))
         yield gauge("spoolup_closed_objects_pending", "Closed objects not yet completed in the bucket.",
                     st["closed_objects_pending"]["count"])
+        attention = st["sources_needing_attention"]
         yield gauge("spoolup_sources_needing_attention",
-                    "Spool files spoolup does not read (truncated, replaced, refused key); see `spoolup status`.",
-                    sum(1 for s in st["sources_needing_attention"] if s["state"] != "active"))
+                    "Quarantined spool entries (not read, or not deleted): the entries of `spoolup status`'s "
+                    "sources_needing_attention.", len(attention))
+        q = GaugeMetricFamily("spoolup_quarantined", "Quarantined spool entries by reason (see docs/operations.md).",
+                              labels=["reason"])
+        by_reason: dict[str, int] = {}
+        for a in attention:
+            by_reason[a["quarantine"]["reason"]] = by_reason.get(a["quarantine"]["reason"], 0) + 1
+        for reason, n in sorted(by_reason.items()):
+            q.add_metric([reason], n)
+        yield q
         dl = CounterMetricFamily("spoolup_dead_letter_records", "Bad records written to dead-letter files "
                                  "(kept in the journal: survives restarts).")
         dl.add_metric([], st["dead_letters"]["records"])

@@ -154,7 +154,7 @@ def _done_now(journal: Journal, chunk_name: str) -> bool:
 def inspect_sources(cfg: Config, journal: Journal, report: Report) -> None:
     """Report spool files that shrank, were replaced or vanished under a journaled offset.
     (The ingest's spool scanner journals the same findings when it runs.)"""
-    found, _skipped = scan(cfg.spool_dir) if cfg.spool_dir.exists() else ({}, [])
+    found, _odd = scan(cfg.spool_dir) if cfg.spool_dir.exists() else ({}, {})
     by_path = {e.path: ident for ident, e in found.items()}
     for src in journal.live_sources():
         entry = found.get((src.dev, src.ino))

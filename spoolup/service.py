@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from spoolup import logs, metrics, recover, systemd
+from spoolup import keys, logs, metrics, recover, systemd
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
@@ -188,7 +188,8 @@ class Service:
         self.store = ChunkStore(self.cfg.chunk_dir, codec, fsync=self.cfg.fsync)
         self.dead = DeadLetters(self.cfg.deadletter_dir, fsync=self.cfg.fsync, log=self.log)
         self.spool = Spool(self.cfg.spool_dir, self.journal, self.log, fsync=self.cfg.fsync,
-                           object_key=self.cfg.object_key if self.cfg.format == "lines" else None)
+                           object_key=self.cfg.object_key if self.cfg.format == "lines" else None,
+                           retry_max=self.cfg.quarantine_retry)
         self.ingest = Ingest(self.cfg, self.journal, self.spool, self.store, self.dead, self.log,
                              notify=self.uploader.wake)
         self.spool.load()
@@ -271,7 +272,7 @@ class Service:
                         if finished:
                             if drain:
                                 self._reap(time.time())
-                                return 0
+                                return self._drain_result()
                             journal.finish_requests(drain_state.request_ids, "ok")
                             self.log.info("drain request done", requests=drain_state.request_ids)
                             drain_state = None
@@ -396,8 +397,18 @@ class Service:
         fd = self.spool.fd(src)
         if fd is None:
             return False
-        tail = os.pread(fd, min(src.size - src.offset, 1 << 20), src.offset)
-        return b"\n" in tail
+        tail = self.spool.pread(src, fd, min(src.size - src.offset, 1 << 20), src.offset)
+        return tail is not None and b"\n" in tail
+
+    def _drain_result(self) -> int:
+        """0 when everything in the spool is shipped; 1 when quarantined entries kept some of it
+        back (they are listed by `spoolup status`; what can be shipped is)."""
+        blocking = self.spool.blocking_entries()
+        if not blocking:
+            return 0
+        self.log.error("drain finished, but spool entries are quarantined and not shipped; see spoolup status",
+                       entries=[f"{keys.printable(e.path)}: {e.reason}" for e in blocking])
+        return 1
 
     def _reap(self, now: float) -> None:
         """Delete spool files whose bytes are all in completed objects (invariant 6)."""
@@ -406,6 +417,8 @@ class Service:
         moved = []
         for src in list(self.spool.active()):
             if src.offset < src.size or now - src.mtime < self.cfg.spool_reap_seconds:
+                continue
+            if not self.spool.deletable(src, now):
                 continue
             if self.journal.source_pending_objects(src.id):
                 continue

@@ -14,13 +14,16 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from spoolup import keys
+from spoolup import keys, quarantine
 from spoolup.files import fsync_dir
 from spoolup.journal import Journal, SourceRow
+from spoolup.quarantine import Entry
 
 HEAD_BYTES = 64  # fingerprint length
 REAPING = ".spoolup-reaping-"  # a shipped spool file's name between the two steps of its deletion
@@ -35,6 +38,7 @@ class Source(SourceRow):
     key: str | None = None  # rendered object-key (lines format)
     missing: int = 0  # consecutive rescans that did not find it
     partial_logged: bool = False
+    quarantine: Entry | None = None  # why it is not read (or not deleted) for now
 
     @property
     def backlog(self) -> int:
@@ -51,10 +55,39 @@ class ScanEntry:
     st: os.stat_result
 
 
-def scan(spool_dir: Path) -> tuple[dict[tuple[int, int], ScanEntry], list[str]]:
-    """Every regular file under spool_dir, by (dev, ino); plus paths skipped (symlinks, ...)."""
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link (spoolup follows no links)"))
+
+
+def kind(mode: int) -> str:
+    return next((text for test, text in _KINDS if test(mode)), "not a regular file")
+
+
+class NotRegular(OSError):
+    """The path holds something other than a regular file (FIFO, socket, device, link)."""
+
+
+def open_regular(path: Path | str) -> int:
+    """A read descriptor for a regular file, never blocking: O_NONBLOCK (a FIFO would block
+    open() until a writer comes), O_NOFOLLOW (no links: ELOOP), and fstat must say S_ISREG."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegular(errno.EINVAL, kind(st.st_mode), str(path))
+    return fd
+
+
+def scan(spool_dir: Path) -> tuple[dict[tuple[int, int], ScanEntry], dict[str, tuple[str, str]]]:
+    """Every regular file under spool_dir, by (dev, ino); plus the entries it cannot ship:
+    path -> (quarantine reason, what it is) for links, FIFOs, sockets, devices and
+    directories it may not list."""
     found: dict[tuple[int, int], ScanEntry] = {}
-    skipped: list[str] = []
+    odd: dict[str, tuple[str, str]] = {}
     stack = [(spool_dir, "")]
     while stack:
         directory, rel = stack.pop()
@@ -63,21 +96,22 @@ def scan(spool_dir: Path) -> tuple[dict[tuple[int, int], ScanEntry], list[str]]:
         except FileNotFoundError:
             continue
         except OSError as e:
-            skipped.append(f"{rel or '.'}: {e.strerror}")
+            odd[rel or "."] = ("unreadable-directory", f"cannot list the directory: {e.strerror}")
             continue
         for entry in entries:
             relpath = f"{rel}/{entry.name}" if rel else entry.name
             try:
-                if entry.is_symlink():
-                    skipped.append(f"{relpath}: symbolic link (not followed)")
-                elif entry.is_dir(follow_symlinks=False):
+                if entry.is_dir(follow_symlinks=False):
                     stack.append((Path(entry.path), relpath))
-                elif entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
                     found[(st.st_dev, st.st_ino)] = ScanEntry(relpath, st)
+                else:
+                    odd[relpath] = ("not-a-regular-file", kind(st.st_mode))
             except FileNotFoundError:
                 continue
-    return found, skipped
+    return found, odd
 
 
 def spool_dir_problem(spool_dir: Path) -> str | None:
@@ -98,15 +132,17 @@ def spool_dir_problem(spool_dir: Path) -> str | None:
 class Spool:
     """The live sources of one spool directory."""
 
-    def __init__(self, spool_dir: Path, journal: Journal, log, *, object_key: str | None, fsync: bool = True):
+    def __init__(self, spool_dir: Path, journal: Journal, log, *, object_key: str | None, fsync: bool = True,
+                 retry_max: float = 300.0):
         self.dir = spool_dir
         self.journal = journal
         self.log = log
         self.fsync = fsync  # sync a directory after moving a file aside or deleting it (before the journal says so)
         self.object_key = object_key  # lines format: template over {path}/{dir}/{name}
+        self.retry_max = retry_max  # longest delay between retries of a quarantined entry
         self.sources: dict[int, Source] = {}
         self.by_inode: dict[tuple[int, int], Source] = {}
-        self._skipped_logged: set[str] = set()
+        self.quarantined: dict[str, Entry] = {}  # by path: the journal's quarantine rows
 
     # -- loading and scanning ----------------------------------------------------
 
@@ -114,6 +150,19 @@ class Spool:
         heads = self.journal.source_heads()
         for row in self.journal.live_sources():
             self._add(Source.from_row(row, heads.get(row.id)))
+        now = time.time()
+        for e in self.journal.quarantined():
+            if e.rule.retry:
+                e.next_retry = min(e.next_retry or now, now)  # a start is a retry of everything
+            self.quarantined[e.path] = e
+            src = self.sources.get(e.source_id) if e.source_id is not None else None
+            if src is not None:
+                src.quarantine = e
+            elif e.source_id is not None:
+                self._release(e, "its spool file is no longer tracked", gone=True)
+                continue
+            if e.reason == "invalid-key" and src is not None and not keys.key_problem(src.key or ""):
+                self._release(e, "the object key is valid now")
 
     def revert(self) -> None:
         """Put the sources' offsets and fingerprints back to what the journal says (the
@@ -141,13 +190,17 @@ class Spool:
             fsync_dir(directory)
 
     def rescan(self, now: float) -> list[Source]:
-        """Look at the whole spool: new files, renames, shrunk or vanished files.
+        """Look at the whole spool: new files, renames, shrunk or vanished files, and
+        entries that cannot be shipped (quarantined while they are there).
         Returns the sources that are new."""
-        found, skipped = scan(self.dir)
-        for s in skipped:
-            if s not in self._skipped_logged:
-                self._skipped_logged.add(s)
-                self.log.warning("spool entry skipped", entry=s)
+        found, odd = scan(self.dir)
+        for path, (reason, what) in odd.items():
+            e = self.quarantined.get(path)
+            if e is None or e.reason != reason:
+                self.quarantine(path, reason, what)
+        for e in list(self.quarantined.values()):
+            if e.source_id is None and e.path not in odd:
+                self._release(e, "the entry is gone from the spool", gone=True)
         new: list[Source] = []
         for ident, entry in found.items():
             src = self.by_inode.get(ident)
@@ -159,8 +212,10 @@ class Spool:
                 continue
             src.missing = 0
             if entry.path != src.path:
-                self.log.info("spool file renamed; it keeps its object key", source=src.id, old=src.path,
-                              new=entry.path, key=src.key)
+                self.log.info("spool file renamed; it keeps its object key", source=src.id,
+                              old=keys.printable(src.path), new=keys.printable(entry.path), key=src.key)
+                if src.quarantine is not None:
+                    self._move_entry(src.quarantine, entry.path)
                 src.path = entry.path
                 self.journal.set_source(src.id, path=entry.path)
             self.observe(src, entry.st)
@@ -178,27 +233,34 @@ class Spool:
         if src.key is not None:
             problem = keys.key_problem(src.key)
             if problem:
-                self._set_state(src, "refused", f"object key {src.key!r} rendered from {entry.path!r} {problem}; "
-                                                "the file stays in the spool")
+                self.quarantine(src.path, "invalid-key", f"object key {src.key!r} rendered from "
+                                f"{keys.printable(entry.path)!r} {problem}; the file stays in the spool",
+                                src=src, key=src.key)
                 return src
         old = [s for s in self.sources.values() if s.path == entry.path and s is not src
                and (found is None or (s.dev, s.ino) not in found)]  # (not merely renamed away)
         if old:
             self.log.warning("spool file replaced: its path now holds another file (inode changed under the "
                              "journaled offset); the new file is shipped from its start as a new spool file",
-                             path=entry.path, old_source=old[0].id, journaled_offset=old[0].offset, source=src.id)
-        self.log.info("new spool file", source=src.id, path=entry.path, key=src.key, size=src.size)
+                             path=keys.printable(entry.path), old_source=old[0].id, journaled_offset=old[0].offset,
+                             source=src.id)
+        self.log.info("new spool file", source=src.id, path=keys.printable(entry.path), key=src.key, size=src.size)
         return src
 
     def _same_file(self, src: Source, entry: ScanEntry) -> bool:
         """False when the inode was reused by a different file (first bytes differ)."""
-        if src.fd is not None or not src.head:
-            return True  # an inode we hold open cannot be reused
+        if src.fd is not None or not src.head or src.quarantine is not None:
+            return True  # an inode we hold open cannot be reused; a quarantined file is not looked into
         try:
-            with open(self.dir / entry.path, "rb") as f:
-                return f.read(len(src.head)) == src.head
+            fd = open_regular(self.dir / entry.path)
         except OSError:
             return True
+        try:
+            return os.pread(fd, len(src.head), 0) == src.head
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
 
     def _vanished(self, src: Source) -> None:
         if src.fd is not None:
@@ -218,10 +280,12 @@ class Spool:
 
     def _forget(self, src: Source, error: str | None) -> None:
         if error:
-            self.log.error("spool file lost", source=src.id, path=src.path, error=error)
+            self.log.error("spool file lost", source=src.id, path=keys.printable(src.path), error=error)
         else:
-            self.log.info("spool file gone", source=src.id, path=src.path)
+            self.log.info("spool file gone", source=src.id, path=keys.printable(src.path))
         self.journal.set_source(src.id, state="gone", error=error)
+        if src.quarantine is not None:
+            self._release(src.quarantine, "its spool file is gone", gone=True)
         self._drop(src)
 
     def observe(self, src: Source, st: os.stat_result) -> None:
@@ -231,31 +295,102 @@ class Spool:
             src.size = st.st_size
             return
         if st.st_size < src.offset:
-            self._set_state(
-                src, "error",
-                f"spool file {src.path} shrank to {st.st_size} bytes, below the {src.offset} bytes already "
-                "shipped: it was truncated or rewritten in place. spoolup will not re-read it; move it out "
-                "of the spool directory (data journaled before is safe)",
+            self.quarantine(
+                src.path, "truncated",
+                f"spool file {keys.printable(src.path)} shrank to {st.st_size} bytes, below the {src.offset} bytes "
+                "already shipped: it was truncated or rewritten in place (same inode). spoolup will not re-read it; "
+                "move it out of the spool directory (data journaled before is safe)", src=src,
             )
             return
         src.size = st.st_size
 
-    def _set_state(self, src: Source, state: str, error: str) -> None:
-        if src.state == state and src.error == error:
-            return
-        src.state, src.error = state, error
-        self.log.error("spool file not read", source=src.id, path=src.path, state=state, error=error)
-        self.journal.set_source(src.id, state=state, error=error)
-        self.close_fd(src)
+    # -- quarantine (spoolup/quarantine.py) ------------------------------------------
+
+    def quarantine(self, path: str, reason: str, message: str, *, src: Source | None = None,
+                   key: str | None = None) -> Entry:
+        """Quarantine one spool entry (and its source, if it is one).  The first time, and
+        when the reason changes, it is logged and journaled as an error; a failed retry only
+        counts the attempt and moves the next retry further away."""
+        now = time.time()
+        e = self.quarantined.get(path)
+        if e is not None and e.reason == reason:
+            e.attempts += 1
+            e.message = message
+            e.next_retry = quarantine.next_retry(reason, e.attempts, now, self.retry_max)
+            if src is not None:
+                e.source_id = src.id
+            self.journal.set_quarantine(e)
+            self.log.debug("quarantined spool entry still failing", path=keys.printable(path), reason=reason,
+                           attempts=e.attempts, error=message)
+        else:
+            e = Entry(path, reason, message, now, quarantine.next_retry(reason, 1, now, self.retry_max), 1,
+                      src.id if src is not None else None, key)
+            self.quarantined[path] = e
+            self.journal.set_quarantine(e)
+            self.log.warning("spool entry quarantined", path=keys.printable(path), reason=reason, error=message,
+                             what_to_do=e.rule.what_to_do, source=e.source_id,
+                             retry_in=None if e.next_retry is None else round(e.next_retry - now, 3))
+            with contextlib.suppress(Exception):
+                self.journal.record_error("ingest", "quarantine", reason, f"{keys.printable(path)}: {message}")
+        if src is not None:
+            src.quarantine = e
+            if e.rule.stops_reading:
+                self.close_fd(src)
+        return e
+
+    def cleared(self, src: Source, *reasons: str) -> None:
+        """`src` just did what its quarantine (one of `reasons`) prevented: it resumes."""
+        e = src.quarantine
+        if e is not None and e.reason in reasons:
+            self._release(e, "the cause is gone")
+
+    def _release(self, e: Entry, because: str, *, gone: bool = False) -> None:
+        self.quarantined.pop(e.path, None)
+        self.journal.clear_quarantine(e.path)
+        src = self.sources.get(e.source_id) if e.source_id is not None else None
+        if src is not None and src.quarantine is e:
+            src.quarantine = None
+        self.log.info("quarantined spool entry gone" if gone else "spool entry resumed", path=keys.printable(e.path),
+                      reason=e.reason, attempts=e.attempts, quarantined_seconds=round(time.time() - e.since, 3),
+                      because=because)
+
+    def _move_entry(self, e: Entry, path: str) -> None:
+        self.quarantined.pop(e.path, None)
+        self.journal.clear_quarantine(e.path)
+        e.path = path
+        self.quarantined[path] = e
+        self.journal.set_quarantine(e)
+
+    def readable(self, src: Source, now: float) -> bool:
+        """Is `src` read now?  Not while a quarantine that stops reading holds, except when its
+        retry is due (then the read is the retry)."""
+        e = src.quarantine
+        return e is None or not e.rule.stops_reading or quarantine.due(e.next_retry, now)
+
+    def deletable(self, src: Source, now: float) -> bool:
+        e = src.quarantine
+        return e is None or (e.reason == "cannot-delete" and quarantine.due(e.next_retry, now))
 
     # -- reading -------------------------------------------------------------------
 
     def fd(self, src: Source) -> int | None:
+        """The source's read descriptor (opened if needed); None when the path no longer holds
+        this file (the next rescan sorts that out) or it cannot be read (quarantined)."""
         if src.fd is not None:
             return src.fd
+        path = self.dir / src.path
         try:
-            fd = os.open(self.dir / src.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) != (src.dev, src.ino):
+                return None  # the path now holds another entry
+            fd = open_regular(path)
+        except (FileNotFoundError, NotRegular):
+            return None
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM):
+                self.quarantine(src.path, "unreadable", f"cannot open it: {e.strerror}", src=src)
+            elif e.errno != errno.ELOOP:  # (ELOOP: replaced by a link since the lstat)
+                self.quarantine(src.path, "read-error", f"cannot open it: {e.strerror}", src=src)
             return None
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (src.dev, src.ino):
@@ -266,7 +401,16 @@ class Spool:
             self._forget(src, "its inode now holds a different file (the old file was deleted)")
             return None
         src.fd = fd
+        self.cleared(src, "unreadable", "read-error")
         return fd
+
+    def pread(self, src: Source, fd: int, n: int, offset: int) -> bytes | None:
+        """Read from a source; an I/O error quarantines it (None)."""
+        try:
+            return os.pread(fd, n, offset)
+        except OSError as e:
+            self.quarantine(src.path, "read-error", f"reading at offset {offset} failed: {e.strerror}", src=src)
+            return None
 
     def refresh(self, src: Source) -> None:
         """Cheap re-stat of an open source (fstat on the descriptor we hold)."""
@@ -291,7 +435,13 @@ class Spool:
             self.close_fd(src)
 
     def active(self) -> list[Source]:
-        return [s for s in self.sources.values() if s.state == "active"]
+        """The sources that are read now (quarantined ones only when their retry is due)."""
+        now = time.time()
+        return [s for s in self.sources.values() if s.state == "active" and self.readable(s, now)]
+
+    def blocking_entries(self) -> list[Entry]:
+        """Quarantined entries whose bytes (if any) are not shipped while they are quarantined."""
+        return [e for e in self.quarantined.values() if e.rule.blocks_shipping]
 
     # -- reaping (invariant 6) ---------------------------------------------------------
 
@@ -318,8 +468,12 @@ class Spool:
         self.close_fd(src)
         path = self.dir / src.path
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = open_regular(path)
+        except (FileNotFoundError, NotRegular):
+            return False
+        except OSError as e:
+            self.quarantine(src.path, "unreadable", f"cannot open it to check that it is closed: {e.strerror}",
+                            src=src)
             return False
         keep_fd = False
         try:
@@ -333,13 +487,25 @@ class Spool:
                 # (the journal keeps the spool path: after a crash here, the scan finds the
                 # file under its reaping name by its inode, as any renamed file)
                 reaping = path.with_name(f"{REAPING}{src.id}")
-                os.rename(path, reaping)
+                try:
+                    os.rename(path, reaping)
+                except OSError as e:
+                    if e.errno == errno.ENOENT:
+                        return False
+                    self._cannot_delete(src, f"renaming it aside to delete it failed: {e.strerror}")
+                    return False
                 self._sync_dir(reaping.parent)
                 old, src.path = src.path, str(reaping.relative_to(self.dir))
                 self.log.debug("shipped spool file moved aside to be deleted", source=src.id, path=old, to=src.path)
                 return False
             crash_point("before-reap-unlink")
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    return False
+                self._cannot_delete(src, f"deleting it failed: {e.strerror}")
+                return False
             self._sync_dir(path.parent)  # durable before the journal says reaped: a file back after a power
             #                              loss would be a new, unknown file, read again from its start
             crash_point("after-reap-unlink")
@@ -351,15 +517,22 @@ class Spool:
                 src.fd, keep_fd = fd, True
                 return False
             self.journal.mark_reaped(src.id)
+            if src.quarantine is not None:
+                self._release(src.quarantine, "deleted")
         finally:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
             if not keep_fd:
                 os.close(fd)
-        self.log.info("spool file shipped and deleted", source=src.id, path=src.key_path, bytes=src.offset)
+        self.log.info("spool file shipped and deleted", source=src.id, path=keys.printable(src.key_path),
+                      bytes=src.offset)
         self.sources.pop(src.id, None)
         self.by_inode.pop((src.dev, src.ino), None)
         return True
+
+
+    def _cannot_delete(self, src: Source, what: str) -> None:
+        self.quarantine(src.path, "cannot-delete", f"{what} (every byte of it is shipped)", src=src)
 
 
 def _take_lease(fd: int) -> bool | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from spoolup import __version__, health, keys, lock
 from spoolup.config import Config
-from spoolup.journal import LIVE_SOURCE_STATES, STOPPED, Journal, peek
+from spoolup.journal import STOPPED, Journal, peek
 from spoolup.spool import scan
 
 SCHEMA_VERSION = 1
@@ -40,7 +40,8 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     sealed = q("SELECT count(*), coalesce(sum(part_size), 0) FROM chunks WHERE state = 'sealed'").fetchone()
     oldest = q("SELECT min(created) FROM objects WHERE state != 'done'").fetchone()[0]
 
-    backlog, sources = _sources(cfg, j)
+    backlog, with_backlog, attention = _sources(cfg, j)
+    sources = [{k: v for k, v in a.items() if k != "source_id"} for a in attention]
 
     dead = [
         {"path": r["path"], "records": r["records"], "bytes": r["bytes"], "last_at": r["last_at"],
@@ -72,6 +73,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "backlog_bytes": backlog,
         "oldest_pending_age_seconds": round(now - oldest, 3) if oldest else None,
         "sources_needing_attention": sources,
+        "sources_with_backlog": with_backlog,
         "dead_letters": {"records": sum(d["records"] for d in dead), "bytes": sum(d["bytes"] for d in dead),
                          "files": dead},
         "last_error": None if err is None else {
@@ -121,30 +123,31 @@ def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
     return out
 
 
-def _sources(cfg: Config, j: Journal) -> tuple[int, list[dict[str, Any]]]:
-    """Bytes in the spool not yet ingested, and the spool files with a backlog or needing
-    attention.  Files the journal does not know yet (new ones, or every file before the first
-    run) count whole."""
+def _sources(cfg: Config, j: Journal) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Bytes in the spool not yet ingested, the spool files with a backlog, and the entries
+    needing attention (quarantined; needing_attention()).  Files the journal does not know yet
+    (new ones, or every file before the first run) count whole."""
     live = {(s.dev, s.ino): s for s in j.live_sources()}
-    since = dict(j.conn.execute(f"SELECT id, updated FROM sources WHERE state IN {LIVE_SOURCE_STATES!r}"))
-    found, _skipped = scan(cfg.spool_dir)
+    attention = needing_attention(j, {s.id: s for s in live.values()})
+    held = {a["source_id"] for a in attention if a["source_id"] is not None}
+    found, _odd = scan(cfg.spool_dir)
     backlog = 0
     out = []
     for s in live.values():
         entry = found.get((s.dev, s.ino))
         size = entry.st.st_size if entry is not None else s.size
-        pending = max(size - s.offset, 0) if s.state == "active" else 0
+        pending = max(size - s.offset, 0)
+        if s.id in held:
+            continue
         backlog += pending
-        if s.state != "active" or pending:
-            out.append({"path": s.path, "state": s.state, "offset": s.offset, "size": size,
-                        "backlog_bytes": pending, "error": s.error,
-                        "since": None if s.state == "active" else since.get(s.id)})
+        if pending:
+            out.append({"path": keys.printable(s.path), "offset": s.offset, "size": size, "backlog_bytes": pending})
     for ident, entry in sorted(found.items(), key=lambda kv: kv[1].path):
         if ident not in live and entry.st.st_size:
             backlog += entry.st.st_size
-            out.append({"path": entry.path, "state": "active", "offset": 0, "size": entry.st.st_size,
-                        "backlog_bytes": entry.st.st_size, "error": None, "since": None})
-    return backlog, out
+            out.append({"path": keys.printable(entry.path), "offset": 0, "size": entry.st.st_size,
+                        "backlog_bytes": entry.st.st_size})
+    return backlog, out, attention
 
 
 def _s3_health(j: Journal, upload: dict | None, now: float) -> dict[str, Any]:
@@ -165,6 +168,29 @@ def _s3_health(j: Journal, upload: dict | None, now: float) -> dict[str, Any]:
         "last_failure": None if fail is None else {
             "time": fail["at"], "operation": fail["operation"], "code": fail["code"], "message": fail["message"]},
     }
+
+
+def needing_attention(j: Journal, live: dict | None = None) -> list[dict[str, Any]]:
+    """The spool entries that need attention: the journal's quarantine rows (spoolup/quarantine.py),
+    with their source's offsets.  `status` (human and JSON) and the metrics read this, and only this."""
+    if live is None:
+        live = {s.id: s for s in j.live_sources()}
+    out = []
+    for e in j.quarantined():
+        src = live.get(e.source_id) if e.source_id is not None else None
+        out.append({
+            "path": keys.printable(e.path),
+            "state": "quarantined",
+            "offset": src.offset if src else 0,
+            "size": src.size if src else 0,
+            "backlog_bytes": max(src.size - src.offset, 0) if src else 0,
+            "error": e.message,
+            "since": e.since,
+            "quarantine": {"reason": e.reason, "since": e.since, "next_retry": e.next_retry, "attempts": e.attempts,
+                           "key": e.key, "what_to_do": e.rule.what_to_do},
+            "source_id": e.source_id,
+        })
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -267,8 +293,7 @@ def render(st: dict[str, Any]) -> str:
                        f"completes {_completes(o, now)}")
         if len(st["open_objects"]) > LIST_AT_MOST:
             out.append(f"  ... and {len(st['open_objects']) - LIST_AT_MOST} more (see --json)")
-    bad = [s for s in st["sources_needing_attention"] if s["state"] != "active"]
-    waiting = [s for s in st["sources_needing_attention"] if s["backlog_bytes"]]
+    waiting = st["sources_with_backlog"]
     if waiting:
         out.append("")
         out.append(f"spool files with a backlog ({len(waiting)}):")
@@ -276,11 +301,17 @@ def render(st: dict[str, Any]) -> str:
                    for s in waiting[:LIST_AT_MOST])
         if len(waiting) > LIST_AT_MOST:
             out.append(f"  ... and {len(waiting) - LIST_AT_MOST} more (see --json)")
+    bad = st["sources_needing_attention"]
     if bad:
         out.append("")
-        out.append(f"spool files needing attention ({len(bad)}):")
-        out.extend(f"  {s['path']}: {s['state']} since {_clock(s['since'], now)}, {_bytes(s['size'])}: {s['error']}"
-                   for s in bad[:LIST_AT_MOST])
+        out.append(f"spool entries needing attention ({len(bad)}; quarantined: not read, or not deleted; their "
+                   "bytes stay in the spool):")
+        for s in bad[:LIST_AT_MOST]:
+            q = s["quarantine"]
+            retry = "at the next start" if q["next_retry"] is None else f"at {_clock(q['next_retry'], now)}"
+            out.append(f"  {s['path']}: {q['reason']} since {_clock(q['since'], now)}, {_bytes(s['size'])} "
+                       f"({q['attempts']} attempt(s), next retry {retry}): {s['error']}")
+            out.append(f"    what to do: {q['what_to_do']}")
         if len(bad) > LIST_AT_MOST:
             out.append(f"  ... and {len(bad) - LIST_AT_MOST} more (see --json)")
     dl = st["dead_letters"]

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 
 import pytest
 
 import localrgw
-from helpers import ACCESS_KEY, SECRET_KEY, MotoServer, S3Server, Spoolup, mounted
+from helpers import ACCESS_KEY, SECRET_KEY, MotoServer, S3Server, Spoolup, TestUser, mounted
 
 SERVERS = ("moto", "rgw")
 
@@ -156,6 +157,8 @@ def make_spoolup(tmp_path, s3server, bucket, state_fs):
 
         def make(**options) -> Spoolup:
             base = tmp_path / f"sp{len(made)}"
+            if options.get("user") is not None:
+                base = options["user"].workdir(tmp_path.name)  # pytest's tmp dirs are 0700: not the user's to enter
             state_dir = options.pop("state_dir", None)
             if state_dir is None and state_fs != "disk":
                 state_dir = mounts.enter_context(mounted(state_fs, base / "state"))
@@ -171,3 +174,21 @@ def make_spoolup(tmp_path, s3server, bucket, state_fs):
         finally:
             for sp in made:
                 sp.cleanup()
+                if sp.user is not None:
+                    shutil.rmtree(sp.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_user() -> TestUser:
+    """An unprivileged user (no capabilities) to run spoolup as: Spoolup(..., user=test_user)."""
+    return TestUser()
+
+
+@pytest.fixture
+def make_user_spoolup(make_spoolup, test_user):
+    """make_spoolup, with spoolup running as the unprivileged test user (as the shipped unit runs it)."""
+
+    def make(**options) -> Spoolup:
+        return make_spoolup(user=test_user, **options)
+
+    return make

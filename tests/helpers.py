@@ -8,10 +8,13 @@ Nothing here mocks S3, SQLite or the filesystem.
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import json
 import os
+import pwd
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -69,10 +72,91 @@ def toml(value) -> str:
     return json.dumps(str(value))
 
 
-class Spoolup:
-    """A spoolup instance under test: its config, spool and state dirs, and its processes."""
+class TestUser:
+    """An unprivileged user for tests where permissions are the point: spoolup runs as it the
+    way the shipped systemd unit runs it (User=spoolup, no capabilities, so no
+    CAP_DAC_OVERRIDE), started through setpriv.  Created (a system user without a home) the
+    first time it is asked for; the tests run as root."""
 
-    def __init__(self, base: Path, url: str, bucket: str, *, state_dir: Path | None = None, **options):
+    NAME = "spoolup-test"
+
+    def __init__(self, name: str = NAME):
+        if os.geteuid() != 0:  # never a skip: CI runs as root, and these tests are the point
+            raise AssertionError("tests that run spoolup as an unprivileged user must run as root")
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                            "--shell", "/usr/sbin/nologin", "--user-group", name], check=True, capture_output=True)
+            pw = pwd.getpwnam(name)
+        self.name, self.uid, self.gid = name, pw.pw_uid, pw.pw_gid
+        self.group = grp.getgrgid(self.gid).gr_name
+        # the interpreter and the code under test must be reachable by the user (pyenv lives
+        # under /root, pytest's tmp dirs are 0700): make their directories traversable (o+x),
+        # never listable or writable
+        for path in (Path(sys.executable).resolve(), Path(sys.executable), Path(__file__).resolve().parent.parent):
+            self.traversable(path)
+
+    def workdir(self, name: str) -> Path:
+        """A fresh directory the user can reach (pytest's tmp dirs are 0700 and pytest resets
+        their root's mode whenever a pytest starts), under /tmp/spoolup-test-users (0711)."""
+        import tempfile
+
+        root = Path(tempfile.gettempdir()) / "spoolup-test-users"
+        root.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(root, 0o711)
+        path = Path(tempfile.mkdtemp(prefix=f"{name[:40]}-", dir=root))
+        os.chmod(path, 0o711)
+        return path
+
+    def prefix(self, caps: tuple[str, ...] = ()) -> list[str]:
+        """argv prefix running a command as this user, with no capability at all, or with
+        exactly `caps` (e.g. ("lease",), as the unit's AmbientCapabilities=CAP_LEASE gives)."""
+        argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups"]
+        if caps:
+            wanted = ",".join(f"+{c}" for c in caps)
+            argv += [f"--inh-caps=-all,{wanted}", f"--ambient-caps=-all,{wanted}", f"--bounding-set=-all,{wanted}"]
+        else:
+            argv += ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+        return [*argv, "--"]
+
+    @staticmethod
+    def traversable(path: Path) -> None:
+        for d in [p for p in Path(path).parents if p != Path("/")]:
+            mode = d.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
+
+    def own(self, path: Path, mode: int = 0o700) -> Path:
+        """A directory (or file) that belongs to the user, as StateDirectory= makes the state dir."""
+        path = Path(path)
+        if not path.exists():
+            path.mkdir(parents=True)
+        os.chown(path, self.uid, self.gid)
+        os.chmod(path, mode)
+        self.traversable(path)
+        return path
+
+    def share_spool(self, spool: Path) -> None:
+        """The spool as syslog-ng would set it up for spoolup: the directory owned by root and the
+        user's group, setgid (new files and directories get that group) and group-writable (spoolup
+        deletes shipped files); files written by root, readable by the group."""
+        spool.mkdir(parents=True, exist_ok=True)
+        os.chown(spool, 0, self.gid)
+        os.chmod(spool, 0o2770)
+        self.traversable(spool)
+
+
+class Spoolup:
+    """A spoolup instance under test: its config, spool and state dirs, and its processes.
+
+    state_dir: e.g. a mount point (see mounted()).
+    user: a TestUser to run every spoolup command as (through setpriv, without capabilities
+    unless `caps` names some); its state dir is owned by that user and the spool shared with it
+    the way syslog-ng would set it up (TestUser.share_spool)."""
+
+    def __init__(self, base: Path, url: str, bucket: str, *, state_dir: Path | None = None,
+                 user: "TestUser | None" = None, caps: tuple[str, ...] = (), **options):
         self.base = base
         self.spool = base / "spool"
         self.state = state_dir or base / "state"  # state_dir: e.g. a mount point (see mounted())
@@ -80,6 +164,12 @@ class Spoolup:
         self.config = base / "spoolup.toml"
         self.bucket = bucket
         self.url = url
+        self.user = user
+        self.runas: list[str] = []
+        if user is not None:
+            user.share_spool(self.spool)
+            user.own(self.state)
+            self.runas = user.prefix(caps)
         self.options = {
             "url": url, "bucket": bucket, "access-key": ACCESS_KEY, "secret-key": SECRET_KEY,
             "region": "us-east-1", "spool-dir": str(self.spool), "state-dir": str(self.state),
@@ -93,18 +183,26 @@ class Spoolup:
     def write_config(self, **changes) -> None:
         self.options.update(changes)
         self.config.write_text("".join(f"{k} = {toml(v)}\n" for k, v in self.options.items() if v is not None))
+        if self.user is not None:  # as an operator would: root-owned, readable by spoolup's group (it holds secrets)
+            os.chown(self.config, 0, self.user.gid)
+            os.chmod(self.config, 0o640)
 
     def env(self, crash_at: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOOLUP_", "AWS_"))}
+        if self.user is not None:
+            env["HOME"] = "/nonexistent"
+            env["PYTHONDONTWRITEBYTECODE"] = "1"  # the user cannot write __pycache__ in the checkout
         if crash_at:
             env["SPOOLUP_CRASH_AT"] = crash_at
         return env
 
+    def argv(self, *args: str) -> list[str]:
+        """The command line of `spoolup ARGS --config ...`, as the test user when there is one."""
+        return [*self.runas, sys.executable, "-m", "spoolup", *args, "--config", str(self.config)]
+
     def cmd(self, *args: str, crash_at: str | None = None, timeout: float = 120, check: bool = False):
-        r = subprocess.run(
-            [sys.executable, "-m", "spoolup", *args, "--config", str(self.config)],
-            capture_output=True, text=True, timeout=timeout, env=self.env(crash_at),
-        )
+        r = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
+                           env=self.env(crash_at))
         if check and r.returncode != 0:
             raise AssertionError(f"spoolup {' '.join(args)} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
         return r
@@ -118,10 +216,7 @@ class Spoolup:
 
     def start(self, crash_at: str | None = None) -> subprocess.Popen:
         log = open(self.base / "run.log", "ab")
-        p = subprocess.Popen(
-            [sys.executable, "-m", "spoolup", "run", "--config", str(self.config)],
-            stdout=log, stderr=log, env=self.env(crash_at),
-        )
+        p = subprocess.Popen(self.argv("run"), stdout=log, stderr=log, env=self.env(crash_at))
         self.procs.append(p)
         return p
 

@@ -37,7 +37,7 @@ def printed_messages() -> list[tuple[str, int, str]]:
                 continue
             f, arg = node.func, node.args[0]
             name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
-            if name == "_set_state" and len(node.args) >= 3:
+            if name == "quarantine" and len(node.args) >= 3:
                 arg = node.args[2]
             elif name == "_forget" and len(node.args) >= 2:
                 arg = node.args[1]
@@ -66,6 +66,19 @@ def test_every_message_is_in_the_troubleshooting_section():
     missing = [f"{f}:{line}: {text!r}" for f, line, text in messages if text not in section]
     assert missing == [], "add these messages to the troubleshooting tables of docs/operations.md:\n" + \
         "\n".join(missing)
+
+
+def test_every_quarantine_reason_has_a_row():
+    from spoolup.quarantine import REASONS
+
+    doc = OPS.read_text()
+    section = doc[doc.index("### Quarantined spool entries"):]
+    section = section[:section.index("\n### ", 5)]
+    rows = re.findall(r"^\| `([a-z-]+)` \|", section, re.M)
+    assert sorted(rows) == sorted(REASONS), "one row per reason of spoolup/quarantine.py"
+    text = " ".join(section.replace("`", "").split()).lower()
+    for reason, rule in REASONS.items():
+        assert rule.what_to_do.split(";")[0].lower() in text, reason
 
 
 def test_every_metric_is_documented():

@@ -18,6 +18,7 @@ from crashkit import (assert_exact, chunk_files, drain_crashing, journal_path, j
                       noisy_lines, query, spoolup_cmd, write)
 from faultproxy import FaultProxy
 from helpers import list_keys, pending_uploads, syslog_lines
+from spoolup.journal import schema_version
 
 BIG = noisy_lines(40_000)  # ~10 MiB: parts of 5 + 5 + a little
 SMALL = syslog_lines(1500, host="s")
@@ -210,8 +211,8 @@ def test_spool_file_truncated_under_its_journaled_offset(make_spoolup, s3):
     assert "spool file t.log shrank to 1000 bytes" in r.stderr
     # nothing journaled is lost (it is in the chunk files, not re-read from the spool), nothing re-read
     assert_exact(s3, sp.bucket, files)
-    (bad,) = [s for s in sp.status()["sources_needing_attention"] if s["state"] == "error"]
-    assert bad["path"] == "t.log" and "shrank" in bad["error"]
+    (bad,) = sp.status()["sources_needing_attention"]
+    assert bad["path"] == "t.log" and "shrank" in bad["error"] and bad["quarantine"]["reason"] == "truncated"
 
 
 def test_spool_file_replaced_under_its_journaled_offset(make_spoolup, s3):
@@ -236,8 +237,10 @@ def downgrade_to_v1(sp) -> None:
     """Make the journal exactly what spoolup with schema version 1 left behind."""
     conn = sqlite3.connect(journal_path(sp), isolation_level=None)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
-        conn.execute("DROP INDEX requests_open")
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
+        conn.execute("DROP INDEX requests_open")  # 0002
+        conn.execute("ALTER TABLE objects DROP COLUMN key_suffix")  # 0003
+        conn.execute("DROP TABLE quarantine")  # 0004
         conn.execute("PRAGMA user_version = 1")
     finally:
         conn.close()
@@ -250,13 +253,14 @@ def test_journal_of_schema_version_1_is_migrated(make_spoolup, s3):
     before = journal_path(sp).read_bytes()
     r = recover(sp, "--dry-run")
     assert r.returncode == 0, r.stdout + r.stderr
-    migrated = "migrate the journal from schema version 1 to 2 (0002_requests_open_index.sql)"
+    migrated = (f"migrate the journal from schema version 1 to {schema_version()} "
+                "(0002_requests_open_index.sql, 0003_object_key_suffix.sql, 0004_quarantine.sql)")
     assert migrated in r.stdout, r.stdout
     assert journal_path(sp).read_bytes() == before
     r = recover(sp)
     assert r.returncode == 0, r.stdout + r.stderr
     assert migrated in r.stdout, r.stdout
-    assert query(sp, "PRAGMA user_version") == [(2,)]
+    assert query(sp, "PRAGMA user_version") == [(schema_version(),)]
     assert query(sp, "SELECT name FROM sqlite_master WHERE name = 'requests_open'") == [("requests_open",)]
     drained(sp, s3, files)
 
@@ -374,7 +378,7 @@ def test_run_performs_the_same_recovery_at_start(make_spoolup, s3):
                      "CompleteMultipartUpload had succeeded but was not journaled", f"abort multipart upload "
                      f"{orphan[:16]}"):
         assert expected in r.stderr, f"{expected!r} not logged"
-    assert query(sp, "PRAGMA user_version") == [(2,)]
+    assert query(sp, "PRAGMA user_version") == [(schema_version(),)]
     assert_exact(s3, sp.bucket, files)
     assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag
 
