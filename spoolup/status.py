@@ -131,6 +131,12 @@ def _sources(cfg: Config, j: Journal) -> tuple[int, list[dict[str, Any]], list[d
     attention = needing_attention(j, {s.id: s for s in live.values()})
     held = {a["source_id"] for a in attention if a["source_id"] is not None}
     found, _odd = scan(cfg.spool_dir)
+    by_id = {s.id: found.get((s.dev, s.ino)) for s in live.values()}
+    for a in attention:  # the size now, as for the others
+        entry = by_id.get(a["source_id"])
+        if entry is not None:
+            a["size"] = entry.st.st_size
+            a["backlog_bytes"] = max(entry.st.st_size - a["offset"], 0)
     backlog = 0
     out = []
     for s in live.values():

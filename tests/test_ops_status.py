@@ -210,21 +210,22 @@ def test_human_status_lists_spool_files_with_backlog_and_needing_attention(make_
     p = sp.start()
     try:
         st = wait_for(lambda: (s := sp.status())["pending_parts"]["count"] == 1
-                      and any(x["state"] == "refused" for x in s["sources_needing_attention"]) and s,
-                      60, what="the cap reached and the refused file")
+                      and any(x["quarantine"]["reason"] == "invalid-key" for x in s["sources_needing_attention"])
+                      and s, 60, what="the cap reached and the refused file")
         validate(st)
-        files = {s["path"]: s for s in st["sources_needing_attention"]}
-        waiting = files["backlog.log"]
-        assert waiting["state"] == "active" and waiting["since"] is None
+        (waiting,) = st["sources_with_backlog"]
+        assert waiting["path"] == "backlog.log"
         assert 0 < waiting["backlog_bytes"] == len(backlog) - waiting["offset"]
-        refused = files["bad\x01name.log"]
-        assert refused["state"] == "refused" and "the file stays in the spool" in refused["error"]
-        assert refused["since"] <= st["time"]
+        (refused,) = st["sources_needing_attention"]  # quarantined (issue 10): the key is the fault
+        assert refused["path"] == "bad\x01name.log" and "the file stays in the spool" in refused["error"]
+        assert refused["state"] == "quarantined" and refused["quarantine"]["reason"] == "invalid-key"
+        assert refused["since"] == refused["quarantine"]["since"] <= st["time"]
         table = sp.cmd("status", check=True).stdout
         assert "spool files with a backlog (1):" in table
         assert "  backlog.log: " in table and f"not read yet (of {len(backlog) / MiB:.1f}MiB)" in table
         since = time.strftime("%H:%M:%S", time.localtime(refused["since"]))
-        assert "spool files needing attention (1):" in table
-        assert f"  bad\x01name.log: refused since {since}, {len(syslog_lines(5))}B: object key" in table
+        assert "spool entries needing attention (1;" in table
+        assert f"  bad\x01name.log: invalid-key since {since}, {len(syslog_lines(5))}B" in table
+        assert refused["quarantine"]["what_to_do"] in table
     finally:
         assert sp.stop(p) == 0
