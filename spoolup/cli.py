@@ -20,7 +20,29 @@ CONFIG_ENV = "SPOOLUP_CONFIG"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own usage errors: exit 2, as documented
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"spoolup: error: {message}\n")
+        self.exit(EXIT_USAGE, f"spoolup: error: {message}{self._did_you_mean(message)}\n")
+
+    def _option_strings(self) -> set[str]:
+        names = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    names |= set(sub._option_string_actions)
+        return names
+
+    def _did_you_mean(self, message: str) -> str:
+        import difflib
+
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        known = sorted(self._option_strings())
+        hints = []
+        for arg in message.split(": ", 1)[1].split():
+            if arg.startswith("--"):
+                close = difflib.get_close_matches(arg.split("=")[0], known, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"{arg}: did you mean {close[0]}?")
+        return ("\n" + "\n".join(f"spoolup: {h}" for h in hints)) if hints else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,15 @@ def test_unknown_option_says_what_was_meant_not_every_name(tmp_path):
     assert "storage-class" not in r.stderr  # not a list of every option
 
 
+def test_unknown_command_line_option_says_what_was_meant(make_spoolup):
+    sp = make_spoolup()
+    r = spoolup("status", "--jsn", "--config", str(sp.config))
+    assert r.returncode == 2
+    assert "unrecognized arguments: --jsn" in r.stderr and "spoolup: --jsn: did you mean --json?" in r.stderr
+    r = spoolup("recover", "--dryrun", "--config", str(sp.config))
+    assert r.returncode == 2 and "did you mean --dry-run?" in r.stderr
+
+
 def test_config_defaults_to_spoolup_config_then_etc(make_spoolup):
     sp = make_spoolup()
     r = spoolup("status", "--json", env={"SPOOLUP_CONFIG": str(sp.config)})
