@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
+from spoolup import journal_faults
 from spoolup.files import fsync_dir, fsync_path
 from spoolup.quarantine import Entry
 
@@ -212,9 +213,10 @@ class Journal:
                 journal.check_integrity()
             if migrate:
                 journal.migrated = journal.migrate()
+                journal.probe_write()
             journal.conn.execute("SELECT count(*) FROM objects").fetchone()
         except sqlite3.DatabaseError as e:
-            raise JournalError(corrupt_message(path, e)) from None
+            raise JournalError(journal_faults.message(path, e)) from None
         return journal
 
     @classmethod
@@ -244,7 +246,7 @@ class Journal:
                     "run `spoolup recover` (or start the service) to migrate it"
                 )
         except sqlite3.DatabaseError as e:
-            raise JournalError(corrupt_message(path, e)) from None
+            raise JournalError(journal_faults.message(path, e)) from None
         return journal
 
     def close(self) -> None:
@@ -275,6 +277,13 @@ class Journal:
                 self.set_meta("journal_id", uuid.uuid4().hex)
                 self.set_meta("created", repr(time.time()))
         return applied
+
+    def probe_write(self) -> None:
+        """Take the write lock once: a journal held by another process (or on a read-only
+        or full filesystem) is reported at open, as what it is, not later as an unexpected
+        failure of the service loop."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("COMMIT")
 
     def check_integrity(self) -> None:
         """Raise sqlite3.DatabaseError when SQLite's quick_check finds damage (or cannot run)."""
@@ -711,6 +720,8 @@ def _create(path: Path, *, fsync: bool) -> None:
         if fsync:
             fsync_dir(path.parent)
     except sqlite3.Error as e:
+        if journal_faults.kind(e, tmp) != journal_faults.CORRUPT:
+            raise JournalError(f"cannot create the journal: {journal_faults.message(tmp, e)}") from None
         raise JournalError(f"cannot create the journal {path}: {e}") from None
 
 
@@ -763,12 +774,3 @@ def disk_full(e: BaseException) -> bool:
     if isinstance(e, sqlite3.Error):
         return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
     return False
-
-
-def corrupt_message(path: Path, err: Exception) -> str:
-    return (
-        f"the journal {path} cannot be read ({err}). spoolup will not start from an unreadable journal, "
-        f"because starting fresh would re-ship or lose records. To continue: stop spoolup, move the state "
-        f"directory aside (e.g. `mv {path.parent} {path.parent}.broken`), check the bucket for objects already "
-        f"written, and start again; spoolup then re-reads every file still in the spool from the beginning."
-    )

@@ -12,9 +12,9 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from spoolup import logs, recover
+from spoolup import journal_faults, logs, recover
 from spoolup.config import Config
-from spoolup.journal import Journal, JournalError, corrupt_message, schema_version
+from spoolup.journal import Journal, JournalError, schema_version
 from spoolup.lock import StateLock
 from spoolup.s3 import S3, S3Error
 
@@ -44,7 +44,7 @@ def _journal_copy(cfg: Config) -> tuple[Journal, list[str]]:
         applied = journal.migrate()
         journal.conn.execute("SELECT count(*) FROM objects").fetchone()
     except sqlite3.DatabaseError as e:
-        raise JournalError(corrupt_message(path, e)) from None
+        raise JournalError(journal_faults.message(path, e)) from None
     return journal, _migrated(before, journal.user_version(), applied)
 
 
@@ -74,8 +74,9 @@ def run(cfg: Config, *, dry_run: bool) -> int:
             before = journal.user_version()
             try:
                 applied = _migrated(before, schema_version(), journal.migrate())
+                journal.probe_write()
             except sqlite3.DatabaseError as e:
-                raise JournalError(corrupt_message(cfg.journal_path, e)) from None
+                raise JournalError(journal_faults.message(cfg.journal_path, e)) from None
         for line in applied:
             report.did(line)
         recover.reconcile_chunks(cfg, journal, report, dry_run=dry_run)

@@ -224,3 +224,37 @@ def wait_done(sp: Spoolup, timeout: float = 60) -> None:
 
 def now() -> float:
     return time.monotonic()
+
+
+# ---------------------------------------------------------------------------
+# real filesystems for the state dir
+
+
+def mount_tmpfs(mnt: Path, size: str) -> None:
+    """A tmpfs of `size` at mnt (needs root; a failure fails the test, never skips it)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "spoolup-test", str(mnt)],
+                   check=True, capture_output=True)
+
+
+def umount(mnt: Path) -> None:
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_filesystem(directory: Path, leave: int = 0) -> Path:
+    """Fill the filesystem of `directory` with one file, then give `leave` bytes back."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for block in (1 << 20, 64 << 10, 4 << 10, 512):
+            try:
+                while True:
+                    os.write(fd, b"\xff" * block)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    size = filler.stat().st_size
+    os.truncate(filler, max(size - leave, 0))
+    return filler
