@@ -79,7 +79,8 @@ class _Live:
 
 
 class ChunkStore:
-    """Ingest's side of the chunk files."""
+    """Ingest's side of the chunk files.  `codec` is the configured one; each object may
+    have its own (the one it was started with, spoolup/form.py), given with each call."""
 
     def __init__(self, directory: Path, codec: Codec, *, fsync: bool):
         self.directory = directory
@@ -87,17 +88,18 @@ class ChunkStore:
         self.fsync = fsync
         self.files = ChunkFiles(directory, fsync=fsync)
         self._live: OrderedDict[tuple[int, int], _Live] = OrderedDict()
-        self._max_live = codec.max_live() if codec.compressed else 0
+        self._max_live = codec.max_live() if codec.compressed else _MAX_COMPRESSORS
         self._parked: dict[tuple[int, int], int] = {}  # evicted compressors: .tmp length, members finished
         self._renamed = False
 
     # -- writing -------------------------------------------------------------
 
-    def append(self, object_id: int, part: int, data, at: int) -> None:
+    def append(self, object_id: int, part: int, data, at: int, codec: Codec | None = None) -> None:
         """Append to a chunk whose raw length before this is `at` (the journal's, plus the
         batch's appends so far): the file's own size is never taken for it."""
-        if self.codec.compressed:
-            live = self._compressor(object_id, part, at)  # before the raw append: a rebuild reads the raw file
+        codec = codec or self.codec
+        if codec.compressed:
+            live = self._compressor(object_id, part, at, codec)  # before the raw append: a rebuild reads the raw file
             self.files.append(chunk_name(object_id, part), data, at)
             out = live.comp.compress(bytes(data))
             if out:
@@ -106,17 +108,18 @@ class ChunkStore:
         else:
             self.files.append(chunk_name(object_id, part), data, at)
 
-    def stored_len(self, object_id: int, part: int, raw_len: int) -> int:
+    def stored_len(self, object_id: int, part: int, raw_len: int, codec: Codec | None = None) -> int:
         """Compressed bytes produced so far for an open chunk (chunk-size is measured on these)."""
         parked = self._parked.get((object_id, part))
         if parked is not None:
             return parked
-        return self._compressor(object_id, part, raw_len).out_len
+        return self._compressor(object_id, part, raw_len, codec or self.codec).out_len
 
-    def seal(self, object_id: int, part: int, raw_len: int) -> int:
+    def seal(self, object_id: int, part: int, raw_len: int, codec: Codec | None = None) -> int:
         """Finish the chunk; returns the part's size.  Durable after the next sync()."""
+        codec = codec or self.codec
         name = chunk_name(object_id, part)
-        if not self.codec.compressed:
+        if not codec.compressed:
             return self.files.finish(name, raw_len)  # the chunk file is the part: exact and durable now
         parked = self._parked.pop((object_id, part), None)
         if parked is not None:  # its last member is finished already
@@ -124,7 +127,7 @@ class ChunkStore:
                 fsync_path(self.directory / (name + ".tmp"))
             out_len = parked
         else:
-            live = self._compressor(object_id, part, raw_len)
+            live = self._compressor(object_id, part, raw_len, codec)
             tail = live.comp.flush()
             write_all(live.fd, tail)
             live.out_len += len(tail)
@@ -144,11 +147,11 @@ class ChunkStore:
                 fsync_dir(self.directory)
             self._renamed = False
 
-    def sealed_committed(self, object_id: int, part: int) -> None:
+    def sealed_committed(self, object_id: int, part: int, codec: Codec | None = None) -> None:
         """The seal is journaled: the raw bytes of a compressed part are no longer needed."""
         name = chunk_name(object_id, part)
         self.files.forget(name)
-        if self.codec.compressed:
+        if (codec or self.codec).compressed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.directory / name)
 
@@ -173,7 +176,7 @@ class ChunkStore:
 
     # -- compressors -----------------------------------------------------------
 
-    def _compressor(self, object_id: int, part: int, raw_len: int) -> _Live:
+    def _compressor(self, object_id: int, part: int, raw_len: int, codec: Codec) -> _Live:
         k = (object_id, part)
         live = self._live.get(k)
         if live is not None:
@@ -181,12 +184,14 @@ class ChunkStore:
             return live
         parked = self._parked.pop(k, None)
         if parked is None:
-            live = self._rebuild(object_id, part, raw_len)
+            live = self._rebuild(object_id, part, raw_len, codec)
         else:  # evicted before: its members so far stay, the next one starts here
             fd = os.open(self.directory / (chunk_name(object_id, part) + ".tmp"), os.O_WRONLY | os.O_APPEND)
-            live = _Live(self.codec.compressor(), fd)
+            live = _Live(codec.compressor(), fd)
             live.out_len = parked
         self._live[k] = live
+        if codec != self.codec:  # an object of an earlier configuration: its compressors count too
+            self._max_live = min(self._max_live, codec.max_live())
         while len(self._live) > self._max_live:
             old_k, old = self._live.popitem(last=False)
             self._park(old_k, old)
@@ -202,11 +207,11 @@ class ChunkStore:
         os.close(live.fd)
         self._parked[k] = live.out_len + len(tail)
 
-    def _rebuild(self, object_id: int, part: int, raw_len: int) -> _Live:
+    def _rebuild(self, object_id: int, part: int, raw_len: int, codec: Codec) -> _Live:
         """A compressor fed with the chunk's `raw_len` raw bytes so far (after a restart: one member)."""
         name = chunk_name(object_id, part)
         fd = os.open(self.directory / (name + ".tmp"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        live = _Live(self.codec.compressor(), fd)
+        live = _Live(codec.compressor(), fd)
         if raw_len:
             for block in self.files.content(name, raw_len):
                 out = live.comp.compress(block)

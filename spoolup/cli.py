@@ -129,6 +129,9 @@ def _main(argv: list[str]) -> int:
         return COMMANDS[args.command](cfg, args)
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except config_mod.ConfigError as e:  # a change the state dir cannot take (spoolup/form.py)
+        print(f"spoolup: configuration error in {args.config}: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the last line of defence: a clear message, exit 1
         from spoolup.journal import JournalError
         from spoolup.lock import StateDirBusy

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from spoolup import crash, envelope, objects
-from spoolup.chunks import ChunkStore
+from spoolup import form as forms
+from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
+from spoolup.form import Form
 from spoolup.journal import Batch, Journal, ObjectRow
 from spoolup.spool import Source, Spool
 
@@ -43,6 +45,7 @@ class OpenObject:
     chunk_len: int = 0  # raw bytes in that chunk (0: not started)
     sealed: int = 0  # parts sealed so far
     suffix: str = ""  # object-key-suffix of its final key
+    form: Form | None = None  # the options it was started with (spoolup/form.py)
 
 
 class Ingest:
@@ -63,11 +66,13 @@ class Ingest:
         self.batch_bytes = 0
         self.batch_limit = BATCH_BYTES  # smaller for a while after the disk was full
         self.sealed_pending = 0
-        self._sealed_in_batch: list[tuple[int, int]] = []
+        self._sealed_in_batch: list[tuple[int, int, Codec]] = []
         self._ts_cache: tuple[int, str] = (-1, "")
         self.stats = {"bytes": 0, "records": 0}
         self._envelope = envelope.Parser(cfg.object_key)
         self._restored = True  # False from a rollback until the journaled state is back (restore())
+        self.form = Form.of_config(cfg)  # the form of the objects this run creates
+        self._form_json = self.form.to_json()
 
     # -- state ---------------------------------------------------------------------
 
@@ -75,7 +80,7 @@ class Ingest:
         self.next_id = self.journal.max_object_id() + 1
         for row in self.journal.open_objects():
             obj = OpenObject(row.id, row.key, row.ts, row.size, row.records, row.created, row.last_write,
-                             suffix=row.key_suffix)
+                             suffix=row.key_suffix, form=forms.parse(row.form, self.form))
             for chunk in self.journal.chunks_of(row.id):
                 if chunk.state == "open":
                     obj.part, obj.chunk_len = chunk.part, chunk.length
@@ -249,10 +254,9 @@ class Ingest:
                  suffix: str) -> None:
         """Whole newline-terminated records data[start:end] of one (key, ts)."""
         pos = start
-        limit = self.cfg.max_object_size
         while pos < end:
             obj = self._target(key, ts, now, suffix)
-            stop, full = objects.take(obj.size, limit, data, pos, end)
+            stop, full = objects.take(obj.size, obj.form.max_object_size, data, pos, end)
             self._write(obj, data, pos, stop, now)
             self.batch.source_objects.add((src.id, obj.id))
             if full:
@@ -264,10 +268,10 @@ class Ingest:
     def _deliver_records(self, src: Source, key: str, ts: str, records: list[bytes], now: float,
                          suffix: str) -> None:
         """Records (each ending in b"\\n", possibly containing more newlines) of one (key, ts)."""
-        limit = self.cfg.max_object_size
         i = 0
         while i < len(records):
             obj = self._target(key, ts, now, suffix)
+            limit = obj.form.max_object_size
             room = limit - obj.size
             j, size = i, 0
             while j < len(records) and size < room:
@@ -307,11 +311,11 @@ class Ingest:
         return newest
 
     def _new_object(self, key: str, ts: str, now: float, suffix: str) -> OpenObject:
-        obj = OpenObject(self.next_id, key, ts, 0, 0, now, now, suffix=suffix)
+        obj = OpenObject(self.next_id, key, ts, 0, 0, now, now, suffix=suffix, form=self.form)
         self.next_id += 1
         self._track(obj)
         self.batch.new_objects.append(ObjectRow(obj.id, key, ts, "open", None, None, None, None, 0, 0, now, now,
-                                                key_suffix=suffix))
+                                                key_suffix=suffix, form=self._form_json))
         self.log.debug("object opened", object=obj.id, key=key, ts=ts)
         return obj
 
@@ -320,18 +324,21 @@ class Ingest:
         if records is None:
             records = data.count(b"\n", start, stop) or 1
         view = memoryview(data)[start:stop]
-        chunk_size = self.cfg.chunk_size
-        if self.store.codec.compressed:
-            self.store.append(obj.id, obj.part, view, obj.chunk_len)
+        chunk_size, codec = obj.form.chunk_size, obj.form.codec
+        if codec.compressed:
+            self.store.append(obj.id, obj.part, view, obj.chunk_len, codec)
             obj.chunk_len += n
             self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
-            if self.store.stored_len(obj.id, obj.part, obj.chunk_len) >= chunk_size and obj.part < objects.MAX_PARTS:
+            if self.store.stored_len(obj.id, obj.part, obj.chunk_len, codec) >= chunk_size \
+                    and obj.part < objects.MAX_PARTS:
                 self._seal(obj)
         else:
             pos = 0
             while pos < n:
+                if obj.chunk_len >= chunk_size and obj.part < objects.MAX_PARTS:
+                    self._seal(obj)  # an open chunk already that long (journaled before forms were)
                 k = n - pos if obj.part >= objects.MAX_PARTS else min(chunk_size - obj.chunk_len, n - pos)
-                self.store.append(obj.id, obj.part, view[pos:pos + k], obj.chunk_len)
+                self.store.append(obj.id, obj.part, view[pos:pos + k], obj.chunk_len, codec)
                 obj.chunk_len += k
                 pos += k
                 self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
@@ -345,9 +352,9 @@ class Ingest:
         self.stats["records"] += records
 
     def _seal(self, obj: OpenObject) -> None:
-        part_size = self.store.seal(obj.id, obj.part, obj.chunk_len)
+        part_size = self.store.seal(obj.id, obj.part, obj.chunk_len, obj.form.codec)
         self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "sealed", part_size)
-        self._sealed_in_batch.append((obj.id, obj.part))
+        self._sealed_in_batch.append((obj.id, obj.part, obj.form.codec))
         self.sealed_pending += 1
         obj.sealed += 1
         obj.part += 1
@@ -394,8 +401,8 @@ class Ingest:
         crash.point("after-batch-commit")
         if self.batch.dead_letters:
             self.dead.committed()
-        for oid, part in self._sealed_in_batch:
-            self.store.sealed_committed(oid, part)
+        for oid, part, codec in self._sealed_in_batch:
+            self.store.sealed_committed(oid, part, codec)
         if self.batch.closed or self._sealed_in_batch:
             self.notify()
         self.batch = Batch()

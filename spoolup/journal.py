@@ -91,6 +91,7 @@ class ObjectRow:
     done_at: float | None = None
     etag: str | None = None
     key_suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
+    form: str | None = None  # the options it was started with (JSON, spoolup/form.py)
 
 
 @dataclass
@@ -463,6 +464,14 @@ class Journal:
 
     # -- objects and chunks (ingest) -------------------------------------------
 
+    def stamp_forms(self, form: str) -> int:
+        """Objects not yet done that were journaled before forms were (schema < 4) get `form`:
+        from now on they keep it, whatever the configuration says at later starts."""
+        with self.transaction():
+            return self.conn.execute(
+                "UPDATE objects SET form = ? WHERE form IS NULL AND state != 'done'", (form,)
+            ).rowcount
+
     def open_objects(self) -> list[ObjectRow]:
         return [_object(r) for r in self.conn.execute("SELECT * FROM objects WHERE state = 'open' ORDER BY id")]
 
@@ -485,9 +494,9 @@ class Journal:
         with self.transaction():
             if batch.new_objects:
                 c.executemany(
-                    "INSERT INTO objects (id, key, ts, state, size, records, created, last_write, key_suffix) "
-                    "VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?)",
-                    [(o.id, o.key, o.ts, o.size, o.records, o.created, o.last_write, o.key_suffix)
+                    "INSERT INTO objects (id, key, ts, state, size, records, created, last_write, key_suffix, form) "
+                    "VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+                    [(o.id, o.key, o.ts, o.size, o.records, o.created, o.last_write, o.key_suffix, o.form)
                      for o in batch.new_objects],
                 )
             if batch.chunks:

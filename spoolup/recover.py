@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from spoolup import keys
-from spoolup.chunks import Codec, part_file, raw_file
+from spoolup import form as forms
+from spoolup.chunks import part_file, raw_file
 from spoolup.config import Config
+from spoolup.form import Form
 from spoolup.files import syncfs
 from spoolup.journal import Journal
 from spoolup.spool import scan
@@ -85,16 +87,18 @@ def missing_journal_problem(cfg: Config) -> str | None:
 def reconcile_chunks(cfg: Config, journal: Journal, report: Report, *, dry_run: bool) -> None:
     """Chunk files longer than journaled are truncated (the tail was never committed);
     shorter or missing ones are problems; files the journal does not know are removed."""
-    codec = Codec(cfg.compression, cfg.compresslevel)
+    configured = Form.of_config(cfg)
     directory = cfg.chunk_dir
     if not directory.exists():
         return
     expected: dict[str, int] = {}  # file name -> journaled size
     rows = journal.conn.execute(
-        "SELECT c.object_id, c.part, c.length, c.state, c.part_size, o.final_key, o.key "
+        "SELECT c.object_id, c.part, c.length, c.state, c.part_size, o.form "
         "FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state != 'done'"
     ).fetchall()
-    for oid, part, length, state, part_size, final_key, key in rows:
+    for oid, part, length, state, part_size, form in rows:
+        # each object's files are named by the codec it was started with, not today's
+        codec = forms.parse(form, configured).codec
         if state == "open" or not codec.compressed:
             expected[raw_file(directory, oid, part).name] = length
         else:
@@ -190,8 +194,7 @@ def reconcile_remote(cfg: Config, journal: Journal, s3: "S3", report: Report, *,
     from spoolup.s3 import FileBody, NoSuchUpload, multipart_etag, same_etag
     from spoolup.upload import Work, remove_chunk_files
 
-    codec = Codec(cfg.compression, cfg.compresslevel)
-    work = Work(cfg, s3, cfg.chunk_dir, codec, journal.journal_id)
+    work = Work(cfg, s3, cfg.chunk_dir, journal.journal_id)
 
     # 1. multipart uploads the journal knows: compare with what S3 holds (ListParts)
     for obj in journal.objects_where("state != 'done' AND mode = 'multipart' AND upload_id IS NOT NULL"):
@@ -223,7 +226,7 @@ def reconcile_remote(cfg: Config, journal: Journal, s3: "S3", report: Report, *,
                         journal.conn.execute("UPDATE chunks SET state = 'sealed', etag = NULL "
                                              "WHERE object_id = ? AND part = ?", (obj.id, c.part))
             elif c.state == "sealed" and in_s3 is not None:
-                path = part_file(cfg.chunk_dir, obj.id, c.part, codec)
+                path = part_file(cfg.chunk_dir, obj.id, c.part, work.codec_of(obj))
                 if not path.exists():
                     continue
                 body = FileBody.of(path)
@@ -245,7 +248,7 @@ def reconcile_remote(cfg: Config, journal: Journal, s3: "S3", report: Report, *,
 
     # 3. single-part objects whose PutObject may have succeeded before a crash
     for obj in journal.objects_where("state != 'done' AND mode = 'single' AND final_key IS NOT NULL"):
-        path = part_file(cfg.chunk_dir, obj.id, 1, codec)
+        path = part_file(cfg.chunk_dir, obj.id, 1, work.codec_of(obj))
         if not path.exists():
             continue
         head = s3.head(obj.final_key)

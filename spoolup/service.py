@@ -24,6 +24,7 @@ from spoolup import keys, logs, metrics, recover, systemd
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
+from spoolup.form import Form, check_run_config
 from spoolup.ingest import Ingest
 from spoolup.journal import Journal, JournalError, disk_full
 from spoolup.lock import StateLock
@@ -172,6 +173,13 @@ class Service:
         self.journal = Journal.open(self.cfg.journal_path, fsync=self.cfg.fsync, check=True)
         for name in self.journal.migrated:
             self.log.info("recovery", action=f"migrate the journal: {name}")
+        # objects open or waiting for S3 finish in the form they were started in; objects
+        # journaled before forms were take this run's (see spoolup/form.py)
+        stamped = self.journal.stamp_forms(Form.of_config(self.cfg).to_json())
+        if stamped:
+            self.log.info("recovery", action=f"journal the form (compression, chunk-size, ...) of {stamped} "
+                          "object(s) journaled before forms were: this run's configuration")
+        check_run_config(self.cfg, self.journal)
         # start the upload process now: its start-up (boto3, reconciling with S3) overlaps
         # the local recovery and the first ingest batches.  Local recovery only touches open
         # chunks and unreferenced files, which the upload process never reads.

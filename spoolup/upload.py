@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spoolup import crash, keys, logs, metrics
+from spoolup import form as forms
 from spoolup.chunks import Codec, chunk_name, part_file
 from spoolup.config import Config
+from spoolup.form import Form
 from spoolup.health import S3Health
 from spoolup.journal import ChunkRow, Journal, ObjectRow, disk_full
 from spoolup.s3 import S3, FileBody, InvalidPart, NoSuchUpload, PreconditionFailed, S3Error, multipart_etag, same_etag
@@ -116,11 +118,11 @@ class PartsMismatch:
 
 
 class Work:
-    def __init__(self, cfg: Config, s3: S3, chunk_dir: Path, codec: Codec, journal_id: str):
+    def __init__(self, cfg: Config, s3: S3, chunk_dir: Path, journal_id: str):
         self.cfg = cfg
         self.s3 = s3
         self.chunk_dir = chunk_dir
-        self.codec = codec
+        self.form = Form.of_config(cfg)  # for objects journaled without a form of their own
         self.journal_id = journal_id
         self.prefix = keys.static_prefix(cfg.object_key)
         self._pending: tuple[float, set[str]] = (-PENDING_TTL - 1.0, set())
@@ -129,6 +131,10 @@ class Work:
     def metadata(self, object_id: int) -> dict[str, str]:
         # the configured metadata cannot use spoolup's names (config refuses "spoolup-*")
         return {**self.cfg.metadata, META_KEY: f"{self.journal_id}/{object_id}"}
+
+    def codec_of(self, obj: ObjectRow) -> Codec:
+        """The codec the object was started with (its chunk files' names and contents)."""
+        return forms.parse(obj.form, self.form).codec
 
     def is_ours(self, head: dict[str, Any] | None, object_id: int, expected_etag: str | None) -> bool:
         if head is None:
@@ -150,6 +156,8 @@ class Work:
 
     def taken_keys(self, key: str, ts: str) -> set[str]:
         prefix = keys.key_prefix(key, ts)
+        if not prefix.startswith(self.prefix):  # an object of an earlier object-key
+            return self.s3.list_keys(prefix) | {k for k, _ in self.s3.list_uploads(prefix)}
         return self.s3.list_keys(prefix) | {k for k in self.pending_upload_keys() if k.startswith(prefix)}
 
     def free_indexes(self, obj: ObjectRow, start: int, in_use: set[int], taken: set[str]):
@@ -164,7 +172,8 @@ class Work:
 
     def claim(self, obj: ObjectRow, start: int, in_use: set[int], mode: str) -> Claimed:
         idx = next(self.free_indexes(obj, start, in_use, self.taken_keys(obj.key, obj.ts)))
-        return Claimed(obj.id, idx, keys.final_key(obj.key, obj.ts, idx, obj.key_suffix + self.cfg.key_suffix), mode)
+        suffix = obj.key_suffix + forms.parse(obj.form, self.form).compression_suffix
+        return Claimed(obj.id, idx, keys.final_key(obj.key, obj.ts, idx, suffix), mode)
 
     def start(self, obj: ObjectRow, part_size: int | None = None) -> Started | Done | KeyTaken:
         key = obj.final_key
@@ -184,7 +193,7 @@ class Work:
 
     def put(self, obj: ObjectRow, part_size: int | None = None) -> Done | KeyTaken:
         key = obj.final_key
-        body = FileBody.of(part_file(self.chunk_dir, obj.id, 1, self.codec))
+        body = FileBody.of(part_file(self.chunk_dir, obj.id, 1, self.codec_of(obj)))
         if part_size is not None and body.size != part_size:
             raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
                           f"{part_size}; run `spoolup recover`", op="PutObject", key=key)
@@ -218,7 +227,7 @@ class Work:
             pass
 
     def part(self, obj: ObjectRow, chunk: ChunkRow, attempts: int) -> PartDone | UploadGone:
-        body = FileBody.of(part_file(self.chunk_dir, obj.id, chunk.part, self.codec), md5=self.s3.part_md5)
+        body = FileBody.of(part_file(self.chunk_dir, obj.id, chunk.part, self.codec_of(obj)), md5=self.s3.part_md5)
         if chunk.part_size is not None and body.size != chunk.part_size:
             raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
                           f"{chunk.part_size}; run `spoolup recover`", op="UploadPart", key=obj.final_key)
@@ -277,8 +286,7 @@ class Uploader:
         self.journal = journal
         self.log = log
         self.process = process
-        self.codec = Codec(cfg.compression, cfg.compresslevel)
-        self.work = Work(cfg, s3, cfg.chunk_dir, self.codec, journal.journal_id)
+        self.work = Work(cfg, s3, cfg.chunk_dir, journal.journal_id)
         self.pool = ThreadPoolExecutor(max_workers=cfg.upload_threads, thread_name_prefix="upload")
         self.inflight: dict[tuple, Future] = {}
         self.failures: dict[tuple, tuple[int, float]] = {}  # task -> (attempts, not before)
