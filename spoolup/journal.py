@@ -465,7 +465,7 @@ class Journal:
     # -- objects and chunks (ingest) -------------------------------------------
 
     def stamp_forms(self, form: str) -> int:
-        """Objects not yet done that were journaled before forms were (schema < 4) get `form`:
+        """Objects not yet done that were journaled before forms were (schema < 5) get `form`:
         from now on they keep it, whatever the configuration says at later starts."""
         with self.transaction():
             return self.conn.execute(

@@ -18,7 +18,7 @@ from crashkit import (assert_exact, chunk_files, drain_crashing, journal_path, j
                       noisy_lines, query, spoolup_cmd, write)
 from faultproxy import FaultProxy
 from helpers import list_keys, pending_uploads, syslog_lines
-from spoolup.journal import schema_version
+from spoolup.journal import migrations, schema_version
 
 BIG = noisy_lines(40_000)  # ~10 MiB: parts of 5 + 5 + a little
 SMALL = syslog_lines(1500, host="s")
@@ -233,14 +233,22 @@ def test_spool_file_replaced_under_its_journaled_offset(make_spoolup, s3):
 # the journal itself
 
 
+# what each migration after the first added, undone (newest first)
+UNDO = {2: ["DROP INDEX requests_open"], 3: ["ALTER TABLE objects DROP COLUMN key_suffix"],
+        4: ["DROP TABLE quarantine"], 5: ["ALTER TABLE objects DROP COLUMN form"]}
+LATEST = schema_version()
+MIGRATED = (f"migrate the journal from schema version 1 to {LATEST} "
+            f"({', '.join(name for n, name, _ in migrations() if n > 1)})")
+
+
 def downgrade_to_v1(sp) -> None:
     """Make the journal exactly what spoolup with schema version 1 left behind."""
     conn = sqlite3.connect(journal_path(sp), isolation_level=None)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
-        conn.execute("DROP INDEX requests_open")  # 0002
-        conn.execute("ALTER TABLE objects DROP COLUMN key_suffix")  # 0003
-        conn.execute("DROP TABLE quarantine")  # 0004
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == max(UNDO)
+        for version in sorted(UNDO, reverse=True):
+            for sql in UNDO[version]:
+                conn.execute(sql)
         conn.execute("PRAGMA user_version = 1")
     finally:
         conn.close()
@@ -253,14 +261,13 @@ def test_journal_of_schema_version_1_is_migrated(make_spoolup, s3):
     before = journal_path(sp).read_bytes()
     r = recover(sp, "--dry-run")
     assert r.returncode == 0, r.stdout + r.stderr
-    migrated = (f"migrate the journal from schema version 1 to {schema_version()} "
-                "(0002_requests_open_index.sql, 0003_object_key_suffix.sql, 0004_quarantine.sql)")
+    migrated = MIGRATED
     assert migrated in r.stdout, r.stdout
     assert journal_path(sp).read_bytes() == before
     r = recover(sp)
     assert r.returncode == 0, r.stdout + r.stderr
     assert migrated in r.stdout, r.stdout
-    assert query(sp, "PRAGMA user_version") == [(schema_version(),)]
+    assert query(sp, "PRAGMA user_version") == [(LATEST,)]
     assert query(sp, "SELECT name FROM sqlite_master WHERE name = 'requests_open'") == [("requests_open",)]
     drained(sp, s3, files)
 
@@ -378,7 +385,7 @@ def test_run_performs_the_same_recovery_at_start(make_spoolup, s3):
                      "CompleteMultipartUpload had succeeded but was not journaled", f"abort multipart upload "
                      f"{orphan[:16]}"):
         assert expected in r.stderr, f"{expected!r} not logged"
-    assert query(sp, "PRAGMA user_version") == [(schema_version(),)]
+    assert query(sp, "PRAGMA user_version") == [(LATEST,)]
     assert_exact(s3, sp.bucket, files)
     assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag
 

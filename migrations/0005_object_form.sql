@@ -1,4 +1,4 @@
--- spoolup journal, schema version 4.
+-- spoolup journal, schema version 5.
 -- Each object keeps the form it was started in (spoolup/form.py: compression,
 -- compresslevel, chunk-size, max-object-size as JSON), so that a configuration
 -- changed between two runs never changes an object already open or waiting for S3.
