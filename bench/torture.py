@@ -14,7 +14,8 @@ key, in completed objects, byte for byte, and no multipart upload is left pendin
 Prints cycles, records, lost, duplicated (and more); exit 0 only when nothing is
 lost, duplicated, reordered or pending.  `--json` prints the figures as JSON (the
 test tests/test_torture.py runs it so).  Without `--s3-url` a moto server is
-started on a free loopback port.
+started on a free loopback port, or with `--server rgw` a throw-away Ceph RGW
+(tests/localrgw.py: needs the Ceph packages of tests/setup.sh).
 """
 
 from __future__ import annotations
@@ -205,9 +206,9 @@ def kill(pid: int) -> None:
 
 
 def write_config(path: Path, url: str, bucket: str, spool: Path, state: Path, log_file: Path,
-                 compression: str = "none") -> None:
+                 compression: str = "none", keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY)) -> None:
     options = {
-        "url": url, "bucket": bucket, "access-key": ACCESS_KEY, "secret-key": SECRET_KEY, "region": "us-east-1",
+        "url": url, "bucket": bucket, "access-key": keys[0], "secret-key": keys[1], "region": "us-east-1",
         "spool-dir": str(spool), "state-dir": str(state), "log-format": "json", "log-file": str(log_file),
         "object-key": PREFIX + "{name}", "object-key-timestamp": "%Y%m%d%H%M",
         "chunk-size": "5MiB", "max-object-size": "6MiB", "flush-grace-period": "1s", "spool-reap": "2s",
@@ -219,7 +220,8 @@ def write_config(path: Path, url: str, bucket: str, spool: Path, state: Path, lo
 
 def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files: int = 4,
             min_life: float = 0.4, max_life: float = 3.5, big_every: float = 12.0, quiet: bool = False,
-            compression: str = "none", state_dir: Path | None = None) -> dict:
+            compression: str = "none", state_dir: Path | None = None,
+            keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY)) -> dict:
     rnd = random.Random(seed)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     become_subreaper()
@@ -230,7 +232,7 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
     spool, state = workdir / "spool", state_dir or workdir / "state"
     spool.mkdir(parents=True, exist_ok=True)
     config = workdir / "spoolup.toml"
-    write_config(config, s3_url, bucket, spool, state, workdir / "spoolup.log", compression)
+    write_config(config, s3_url, bucket, spool, state, workdir / "spoolup.log", compression, keys)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOOLUP_", "AWS_"))}
     cmd = [sys.executable, "-m", "spoolup"]
     names = [f"f{i}.log" for i in range(files)]
@@ -290,7 +292,7 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
         figures["drain_exit"] = r.returncode
         if r.returncode != 0:
             say(f"final drain failed ({r.returncode}):\n{r.stderr[-4000:]}")
-        figures.update(verify(s3_url, bucket, writer, spool, compression))
+        figures.update(verify(s3_url, bucket, writer, spool, compression, keys))
     finally:
         writer.stop.set()
         for pid in orphans:
@@ -306,8 +308,9 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
     return figures
 
 
-def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str = "none") -> dict:
-    s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str = "none",
+           keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY)) -> dict:
+    s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id=keys[0], aws_secret_access_key=keys[1],
                       region_name="us-east-1",
                       config=BotoConfig(s3={"addressing_style": "path"}, max_pool_connections=16))
     objects: list[dict] = []
@@ -401,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--files", type=int, default=4, help="spool files (keys)")
     ap.add_argument("--dir", help="work directory (kept); default: a temporary one, removed afterwards")
-    ap.add_argument("--s3-url", help="an S3 endpoint (e.g. a running moto server); default: start moto")
+    ap.add_argument("--s3-url", help="an S3 endpoint (e.g. a running moto server); default: start --server")
+    ap.add_argument("--server", choices=("moto", "rgw"), default="moto",
+                    help="without --s3-url: the S3 server to start (rgw: a throw-away Ceph RGW on loopback)")
+    ap.add_argument("--access-key", default=ACCESS_KEY, help="the S3 keys (with --s3-url, or for the RGW user)")
+    ap.add_argument("--secret-key", default=SECRET_KEY)
     ap.add_argument("--max-life", type=float, default=3.5, help="longest life of a `spoolup run`, seconds")
     ap.add_argument("--big-every", type=float, default=12.0, help="mean seconds between bursts > chunk-size")
     ap.add_argument("--compression", choices=("none", "gzip", "zstd"), default="none")
@@ -410,20 +417,33 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spoolup-torture-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    figures = torture(args.cycles, seed=args.seed, workdir=workdir, s3_url=args.s3_url, files=args.files,
-                      max_life=args.max_life, big_every=args.big_every, quiet=args.json,
-                      compression=args.compression, state_dir=Path(args.state_dir) if args.state_dir else None)
+    keys = (args.access_key, args.secret_key)
+    with contextlib.ExitStack() as stack:
+        s3_url = args.s3_url
+        if s3_url is None and args.server == "rgw":  # started before torture() makes this process a subreaper
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from localrgw import LocalRGW
+
+            rgw = stack.enter_context(LocalRGW(workdir / "rgw", *keys))
+            s3_url = rgw.url
+            if not args.json:
+                print(f"Ceph RGW up at {s3_url} in {rgw.startup_seconds:.1f}s", file=sys.stderr, flush=True)
+        figures = torture(args.cycles, seed=args.seed, workdir=workdir, s3_url=s3_url, files=args.files,
+                          max_life=args.max_life, big_every=args.big_every, quiet=args.json,
+                          compression=args.compression, state_dir=Path(args.state_dir) if args.state_dir else None,
+                          keys=keys)
     if not args.dir and figures["ok"]:
         shutil.rmtree(workdir, ignore_errors=True)
     figures["seed"] = args.seed
     figures["compression"] = args.compression
+    figures["server"] = "url" if args.s3_url else args.server
     figures["machine"] = machine()
     if args.json:
         print(json.dumps(figures))
     else:
         for k in ("cycles", "records", "lost", "duplicated", "out_of_order", "byte_mismatches", "pending_uploads",
                   "objects", "multipart_objects", "bytes", "kills_main", "kills_upload", "kills_both",
-                  "unexpected_exits", "stuck_upload_processes", "duration_seconds", "seed", "machine"):
+                  "unexpected_exits", "stuck_upload_processes", "duration_seconds", "seed", "server", "machine"):
             print(f"{k}: {figures.get(k)}")
         for line in figures.get("problems", []):
             print(f"problem: {line}")

@@ -26,6 +26,8 @@ from crashkit import assert_exact, noisy_lines, query, write
 from faultproxy import FaultProxy
 from helpers import get, list_keys, pending_uploads, syslog_lines, wait_for
 
+pytestmark = pytest.mark.s3_servers("moto", "rgw")
+
 WINDOW = 5.0  # seconds a fault lasts
 RETRY_MAX_DELAY = 2.0
 S3_TIMEOUT = 1.5
@@ -51,8 +53,8 @@ FAULTS = {
 
 
 @pytest.fixture
-def proxy(moto):
-    p = FaultProxy(moto.url).start()
+def proxy(s3server):
+    p = FaultProxy(s3server.url).start()
     yield p
     p.stop()
 

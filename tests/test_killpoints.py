@@ -18,6 +18,8 @@ from crashkit import (assert_exact, chunk_files, consumed, crash_mark, drain_cra
                       split_records, write)
 from helpers import STATE_FILESYSTEMS, list_keys, pending_uploads, syslog_lines, wait_for  # noqa: F401
 
+pytestmark = pytest.mark.s3_servers("moto", "rgw")
+
 SMALL = {"a.log": syslog_lines(2000, host="a"), "b.log": syslog_lines(700, host="b"), "c.log": b"one record\n"}
 BIG = syslog_lines(50_000, width=256)  # ~12.8 MiB: parts of 5 + 5 + 2.8 MiB
 SHAPES = {

@@ -20,14 +20,16 @@ from faultproxy import FaultProxy
 from helpers import list_keys, pending_uploads, syslog_lines
 from spoolup.journal import migrations, schema_version
 
+pytestmark = pytest.mark.s3_servers("moto", "rgw")
+
 BIG = noisy_lines(40_000)  # ~10 MiB: parts of 5 + 5 + a little
 SMALL = syslog_lines(1500, host="s")
 WRITES = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
 
 
 @pytest.fixture
-def proxy(moto):
-    p = FaultProxy(moto.url).start()
+def proxy(s3server):
+    p = FaultProxy(s3server.url).start()
     yield p
     p.stop()
 
