@@ -163,6 +163,8 @@ def test_backoff_spaces_out_the_attempts_of_one_call(make_spoolup, s3, proxy):
 
 
 @pytest.mark.parametrize("name,op", [("s1.log", "PutObject"), ("big.log", "CompleteMultipartUpload")])
+@pytest.mark.xfail_rgw(reason="issue 12 item 2: RGW ignores If-None-Match: * on CompleteMultipartUpload (200, the "
+                              "foreign object is overwritten)", op="CompleteMultipartUpload")
 def test_foreign_writer_racing_the_conditional_write_is_never_overwritten(make_spoolup, s3, proxy, name, op):
     sp = make(make_spoolup, proxy)
     foreign = b"written by someone else an instant before spoolup\n"

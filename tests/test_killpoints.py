@@ -101,6 +101,7 @@ UPLOAD_POINTS = [
 
 
 @pytest.mark.parametrize("point,shape", UPLOAD_POINTS, ids=[f"{p}-{s}" for p, s in UPLOAD_POINTS])
+@pytest.mark.xfail_rgw(reason="issue 12 item 1: RGW answers ListParts of a completed upload with 404 NoSuchKey (not NoSuchUpload): reconcile stalls", point="after-complete")
 def test_upload_killed_with_the_service(make_spoolup, s3, point, shape):
     sp, files, suffix = make(make_spoolup, shape)
     for name, data in files.items():
@@ -125,6 +126,7 @@ PROCESS_POINTS = ["after-create-multipart", "after-upload-part", "after-complete
 
 
 @pytest.mark.parametrize("point", PROCESS_POINTS)
+@pytest.mark.xfail_rgw(reason="issue 12 item 1: RGW answers ListParts of a completed upload with 404 NoSuchKey (not NoSuchUpload): reconcile stalls", point="after-complete")
 def test_upload_process_killed_and_restarted_by_the_service(make_spoolup, s3, point):
     sp, files, suffix = make(make_spoolup, "multipart")
     for name, data in files.items():

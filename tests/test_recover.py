@@ -146,6 +146,8 @@ def test_journaled_parts_missing_in_s3_are_uploaded_again_from_local_chunks(make
     assert head["ETag"].strip('"').endswith(f"-{-(-len(BIG) // (5 << 20))}")
 
 
+@pytest.mark.xfail_rgw(reason="issue 12 item 1: RGW answers ListParts of an aborted upload with 404 NoSuchKey "
+                               "(not NoSuchUpload): recover exits 1")
 def test_vanished_upload_is_started_again_from_local_chunks(make_spoolup, s3):
     sp, key, upload_id = _crashed_after_record_part(make_spoolup)
     s3.abort_multipart_upload(Bucket=sp.bucket, Key=key, UploadId=upload_id)  # e.g. a lifecycle rule
@@ -158,6 +160,7 @@ def test_vanished_upload_is_started_again_from_local_chunks(make_spoolup, s3):
 
 @pytest.mark.parametrize("point,files", [("after-complete", {"big.log": BIG}),
                                          ("after-put-object", {"s.log": SMALL})], ids=["multipart", "single"])
+@pytest.mark.xfail_rgw(reason="issue 12 item 1: RGW answers ListParts of a completed upload with 404 NoSuchKey (not NoSuchUpload): reconcile stalls", point="after-complete")
 def test_completed_in_s3_but_not_journaled_is_marked_done_not_uploaded_again(make_spoolup, s3, proxy, point, files):
     sp = crashed(make_spoolup, point, files)
     (key,) = files
