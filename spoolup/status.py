@@ -260,7 +260,8 @@ def _health(h: dict[str, Any], upload_alive: bool, now: float) -> str:
     if upload_alive:
         return "S3: no answer yet to the upload process's first calls"
     if h["failing_since"] is not None:
-        return f"S3: unknown (no upload process running); it was failing since {_clock(h['failing_since'], now)}: {said}"
+        return (f"S3: unknown (no upload process running); it was failing since "
+                f"{_clock(h['failing_since'], now)}: {said}")
     return "S3: unknown (no upload process running)"
 
 
@@ -293,8 +294,9 @@ def render(st: dict[str, Any]) -> str:
         out.append("")
         out.append("open objects (each completes at whichever comes first):")
         for o in st["open_objects"][:LIST_AT_MOST]:
+            parts = f"{o['parts_uploaded']} part{'' if o['parts_uploaded'] == 1 else 's'}"
             out.append(f"  {o['expected_key']}{'' if o['final_key'] else ' (index claimed at upload)'}: "
-                       f"{_bytes(o['bytes'])}, {o['records']} records, {o['parts_uploaded']} parts "
+                       f"{_bytes(o['bytes'])}, {o['records']} records, {parts} "
                        f"({_bytes(o['bytes_uploaded'])}) uploaded, idle {_age(o['idle_seconds'])}; "
                        f"completes {_completes(o, now)}")
         if len(st["open_objects"]) > LIST_AT_MOST:

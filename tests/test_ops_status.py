@@ -177,7 +177,8 @@ def test_open_objects_say_what_they_will_be_and_when_they_complete(make_spoolup,
         assert len(ts) == 10 and ts == time.strftime("%Y%m%d%H", time.localtime(st["time"] - big_obj["age_seconds"]))
         assert big_obj["expected_key"] == f"logs/big.log-{ts}"  # claimed: its final key
         assert big_obj["final_key"] == big_obj["expected_key"]
-        assert small_obj["final_key"] is None and small_obj["expected_key"] == f"logs/small.log-{small_obj['timestamp']}"
+        assert small_obj["final_key"] is None
+        assert small_obj["expected_key"] == f"logs/small.log-{small_obj['timestamp']}"
         assert big_obj["bytes"] == len(big) and big_obj["bytes_uploaded"] == 2 * 5 * MiB
         assert small_obj["parts_uploaded"] == 0 and small_obj["bytes_uploaded"] == 0
         for o in (big_obj, small_obj):
