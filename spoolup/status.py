@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from spoolup import __version__, health, keys, lock
+from spoolup import form as forms
 from spoolup.config import Config
 from spoolup.journal import STOPPED, Journal, peek
 from spoolup.spool import scan
@@ -94,14 +95,16 @@ def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
     last_index = {(r[0], r[1]): r[2] for r in q(
         "SELECT key, ts, max(idx) FROM objects WHERE idx IS NOT NULL GROUP BY key, ts")}
     out = []
+    configured = forms.Form.of_config(cfg)
     for r in q("SELECT * FROM objects WHERE state = 'open' ORDER BY key, ts, id"):
+        form = forms.parse(r["form"], configured)  # an object finishes in the form it was opened in
         parts, part_bytes = uploaded.get(r["id"], (0, 0))
         if r["final_key"]:
             expected = r["final_key"]
         else:  # claimed at the first upload: the next index after the last one, unless the bucket holds it
             prev = last_index.get((r["key"], r["ts"]))
             expected = keys.final_key(r["key"], r["ts"], 0 if prev is None else prev + 1,
-                                      (r["key_suffix"] or "") + cfg.key_suffix)
+                                      (r["key_suffix"] or "") + form.compression_suffix)
         out.append({
             "key": r["key"],
             "timestamp": r["ts"],
@@ -116,7 +119,7 @@ def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
             "bytes_uploaded": part_bytes,
             "completes": {
                 "grace_at": round(r["last_write"] + cfg.grace_seconds, 3),
-                "size_remaining_bytes": max(cfg.max_object_size - r["size"], 0),
+                "size_remaining_bytes": max(form.max_object_size - r["size"], 0),
                 "on_newer_timestamp": bool(r["ts"]),
             },
         })

@@ -230,3 +230,21 @@ def test_human_status_lists_spool_files_with_backlog_and_needing_attention(make_
         assert refused["quarantine"]["what_to_do"] in table
     finally:
         assert sp.stop(p) == 0
+
+
+def test_expected_key_and_size_limit_are_the_objects_own_after_a_config_change(make_spoolup):
+    """An object finishes in the form it was opened in (compression, max-object-size): status
+    says the key and the size it will really have, not what today's configuration would give."""
+    sp = make_spoolup(**{"object-key": "{name}", "url": f"http://127.0.0.1:{free_port()}", "s3-timeout": 1})
+    (sp.spool / "a.log").write_bytes(syslog_lines(100))
+    p = sp.start()
+    try:
+        wait_for(lambda: sp.status()["open_objects"], 60, what="the open object")
+    finally:
+        assert sp.stop(p) == 0
+    sp.write_config(compression="gzip", **{"max-object-size": "1GiB"})
+    st = sp.status()
+    validate(st)
+    [obj] = st["open_objects"]
+    assert obj["expected_key"] == "a.log"  # not a.log.gz: it is uncompressed
+    assert obj["completes"]["size_remaining_bytes"] == 5 * 1024 ** 4 - obj["bytes"]  # opened under 5TiB
