@@ -194,7 +194,7 @@ class Ingest:
     def _tail_is_final(self, src: Source, now: float) -> bool:
         """A partial last record of a file idle for spool-reap: its writer died mid-record.
         It is taken verbatim, as a final record, so it is never stranded."""
-        if now - src.mtime < self.cfg.spool_reap_seconds:
+        if self.spool.idle(src, now) < self.cfg.spool_reap_seconds:
             return False
         self.log.warning("taking the unterminated tail of an idle spool file as a final record",
                          source=src.id, path=src.path, offset=src.offset, bytes=src.size - src.offset)

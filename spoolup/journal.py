@@ -341,6 +341,22 @@ class Journal:
             (name, value),
         )
 
+    def state(self, name: str) -> dict | None:
+        """A small JSON fact kept in meta under `state:NAME` (e.g. leases, clock), or None."""
+        import json
+
+        value = self.meta(f"state:{name}")
+        try:
+            return json.loads(value) if value else None
+        except ValueError:
+            return None
+
+    def set_state(self, name: str, value: dict) -> None:
+        import json
+
+        with self.transaction():
+            self.set_meta(f"state:{name}", json.dumps(value))
+
     @property
     def journal_id(self) -> str:
         return self.meta("journal_id") or ""

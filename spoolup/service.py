@@ -27,6 +27,7 @@ from spoolup.deadletter import DeadLetters
 from spoolup.form import Form, check_run_config
 from spoolup.ingest import Ingest
 from spoolup.journal import Journal, JournalError, disk_full
+from spoolup.idle import Clock
 from spoolup.lock import StateLock
 from spoolup.progress import DrainProgress, unshipped_bytes
 from spoolup.spool import DATA_POLL, REAPING, Spool, Watcher
@@ -200,6 +201,8 @@ class Service:
                            retry_max=self.cfg.quarantine_retry)
         self.ingest = Ingest(self.cfg, self.journal, self.spool, self.store, self.dead, self.log,
                              notify=self.uploader.wake)
+        self.spool.clock = Clock.start(self.journal.state("clock"), time.time(), time.monotonic(), self.log)
+        self.journal.set_state("clock", self.spool.clock.record())
         self.spool.load()
         self.ingest.load()
         _raise_fd_limit()
@@ -252,6 +255,7 @@ class Service:
                 try:
                     now = time.time()
                     mono = time.monotonic()
+                    spool.clock.tick(now, mono, self.log)
                     if watcher.structure_changed or now - last["scan"] >= cfg.poll_interval:
                         watcher.structure_changed = False
                         spool.rescan(now)
@@ -291,6 +295,7 @@ class Service:
                     if mono - last["beat"] >= HEARTBEAT_EVERY:
                         journal.heartbeat("ingest", os.getpid(), self.started,
                                           f"sources={len(spool.sources)} open_objects={len(ingest.open)}")
+                        journal.set_state("clock", spool.clock.record())
                         last["beat"] = mono
                     if deadline is not None and mono > deadline:
                         self.log.error("drain timed out with work pending", pending_objects=journal.pending_objects())
@@ -424,7 +429,7 @@ class Service:
 
         moved = []
         for src in list(self.spool.active()):
-            if src.offset < src.size or now - src.mtime < self.cfg.spool_reap_seconds:
+            if src.offset < src.size or self.spool.idle(src, now) < self.cfg.spool_reap_seconds:
                 continue
             if not self.spool.deletable(src, now):
                 continue

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spoolup import keys, quarantine
+from spoolup.idle import Clock
 from spoolup.files import fsync_dir
 from spoolup.journal import Journal, SourceRow
 from spoolup.quarantine import Entry
@@ -143,6 +144,8 @@ class Spool:
         self.sources: dict[int, Source] = {}
         self.by_inode: dict[tuple[int, int], Source] = {}
         self.quarantined: dict[str, Entry] = {}  # by path: the journal's quarantine rows
+        self.clock = Clock(time.time() - time.monotonic())  # the service sets the one it watches
+        self.leases: dict = {"state": "unknown", "reason": None, "since": None}  # can write leases be taken?
 
     # -- loading and scanning ----------------------------------------------------
 
@@ -463,7 +466,7 @@ class Spool:
         a journaled source whose file is gone with every byte consumed: the next
         scan forgets it quietly.  (Journaling first would leave a file the journal
         no longer tracks, read again from its start.)"""
-        if src.state != "active" or src.offset < src.size or now - src.mtime < idle_seconds:
+        if src.state != "active" or src.offset < src.size or self.idle(src, now) < idle_seconds:
             return False
         self.close_fd(src)
         path = self.dir / src.path
@@ -480,7 +483,8 @@ class Spool:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (src.dev, src.ino) or st.st_size != src.offset:
                 return False
-            lease = _take_lease(fd)
+            lease, why = _take_lease(fd)
+            self._lease_state(lease, why)
             if lease is False:
                 return False
             if not path.name.startswith(REAPING):
@@ -531,15 +535,35 @@ class Spool:
         return True
 
 
+    def idle(self, src: Source, now: float) -> float:
+        """Seconds `src` has been idle (spoolup/idle.py: never decided by a wall-clock step)."""
+        return self.clock.idle(src.mtime, now, time.monotonic())
+
+    def _lease_state(self, lease: bool | None, why: str | None) -> None:
+        """Say once, in the log and in the journal (for status), when write leases cannot be taken."""
+        state = "unavailable" if lease is None else "ok"
+        if state == self.leases["state"]:
+            return
+        self.leases = {"state": state, "reason": why, "since": time.time()}
+        if state == "unavailable":
+            self.log.warning("write leases unavailable: whether a writer still has a spool file open cannot be "
+                             "checked before deleting it; the idle time (spool-reap) alone decides. Give spoolup "
+                             "CAP_LEASE (the shipped unit does) or run it as the spool files' owner", reason=why)
+        else:
+            self.log.info("write leases available again: deletions check that no writer has the file open")
+        with contextlib.suppress(Exception):
+            self.journal.set_state("leases", self.leases)
+
     def _cannot_delete(self, src: Source, what: str) -> None:
         self.quarantine(src.path, "cannot-delete", f"{what} (every byte of it is shipped)", src=src)
 
 
-def _take_lease(fd: int) -> bool | None:
+def _take_lease(fd: int) -> tuple[bool | None, str | None]:
     """A write lease is granted only when no other descriptor has the file open:
     the writer (syslog-ng) has really closed it.  True: we hold the lease; False:
-    someone has the file open; None: leases are not available here (not the owner,
-    NFS), and the idle time alone decides, as DESIGN says.
+    someone has the file open; None: leases are not available here (neither the
+    owner nor CAP_LEASE: EACCES; NFS), and the idle time alone decides, as DESIGN
+    says.  The second value says why leases are not available.
 
     A writer opening the file while we hold the lease makes the kernel send SIGIO,
     whose default action terminates the process: it is ignored (we give the lease
@@ -547,15 +571,18 @@ def _take_lease(fd: int) -> bool | None:
     main thread; elsewhere no lease is taken."""
     if signal.getsignal(signal.SIGIO) is signal.SIG_DFL:
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return None, "not the main thread"
         signal.signal(signal.SIGIO, signal.SIG_IGN)
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        return True
+        return True, None
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EBUSY):
-            return False
-        return None
+            return False, None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return None, (f"F_SETLEASE: {e.strerror}: spoolup (uid {os.geteuid()}) neither owns the spool files "
+                          "nor has CAP_LEASE")
+        return None, f"F_SETLEASE: {e.strerror}"
 
 
 DATA_POLL = 0.25  # seconds between looks at the active files for new bytes

@@ -75,6 +75,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "oldest_pending_age_seconds": round(now - oldest, 3) if oldest else None,
         "sources_needing_attention": sources,
         "sources_with_backlog": with_backlog,
+        "leases": {"state": "unknown", "reason": None, "since": None, **(j.state("leases") or {})},
         "dead_letters": {"records": sum(d["records"] for d in dead), "bytes": sum(d["bytes"] for d in dead),
                          "files": dead},
         "last_error": None if err is None else {
@@ -312,6 +313,11 @@ def render(st: dict[str, Any]) -> str:
                    for s in waiting[:LIST_AT_MOST])
         if len(waiting) > LIST_AT_MOST:
             out.append(f"  ... and {len(waiting) - LIST_AT_MOST} more (see --json)")
+    leases = st["leases"]
+    if leases["state"] == "unavailable":
+        out.append("")
+        out.append(f"write leases UNAVAILABLE since {_clock(leases['since'], now)}: deletions of shipped spool files "
+                   f"rely on spool-reap alone ({leases['reason']}); give spoolup CAP_LEASE")
     bad = st["sources_needing_attention"]
     if bad:
         out.append("")

@@ -178,7 +178,8 @@ def test_systemd_unit_directives():
     assert stop > config.OPTIONS_BY_NAME["shutdown-timeout"].default + 5  # the main process waits that long
     assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] == "strict"
     assert svc["PrivateTmp"] == "yes" and svc["ProtectHome"] == "yes"
-    assert svc["CapabilityBoundingSet"] == ""
+    # CAP_LEASE only (issue 10.9: the lease check before a deletion needs it as a non-owner)
+    assert svc["CapabilityBoundingSet"] == "CAP_LEASE" and svc["AmbientCapabilities"] == "CAP_LEASE"
     assert set(svc["ReadWritePaths"].split()) == {example["spool-dir"], example["state-dir"]}
     assert svc["StateDirectoryMode"] == "0700" and svc["UMask"] == "0077"
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
