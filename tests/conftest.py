@@ -113,12 +113,7 @@ def checking_moto(tmp_path_factory) -> MotoServer:
 def rgw(tmp_path_factory) -> S3Server:
     """The session's Ceph RGW (started on first use).  Missing Ceph packages fail the
     test under CI and skip it, visibly, elsewhere."""
-    missing = localrgw.missing_binaries()
-    if missing:
-        why = f"{', '.join(missing)} not on PATH ({localrgw.INSTALL})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{why}: CI must run the tests against Ceph RGW (.ci/run installs it)")
-        pytest.skip(f"{why}; CI is unset, so skipping the test against Ceph RGW")
+    localrgw.require()
     owner = int(os.environ.get("RGW_FIXTURE_OWNER_PID", os.getpid()))
     info = localrgw.shared_rgw(_session_root(tmp_path_factory), ACCESS_KEY, SECRET_KEY, owner)
     return S3Server("rgw", info["url"], info["access_key"], info["secret_key"])

@@ -15,6 +15,7 @@ stopping deletes the directory.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -24,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent / "rgw"
@@ -35,6 +35,19 @@ BLOCK_SIZE = 4 << 30  # the OSD's block file: sparse, this is its apparent size
 
 def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b) is None]
+
+
+def require() -> None:
+    """In a test: the Ceph packages must be there.  Only off CI (CI unset) may their
+    absence skip the test, and then visibly; in CI it is a failure."""
+    missing = missing_binaries()
+    if missing:
+        import pytest
+
+        why = f"{', '.join(missing)} not on PATH ({INSTALL})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: CI must run the tests against Ceph RGW (.ci/run installs it)")
+        pytest.skip(f"{why}; CI is unset, so skipping the test against Ceph RGW")
 
 
 def _free_ports(n: int) -> list[int]:
@@ -95,6 +108,22 @@ class LocalRGW:
         if self.directory.exists():
             subprocess.run(["bash", str(SCRIPTS / "stop_server.sh"), "--wipe"], env=self._env(),
                            capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+        # a daemon without a pid file (killed half-way through a start) is still ours: its
+        # command line names this cluster's ceph.conf
+        for pid in self.leftovers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def leftovers(self) -> list[int]:
+        """PIDs of processes still running with this cluster's ceph.conf."""
+        conf = str(self.directory / "ceph.conf").encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if conf in (entry / "cmdline").read_bytes().split(b"\0"):
+                        pids.append(int(entry.name))
+        return pids
 
     def __enter__(self) -> "LocalRGW":
         return self.start()
@@ -107,7 +136,7 @@ class LocalRGW:
 # one cluster per test session, shared by the pytest-xdist workers
 
 
-@contextmanager
+@contextlib.contextmanager
 def _locked(path: Path):
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
