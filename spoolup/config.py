@@ -443,7 +443,8 @@ OPTIONS: tuple[Option, ...] = (
         "max-object-size",
         size_range(1, MAX_OBJECT_SIZE),
         5120 * GiB,
-        "An object is completed once it reaches this size; the next one gets the next index (-1, -2, ...).",
+        "An object is completed once it reaches this size (with compression: its stored, compressed size, as s3() "
+        "counts it); the next one gets the next index (-1, -2, ...).",
         "s3()",
     ),
     Option("upload-threads", int_range(1, 256), 8, "Parallel part uploads in the upload process.", "s3()"),

@@ -44,6 +44,7 @@ class OpenObject:
     part: int = 1  # part number of the chunk being filled
     chunk_len: int = 0  # raw bytes in that chunk (0: not started)
     sealed: int = 0  # parts sealed so far
+    sealed_bytes: int = 0  # their stored (compressed) size
     suffix: str = ""  # object-key-suffix of its final key
     form: Form | None = None  # the options it was started with (spoolup/form.py)
 
@@ -86,6 +87,7 @@ class Ingest:
                     obj.part, obj.chunk_len = chunk.part, chunk.length
                 else:
                     obj.sealed += 1
+                    obj.sealed_bytes += chunk.part_size or 0
                     obj.part = chunk.part + 1
             self._track(obj)
         self.sealed_pending = self.journal.sealed_pending()
@@ -256,9 +258,15 @@ class Ingest:
         pos = start
         while pos < end:
             obj = self._target(key, ts, now, suffix)
-            stop, full = objects.take(obj.size, obj.form.max_object_size, data, pos, end)
+            limit, compressed = obj.form.max_object_size, obj.form.codec.compressed
+            if compressed:  # the stored size is known only once compressed: write in blind runs
+                stop = objects.cut(data, pos, end, objects.blind_bytes(self._stored(obj), limit))
+            else:
+                stop, full = objects.take(obj.size, limit, data, pos, end)
             self._write(obj, data, pos, stop, now)
             self.batch.source_objects.add((src.id, obj.id))
+            if compressed:
+                full = self._stored(obj) >= limit
             if full:
                 self._close(obj, "max-object-size", now)
             elif objects.full_by_parts(obj.sealed + 1):
@@ -271,16 +279,23 @@ class Ingest:
         i = 0
         while i < len(records):
             obj = self._target(key, ts, now, suffix)
-            limit = obj.form.max_object_size
-            room = limit - obj.size
+            limit, compressed = obj.form.max_object_size, obj.form.codec.compressed
             j, size = i, 0
-            while j < len(records) and size < room:
-                size += len(records[j])
-                j += 1
+            if compressed:  # the stored size is known only once compressed: write in blind runs
+                blind = objects.blind_bytes(self._stored(obj), limit)
+                while j < len(records) and size + len(records[j]) <= blind:
+                    size += len(records[j])
+                    j += 1
+                j = max(j, i + 1)
+            else:
+                room = limit - obj.size
+                while j < len(records) and size < room:
+                    size += len(records[j])
+                    j += 1
             blob = b"".join(records[i:j])
             self._write(obj, blob, 0, len(blob), now, records=j - i)
             self.batch.source_objects.add((src.id, obj.id))
-            if obj.size >= limit:
+            if (self._stored(obj) if compressed else obj.size) >= limit:
                 self._close(obj, "max-object-size", now)
             elif objects.full_by_parts(obj.sealed + 1):
                 self._close(obj, "max-parts", now)
@@ -351,8 +366,16 @@ class Ingest:
         self.stats["bytes"] += n
         self.stats["records"] += records
 
+    def _stored(self, obj: OpenObject) -> int:
+        """The object's stored size: its sealed parts and what its open chunk's compressor
+        has produced so far (what max-object-size is measured on with compression, as s3())."""
+        if obj.chunk_len == 0:
+            return obj.sealed_bytes
+        return obj.sealed_bytes + self.store.stored_len(obj.id, obj.part, obj.chunk_len, obj.form.codec)
+
     def _seal(self, obj: OpenObject) -> None:
         part_size = self.store.seal(obj.id, obj.part, obj.chunk_len, obj.form.codec)
+        obj.sealed_bytes += part_size
         self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "sealed", part_size)
         self._sealed_in_batch.append((obj.id, obj.part, obj.form.codec))
         self.sealed_pending += 1

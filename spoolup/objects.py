@@ -9,7 +9,11 @@ s3() destination:
   completes the object of the newest timestamp and opens a new one;
 * an older timestamp goes to a backfill object of its own (key, timestamp);
 * an object is completed once its size reaches max-object-size: it may exceed
-  it only by the record that crossed it, records are never split;
+  it only by the record that crossed it, records are never split (a record
+  larger than max-object-size fills an object of its own or completes the one
+  it goes into);
+* with compression, "size" is the stored size: the compressed bytes produced so
+  far, as s3() counts them (see blind_bytes);
 * an object is completed after flush-grace-period without a new record;
 * an object has at most MAX_PARTS parts.
 
@@ -24,6 +28,10 @@ from dataclasses import dataclass
 from typing import AbstractSet, Iterable, Protocol
 
 MAX_PARTS = 10_000  # S3's limit on parts of one multipart upload
+# The most a compressor emits beyond the bytes it is fed: what it held back from earlier
+# input.  zlib emits a deflate block of at most 16,384 symbols (< 100 KiB), zstd a block of
+# at most 128 KiB + 3; the overhead of stored/raw blocks is well under 1/256.
+STORED_SLACK = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,31 @@ def take(obj_size: int, max_object_size: int, data: bytes, start: int, end: int)
     if nl < 0:  # no newline left: a final record taken verbatim (idle tail)
         return end, True
     return nl + 1, True
+
+
+def blind_bytes(stored: int, max_object_size: int, slack: int = STORED_SLACK) -> int:
+    """How many raw bytes may be compressed into an object holding `stored` compressed
+    bytes before its stored size is looked at again.  Fewer than this cannot bring it to
+    max-object-size (a compressor emits at most input * (1 + 1/256) + slack), so no record
+    among them can be the one that crosses it; 0 means: look after every record.  Writing
+    records in runs of up to blind_bytes thus completes objects after exactly the records
+    that writing and checking them one by one (as s3() does) would."""
+    room = max_object_size - stored - slack
+    return max(0, room - room // 256 - 1)
+
+
+def cut(data: bytes, start: int, end: int, blind: int) -> int:
+    """Where a run of whole newline-terminated records of data[start:end] written without
+    looking ends: after the last record that ends within `blind` bytes, or after the first
+    record when none does (a tail without newline: `end`)."""
+    if end - start <= blind:
+        return end
+    if blind > 0:
+        nl = data.rfind(b"\n", start, start + blind)
+        if nl >= 0:
+            return nl + 1
+    nl = data.find(b"\n", start, end)
+    return end if nl < 0 else nl + 1
 
 
 class Timed(Protocol):

@@ -205,3 +205,91 @@ def test_route_examples():
 def test_full_by_parts():
     assert not objects.full_by_parts(objects.MAX_PARTS - 1)
     assert objects.full_by_parts(objects.MAX_PARTS)
+
+
+# ---------------------------------------------------------------------------
+# stored size with compression: s3() completes an object once its compressed size reaches
+# max-object-size (s3_object.py: size += buffer.tell() growth after each write).  spoolup
+# writes runs of up to blind_bytes() at once; the objects must end after the same records.
+
+
+def _compressor(codec: str, level: int):
+    import zlib
+
+    import zstandard
+
+    if codec == "gzip":
+        return zlib.compressobj(level, zlib.DEFLATED, 31)
+    return zstandard.ZstdCompressor(level=level).compressobj()
+
+
+def _cuts_one_by_one(records: list[bytes], limit: int, codec: str, level: int) -> list[int]:
+    """s3()'s way: write a record, look at the stored size, complete the object when it is reached."""
+    cuts, comp, stored = [], _compressor(codec, level), 0
+    for i, rec in enumerate(records):
+        stored += len(comp.compress(rec))
+        if stored >= limit:
+            cuts.append(i + 1)
+            comp, stored = _compressor(codec, level), 0
+    return cuts
+
+
+def _cuts_in_blind_runs(records: list[bytes], limit: int, codec: str, level: int) -> list[int]:
+    """spoolup's way (ingest._deliver): runs of records found by objects.cut within blind_bytes."""
+    data = b"".join(records)
+    ends, pos = {}, 0
+    for i, rec in enumerate(records):
+        pos += len(rec)
+        ends[pos] = i + 1
+    cuts, comp, stored, pos = [], _compressor(codec, level), 0, 0
+    while pos < len(data):
+        stop = objects.cut(data, pos, len(data), objects.blind_bytes(stored, limit))
+        assert stop in ends, "a run always ends at a record boundary"
+        stored += len(comp.compress(data[pos:stop]))
+        pos = stop
+        if stored >= limit:
+            cuts.append(ends[stop])
+            comp, stored = _compressor(codec, level), 0
+    return cuts
+
+
+def _record(kind: int, seed: int, n: int) -> bytes:
+    import random as _random
+
+    rnd = _random.Random(seed)
+    if kind == 0:  # incompressible
+        body = rnd.randbytes(n).replace(b"\n", b"#")
+    elif kind == 1:  # log-like text
+        words = [b"GET", b"/api/v1/items", b"200", b"served", b"in", b"ms", b"user=", b"web01", b"seq="]
+        body = b" ".join(rnd.choice(words) + str(rnd.randrange(10**6)).encode() for _ in range(n // 8 + 1))[:n]
+    else:  # very repetitive
+        body = bytes([65 + seed % 26]) * n
+    return body + b"\n"
+
+
+# runs of records: (kind, seed, how many, size of each), so that an example can hold
+# thousands of small records -- where a run of many records could hide the crossing one
+STORED_RUNS = st.lists(st.one_of(st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.integers(1, 300),
+                                           st.integers(0, 1500)),
+                                 st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.integers(1, 8),
+                                           st.integers(20_000, 60_000))),
+                       min_size=1, max_size=10)
+
+
+@settings(max_examples=50, deadline=None)
+@given(STORED_RUNS, st.one_of(st.integers(1, 70_000), st.integers(270_000, 800_000)),
+       st.sampled_from([("gzip", 1), ("gzip", 9), ("zstd", 1), ("zstd", 3)]))
+def test_blind_runs_complete_objects_after_the_records_s3_would(runs, limit, codec):
+    records = [_record(kind, seed + i, size) for kind, seed, count, size in runs for i in range(count)]
+    assert _cuts_in_blind_runs(records, limit, *codec) == _cuts_one_by_one(records, limit, *codec)
+
+
+def test_blind_bytes_examples():
+    slack = objects.STORED_SLACK
+    assert objects.blind_bytes(0, slack) == 0  # within the slack of the limit: one record at a time
+    assert objects.blind_bytes(10, 10 + slack + 257) == 255
+    assert objects.blind_bytes(0, 5 << 40) > 5 << 39
+    assert objects.cut(b"ab\ncd\nef\n", 0, 9, 0) == 3  # nothing fits: one record
+    assert objects.cut(b"ab\ncd\nef\n", 0, 9, 7) == 6
+    assert objects.cut(b"ab\ncd\nef\n", 3, 9, 6) == 9
+    assert objects.cut(b"ab\ncd\nef", 6, 8, 0) == 8  # a final tail without newline

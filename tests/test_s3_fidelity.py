@@ -180,3 +180,48 @@ def test_shipped_block_and_readme_recommend_a_sortable_timestamp():
     readme = (SHIPPED_CONF.parent.parent.parent / "README.md").read_text()
     for text in (block, readme):
         assert '"Jan10"' in text and "${R_YEAR}${R_MONTH}${R_DAY}" in text
+
+
+# ---------------------------------------------------------------------------
+# stored size: with compression, max-object-size counts compressed bytes (as s3())
+
+
+def s3_objects(records: list[bytes], limit: int, level: int = 9) -> list[list[bytes]]:
+    """The objects s3() makes of `records` with compression(yes): its CompressableFileBuffer
+    is a GzipFile over a file; after each write the object's size grows by the file's growth,
+    and the object is completed once that size reaches max-object-size."""
+    import io
+
+    objs, cur, size = [], [], 0
+    buf = io.BytesIO()
+    gz = gzip.GzipFile(filename="", fileobj=buf, mode="wb", compresslevel=level)
+    for rec in records:
+        before = buf.tell()
+        gz.write(rec)
+        size += buf.tell() - before
+        cur.append(rec)
+        if size >= limit:
+            objs.append(cur)
+            cur, size = [], 0
+            buf = io.BytesIO()
+            gz = gzip.GzipFile(filename="", fileobj=buf, mode="wb", compresslevel=level)
+    if cur:
+        objs.append(cur)
+    return objs
+
+
+def test_compressed_objects_complete_on_their_stored_size_as_s3(make_spoolup, s3):
+    limit = 64 * 1024
+    sp = make_spoolup(**{"object-key": "{name}", "compression": "gzip", "max-object-size": limit})
+    data = syslog_lines(40_000, width=120)
+    write(sp.spool / "z", data)
+    sp.drain(check=True)
+    keys = ["z.gz"] + [f"z-{i}.gz" for i in range(1, len(list_keys(s3, sp.bucket)))]
+    assert sorted(keys) == list_keys(s3, sp.bucket)
+    stored = [get(s3, sp.bucket, k) for k in keys]
+    got = [gzip.decompress(b).splitlines(keepends=True) for b in stored]
+    expected = s3_objects(data.splitlines(keepends=True), limit)
+    assert [len(o) for o in got] == [len(o) for o in expected]  # the same records in each object ...
+    assert got == expected  # ... byte for byte
+    for body in stored[:-1]:
+        assert len(body) >= limit  # the stored size reached max-object-size

@@ -271,8 +271,12 @@ destination d_ref {{ file("{ref}/${{HOST}}.txt" create-dirs(yes) template("{temp
 
 def test_loggen_gzip_drain_without_service_then_with_it(tmp_path, make_spoolup, s3):
     """Default template ("${MESSAGE}\\n"), compression, max-object-size: the objects of each
-    key, in index order, gunzip to exactly syslog-ng's rendering, in order."""
-    sp = make_spoolup(format="envelope", compression=True, **{"object-key": "{key}", "max-object-size": "1MiB"})
+    key, in index order, gunzip to exactly syslog-ng's rendering, in order; and they end
+    after the records s3() would end them, on the stored (compressed) size."""
+    from test_s3_fidelity import s3_objects
+
+    limit = 8 * 1024  # loggen's messages compress well: a few deflate blocks per key
+    sp = make_spoolup(format="envelope", compression=True, **{"object-key": "{key}", "max-object-size": limit})
     ref = tmp_path / "ref"
     hosts = {"web01": free_port(), "web02": free_port()}
     per_host = 20_000
@@ -299,8 +303,12 @@ destination d_ref {{ file("{ref}/${{HOST}}.txt" create-dirs(yes) template("${{ME
         assert n >= 3  # max-object-size split the key
         ordered = [f"{host}.gz"] + [f"{host}-{i}.gz" for i in range(1, n)]
         assert sorted(mine) == sorted(ordered)
-        content = b"".join(gzip.decompress(get(s3, sp.bucket, k)) for k in ordered)
+        stored = [get(s3, sp.bucket, k) for k in ordered]
+        content = b"".join(gzip.decompress(b) for b in stored)
         assert content == (ref / f"{host}.txt").read_bytes()
+        assert [gzip.decompress(b).splitlines(keepends=True) for b in stored] == s3_objects(
+            content.splitlines(keepends=True), limit)
+        assert all(len(b) >= limit for b in stored[:-1])
         seqs = [int(LOGGEN_MSG.match(line)[1]) for line in content.splitlines()]
         assert seqs == list(range(per_host))
     assert sorted(keys) == sorted(k for k in keys if k.startswith(tuple(hosts)))
