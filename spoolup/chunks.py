@@ -82,11 +82,11 @@ class ChunkStore:
     """Ingest's side of the chunk files.  `codec` is the configured one; each object may
     have its own (the one it was started with, spoolup/form.py), given with each call."""
 
-    def __init__(self, directory: Path, codec: Codec, *, fsync: bool):
+    def __init__(self, directory: Path, codec: Codec, *, fsync: bool, max_open: int = 1024):
         self.directory = directory
         self.codec = codec
         self.fsync = fsync
-        self.files = ChunkFiles(directory, fsync=fsync)
+        self.files = ChunkFiles(directory, fsync=fsync, max_open=max_open)
         self._live: OrderedDict[tuple[int, int], _Live] = OrderedDict()
         self._max_live = codec.max_live() if codec.compressed else _MAX_COMPRESSORS
         self._parked: dict[tuple[int, int], int] = {}  # evicted compressors: .tmp length, members finished

@@ -540,8 +540,9 @@ OPTIONS: tuple[Option, ...] = (
         "max-open-files",
         int_range(16, 1_000_000),
         1024,
-        "Descriptors each process keeps open for spool files and for chunk files (least recently used closed "
-        "first); also kept 64 under the process's RLIMIT_NOFILE.",
+        "Descriptors the main process keeps open for spool, chunk and dead-letter files together (least "
+        "recently used closed first), whatever the number of files and keys; never within 64 of RLIMIT_NOFILE "
+        "(at most half of a small limit). The unit's LimitNOFILE is 65536.",
     ),
     Option("shutdown-timeout", parse_seconds, 30.0, "Seconds in-flight uploads get to finish on SIGTERM."),
     Option(

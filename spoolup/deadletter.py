@@ -34,12 +34,12 @@ def file_name(source_id: int, spool_path: str) -> str:
 
 
 class DeadLetters:
-    def __init__(self, directory: Path, *, fsync: bool, log, rotate_bytes: int = ROTATE_BYTES):
+    def __init__(self, directory: Path, *, fsync: bool, log, rotate_bytes: int = ROTATE_BYTES, max_open: int = 32):
         self.directory = directory
         self.rotate_bytes = rotate_bytes
         self.fsync = fsync
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.files = AppendFiles(directory, fsync=fsync, max_open=32)
+        self.files = AppendFiles(directory, fsync=fsync, max_open=max_open)
         self.log = log
         self._sizes: dict[str, int] = {}
         self._pending: set[str] = set()  # files written since the last commit

@@ -131,6 +131,8 @@ class Ingest:
         return consumed
 
     def _read(self, src: Source, now: float, budget: int) -> int:
+        if src.fd is None and src.offset >= src.size:
+            return 0  # nothing new at the last scan: no descriptor taken (they are few: max-open-files)
         fd = self.spool.fd(src)
         if fd is None:
             return 0

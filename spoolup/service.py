@@ -194,18 +194,20 @@ class Service:
                 self.log.error("recovery problem", problem=p)
             raise RecoveryProblem("; ".join(report.problems))
         codec = Codec(self.cfg.compression, self.cfg.compresslevel)
-        self.store = ChunkStore(self.cfg.chunk_dir, codec, fsync=self.cfg.fsync)
-        self.dead = DeadLetters(self.cfg.deadletter_dir, fsync=self.cfg.fsync, log=self.log)
+        budget = descriptor_budget(self.cfg.max_open_files, _raise_fd_limit())
+        self.log.debug("descriptor budget", **budget)
+        self.store = ChunkStore(self.cfg.chunk_dir, codec, fsync=self.cfg.fsync, max_open=budget["chunk_files"])
+        self.dead = DeadLetters(self.cfg.deadletter_dir, fsync=self.cfg.fsync, log=self.log,
+                                max_open=budget["dead_letter_files"])
         self.spool = Spool(self.cfg.spool_dir, self.journal, self.log, fsync=self.cfg.fsync,
                            object_key=self.cfg.object_key if self.cfg.format == "lines" else None,
-                           retry_max=self.cfg.quarantine_retry)
+                           retry_max=self.cfg.quarantine_retry, max_open=budget["spool_files"])
         self.ingest = Ingest(self.cfg, self.journal, self.spool, self.store, self.dead, self.log,
                              notify=self.uploader.wake)
         self.spool.clock = Clock.start(self.journal.state("clock"), time.time(), time.monotonic(), self.log)
         self.journal.set_state("clock", self.spool.clock.record())
         self.spool.load()
         self.ingest.load()
-        _raise_fd_limit()
 
     def install_signals(self) -> None:
         def on_stop(signum, _frame):
@@ -446,11 +448,26 @@ class Service:
                 self.spool.try_reap(src, time.time(), self.cfg.spool_reap_seconds, crash.point)
 
 
-def _raise_fd_limit() -> None:
-    """Every active spool file keeps a descriptor open (so its inode cannot be reused under us)."""
+FD_RESERVE = 64  # descriptors left for the journal, sockets, pipes, inotify, Python itself
+
+
+def descriptor_budget(max_open_files: int, limit: int) -> dict[str, int]:
+    """How many descriptors the main process keeps open for spool files, chunk files and
+    dead-letter files (each an LRU: the least recently used is closed first): max-open-files,
+    but never closer than FD_RESERVE to RLIMIT_NOFILE (at most half of a small limit)."""
+    total = max(min(max_open_files, max(limit - FD_RESERVE, limit // 2)), 8)
+    dead = max(total // 8, 2)
+    return {"spool_files": max(total // 2, 2), "chunk_files": max(total - total // 2 - dead, 2),
+            "dead_letter_files": dead}
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one; returns the soft limit in force."""
     import resource
 
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20

@@ -17,6 +17,7 @@ import signal
 import stat
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,13 +135,15 @@ class Spool:
     """The live sources of one spool directory."""
 
     def __init__(self, spool_dir: Path, journal: Journal, log, *, object_key: str | None, fsync: bool = True,
-                 retry_max: float = 300.0):
+                 retry_max: float = 300.0, max_open: int = 512):
         self.dir = spool_dir
         self.journal = journal
         self.log = log
         self.fsync = fsync  # sync a directory after moving a file aside or deleting it (before the journal says so)
         self.object_key = object_key  # lines format: template over {path}/{dir}/{name}
         self.retry_max = retry_max  # longest delay between retries of a quarantined entry
+        self.max_open = max_open  # descriptors kept open for spool files (LRU)
+        self._open: OrderedDict[int, Source] = OrderedDict()  # sources holding a descriptor, least recent first
         self.sources: dict[int, Source] = {}
         self.by_inode: dict[tuple[int, int], Source] = {}
         self.quarantined: dict[str, Entry] = {}  # by path: the journal's quarantine rows
@@ -378,8 +381,10 @@ class Spool:
 
     def fd(self, src: Source) -> int | None:
         """The source's read descriptor (opened if needed); None when the path no longer holds
-        this file (the next rescan sorts that out) or it cannot be read (quarantined)."""
+        this file (the next rescan sorts that out) or it cannot be read (quarantined).  At most
+        max_open are kept: the least recently used is closed (and opened again when it grows)."""
         if src.fd is not None:
+            self._open.move_to_end(src.id)
             return src.fd
         path = self.dir / src.path
         try:
@@ -404,6 +409,10 @@ class Spool:
             self._forget(src, "its inode now holds a different file (the old file was deleted)")
             return None
         src.fd = fd
+        self._open[src.id] = src
+        while len(self._open) > self.max_open:
+            _, old = self._open.popitem(last=False)
+            self.close_fd(old)
         self.cleared(src, "unreadable", "read-error")
         return fd
 
@@ -428,6 +437,7 @@ class Spool:
         src.head = bytes(data[:HEAD_BYTES])
 
     def close_fd(self, src: Source) -> None:
+        self._open.pop(src.id, None)
         if src.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(src.fd)

@@ -196,6 +196,10 @@ class Spoolup:
             env["SPOOLUP_CRASH_AT"] = crash_at
         return env
 
+    def limit_files(self, n: int) -> None:
+        """Run every spoolup command under RLIMIT_NOFILE = n (soft and hard: spoolup cannot raise it)."""
+        self.runas = ["prlimit", f"--nofile={n}:{n}", "--", *self.runas]
+
     def argv(self, *args: str) -> list[str]:
         """The command line of `spoolup ARGS --config ...`, as the test user when there is one."""
         return [*self.runas, sys.executable, "-m", "spoolup", *args, "--config", str(self.config)]
