@@ -93,6 +93,9 @@ def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
     uploaded = {r[0]: (r[1], r[2]) for r in q(
         "SELECT c.object_id, count(*), coalesce(sum(c.part_size), 0) FROM chunks c JOIN objects o "
         "ON o.id = c.object_id WHERE o.state = 'open' AND c.state = 'uploaded' GROUP BY c.object_id")}
+    stored = dict(q(  # sealed parts' stored (compressed) bytes: what max-object-size counts with compression
+        "SELECT c.object_id, coalesce(sum(c.part_size), 0) FROM chunks c JOIN objects o ON o.id = c.object_id "
+        "WHERE o.state = 'open' AND c.state != 'open' GROUP BY c.object_id"))
     last_index = {(r[0], r[1]): r[2] for r in q(
         "SELECT key, ts, max(idx) FROM objects WHERE idx IS NOT NULL GROUP BY key, ts")}
     out = []
@@ -120,7 +123,10 @@ def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
             "bytes_uploaded": part_bytes,
             "completes": {
                 "grace_at": round(r["last_write"] + cfg.grace_seconds, 3),
-                "size_remaining_bytes": max(form.max_object_size - r["size"], 0),
+                "max_object_size": form.max_object_size,
+                "size_counts": "stored" if form.codec.compressed else "records",
+                "size_remaining_bytes": max(form.max_object_size - (stored.get(r["id"], 0) if form.codec.compressed
+                                                                    else r["size"]), 0),
                 "on_newer_timestamp": bool(r["ts"]),
             },
         })
@@ -272,7 +278,7 @@ def _health(h: dict[str, Any], upload_alive: bool, now: float) -> str:
 def _completes(o: dict[str, Any], now: float) -> str:
     c = o["completes"]
     when = [f"at {_clock(c['grace_at'], now)} (flush-grace-period after the last record)",
-            f"at {_bytes(o['bytes'] + c['size_remaining_bytes'])} (max-object-size)"]
+            f"at {_bytes(c['max_object_size'])}{' stored' if c['size_counts'] == 'stored' else ''} (max-object-size)"]
     if c["on_newer_timestamp"]:
         when.append("on a newer timestamp")
     return ", ".join(when[:-1]) + " or " + when[-1]

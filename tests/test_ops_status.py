@@ -108,6 +108,8 @@ def test_readers_never_block_the_service(make_spoolup, s3):
     p = sp.start()
     try:
         wait_for(lambda: "first.log" in list_keys(s3, sp.bucket), 60, what="the first object")
+        # in the bucket before it is journaled done: wait for the journal too
+        wait_for(lambda: sp.status()["completed_objects"]["count"] == 1, 30, what="the first object journaled done")
         reader = sqlite3.connect(f"file:{sp.state / 'journal.sqlite'}?mode=ro", uri=True, isolation_level=None)
         reader.execute("BEGIN")
         before = reader.execute("SELECT count(*) FROM objects WHERE state = 'done'").fetchone()[0]
@@ -247,4 +249,25 @@ def test_expected_key_and_size_limit_are_the_objects_own_after_a_config_change(m
     validate(st)
     [obj] = st["open_objects"]
     assert obj["expected_key"] == "a.log"  # not a.log.gz: it is uncompressed
-    assert obj["completes"]["size_remaining_bytes"] == 5 * 1024 ** 4 - obj["bytes"]  # opened under 5TiB
+    c = obj["completes"]
+    assert (c["max_object_size"], c["size_counts"]) == (5 * 1024 ** 4, "records")  # opened under 5TiB, plain
+    assert c["size_remaining_bytes"] == 5 * 1024 ** 4 - obj["bytes"]
+    assert "at 5.0TiB (max-object-size)" in sp.cmd("status", check=True).stdout
+
+
+def test_a_compressed_objects_size_limit_counts_stored_bytes(make_spoolup):
+    """With compression max-object-size counts the stored (compressed) size, as s3() does."""
+    sp = make_spoolup(**{"object-key": "{name}", "url": f"http://127.0.0.1:{free_port()}", "s3-timeout": 1,
+                         "compression": "gzip", "max-object-size": "1GiB"})
+    (sp.spool / "a.log").write_bytes(syslog_lines(100))
+    p = sp.start()
+    try:
+        st = wait_for(lambda: (s := sp.status())["open_objects"] and s, 60, what="the open object")
+    finally:
+        assert sp.stop(p) == 0
+    validate(st)
+    [obj] = st["open_objects"]
+    assert obj["expected_key"] == "a.log.gz"
+    assert obj["completes"] == {**obj["completes"], "max_object_size": 1024 ** 3, "size_counts": "stored",
+                                "size_remaining_bytes": 1024 ** 3}  # no part sealed yet
+    assert "at 1.0GiB stored (max-object-size)" in sp.cmd("status", check=True).stdout
