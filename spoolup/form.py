@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import urllib.parse
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from spoolup.config import Config
 
 SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
+DEFAULT_CONTENT_TYPES = {"none": "text/plain; charset=utf-8", "gzip": "application/gzip", "zstd": "application/zstd"}
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,24 @@ class Form:
     compresslevel: int
     chunk_size: int  # bytes of a part (after compression)
     max_object_size: int
+    # what the object is created with (PutObject / CreateMultipartUpload)
+    content_type: str = ""  # "": by compression (DEFAULT_CONTENT_TYPES)
+    metadata: tuple[tuple[str, str], ...] = ()  # user metadata (x-amz-meta-*), spoolup's own apart
+    tags: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of_config(cls, cfg: "Config") -> "Form":
-        return cls(cfg.compression, cfg.compresslevel, cfg.chunk_size, cfg.max_object_size)
+        return cls(cfg.compression, cfg.compresslevel, cfg.chunk_size, cfg.max_object_size,
+                   cfg.content_type, tuple(cfg.metadata.items()), tuple(cfg.tags.items()))
+
+    def object_args(self) -> dict[str, str]:
+        """The object's own arguments of PutObject and CreateMultipartUpload.  Content-Encoding
+        is never set: a .gz/.zst object is a compressed file, which browsers, curl --compressed
+        and HTTP libraries would otherwise unpack on download (README, "Object options")."""
+        args = {"ContentType": self.content_type or DEFAULT_CONTENT_TYPES[self.compression]}
+        if self.tags:
+            args["Tagging"] = urllib.parse.urlencode(self.tags, quote_via=urllib.parse.quote)
+        return args
 
     @property
     def codec(self) -> Codec:
@@ -66,7 +82,11 @@ def parse(text: str | None, fallback: Form) -> Form:
         return fallback
     given = json.loads(text)
     known = {f.name for f in dataclasses.fields(Form)}
-    return dataclasses.replace(fallback, **{k: v for k, v in given.items() if k in known})
+    values = {k: v for k, v in given.items() if k in known}
+    for pairs in ("metadata", "tags"):  # JSON lists of pairs back into (hashable) tuples
+        if pairs in values:
+            values[pairs] = tuple((str(k), str(v)) for k, v in values[pairs])
+    return dataclasses.replace(fallback, **values)
 
 
 def check_run_config(cfg: "Config", journal) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,7 +23,6 @@ from spoolup.config import Config
 from spoolup.logs import redact_text
 
 _READ_BLOCK = 1 << 20
-DEFAULT_CONTENT_TYPES = {"none": "text/plain; charset=utf-8", "gzip": "application/gzip", "zstd": "application/zstd"}
 
 
 class S3Error(Exception):
@@ -189,16 +187,13 @@ class S3:
             args["ServerSideEncryption"] = c.server_side_encryption
         if c.kms_key:
             args["SSEKMSKeyId"] = c.kms_key
-        # The object is a .gz/.zst file: Content-Encoding is never set, or browsers, curl
-        # --compressed and HTTP libraries would unpack it on download (README, "Object options").
-        args["ContentType"] = c.content_type or DEFAULT_CONTENT_TYPES[c.compression]
-        if c.tags:
-            args["Tagging"] = urllib.parse.urlencode(c.tags, quote_via=urllib.parse.quote)
         return args
 
-    def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
+    def create_multipart(self, key: str, metadata: dict[str, str], object_args: dict[str, str]) -> str:
+        """`object_args`: the object's own (Form.object_args: ContentType, Tagging)."""
         try:
-            r = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata, **self._object_args())
+            r = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata,
+                                                    **self._object_args(), **object_args)
         except _CATCH as e:
             raise _translate(e, "CreateMultipartUpload", key) from None
         return r["UploadId"]
@@ -231,7 +226,7 @@ class S3:
             raise err from None
         return r.get("ETag", "")
 
-    def put(self, key: str, body: FileBody, metadata: dict[str, str]) -> str:
+    def put(self, key: str, body: FileBody, metadata: dict[str, str], object_args: dict[str, str]) -> str:
         args: dict[str, Any] = {}
         if self.conditional:
             args["IfNoneMatch"] = "*"
@@ -239,7 +234,7 @@ class S3:
             with open(body.path, "rb") as f:
                 r = self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=f, ContentLength=body.size, ContentMD5=body.content_md5,
-                    Metadata=metadata, **self._object_args(), **args,
+                    Metadata=metadata, **self._object_args(), **object_args, **args,
                 )
         except _CATCH as e:
             err = _translate(e, "PutObject", key)
@@ -247,7 +242,7 @@ class S3:
                 self.conditional = False  # the store ignores If-None-Match: look before writing
                 if self.head(key) is not None:
                     raise PreconditionFailed("PreconditionFailed", "the key exists", op="PutObject", key=key) from None
-                return self.put(key, body, metadata)
+                return self.put(key, body, metadata, object_args)
             raise err from None
         return r["ETag"]
 

@@ -128,9 +128,13 @@ class Work:
         self._pending: tuple[float, set[str]] = (-PENDING_TTL - 1.0, set())
         self._pending_lock = threading.Lock()
 
-    def metadata(self, object_id: int) -> dict[str, str]:
+    def metadata(self, obj: ObjectRow) -> dict[str, str]:
         # the configured metadata cannot use spoolup's names (config refuses "spoolup-*")
-        return {**self.cfg.metadata, META_KEY: f"{self.journal_id}/{object_id}"}
+        return {**dict(self.form_of(obj).metadata), META_KEY: f"{self.journal_id}/{obj.id}"}
+
+    def form_of(self, obj: ObjectRow) -> Form:
+        """The form the object was started with (its options, journaled by ingest)."""
+        return forms.parse(obj.form, self.form)
 
     def codec_of(self, obj: ObjectRow) -> Codec:
         """The codec the object was started with (its chunk files' names and contents)."""
@@ -187,7 +191,7 @@ class Work:
         existing = self.s3.head(key)
         if existing is not None and not self.is_ours(existing, obj.id, None):
             return KeyTaken(obj.id, key)
-        upload_id = self.s3.create_multipart(key, self.metadata(obj.id))
+        upload_id = self.s3.create_multipart(key, self.metadata(obj), self.form_of(obj).object_args())
         crash.point("after-create-multipart")
         return Started(obj.id, upload_id)
 
@@ -204,7 +208,7 @@ class Work:
                     return Done(obj.id, existing["etag"], "already in the bucket")
                 return KeyTaken(obj.id, key)
         try:
-            etag = self.s3.put(key, body, self.metadata(obj.id))
+            etag = self.s3.put(key, body, self.metadata(obj), self.form_of(obj).object_args())
         except PreconditionFailed:
             existing = self.s3.head(key)
             if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):

@@ -225,3 +225,30 @@ def test_compressed_objects_complete_on_their_stored_size_as_s3(make_spoolup, s3
     assert got == expected  # ... byte for byte
     for body in stored[:-1]:
         assert len(body) >= limit  # the stored size reached max-object-size
+
+
+def test_an_object_keeps_the_object_options_it_was_started_with(make_spoolup, s3):
+    """Object options are journaled with the object (spoolup/form.py): changed between two
+    runs, an open object is still created with its own; new objects take the new ones."""
+    from helpers import wait_for
+
+    sp = make_spoolup(**{"object-key": "{name}", "compression": "gzip", "flush-grace-period": "1h",
+                         "content-type": "text/x-old", "metadata": {"team": "old"}, "tags": {"gen": "old"}})
+    proc = sp.start()
+    try:
+        write(sp.spool / "a", syslog_lines(50))
+        wait_for(lambda: len(sp.status()["open_objects"]) == 1, 60, what="the object opened")
+    finally:
+        assert sp.stop(proc) == 0
+    assert list_keys(s3, sp.bucket) == []  # still open: nothing sent to S3 yet
+    sp.write_config(**{"compression": "none", "content-type": "", "metadata": {"team": "new"},
+                       "tags": {"gen": "new"}})
+    write(sp.spool / "b", syslog_lines(20))
+    sp.drain(check=True)
+    assert list_keys(s3, sp.bucket) == ["a.gz", "b"]
+    old, new = (s3.head_object(Bucket=sp.bucket, Key=k) for k in ("a.gz", "b"))
+    assert old["ContentType"] == "text/x-old" and old["Metadata"]["team"] == "old"
+    assert tags_of(s3, sp.bucket, "a.gz") == {"gen": "old"}
+    assert new["ContentType"] == "text/plain; charset=utf-8" and new["Metadata"]["team"] == "new"
+    assert tags_of(s3, sp.bucket, "b") == {"gen": "new"}
+    assert gzip.decompress(get(s3, sp.bucket, "a.gz")) == syslog_lines(50)
