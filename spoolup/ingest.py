@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from spoolup import crash, envelope, objects
+from spoolup import crash, envelope, identity, objects
 from spoolup import form as forms
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
@@ -131,69 +131,140 @@ class Ingest:
         return consumed
 
     def _read(self, src: Source, now: float, budget: int) -> int:
-        if src.fd is None and src.offset >= src.size:
+        """Take the whole records of `src` after its offset.  Each read also re-reads the
+        consumed bytes just before the offset (identity.SAMPLE) and compares them with the
+        journaled digest: a file truncated in place and refilled past the offset since the
+        last look, on this very descriptor too, is restarted from byte 0 (_restart), never
+        read on as if its new bytes continued the old ones.  Bytes known to hold no newline
+        (a record longer than a block, a partial tail) are never searched again."""
+        if src.fd is None and src.offset >= src.size and not src.changed and \
+                (src.offset == 0 or src.mtime == src.checked_mtime):
             return 0  # nothing new at the last scan: no descriptor taken (they are few: max-open-files)
         fd = self.spool.fd(src)
         if fd is None:
             return 0
         self.spool.refresh(src)
+        if 0 < src.offset == src.size and src.mtime != src.checked_mtime and src.changed is None:
+            # written to, yet no bigger: truncated and refilled to exactly the consumed size?
+            src.checked_mtime = src.mtime
+            self._pread(src, fd, src.offset, 0)
         consumed = 0
-        while (consumed < budget and not self.at_cap() and src.state == "active" and src.offset < src.size
+        while (consumed < budget and not self.at_cap() and src.state == "active" and src.fd is not None
                and self.spool.readable(src, now)):
-            data = self.spool.pread(src, fd, min(BLOCK, src.size - src.offset), src.offset)
-            if not data:
+            if src.changed:
+                self._restart(src)
+            if src.offset >= src.size:
                 break
-            end = data.rfind(b"\n") + 1
-            if end == 0:
-                data, end = self._no_newline(src, fd, data, now)
-                if end == 0:
-                    break
-            elif end < len(data) and len(data) < BLOCK and self._tail_is_final(src, now):
-                end = len(data)
-            if src.head is None:
-                self.spool.set_head(src, data)
-                self.batch.heads[src.id] = src.head
-            if self.cfg.format == "lines":
-                self._lines(src, data, end, now)
-            else:
-                self._envelopes(src, data, end, now)
-            src.offset += end
-            consumed += end
-            self.batch_bytes += end
-            self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
-            if self.batch_bytes >= self.batch_limit:
-                self.flush()
-            if end < len(data) and src.offset + len(data) - end >= src.size:
-                break  # the rest of the file is a partial record: wait for its newline
-        return consumed
-
-    def _no_newline(self, src: Source, fd: int, data: bytes, now: float) -> tuple[bytes, int]:
-        """No complete record in `data`: a record longer than a block, or a partial tail."""
-        if len(data) == BLOCK:
-            # a long record: read on until its newline (or the end of what is there)
-            parts = [data]
-            pos = src.offset + len(data)
-            while pos < src.size:
-                block = self.spool.pread(src, fd, min(BLOCK, src.size - pos), pos)
+            if src.scanned <= src.offset:  # the usual case: a block from the offset
+                got = self._pread(src, fd, src.offset, min(BLOCK, src.size - src.offset))
+                if got is None:
+                    continue  # changed under the offset (restarted from 0), or shrank to it
+                buf, pre = got
+                end = buf.rfind(b"\n", pre) + 1 - pre
+                if end <= 0:
+                    src.scanned = src.offset + len(buf) - pre
+                    if src.scanned < src.size:
+                        continue  # a record longer than a block: search on from there
+                    if not self._tail_is_final(src, now):
+                        break
+                    end = len(buf) - pre
+                consumed += self._take(src, buf, pre, end, now)
+                src.scanned = src.offset + len(buf) - pre - end  # (the partial record after it)
+            else:  # a long record: search for its end after what was searched already
+                block = self.spool.pread(src, fd, min(BLOCK, src.size - src.scanned), src.scanned) \
+                    if src.scanned < src.size else b""
                 if block is None:
-                    return data, 0
-                if not block:
-                    break
-                parts.append(block)
-                pos += len(block)
+                    break  # (an I/O error: quarantined)
                 nl = block.find(b"\n")
-                if nl >= 0:
-                    whole = b"".join(parts)
-                    return whole, len(whole) - len(block) + nl + 1
-                if pos - src.offset > MAX_RECORD:
+                if nl < 0:
+                    src.scanned += len(block)
+                    if block and src.scanned < src.size:
+                        continue
+                    if src.scanned < src.size or not self._tail_is_final(src, now):
+                        break  # the rest of the file is a partial record: wait for its newline
+                    stop = src.scanned
+                else:
+                    stop = src.scanned + nl + 1
+                if stop - src.offset > MAX_RECORD:
                     self.spool.quarantine(src.path, "record-too-long", f"a record at offset {src.offset} is longer "
                                           f"than {MAX_RECORD} bytes; split it or move the file out of the spool",
                                           src=src)
-                    return data, 0
-            data = b"".join(parts)
-        if self._tail_is_final(src, now):
-            return data, len(data)
-        return data, 0
+                    break
+                got = self._pread(src, fd, src.offset, stop - src.offset)  # the record, read once
+                if got is None:
+                    continue
+                buf, pre = got
+                end = len(buf) - pre
+                if end < stop - src.offset:
+                    src.scanned = src.offset  # the file changed under us: look again
+                    continue
+                consumed += self._take(src, buf, pre, end, now)
+            if self.batch_bytes >= self.batch_limit:
+                self.flush()
+        return consumed
+
+    def _pread(self, src: Source, fd: int, offset: int, n: int) -> tuple[bytes, int] | None:
+        """n bytes at `offset`, preceded in the same pread by the sample of consumed bytes
+        before it (returns the buffer and the sample's length).  None when the sample is not
+        what was consumed: the source was restarted from byte 0."""
+        start = identity.sample_start(offset)
+        pre = offset - start
+        buf = self.spool.pread(src, fd, pre + n, start)
+        if buf is None:
+            return None  # (an I/O error: quarantined)
+        if src.tail is not None and (len(buf) < pre or identity.digest(memoryview(buf)[:pre]) != src.tail):
+            src.changed = f"the bytes before the journaled offset {offset} changed"
+        elif len(buf) < pre + n:  # shorter than its last stat said: it shrank since
+            self.spool.refresh(src)
+            if src.changed is None and src.fd is not None:
+                src.size = offset + len(buf) - pre
+                if len(buf) > pre:
+                    return buf, pre
+        else:
+            return buf, pre
+        if src.changed:
+            self._restart(src)
+        return None
+
+    def _take(self, src: Source, buf: bytes, pre: int, end: int, now: float) -> int:
+        """Consume buf[pre:pre + end] (whole records) and journal the new offset with its sample."""
+        if src.offset == 0 and src.head is None:
+            self.spool.set_head(src, buf)
+            self.batch.heads[src.id] = src.head
+        if self.cfg.format == "lines":
+            self._lines(src, buf, pre, pre + end, now)
+        else:
+            self._envelopes(src, buf, pre, pre + end, now)
+        src.offset += end
+        src.scanned = src.offset
+        src.tail = identity.digest(memoryview(buf)[max(0, pre + end - identity.SAMPLE):pre + end])
+        self.batch_bytes += end
+        self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
+        self.batch.tails[src.id] = src.tail
+        return end
+
+    def _restart(self, src: Source) -> None:
+        """The source's content under its journaled offset is not what was consumed: it was
+        truncated (or rewritten) in place, e.g. by logrotate's copytruncate.  Everything
+        journaled from it is safe; its content now is new, and is shipped from byte 0, once:
+        the offset goes back to 0 in the same transaction as whatever the batch took from
+        it before, and each later batch journals the new offset with its new sample."""
+        why, src.changed = src.changed, None
+        old = src.offset
+        src.offset = src.scanned = 0
+        src.head = src.tail = None
+        self.batch.sources[src.id] = (0, src.size, src.mtime)
+        self.batch.heads[src.id] = None
+        self.batch.tails[src.id] = None
+        self.batch.counters["spool_truncations"] = self.batch.counters.get("spool_truncations", 0) + 1
+        message = (f"spool file {src.path} was truncated or rewritten in place ({why}); everything journaled "
+                   f"from it (the first {old} bytes) is shipped; its content now ({src.size} bytes) is shipped from "
+                   f"byte 0. Bytes written to it after the last read and before the truncation were not read "
+                   f"here (logrotate's copytruncate keeps them in its copy)")
+        self.log.warning("spool file truncated; shipping its new content from byte 0", source=src.id,
+                         path=src.path, reason=why, journaled_offset=old, size=src.size)
+        self.flush()
+        self.journal.record_error("ingest", "spool-truncated", None, message)
 
     def _tail_is_final(self, src: Source, now: float) -> bool:
         """A partial last record of a file idle for spool-reap: its writer died mid-record.
@@ -213,17 +284,17 @@ class Ingest:
             self._ts_cache = (second, time.strftime(tpl, time.localtime(now)))
         return self._ts_cache[1]
 
-    def _lines(self, src: Source, data: bytes, end: int, now: float) -> None:
-        self._deliver(src, src.key, self._timestamp(now), data, 0, end, now, self.cfg.object_key_suffix)
+    def _lines(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
+        self._deliver(src, src.key, self._timestamp(now), data, start, end, now, self.cfg.object_key_suffix)
 
-    def _envelopes(self, src: Source, data: bytes, end: int, now: float) -> None:
+    def _envelopes(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
         """Per record: parse and validate (bad lines go to the dead-letter file).  The good
         records are grouped by key, keeping their order within each key: routing depends
         only on a key's own sequence of timestamps, so this is the order s3() would see,
         and each key's consecutive records of one timestamp are written with one call."""
         parse, bad = self._envelope.parse, envelope.Bad
         by_key: dict[str, list[envelope.Record]] = {}
-        lines = data[:end].split(b"\n")
+        lines = data[start:end].split(b"\n")
         if data[end - 1:end] == b"\n":
             lines.pop()  # the empty string after the last newline
         for line in lines:

@@ -70,6 +70,8 @@ class SourceRow:
     mtime: float
     state: str
     error: str | None
+    tail: bytes | None = None  # digest of the consumed bytes just before offset (spoolup/identity.py)
+    btime: int | None = None  # birth time (ns) where the filesystem records one
 
 
 @dataclass
@@ -120,7 +122,8 @@ class Batch:
     source_objects: set[tuple[int, int]] = field(default_factory=set)
     dead_letters: dict[int, tuple[str, int, int, str]] = field(default_factory=dict)  # source -> (path, n, bytes, reason)
     counters: dict[str, int] = field(default_factory=dict)
-    heads: dict[int, bytes] = field(default_factory=dict)  # source -> first bytes (fingerprint)
+    heads: dict[int, bytes | None] = field(default_factory=dict)  # source -> first bytes (fingerprint)
+    tails: dict[int, bytes | None] = field(default_factory=dict)  # source -> digest of the bytes before its offset
 
     def __bool__(self) -> bool:
         return bool(
@@ -420,13 +423,19 @@ class Journal:
         """The journaled fingerprint (first bytes) of each source that has one."""
         return dict(self.conn.execute("SELECT id, head FROM sources WHERE head IS NOT NULL").fetchall())
 
-    def add_source(self, dev: int, ino: int, path: str, mtime: float, now: float) -> SourceRow:
+    def add_sources(self, new: list[tuple[int, int, str, float, int | None]], now: float) -> list[SourceRow]:
+        """Journal newly found spool files, (dev, ino, path, mtime, btime) each, in one
+        transaction (one sync however many there are)."""
+        rows = []
         with self.transaction():
-            cur = self.conn.execute(
-                "INSERT INTO sources (dev, ino, path, key_path, mtime, first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (dev, ino, db_path(path), db_path(path), mtime, now, now),
-            )
-        return SourceRow(cur.lastrowid, dev, ino, path, path, 0, 0, mtime, "active", None)
+            for dev, ino, path, mtime, btime in new:
+                cur = self.conn.execute(
+                    "INSERT INTO sources (dev, ino, path, key_path, mtime, btime, first_seen, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (dev, ino, db_path(path), db_path(path), mtime, btime, now, now),
+                )
+                rows.append(SourceRow(cur.lastrowid, dev, ino, path, path, 0, 0, mtime, "active", None, None, btime))
+        return rows
 
     def set_source(self, source_id: int, *, state: str | None = None, error: str | None = None,
                    path: str | None = None) -> None:
@@ -540,6 +549,8 @@ class Journal:
                 )
             if batch.heads:
                 c.executemany("UPDATE sources SET head = ? WHERE id = ?", [(h, sid) for sid, h in batch.heads.items()])
+            if batch.tails:
+                c.executemany("UPDATE sources SET tail = ? WHERE id = ?", [(t, sid) for sid, t in batch.tails.items()])
             if batch.source_objects:
                 c.executemany(
                     "INSERT OR IGNORE INTO source_objects (source_id, object_id) VALUES (?, ?)",
@@ -782,7 +793,7 @@ def fs_path(value: str | bytes) -> str:
 def _source(r: sqlite3.Row) -> SourceRow:
     return SourceRow(
         r["id"], r["dev"], r["ino"], fs_path(r["path"]), fs_path(r["key_path"]), r["offset"], r["size"], r["mtime"],
-        r["state"], r["error"]
+        r["state"], r["error"], r["tail"], r["btime"],
     )
 
 

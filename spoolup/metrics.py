@@ -246,6 +246,10 @@ class JournalCollector:
                                  "(kept in the journal: survives restarts).")
         dl.add_metric([], st["dead_letters"]["records"])
         yield dl
+        tr = CounterMetricFamily("spoolup_spool_truncations", "Spool files found truncated or rewritten in place "
+                                 "and shipped again from byte 0 (kept in the journal: survives restarts).")
+        tr.add_metric([], st["counters"].get("spool_truncations", 0))
+        yield tr
         procs = st["service"]["processes"]
         up = procs.get("upload", {}).get("alive", False)
         yield gauge("spoolup_upload_process_up", "1 if the upload process is alive (recent heartbeat and its pid "

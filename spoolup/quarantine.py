@@ -40,9 +40,6 @@ REASONS: dict[str, Reason] = {
     "invalid-key": Reason(
         "fix object-key or rename the file (move it out of the spool and back under a valid name); checked again "
         "at the next start", retry=False),
-    "truncated": Reason(
-        "never truncate or rewrite spool files in place; move the file out of the spool (data journaled before is "
-        "safe); if it holds new records, append them to a new file in the spool", retry=False, blocks_shipping=False),
     "record-too-long": Reason("move the file out of the spool and fix its writer (no newlines?)", retry=False),
 }
 

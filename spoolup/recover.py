@@ -176,8 +176,8 @@ def inspect_sources(cfg: Config, journal: Journal, report: Report) -> None:
             continue
         if entry.st.st_size < src.offset:
             report.note(f"spool file {cfg.spool_dir / entry.path} shrank to {entry.st.st_size} bytes, below the "
-                        f"{src.offset} bytes already shipped: it was truncated or rewritten in place. spoolup "
-                        "will not re-read it; move it out of the spool directory. Everything journaled is safe")
+                        f"{src.offset} bytes already shipped: it was truncated or rewritten in place (copytruncate). "
+                        "Its content now is shipped from byte 0 by the next run. Everything journaled is safe")
         elif src.state == "error" and src.error:
             report.note(f"spool file {cfg.spool_dir / entry.path}: {src.error}")
         elif src.state == "refused" and src.error:

@@ -1,10 +1,15 @@
 """The spool directory: which files there are, which journaled source each is,
 and what changed since the last look.
 
-Sources are identified by (device, inode), never by path.  A renamed file keeps
-its source (and key); a file that shrank below its journaled offset, or whose
-first bytes changed (the inode was reused by a new file), is never silently
-re-read.  watchdog events say when to look; a periodic rescan is the fallback.
+Sources are identified by (device, inode), never by path, and by what
+spoolup/identity.py adds to it (birth time, the bytes consumed).  A renamed file
+keeps its source (and key).  A file whose inode now holds another file (birth
+time, or its content under the offset, changed with its path) is a new source,
+shipped from its start; a file whose content under the journaled offset changed
+in place (truncated: logrotate's copytruncate) is shipped again from byte 0
+(ingest does that, see Ingest._restart), logged and counted.  watchdog events say
+when to look; a periodic rescan is the fallback.  Discovery is linear in the
+number of files and journals all the files one scan found in one transaction.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from spoolup import keys, quarantine
+from spoolup import identity, keys, quarantine
 from spoolup.idle import Clock
 from spoolup.files import fsync_dir
+from spoolup.identity import HEAD_BYTES
 from spoolup.journal import Journal, SourceRow
 from spoolup.quarantine import Entry
 
-HEAD_BYTES = 64  # fingerprint length
 REAPING = ".spoolup-reaping-"  # a shipped spool file's name between the two steps of its deletion
 
 
@@ -41,6 +46,10 @@ class Source(SourceRow):
     missing: int = 0  # consecutive rescans that did not find it
     partial_logged: bool = False
     quarantine: Entry | None = None  # why it is not read (or not deleted) for now
+    scanned: int = 0  # bytes from offset up to here hold no newline (never searched twice)
+    changed: str | None = None  # why its content under the offset is not what was consumed (ingest restarts it)
+    verified: bool = False  # its birth time was compared since it was loaded from the journal
+    checked_mtime: float | None = None  # mtime when the bytes before a fully read file's offset were compared
 
     @property
     def backlog(self) -> int:
@@ -48,7 +57,7 @@ class Source(SourceRow):
 
     @classmethod
     def from_row(cls, row: SourceRow, head: bytes | None) -> "Source":
-        return cls(**vars(row), head=head)
+        return cls(**vars(row), head=head, scanned=row.offset)
 
 
 @dataclass
@@ -177,7 +186,7 @@ class Spool:
         for row in self.journal.live_sources():
             src = self.sources.get(row.id)
             if src is not None:
-                src.offset, src.head = row.offset, heads.get(row.id)
+                src.offset, src.head, src.tail, src.scanned = row.offset, heads.get(row.id), row.tail, row.offset
 
     def _add(self, src: Source) -> None:
         if self.object_key is not None:
@@ -198,7 +207,7 @@ class Spool:
     def rescan(self, now: float) -> list[Source]:
         """Look at the whole spool: new files, renames, shrunk or vanished files, and
         entries that cannot be shipped (quarantined while they are there).
-        Returns the sources that are new."""
+        Returns the sources that are new (journaled together, in one transaction)."""
         found, odd = scan(self.dir)
         for path, (reason, what) in odd.items():
             e = self.quarantined.get(path)
@@ -207,14 +216,16 @@ class Spool:
         for e in list(self.quarantined.values()):
             if e.source_id is None and e.path not in odd:
                 self._release(e, "the entry is gone from the spool", gone=True)
-        new: list[Source] = []
+        fresh: list[tuple[tuple[int, int], ScanEntry]] = []
         for ident, entry in found.items():
             src = self.by_inode.get(ident)
-            if src is not None and not self._same_file(src, entry):
-                self._forget(src, "its inode now holds a different file (the old file was deleted)")
-                src = None
+            if src is not None and (entry.path != src.path or not src.verified):
+                other = self._other_file(src, entry)
+                if other:
+                    self._forget(src, f"its inode now holds a different file ({other})")
+                    src = None
             if src is None:
-                new.append(self._discover(ident, entry, now, found))
+                fresh.append((ident, entry))
                 continue
             src.missing = 0
             if entry.path != src.path:
@@ -225,48 +236,80 @@ class Spool:
                 src.path = entry.path
                 self.journal.set_source(src.id, path=entry.path)
             self.observe(src, entry.st)
+        replaced = {}
+        if fresh:  # paths of journaled files not found any more (for the "replaced" message)
+            replaced = {s.path: s for s in self.sources.values() if (s.dev, s.ino) not in found}
         for src in list(self.sources.values()):
             if (src.dev, src.ino) not in found:
                 self._vanished(src)
+        return self._discover(fresh, now, replaced) if fresh else []
+
+    def _discover(self, fresh: list[tuple[tuple[int, int], ScanEntry]], now: float,
+                  replaced: dict[str, Source]) -> list[Source]:
+        rows = self.journal.add_sources(
+            [(dev, ino, e.path, e.st.st_mtime, identity.birth_time(path=self.dir / e.path))
+             for (dev, ino), e in fresh], now)
+        new = []
+        for row, (_ident, entry) in zip(rows, fresh):
+            src = Source.from_row(row, None)
+            self._add(src)
+            src.size = entry.st.st_size
+            new.append(src)
+            if src.key is not None:
+                problem = keys.key_problem(src.key)
+                if problem:
+                    self.quarantine(src.path, "invalid-key", f"object key {src.key!r} rendered from "
+                                    f"{keys.printable(entry.path)!r} {problem}; the file stays in the spool",
+                                    src=src, key=src.key)
+                    continue
+            old = replaced.get(entry.path)
+            if old is not None:
+                self.log.warning("spool file replaced: its path now holds another file (inode changed under the "
+                                 "journaled offset); the new file is shipped from its start as a new spool file",
+                                 path=keys.printable(entry.path), old_source=old.id, journaled_offset=old.offset,
+                                 source=src.id)
+            self.log.info("new spool file", source=src.id, path=keys.printable(entry.path), key=src.key,
+                          size=src.size)
         return new
 
-    def _discover(self, ident: tuple[int, int], entry: ScanEntry, now: float,
-                  found: dict[tuple[int, int], ScanEntry] | None = None) -> Source:
-        row = self.journal.add_source(ident[0], ident[1], entry.path, entry.st.st_mtime, now)
-        src = Source.from_row(row, None)
-        self._add(src)
-        src.size = entry.st.st_size
-        if src.key is not None:
-            problem = keys.key_problem(src.key)
-            if problem:
-                self.quarantine(src.path, "invalid-key", f"object key {src.key!r} rendered from "
-                                f"{keys.printable(entry.path)!r} {problem}; the file stays in the spool",
-                                src=src, key=src.key)
-                return src
-        old = [s for s in self.sources.values() if s.path == entry.path and s is not src
-               and (found is None or (s.dev, s.ino) not in found)]  # (not merely renamed away)
-        if old:
-            self.log.warning("spool file replaced: its path now holds another file (inode changed under the "
-                             "journaled offset); the new file is shipped from its start as a new spool file",
-                             path=keys.printable(entry.path), old_source=old[0].id, journaled_offset=old[0].offset,
-                             source=src.id)
-        self.log.info("new spool file", source=src.id, path=keys.printable(entry.path), key=src.key, size=src.size)
-        return src
-
-    def _same_file(self, src: Source, entry: ScanEntry) -> bool:
-        """False when the inode was reused by a different file (first bytes differ)."""
-        if src.fd is not None or not src.head or src.quarantine is not None:
-            return True  # an inode we hold open cannot be reused; a quarantined file is not looked into
+    def _other_file(self, src: Source, entry: ScanEntry) -> str | None:
+        """A journaled inode found again (first look since start) or under another path:
+        the same file (renamed), or another file on a reused inode (the old one was deleted)?
+        Why it is another file, or None.  The birth time decides where the filesystem records
+        one; else, under another path, the bytes consumed must still be there (a renamed file
+        only grows; under its own path, a file whose bytes changed was truncated in place,
+        which ingest handles).  An inode held open cannot be reused; a quarantined file is
+        not looked into."""
+        if src.fd is not None or src.offset == 0 or src.quarantine is not None:
+            return None
+        path = self.dir / entry.path
+        src.verified = True
+        if identity.other_file(src.btime, identity.birth_time(path=path)):
+            return "another birth time"
+        if entry.path == src.path:
+            return None
+        if entry.st.st_size < src.offset:
+            return f"{entry.st.st_size} bytes, below the {src.offset} bytes consumed"
         try:
-            fd = open_regular(self.dir / entry.path)
+            fd = open_regular(path)
         except OSError:
-            return True
+            return None
         try:
-            return os.pread(fd, len(src.head), 0) == src.head
+            return self._content_changed(src, fd)
         except OSError:
-            return True
+            return None
         finally:
             os.close(fd)
+
+    def _content_changed(self, src: Source, fd: int) -> str | None:
+        """Why the bytes before the offset are not those consumed, or None."""
+        if src.head and os.pread(fd, len(src.head), 0) != src.head:
+            return "its first bytes changed"
+        if src.tail is not None:
+            start = identity.sample_start(src.offset)
+            if identity.digest(os.pread(fd, src.offset - start, start)) != src.tail:
+                return f"the bytes before the journaled offset {src.offset} changed"
+        return None
 
     def _vanished(self, src: Source) -> None:
         if src.fd is not None:
@@ -295,19 +338,12 @@ class Spool:
         self._drop(src)
 
     def observe(self, src: Source, st: os.stat_result) -> None:
-        """A fresh stat of a source: catches truncation."""
+        """A fresh stat of a source: catches a file that shrank (truncated in place; ingest
+        restarts it from byte 0).  Truncation to any size is caught when reading (the bytes
+        before the offset are compared with those consumed)."""
         src.mtime = st.st_mtime
-        if src.state != "active":
-            src.size = st.st_size
-            return
-        if st.st_size < src.offset:
-            self.quarantine(
-                src.path, "truncated",
-                f"spool file {keys.printable(src.path)} shrank to {st.st_size} bytes, below the {src.offset} bytes "
-                "already shipped: it was truncated or rewritten in place (same inode). spoolup will not re-read it; "
-                "move it out of the spool directory (data journaled before is safe)", src=src,
-            )
-            return
+        if src.state == "active" and st.st_size < src.offset and src.changed is None:
+            src.changed = f"it shrank to {st.st_size} bytes, below the {src.offset} bytes consumed"
         src.size = st.st_size
 
     # -- quarantine (spoolup/quarantine.py) ------------------------------------------
@@ -404,10 +440,12 @@ class Spool:
         if (st.st_dev, st.st_ino) != (src.dev, src.ino):
             os.close(fd)  # the path now holds another file; the next rescan sorts it out
             return None
-        if src.head and os.pread(fd, len(src.head), 0) != src.head:
-            os.close(fd)
-            self._forget(src, "its inode now holds a different file (the old file was deleted)")
+        if identity.other_file(src.btime, identity.birth_time(fd=fd)):
+            os.close(fd)  # (the next rescan finds the new file on this inode and ships it as a new source)
+            self._forget(src, "its inode now holds a different file (another birth time: the old file was deleted)")
             return None
+        if src.head and src.changed is None and os.pread(fd, len(src.head), 0) != src.head:
+            src.changed = "its first bytes changed"
         src.fd = fd
         self._open[src.id] = src
         while len(self._open) > self.max_open:
@@ -433,7 +471,7 @@ class Spool:
         except OSError:
             self.close_fd(src)
 
-    def set_head(self, src: Source, data: bytes) -> None:
+    def set_head(self, src: Source, data) -> None:
         src.head = bytes(data[:HEAD_BYTES])
 
     def close_fd(self, src: Source) -> None:
@@ -491,7 +529,11 @@ class Spool:
         keep_fd = False
         try:
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (src.dev, src.ino) or st.st_size != src.offset:
+            if (st.st_dev, st.st_ino) != (src.dev, src.ino) or st.st_size != src.offset or src.changed:
+                return False
+            changed = self._content_changed(src, fd)
+            if changed:  # truncated and refilled to exactly the consumed size: not shipped, never deleted
+                src.changed = changed
                 return False
             lease, why = _take_lease(fd)
             self._lease_state(lease, why)

@@ -206,18 +206,21 @@ def test_orphan_upload_from_a_crash_before_journaling_is_aborted(make_spoolup, s
 def test_spool_file_truncated_under_its_journaled_offset(make_spoolup, s3):
     files = {"t.log": SMALL, "ok.log": syslog_lines(100, host="ok")}
     sp = crashed(make_spoolup, "after-batch-commit", files)
-    os.truncate(sp.spool / "t.log", 1000)
+    new = syslog_lines(10, host="new")  # truncated (copytruncate), then a few new records
+    with open(sp.spool / "t.log", "r+b") as f:
+        f.truncate(0)
+        f.write(new)
     r = recover(sp)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"spool file {sp.spool / 't.log'} shrank to 1000 bytes, below the {len(SMALL)} bytes already shipped" \
+    assert f"spool file {sp.spool / 't.log'} shrank to {len(new)} bytes, below the {len(SMALL)} bytes already " \
+        "shipped: it was truncated or rewritten in place (copytruncate). Its content now is shipped from byte 0" \
         in r.stdout, r.stdout
     r = sp.drain(timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "spool file t.log shrank to 1000 bytes" in r.stderr
-    # nothing journaled is lost (it is in the chunk files, not re-read from the spool), nothing re-read
-    assert_exact(s3, sp.bucket, files)
-    (bad,) = sp.status()["sources_needing_attention"]
-    assert bad["path"] == "t.log" and "shrank" in bad["error"] and bad["quarantine"]["reason"] == "truncated"
+    assert "spool file truncated; shipping its new content from byte 0" in r.stderr
+    # nothing journaled is lost (it is in the chunk files, not re-read from the spool); the new content once
+    assert_exact(s3, sp.bucket, {**files, "t.log": SMALL + new})
+    assert sp.status()["counters"]["spool_truncations"] == 1
 
 
 def test_spool_file_replaced_under_its_journaled_offset(make_spoolup, s3):
@@ -240,7 +243,8 @@ def test_spool_file_replaced_under_its_journaled_offset(make_spoolup, s3):
 
 # what each migration after the first added, undone (newest first)
 UNDO = {2: ["DROP INDEX requests_open"], 3: ["ALTER TABLE objects DROP COLUMN key_suffix"],
-        4: ["DROP TABLE quarantine"], 5: ["ALTER TABLE objects DROP COLUMN form"]}
+        4: ["DROP TABLE quarantine"], 5: ["ALTER TABLE objects DROP COLUMN form"],
+        6: ["ALTER TABLE sources DROP COLUMN tail", "ALTER TABLE sources DROP COLUMN btime"]}
 LATEST = schema_version()
 MIGRATED = (f"migrate the journal from schema version 1 to {LATEST} "
             f"({', '.join(name for n, name, _ in migrations() if n > 1)})")

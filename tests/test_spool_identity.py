@@ -1,0 +1,140 @@
+"""Which spool file is which: a file truncated in place (logrotate's copytruncate)
+and an inode reused by a new file are told from a file that only grew, whatever
+their size at the next look, and their content is shipped from byte 0 exactly once.
+
+Real files, real filesystems (ext4 loop mounts with and without birth times),
+real `spoolup run` and `drain` processes against the moto server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from crashkit import assert_exact, drain_crashing, query, write
+from helpers import syslog_lines, wait_for
+
+HEADER = b"# spool file format 1; host web01; all records below are newline-terminated.\n"  # > 64 bytes
+
+
+def lines(tag: str, n: int, width: int = 40) -> bytes:
+    return b"".join(f"{tag}-{i:06d} ".encode().ljust(width - 1, b"y") + b"\n" for i in range(n))
+
+
+def source_offsets(sp) -> dict[str, int]:
+    if not (sp.state / "journal.sqlite").exists():
+        return {}
+    return {p: o for p, o in query(sp, "SELECT path, offset FROM sources WHERE state = 'active'")}
+
+
+def test_copytruncate_on_a_held_descriptor_ships_the_new_content_from_byte_0(make_spoolup, s3):
+    """The file spoolup holds open is truncated to 0 and refilled past the journaled offset
+    before spoolup looks again: the new bytes are not taken as the continuation of the old."""
+    sp = make_spoolup(**{"object-key": "{name}"})
+    path = sp.spool / "app.log"
+    old = lines("before", 1000)  # 40,000 bytes
+    write(path, old)
+    p = sp.start()
+    wait_for(lambda: source_offsets(sp).get("app.log") == len(old), 60, 0.05, what="the old content ingested")
+    new = lines("after", 1200)  # 48,000 bytes: grown past the journaled offset at the next look
+    with open(path, "r+b") as f:  # copytruncate: same inode, truncated, then the writer goes on
+        f.truncate(0)
+        f.write(new)
+    wait_for(lambda: source_offsets(sp).get("app.log") == len(new), 60, 0.05, what="the new content ingested")
+    assert sp.stop(p) == 0
+    assert sp.drain(check=True).returncode == 0
+    assert_exact(s3, sp.bucket, {"app.log": old + new})
+    st = sp.status()
+    assert st["counters"].get("spool_truncations") == 1
+    assert st["last_error"]["operation"] == "spool-truncated" and "app.log" in st["last_error"]["message"]
+    assert "spool file truncated; shipping its new content from byte 0" in sp.log_text()
+
+
+def test_copytruncate_while_stopped_and_a_crash_after_it(make_spoolup, s3):
+    """Truncated and refilled while spoolup is stopped; the first drain after it is killed
+    after its chunk data was synced but before the batch that restarted the file committed."""
+    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5})
+    path = sp.spool / "app.log"
+    old = HEADER + lines("before", 500)
+    write(path, old)
+    sp.drain(check=True)
+    ino = path.stat().st_ino
+    new = HEADER + lines("after", 800)  # same first 64 bytes, larger than the journaled offset
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(new)
+    assert path.stat().st_ino == ino
+    drain_crashing(sp, "after-chunk-sync:1")
+    sp.drain(check=True)
+    assert_exact(s3, sp.bucket, {"app.log": old + new})
+    assert sp.status()["counters"].get("spool_truncations") == 1
+
+
+def test_truncated_and_refilled_to_exactly_the_consumed_size_is_neither_deleted_nor_lost(make_spoolup, s3):
+    """Same size as the journaled offset at the next look: a size check alone sees nothing;
+    the reaper must not delete the file, and its content is shipped."""
+    sp = make_spoolup(**{"object-key": "{name}"})
+    path = sp.spool / "same.log"
+    old = HEADER + lines("before", 300)
+    write(path, old)
+    sp.drain(check=True)
+    sp.write_config(**{"spool-reap": "1s"})
+    new = HEADER + lines("after!", 300)  # the same first 64 bytes too
+    assert len(new) == len(old)
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(new)
+    past = os.stat(path).st_mtime - 3600
+    os.utime(path, (past, past))
+    sp.drain(check=True)
+    assert_exact(s3, sp.bucket, {"same.log": old + new})
+    assert not path.exists(), "shipped (now), idle: reaped"
+
+
+# ---------------------------------------------------------------------------
+# inode reuse: a real ext4 filesystem reuses a deleted file's inode for the next file
+
+
+@pytest.fixture(params=["with-birth-time", "without-birth-time"])
+def ext4_spool(request, tmp_path) -> Path:
+    """An ext4 loop mount: with 256-byte inodes (birth times recorded) or 128-byte inodes
+    (none: identity rests on the bytes consumed)."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("inode reuse: needs root to loop-mount an ext4 filesystem")
+    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    inode_size = ["-I", "128"] if request.param == "without-birth-time" else ["-I", "256"]
+    subprocess.run(["mkfs.ext4", "-q", "-F", *inode_size, str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def reuse_inode(old: Path, new: Path, data: bytes) -> None:
+    """Delete `old` and write `data` to `new` on the same inode (ext4 hands out the freed one)."""
+    ino = old.stat().st_ino
+    old.unlink()
+    write(new, data)
+    assert new.stat().st_ino == ino, "ext4 did not reuse the inode"
+
+
+@pytest.mark.parametrize("same_path", [True, False], ids=["same-path", "other-path"])
+def test_inode_reused_by_a_new_file_with_the_same_first_bytes(make_spoolup, s3, ext4_spool, same_path):
+    spool = ext4_spool / "spool"
+    spool.mkdir()
+    sp = make_spoolup(**{"object-key": "{name}", "spool-dir": str(spool)})
+    sp.spool = spool
+    first = HEADER + syslog_lines(30, host="old")
+    write(spool / "a.log", first)
+    sp.drain(check=True)
+    second = HEADER + syslog_lines(80, host="new")  # the same first 64 bytes, longer than the old offset
+    target = spool / ("a.log" if same_path else "b.log")
+    reuse_inode(spool / "a.log", target, second)
+    sp.drain(check=True)
+    expected = {"a.log": first + second} if same_path else {"a.log": first, "b.log": second}
+    assert_exact(s3, sp.bucket, expected)
