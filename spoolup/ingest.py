@@ -238,6 +238,8 @@ class Ingest:
         src.offset += end
         src.scanned = src.offset
         src.tail = identity.digest(memoryview(buf)[max(0, pre + end - identity.SAMPLE):pre + end])
+        if src.offset == src.size:
+            src.checked_mtime = src.mtime  # (its bytes before the offset are those just read)
         self.batch_bytes += end
         self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
         self.batch.tails[src.id] = src.tail
