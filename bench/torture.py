@@ -221,7 +221,7 @@ def write_config(path: Path, url: str, bucket: str, spool: Path, state: Path, lo
 def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files: int = 4,
             min_life: float = 0.4, max_life: float = 3.5, big_every: float = 12.0, quiet: bool = False,
             compression: str = "none", state_dir: Path | None = None,
-            keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY)) -> dict:
+            keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY), user: str | None = None) -> dict:
     rnd = random.Random(seed)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     become_subreaper()
@@ -235,6 +235,20 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
     write_config(config, s3_url, bucket, spool, state, workdir / "spoolup.log", compression, keys)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOOLUP_", "AWS_"))}
     cmd = [sys.executable, "-m", "spoolup"]
+    if user is not None:
+        # spoolup as an unprivileged user without capabilities, as the shipped unit runs it
+        # (tests/helpers.py TestUser): its own state dir, the spool shared as syslog-ng would
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from helpers import TestUser
+
+        u = TestUser(user)
+        u.own(workdir, 0o755)
+        u.share_spool(spool)
+        u.own(state)
+        os.chown(config, 0, u.gid)
+        os.chmod(config, 0o640)
+        env.update(HOME="/nonexistent", PYTHONDONTWRITEBYTECODE="1")
+        cmd = [*u.prefix(), *cmd]
     names = [f"f{i}.log" for i in range(files)]
     writer = Writer(spool, names, random.Random(seed + 1), big_every)
     figures = {"cycles": 0, "kills_main": 0, "kills_upload": 0, "kills_both": 0, "unexpected_exits": 0}
@@ -413,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big-every", type=float, default=12.0, help="mean seconds between bursts > chunk-size")
     ap.add_argument("--compression", choices=("none", "gzip", "zstd"), default="none")
     ap.add_argument("--state-dir", help="state dir (e.g. on another filesystem: a ramfs); default: in the work directory")
+    ap.add_argument("--user", help="run spoolup as this unprivileged user (created if missing; needs root)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spoolup-torture-"))
@@ -431,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = torture(args.cycles, seed=args.seed, workdir=workdir, s3_url=s3_url, files=args.files,
                           max_life=args.max_life, big_every=args.big_every, quiet=args.json,
                           compression=args.compression, state_dir=Path(args.state_dir) if args.state_dir else None,
-                          keys=keys)
+                          keys=keys, user=args.user)
     if not args.dir and figures["ok"]:
         shutil.rmtree(workdir, ignore_errors=True)
     figures["seed"] = args.seed

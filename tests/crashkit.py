@@ -11,7 +11,6 @@ import gzip
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -59,10 +58,8 @@ def crash_mark(sp: Spoolup) -> Path:
 
 
 def spoolup_cmd(sp: Spoolup, *args: str, env: dict | None = None, timeout: float = 120):
-    return subprocess.run(
-        [sys.executable, "-m", "spoolup", *args, "--config", str(sp.config)],
-        capture_output=True, text=True, timeout=timeout, env=env if env is not None else sp.env(),
-    )
+    return subprocess.run(sp.argv(*args), capture_output=True, text=True, timeout=timeout,
+                          env=env if env is not None else sp.env())
 
 
 def drain_crashing(sp: Spoolup, point: str, *, scope: str = "service", timeout: float = 120):
@@ -85,8 +82,7 @@ def start_crashing(sp: Spoolup, point: str, *, scope: str = "service") -> subpro
     mark = crash_mark(sp)
     mark.unlink(missing_ok=True)
     log = open(sp.base / "run.log", "ab")
-    p = subprocess.Popen([sys.executable, "-m", "spoolup", "run", "--config", str(sp.config)],
-                         stdout=log, stderr=log, env=crash_env(sp, point, scope=scope, mark=mark))
+    p = subprocess.Popen(sp.argv("run"), stdout=log, stderr=log, env=crash_env(sp, point, scope=scope, mark=mark))
     sp.procs.append(p)
     return p
 

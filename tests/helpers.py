@@ -167,6 +167,7 @@ class Spoolup:
         self.user = user
         self.runas: list[str] = []
         if user is not None:
+            user.own(base, 0o755)  # its scratch files (crash marks, logs); the config stays root's
             user.share_spool(self.spool)
             user.own(self.state)
             self.runas = user.prefix(caps)

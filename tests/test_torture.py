@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,9 +24,22 @@ CYCLES = int(os.environ.get("SPOOLUP_TORTURE_CYCLES", "20"))
 
 
 def test_kill9_torture(moto, tmp_path, state_fs):
+    run_torture(moto, tmp_path / "torture", state_fs, tmp_path)
+
+
+def test_kill9_torture_as_an_unprivileged_user(moto, tmp_path, test_user):
+    """The same, with spoolup running as a user without capabilities (as the shipped unit)."""
+    workdir = test_user.workdir(tmp_path.name)
+    try:
+        run_torture(moto, workdir, "disk", tmp_path, "--user", test_user.name)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_torture(moto, workdir: Path, state_fs: str, tmp_path: Path, *extra: str) -> None:
     seed = int(time.time())
     cmd = [sys.executable, str(ROOT / "bench" / "torture.py"), "--cycles", str(CYCLES), "--seed", str(seed),
-           "--s3-url", moto.url, "--dir", str(tmp_path / "torture"), "--json"]
+           "--s3-url", moto.url, "--dir", str(workdir), "--json", *extra]
     with contextlib.ExitStack() as stack:
         if state_fs != "disk":
             cmd += ["--state-dir", str(stack.enter_context(mounted(state_fs, tmp_path / "state")))]
