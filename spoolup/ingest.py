@@ -227,14 +227,22 @@ class Ingest:
         return None
 
     def _take(self, src: Source, buf: bytes, pre: int, end: int, now: float) -> int:
-        """Consume buf[pre:pre + end] (whole records) and journal the new offset with its sample."""
+        """Consume buf[pre:pre + end] (whole records) and journal the new offset with its sample.
+        Records end with b"\n", except the unterminated tail of an idle file (_tail_is_final):
+        that record gets a b"\n" (the one byte an object holds that its spool file does not), so
+        that the next record of its object, from another file or from this one if its writer
+        comes back, starts a record of its own instead of being glued onto it."""
         if src.offset == 0 and src.head is None:
             self.spool.set_head(src, buf)
             self.batch.heads[src.id] = src.head
+        data, start, stop = buf, pre, pre + end
+        if end and buf[stop - 1:stop] != b"\n":
+            data, start, stop = bytes(memoryview(buf)[pre:stop]) + b"\n", 0, end + 1
+            self.batch.counters["unterminated_tails"] = self.batch.counters.get("unterminated_tails", 0) + 1
         if self.cfg.format == "lines":
-            self._lines(src, buf, pre, pre + end, now)
+            self._lines(src, data, start, stop, now)
         else:
-            self._envelopes(src, buf, pre, pre + end, now)
+            self._envelopes(src, data, start, stop, now)
         src.offset += end
         src.scanned = src.offset
         src.tail = identity.digest(memoryview(buf)[max(0, pre + end - identity.SAMPLE):pre + end])
@@ -270,7 +278,7 @@ class Ingest:
 
     def _tail_is_final(self, src: Source, now: float) -> bool:
         """A partial last record of a file idle for spool-reap: its writer died mid-record.
-        It is taken verbatim, as a final record, so it is never stranded."""
+        It is taken as a final record, never stranded, with a b"\n" appended (see _take)."""
         if self.spool.idle(src, now) < self.cfg.spool_reap_seconds:
             return False
         self.log.warning("taking the unterminated tail of an idle spool file as a final record",

@@ -138,3 +138,38 @@ def test_inode_reused_by_a_new_file_with_the_same_first_bytes(make_spoolup, s3, 
     sp.drain(check=True)
     expected = {"a.log": first + second} if same_path else {"a.log": first, "b.log": second}
     assert_exact(s3, sp.bucket, expected)
+
+
+# ---------------------------------------------------------------------------
+# an idle file's unterminated tail
+
+
+def wait_consumed(sp, path: str, size: int) -> None:
+    wait_for(lambda: source_offsets(sp).get(path) == size, 60, 0.05, what=f"{path} ingested")
+
+
+@pytest.mark.parametrize("fmt", ["lines", "envelope"])
+def test_unterminated_tail_is_not_glued_to_the_next_record_of_its_object(make_spoolup, s3, fmt):
+    """a.log's writer died mid-record; b.log feeds the same object afterwards: its first
+    record stays a record of its own (the tail is terminated with a newline)."""
+    if fmt == "lines":
+        sp = make_spoolup(**{"object-key": "logs/{dir}", "spool-reap": "1s"})
+        a, b = b"A-1\nTAILA", b"B-1\nB-2\n"
+        want = [b"A-1\n", b"TAILA\n", b"B-1\n", b"B-2\n"]
+    else:
+        sp = make_spoolup(**{"format": "envelope", "spool-reap": "1s"})
+        a = b'{"key":"logs/h","ts":"","msg":"A-1"}\n{"key":"logs/h","ts":"","msg":"TAILA"}'
+        b = b'{"key":"logs/h","ts":"","msg":"B-1"}\n{"key":"logs/h","ts":"","msg":"B-2"}\n'
+        want = [b"A-1\n", b"TAILA\n", b"B-1\n", b"B-2\n"]
+    write(sp.spool / "h" / "a.log", a)
+    past = os.stat(sp.spool / "h" / "a.log").st_mtime - 3600
+    os.utime(sp.spool / "h" / "a.log", (past, past))
+    p = sp.start()
+    wait_consumed(sp, "h/a.log", len(a))
+    write(sp.spool / "h" / "b.log", b)  # the same object, still open
+    wait_consumed(sp, "h/b.log", len(b))
+    assert sp.stop(p) == 0
+    sp.drain(check=True)
+    assert_exact(s3, sp.bucket, {"logs/h": b"".join(want)})
+    assert sp.status()["counters"].get("unterminated_tails") == 1
+    assert "taking the unterminated tail of an idle spool file as a final record" in sp.log_text()
