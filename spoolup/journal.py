@@ -598,6 +598,16 @@ class Journal:
                 "UPDATE objects SET idx = ?, final_key = ?, mode = ? WHERE id = ? AND idx IS NULL",
                 (idx, final_key, mode, object_id),
             )
+            # counted in the claim's own transaction: the state dir's high-water mark
+            # (spoolup/stateid.py) tells a journal that lost transactions by it
+            self.conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('claims', '1') "
+                "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
+
+    def claims(self) -> int:
+        """Index claims this journal has made, ever (never decreases)."""
+        return int(self.meta("claims") or 0)
 
     def unclaim(self, object_id: int) -> None:
         """Give up a claimed index (taken by someone else): claim again, re-upload every part."""

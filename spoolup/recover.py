@@ -61,26 +61,6 @@ class Report:
 
 
 # ---------------------------------------------------------------------------
-# local: the journal itself
-
-
-def missing_journal_problem(cfg: Config) -> str | None:
-    """A state dir holding chunk files but no journal lost its journal (deleted, moved):
-    starting fresh would delete those chunks (journaled records, gone) and read every spool
-    file again from its start (every record already shipped, twice).  Refuse instead."""
-    if cfg.journal_path.exists() or not cfg.chunk_dir.is_dir():
-        return None
-    chunks = [e.name for e in os.scandir(cfg.chunk_dir)]
-    if not chunks:
-        return None
-    return (f"the state dir {cfg.state_dir} holds {len(chunks)} chunk file(s) but no journal "
-            f"({cfg.journal_path.name}): it was deleted or moved. spoolup will not start fresh over it, "
-            "because that would lose the records in those chunk files and ship again everything still in the "
-            f"spool. Restore the journal; or, to start fresh on purpose, move the whole state dir aside "
-            f"(e.g. `mv {cfg.state_dir} {cfg.state_dir}.old`) and check the bucket for objects already written")
-
-
-# ---------------------------------------------------------------------------
 # local: chunk files
 
 

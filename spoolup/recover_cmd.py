@@ -12,7 +12,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from spoolup import journal_faults, logs, recover
+from spoolup import journal_faults, logs, recover, stateid
 from spoolup.config import Config
 from spoolup.journal import Journal, JournalError, schema_version
 from spoolup.lock import StateLock
@@ -56,10 +56,10 @@ def _migrated(before: int, after: int, applied: list[str]) -> list[str]:
 
 def run(cfg: Config, *, dry_run: bool) -> int:
     log = logs.get("spoolup.recover")
+    problem = stateid.before_open(cfg)  # a lost journal or write-ahead log
+    if problem:
+        raise JournalError(problem)
     if not cfg.journal_path.exists():
-        missing = recover.missing_journal_problem(cfg)
-        if missing:
-            raise JournalError(missing)
         print(f"no journal at {cfg.journal_path}: nothing to recover")
         return 0
     lock = StateLock(cfg.state_dir)
@@ -77,6 +77,9 @@ def run(cfg: Config, *, dry_run: bool) -> int:
                 journal.probe_write()
             except sqlite3.DatabaseError as e:
                 raise JournalError(journal_faults.message(cfg.journal_path, e)) from None
+        problem = stateid.after_open(cfg, journal, record=not dry_run)
+        if problem:
+            raise JournalError(problem)
         for line in applied:
             report.did(line)
         recover.reconcile_chunks(cfg, journal, report, dry_run=dry_run)

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from spoolup import keys, logs, metrics, recover, systemd
+from spoolup import keys, logs, metrics, recover, stateid, systemd
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
@@ -157,6 +157,7 @@ class Service:
         self.uploader = UploadProcess(cfg, log)
         self.started = time.time()
         self.full_streak = 0  # disk-full failures in a row
+        self._mark: dict = {}  # the claims last written to state-id (stateid.update_mark)
 
     # -- setup -----------------------------------------------------------------
 
@@ -168,10 +169,13 @@ class Service:
         self.lock.acquire()
         if self.cfg.metrics_listen:
             metrics.serve(self.cfg, self.log)  # before the upload process starts: it inherits the metrics dir
-        missing = recover.missing_journal_problem(self.cfg)
-        if missing:
-            raise JournalError(missing)
+        problem = stateid.before_open(self.cfg)  # a lost journal or write-ahead log
+        if problem:
+            raise JournalError(problem)
         self.journal = Journal.open(self.cfg.journal_path, fsync=self.cfg.fsync, check=True)
+        problem = stateid.after_open(self.cfg, self.journal)  # another journal, or one that lost commits
+        if problem:
+            raise JournalError(problem)
         for name in self.journal.migrated:
             self.log.info("recovery", action=f"migrate the journal: {name}")
         # objects open or waiting for S3 finish in the form they were started in; objects
@@ -235,6 +239,8 @@ class Service:
                 with contextlib.suppress(Exception):
                     obj.close()
         if self.journal is not None:
+            with contextlib.suppress(Exception):
+                stateid.update_mark(self.cfg, self.journal, self._mark)
             self.journal.close()
         self.lock.release()
 
@@ -298,6 +304,7 @@ class Service:
                         journal.heartbeat("ingest", os.getpid(), self.started,
                                           f"sources={len(spool.sources)} open_objects={len(ingest.open)}")
                         journal.set_state("clock", spool.clock.record())
+                        stateid.update_mark(cfg, journal, self._mark)
                         last["beat"] = mono
                     if deadline is not None and mono > deadline:
                         self.log.error("drain timed out with work pending", pending_objects=journal.pending_objects())
