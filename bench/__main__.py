@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import common
 
-FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained")
+FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RAW = Path(__file__).resolve().parent / "results.json"
 
@@ -46,6 +46,10 @@ def run_figure(name: str, quick: bool) -> dict:
         from bench import sustained
 
         return sustained.run(seconds=10 if quick else 60)
+    if name == "history":
+        from bench import start_history
+
+        return start_history.run(history=20_000 if quick else 1_000_000)
     raise SystemExit(f"unknown figure {name}; known: {', '.join(FIGURES)}")
 
 

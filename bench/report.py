@@ -59,6 +59,15 @@ def figures_markdown(info: dict, r: dict) -> str:
                    f"{s['with_spoolup_rate']:.0f} msg/s, max backlog {s['max_backlog_MiB']:.1f} MiB, "
                    f"{s['final_backlog_MiB']:.1f} MiB at the end | loggen alone: {s['alone_rate']:.0f} msg/s | "
                    f"{s['ratio']:.2f} | >= 0.95, backlog bounded | {'yes' if ok else 'no'} |")
+    if "history" in r:
+        h = r["history"]
+        ok = h["ratio"] <= 1.5 and h["rss_ratio"] <= 1.5
+        out.append(f"| 7 | start-up (journal open, live sources and open objects loaded) with "
+                   f"{h['history_sources']:,} reaped spool files in the journal | {h['history_s'] * 1000:.0f} ms, "
+                   f"+{h['history_rss_growth_KiB'] / 1024:.1f} MiB RSS (first start prunes them once: "
+                   f"{h['first_start_prune_s']:.1f} s; after: {h['after_prune_s'] * 1000:.0f} ms) | no history: "
+                   f"{h['baseline_s'] * 1000:.0f} ms, +{h['baseline_rss_growth_KiB'] / 1024:.1f} MiB | "
+                   f"{h['ratio']:.2f} (RSS {h['rss_ratio']:.2f}) | <= 1.5, flat | {'yes' if ok else 'no'} |")
     out += ["", END]
     return "\n".join(out)
 

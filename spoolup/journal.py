@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 LIVE_SOURCE_STATES = ("active", "error", "refused")
+KEEP_SOURCES = 1000  # spool files done with (reaped, gone) that the journal remembers (prune_sources)
 MAX_ERRORS_KEPT = 500
 STOPPED = "stopped"  # the info of a process's last heartbeat when it stopped cleanly
 
@@ -415,13 +416,16 @@ class Journal:
 
     def live_sources(self) -> list[SourceRow]:
         rows = self.conn.execute(
-            f"SELECT * FROM sources WHERE state IN {LIVE_SOURCE_STATES!r} ORDER BY id"
+            f"SELECT * FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES!r} ORDER BY id"
         ).fetchall()
         return [_source(r) for r in rows]
 
     def source_heads(self) -> dict[int, bytes]:
-        """The journaled fingerprint (first bytes) of each source that has one."""
-        return dict(self.conn.execute("SELECT id, head FROM sources WHERE head IS NOT NULL").fetchall())
+        """The journaled fingerprint (first bytes) of each live source that has one."""
+        return dict(self.conn.execute(
+            f"SELECT id, head FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES!r} "
+            "AND head IS NOT NULL"
+        ).fetchall())  # live ones only (the partial index sources_live): history costs nothing here
 
     def add_sources(self, new: list[tuple[int, int, str, float, int | None]], now: float) -> list[SourceRow]:
         """Journal newly found spool files, (dev, ino, path, mtime, btime) each, in one
@@ -458,6 +462,25 @@ class Journal:
             "WHERE so.source_id = ? AND o.state != 'done'",
             (source_id,),
         ).fetchone()[0]
+
+    def prune_sources(self, keep: int = KEEP_SOURCES) -> int:
+        """Forget spool files that are done with (reaped, or gone from the spool), all but
+        the newest `keep` of them: history never grows the journal, the start or a
+        rollback.  Their objects are done or tracked by themselves; a recent set stays for
+        the operator (and any check that looks back a little)."""
+        with self.transaction():
+            cut = self.conn.execute(
+                f"SELECT id FROM sources WHERE state NOT IN {LIVE_SOURCE_STATES!r} ORDER BY id DESC "
+                "LIMIT 1 OFFSET ?", (keep,)
+            ).fetchone()
+            if cut is None:
+                return 0
+            self.conn.execute(
+                f"DELETE FROM source_objects WHERE source_id IN (SELECT id FROM sources WHERE id <= ? "
+                f"AND state NOT IN {LIVE_SOURCE_STATES!r})", (cut[0],))
+            return self.conn.execute(
+                f"DELETE FROM sources WHERE id <= ? AND state NOT IN {LIVE_SOURCE_STATES!r}", (cut[0],)
+            ).rowcount
 
     def mark_reaped(self, source_id: int) -> None:
         with self.transaction():

@@ -37,6 +37,7 @@ SMALL_BATCH = 1 << 20  # a pump that read less than this ...
 PACE_SECONDS = 0.05  # ... waits this long before the next one (at most 20 small commits a second)
 EXPIRE_EVERY = 0.25
 REAP_EVERY = 5.0
+PRUNE_EVERY = 3600.0  # seconds between prunes of the spool files' history
 REAP_SETTLE = 0.2  # seconds between moving a shipped spool file aside and deleting it
 
 
@@ -185,6 +186,7 @@ class Service:
             self.log.info("recovery", action=f"journal the form (compression, chunk-size, ...) of {stamped} "
                           "object(s) journaled before forms were: this run's configuration")
         check_run_config(self.cfg, self.journal)
+        self._prune_history()
         # start the upload process now: its start-up (boto3, reconciling with S3) overlaps
         # the local recovery and the first ingest batches.  Local recovery only touches open
         # chunks and unreferenced files, which the upload process never reads.
@@ -212,6 +214,13 @@ class Service:
         self.journal.set_state("clock", self.spool.clock.record())
         self.spool.load()
         self.ingest.load()
+
+    def _prune_history(self) -> None:
+        """Forget spool files done with but the newest few (Journal.prune_sources): start-up
+        and rollbacks load the live ones only, and the journal does not grow with history."""
+        pruned = self.journal.prune_sources()
+        if pruned:
+            self.log.info("forgot old spool files", sources=pruned)
 
     def install_signals(self) -> None:
         def on_stop(signum, _frame):
@@ -251,7 +260,7 @@ class Service:
         every object, wait until all are uploaded, and return."""
         cfg, journal, ingest, spool = self.cfg, self.journal, self.ingest, self.spool
         watcher = Watcher(cfg.spool_dir, self.log)
-        last = {"scan": 0.0, "expire": 0.0, "reap": 0.0, "beat": 0.0}
+        last = {"scan": 0.0, "expire": 0.0, "reap": 0.0, "beat": 0.0, "prune": time.time()}
         drain_state: DrainState | None = None
         progress = DrainProgress(self.log) if drain else None
         deadline = time.monotonic() + drain_timeout if drain_timeout else None
@@ -299,6 +308,9 @@ class Service:
                     if now - last["reap"] >= REAP_EVERY:
                         self._reap(now)
                         last["reap"] = now
+                    if now - last["prune"] >= PRUNE_EVERY:
+                        self._prune_history()
+                        last["prune"] = now
                     self.uploader.supervise(journal)
                     if mono - last["beat"] >= HEARTBEAT_EVERY:
                         journal.heartbeat("ingest", os.getpid(), self.started,
