@@ -58,8 +58,7 @@ def _state(base: Path, history: int) -> Path:
     from spoolup.journal import Journal
 
     journal = Journal.open(base / "state" / "journal.sqlite", fsync=False)
-    for i in range(LIVE):
-        journal.add_source(1, i + 1, f"live{i}.log", 1.0, 1.0)
+    journal.add_sources([(1, i + 1, f"live{i}.log", 1.0, None) for i in range(LIVE)], 1.0)
     journal.close()
     conn = sqlite3.connect(base / "state" / "journal.sqlite", isolation_level=None)
     conn.execute("BEGIN")

@@ -38,7 +38,7 @@ def add_history(path, n: int, start_ino: int = 10_000_000) -> None:
 def test_start_loads_the_live_sources_only(tmp_path):
     path = tmp_path / "journal.sqlite"
     journal = Journal.open(path, fsync=False)
-    live = [journal.add_source(2, ino, f"live{ino}.log", 1.0, 1.0) for ino in (1, 2, 3)]
+    live = journal.add_sources([(2, ino, f"live{ino}.log", 1.0, None) for ino in (1, 2, 3)], 1.0)
     with journal.transaction():
         journal.conn.executemany("UPDATE sources SET head = ? WHERE id = ?", [(b"head", s.id) for s in live])
     journal.close()
