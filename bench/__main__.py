@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import common
 
-FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history")
+FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history", "discovery")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RAW = Path(__file__).resolve().parent / "results.json"
 
@@ -50,6 +50,10 @@ def run_figure(name: str, quick: bool) -> dict:
         from bench import start_history
 
         return start_history.run(history=20_000 if quick else 1_000_000)
+    if name == "discovery":
+        from bench import discovery
+
+        return discovery.run(files=5_000 if quick else 100_000)
     raise SystemExit(f"unknown figure {name}; known: {', '.join(FIGURES)}")
 
 

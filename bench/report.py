@@ -68,6 +68,12 @@ def figures_markdown(info: dict, r: dict) -> str:
                    f"{h['first_start_prune_s']:.1f} s; after: {h['after_prune_s'] * 1000:.0f} ms) | no history: "
                    f"{h['baseline_s'] * 1000:.0f} ms, +{h['baseline_rss_growth_KiB'] / 1024:.1f} MiB | "
                    f"{h['ratio']:.2f} (RSS {h['rss_ratio']:.2f}) | <= 1.5, flat | {'yes' if ok else 'no'} |")
+    if "discovery" in r:
+        d = r["discovery"]
+        ok = d["files"] < 100_000 or d["spoolup_s"] <= 10
+        out.append(f"| 8 | `spoolup run` starting on {d['files']} spool files: all journaled | {d['spoolup_s']:.2f} s "
+                   f"(process start included) | `find -type f` of the same tree: {d['find_s']:.2f} s | "
+                   f"{d['ratio']:.1f} x find | 100k files in <= 10 s | {'yes' if ok else 'no'} |")
     out += ["", END]
     return "\n".join(out)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,69 @@ def test_unterminated_tail_is_not_glued_to_the_next_record_of_its_object(make_sp
     assert_exact(s3, sp.bucket, {"logs/h": b"".join(want)})
     assert sp.status()["counters"].get("unterminated_tails") == 1
     assert "taking the unterminated tail of an idle spool file as a final record" in sp.log_text()
+
+
+# ---------------------------------------------------------------------------
+# many files: discovery is linear and journals one scan's new files in one transaction
+
+
+class _Log:
+    """A log sink for the in-process spool (the service's logger writes JSON lines)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str]] = []
+
+    def __getattr__(self, level):
+        return lambda event, **fields: self.events.append((level, event))
+
+
+def _discover(tmp_path, n: int) -> tuple[int, int, int]:
+    """(transactions, lines executed in spoolup's spool and journal modules, sources) of the
+    first scan of a spool holding n new files."""
+    import sys
+
+    from spoolup.journal import Journal
+    from spoolup.spool import Spool
+
+    base = tmp_path / f"n{n}"
+    spool = base / "spool"
+    for i in range(n):
+        d = spool / f"h{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:06d}.log").write_bytes(b"x\n")
+    (base / "state").mkdir()
+    journal = Journal.open(base / "state" / "journal.sqlite")
+    s = Spool(spool, journal, _Log(), object_key="{path}")
+    s.load()
+    statements: list[str] = []
+    journal.conn.set_trace_callback(statements.append)
+    lines = 0
+    watched = {str(Path(m.__file__)) for m in (sys.modules["spoolup.spool"], sys.modules["spoolup.journal"])}
+
+    def tracer(frame, event, arg):
+        nonlocal lines
+        if frame.f_code.co_filename not in watched:
+            return None
+        if event == "line":
+            lines += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        new = s.rescan(time.time())
+    finally:
+        sys.settrace(None)
+        journal.conn.set_trace_callback(None)
+    journal.close()
+    begins = sum(1 for st in statements if st.strip().upper().startswith("BEGIN"))
+    return begins, lines, len(new)
+
+
+def test_discovery_is_one_transaction_and_linear_in_the_number_of_files(tmp_path):
+    small, large = 500, 2000
+    begins_small, lines_small, n_small = _discover(tmp_path, small)
+    begins_large, lines_large, n_large = _discover(tmp_path, large)
+    assert (n_small, n_large) == (small, large)
+    # linear: four times the files, at most about four times the work (quadratic: sixteen)
+    assert lines_large <= 4.5 * lines_small, (lines_small, lines_large)
+    assert begins_small == begins_large == 1, "one transaction (one sync) for all the files of a scan"
