@@ -211,8 +211,8 @@ class Spool:
         found, odd = scan(self.dir)
         for path, (reason, what) in odd.items():
             e = self.quarantined.get(path)
-            if e is None or e.reason != reason:
-                self.quarantine(path, reason, what)
+            if e is None or e.reason != reason or quarantine.due(e.next_retry, now):
+                self.quarantine(path, reason, what)  # (still there at its retry: one more attempt)
         for e in list(self.quarantined.values()):
             if e.source_id is None and e.path not in odd:
                 self._release(e, "the entry is gone from the spool", gone=True)
