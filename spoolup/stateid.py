@@ -57,7 +57,9 @@ def save(cfg: "Config", identity: dict) -> None:
     """Atomically (write, sync, rename, sync the directory)."""
     target = path_of(cfg)
     tmp = target.with_name(NAME + ".new")
-    tmp.write_text(json.dumps(identity, sort_keys=True) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(identity, sort_keys=True) + "\n")
     if cfg.fsync:
         fsync_path(tmp)
     os.replace(tmp, target)
