@@ -368,6 +368,7 @@ def snapshot(sp, s3) -> dict:
     }
 
 
+@pytest.mark.xfail_rgw(reason="issue 12 item 1: RGW answers ListParts of a completed upload with 404 NoSuchKey (not NoSuchUpload): reconcile stalls")
 def test_dry_run_changes_nothing_anywhere(make_spoolup, s3):
     sp, files, key, orphan = messy_state(make_spoolup, s3)
     before = snapshot(sp, s3)
@@ -386,6 +387,7 @@ def test_dry_run_changes_nothing_anywhere(make_spoolup, s3):
     drained(sp, s3, files)
 
 
+@pytest.mark.xfail_rgw(reason="issue 12 item 1: RGW answers ListParts of a completed upload with 404 NoSuchKey (not NoSuchUpload): reconcile stalls")
 def test_run_performs_the_same_recovery_at_start(make_spoolup, s3):
     sp, files, key, orphan = messy_state(make_spoolup, s3)
     etag = s3.head_object(Bucket=sp.bucket, Key=key)["ETag"]
