@@ -12,17 +12,18 @@ stays in the spool.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from spoolup import crash, envelope, identity, objects
+from spoolup import crash, envelope, identity, objects, statespace
 from spoolup import form as forms
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
 from spoolup.form import Form
-from spoolup.journal import Batch, Journal, ObjectRow
+from spoolup.journal import Batch, Journal, ObjectRow, disk_full
 from spoolup.spool import Source, Spool
 
 BLOCK = 1 << 20  # bytes read from a spool file at a time
@@ -74,6 +75,7 @@ class Ingest:
         self._restored = True  # False from a rollback until the journaled state is back (restore())
         self.form = Form.of_config(cfg)  # the form of the objects this run creates
         self._form_json = self.form.to_json()
+        self.space_low = False  # the state dir had no room to ingest at the last pump
 
     # -- state ---------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class Ingest:
             budget = self.batch_limit * 4
         consumed = 0
         self.sealed_pending = self.journal.sealed_pending() + self.batch.seals
+        budget = min(budget, self._room(now))
         for src in sources:
             if self.at_cap() or consumed >= budget:
                 break
@@ -129,6 +132,45 @@ class Ingest:
                 self.flush()
         self.flush()
         return consumed
+
+    def _room(self, now: float) -> int:
+        """Spool bytes the state dir has room for (statespace.room).  None: ingest pauses --
+        the backlog waits in the spool -- and, when spoolup's own chunk files are what fills
+        the state dir, the largest open object is completed early so that its chunk files are
+        uploaded and removed (chunk files are kept until their object is completed)."""
+        total, free = statespace.free_bytes(self.cfg)
+        room = statespace.room(free, len(self.open), self.store.codec.compressed)
+        if room > 0:
+            if self.space_low:
+                self.space_low = False
+                self.log.info("state dir has room again; ingest resumes", free=free, state_dir=str(self.cfg.state_dir))
+            return room
+        space = statespace.Space(total, free, statespace.chunk_bytes(self.cfg))
+        if not self.space_low:
+            self.space_low = True
+            code, message = statespace.advice(self.cfg, space)
+            self.log.warning("state dir low on space: ingest paused", code=code, free=free, total=total,
+                             chunk_bytes=space.chunks, state_dir=str(self.cfg.state_dir), advice=message)
+            try:
+                self.journal.record_error("ingest", "space", code, message)
+            except sqlite3.Error as e:  # the journal cannot grow either: status shows state_dir_space
+                if not disk_full(e):
+                    raise
+        if statespace.own_space(space):
+            self._complete_early(now)
+        return 0
+
+    def _complete_early(self, now: float) -> None:
+        """Free the state dir: complete the largest open object, unless an object closed before
+        still waits for its upload (its completion frees space first)."""
+        if self.batch.closed or self.journal.conn.execute(
+                "SELECT 1 FROM objects WHERE state = 'closed' LIMIT 1").fetchone():
+            return
+        obj = max(self.open.values(), key=lambda o: o.size, default=None)
+        if obj is None or obj.size == 0:
+            return
+        self.log.info("completing an object early to free the state dir", object=obj.id, key=obj.key, size=obj.size)
+        self._close(obj, "state-dir-space", now)
 
     def _read(self, src: Source, now: float, budget: int) -> int:
         """Take the whole records of `src` after its offset.  Each read also re-reads the

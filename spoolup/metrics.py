@@ -263,6 +263,12 @@ class JournalCollector:
                     "last success (0: not failing).", h["failing_since"] or 0)
         yield gauge("spoolup_s3_last_success_timestamp_seconds", "Unix time of the last successful S3 call (0: none).",
                     h["last_success"] or 0)
+        space = st["state_dir_space"] or {"free_bytes": 0, "chunk_bytes": 0, "low": False}
+        yield gauge("spoolup_state_dir_free_bytes", "Free bytes in the state dir's filesystem.", space["free_bytes"])
+        yield gauge("spoolup_state_dir_chunk_bytes", "Bytes the chunk files take in the state dir.",
+                    space["chunk_bytes"])
+        yield gauge("spoolup_state_dir_low", "1 while the state dir has too little free space to ingest (the "
+                    "backlog waits in the spool; see status's state_dir_space.advice).", int(space["low"]))
         err = st["last_error"]
         yield gauge("spoolup_last_error_timestamp_seconds", "Unix time of the last error journaled (0: none).",
                     err["time"] if err else 0)

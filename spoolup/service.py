@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from spoolup import keys, logs, metrics, recover, stateid, systemd
+from spoolup import keys, logs, metrics, recover, stateid, statespace, systemd
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
@@ -368,6 +368,10 @@ class Service:
         message = (f"no space left on the filesystem of the state dir {self.cfg.state_dir} ({e}); ingest "
                    f"pauses and retries (the backlog waits in the spool, nothing journaled is lost). Free "
                    f"space there; spoolup resumes by itself")
+        with contextlib.suppress(OSError):
+            space = statespace.measure(self.cfg)
+            if statespace.own_space(space) or space.total < statespace.MINIMUM:  # not someone else's space
+                message = f"no space left ({e}): {statespace.advice(self.cfg, space)[1]}"
         self.log.error("state dir disk full", error=str(e), state_dir=str(self.cfg.state_dir), retry_in=delay)
         try:
             self.ingest.rollback()

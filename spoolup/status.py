@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from spoolup import __version__, health, keys, lock
+from spoolup import __version__, health, keys, lock, statespace
 from spoolup import form as forms
 from spoolup.config import Config
 from spoolup.journal import STOPPED, Journal, peek
@@ -84,6 +84,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         },
         "counters": counters,
         "s3_health": _s3_health(j, processes.get("upload"), now),
+        "state_dir_space": statespace.report(cfg, len(open_objects)),
     }
 
 
@@ -300,6 +301,12 @@ def render(st: dict[str, Any]) -> str:
                f"{_age(st['oldest_pending_age_seconds'])}")
     out.append(f"objects: {len(st['open_objects'])} open, {st['closed_objects_pending']['count']} closed awaiting "
                f"upload, {st['completed_objects']['count']} completed")
+    space = st.get("state_dir_space")
+    if space:
+        out.append(f"state dir: {_bytes(space['free_bytes'])} free of {_bytes(space['total_bytes'])}, chunk files "
+                   f"{_bytes(space['chunk_bytes'])}" + ("   LOW: ingest paused" if space["low"] else ""))
+        if space["advice"]:
+            out.append(f"  {space['advice']}")
     if st["open_objects"]:
         out.append("")
         out.append("open objects (each completes at whichever comes first):")
