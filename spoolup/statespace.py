@@ -20,6 +20,7 @@ from spoolup.files import BLOCK
 
 RESERVE = 2 << 20  # kept free for the journal (WAL growth of both processes) and metrics files
 READ_SLACK = 1 << 20  # ingest reads whole blocks of this size: a pump may overshoot its budget by one
+TAILS_COUNTED = 1024  # open chunks whose padded tail may take a new block in one pump (more keys: RESERVE covers it)
 MINIMUM = RESERVE + READ_SLACK + (1 << 20)  # below this a state dir can hold nothing to ingest at all
 
 
@@ -64,9 +65,9 @@ def measure(cfg: Config) -> Space:
 
 def room(free: int, open_chunks: int, compressed: bool) -> int:
     """Spool bytes ingest may read now: the free space less the reserve, a block per open
-    chunk (its zero-padded tail) and a read's slack; halved when compressing (the raw chunk
+    chunk (its zero-padded tail may start a new one) and a read's slack; halved when compressing (the raw chunk
     and its compressed output are both written)."""
-    left = free - RESERVE - READ_SLACK - 2 * BLOCK * open_chunks
+    left = free - RESERVE - READ_SLACK - BLOCK * min(open_chunks, TAILS_COUNTED)
     return max(left // 2 if compressed else left, 0)
 
 
