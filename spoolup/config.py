@@ -537,6 +537,14 @@ OPTIONS: tuple[Option, ...] = (
         "file, cannot be deleted); the first retry is after 1 s, then the delay doubles.",
     ),
     Option(
+        "max-record-size",
+        size_range(1 << 20, 1 << 30),
+        16 * MiB,
+        "Longest record kept in memory (1MiB to 1GiB). A longer one (bytes up to its newline) is not shipped: "
+        "it goes, verbatim and read in 1MiB blocks, to the spool file's dead-letter file (counted in status), "
+        "so memory stays bounded by this for any record size.",
+    ),
+    Option(
         "max-open-files",
         int_range(16, 1_000_000),
         1024,
@@ -597,6 +605,7 @@ class Config:
     s3_timeout: float
     retry_max_delay: float
     quarantine_retry: float
+    max_record_size: int
     max_open_files: int
     shutdown_timeout: float
     conditional_writes: str
@@ -661,7 +670,7 @@ class Config:
                 out[opt.name] = toml_value("********")
             elif opt.name in written:
                 out[opt.name] = toml_value(written[opt.name])
-            elif opt.name in ("chunk-size", "max-object-size") and opt.default is not REQUIRED:
+            elif opt.name in ("chunk-size", "max-object-size", "max-record-size") and opt.default is not REQUIRED:
                 out[opt.name] = toml_value(format_size(self.value(opt.name)))
             else:
                 v = self.value(opt.name)
@@ -800,7 +809,7 @@ def _shown_default(opt: Option) -> str:
         return "*required*"
     if opt.name == "object-key":
         return '`"{path}"` / `"{key}"`'
-    if opt.name in ("chunk-size", "max-object-size"):
+    if opt.name in ("chunk-size", "max-object-size", "max-record-size"):
         return f'`"{format_size(opt.default)}"`'
     return f"`{toml_value(opt.default)}`"
 
@@ -829,7 +838,7 @@ def example_toml() -> str:
             out.append(f"{opt.name} = {example}")
         elif opt.name == "object-key":
             out.append('#object-key = "{path}"')
-        elif opt.name in ("chunk-size", "max-object-size"):
+        elif opt.name in ("chunk-size", "max-object-size", "max-record-size"):
             out.append(f'#{opt.name} = "{format_size(opt.default)}"')
         else:
             out.append(f"#{opt.name} = {toml_value(opt.default)}")

@@ -46,9 +46,16 @@ class DeadLetters:
         self._last_log: dict[int, float] = {}
         self._suppressed: dict[int, int] = {}
 
-    def write(self, source_id: int, spool_path: str, line: bytes, reason: str) -> None:
+    def write(self, source_id: int, spool_path: str, line: bytes, reason: str) -> int:
         """`spool_path` names the file: pass one that does not change (the path the
-        spool file was discovered at), so that a renamed spool file keeps its file."""
+        spool file was discovered at), so that a renamed spool file keeps its file.
+        Returns the bytes written (the line, and a newline if it had none)."""
+        return self.stream(source_id, spool_path, (line,), reason)
+
+    def stream(self, source_id: int, spool_path: str, pieces, reason: str) -> int:
+        """One record given in pieces (a record longer than max-record-size is never held in
+        memory whole: ingest reads it in blocks); a newline is added if its last piece has
+        none.  Returns the bytes written."""
         name = file_name(source_id, spool_path)
         size = self._sizes.get(name)
         if size is None:
@@ -56,9 +63,16 @@ class DeadLetters:
                 size = (self.directory / name).stat().st_size
             except FileNotFoundError:
                 size = 0
-        record = line if line.endswith(b"\n") else line + b"\n"
-        self.files.append(name, record)
-        self._sizes[name] = size + len(record)
+        written, last = 0, b""
+        for piece in pieces:
+            if piece:
+                self.files.append(name, piece)
+                written += len(piece)
+                last = piece[-1:]
+        if last != b"\n":
+            self.files.append(name, b"\n")
+            written += 1
+        self._sizes[name] = size + written
         self._pending.add(name)
         now = time.monotonic()
         if now - self._last_log.get(source_id, -LOG_EVERY) >= LOG_EVERY:
@@ -68,6 +82,7 @@ class DeadLetters:
             self._last_log[source_id] = now
         else:
             self._suppressed[source_id] = self._suppressed.get(source_id, 0) + 1
+        return written
 
     def discard(self) -> None:
         """Abandon the lines written since the last commit (their batch could not be made

@@ -29,7 +29,6 @@ from spoolup.spool import Source, Spool
 BLOCK = 1 << 20  # bytes read from a spool file at a time
 BATCH_BYTES = 16 << 20  # a batch commits after this many bytes (or when nothing more is ready)
 MIN_BATCH_BYTES = 256 << 10  # the smallest batch after a disk-full rollback (see rollback())
-MAX_RECORD = 1 << 30  # a lines record longer than this stops its file with an error
 NEWEST_CACHE = 100_000  # keys whose newest timestamp is kept in memory
 
 
@@ -227,11 +226,12 @@ class Ingest:
                     stop = src.scanned
                 else:
                     stop = src.scanned + nl + 1
-                if stop - src.offset > MAX_RECORD:
-                    self.spool.quarantine(src.path, "record-too-long", f"a record at offset {src.offset} is longer "
-                                          f"than {MAX_RECORD} bytes; split it or move the file out of the spool",
-                                          src=src)
-                    break
+                if stop - src.offset > self.cfg.max_record_size:
+                    taken = self._oversize(src, fd, stop)
+                    if not taken:
+                        break
+                    consumed += taken
+                    continue
                 got = self._pread(src, fd, src.offset, stop - src.offset)  # the record, read once
                 if got is None:
                     continue
@@ -294,6 +294,51 @@ class Ingest:
         self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
         self.batch.tails[src.id] = src.tail
         return end
+
+    def _oversize(self, src: Source, fd: int, stop: int) -> int:
+        """A record longer than max-record-size, src.offset to `stop`: never held in memory
+        whole, it is copied in blocks to the spool file's dead-letter file (verbatim, plus a
+        newline if it has none: an idle file's tail), journaled and counted like a bad
+        envelope, exactly once (the dead-letter bytes commit with the offset past them).
+        Returns the bytes consumed (0: the file changed under us; nothing taken)."""
+        n = stop - src.offset
+        got = self._pread(src, fd, src.offset, min(BLOCK, n))  # the first block, with the sample check
+        if got is None:
+            return 0
+        buf, pre = got
+        if src.offset == 0 and src.head is None:
+            self.spool.set_head(src, buf)
+            self.batch.heads[src.id] = src.head
+        seen = {"bytes": 0, "last": b""}
+
+        def pieces():
+            piece, pos = memoryview(buf)[pre:], src.offset
+            while piece:
+                seen["bytes"] += len(piece)
+                seen["last"] = (seen["last"] + bytes(piece[-identity.SAMPLE:]))[-identity.SAMPLE:]
+                yield piece
+                pos += len(piece)
+                if pos >= stop:
+                    return
+                piece = self.spool.pread(src, fd, min(BLOCK, stop - pos), pos) or b""
+
+        reason = f"a record of {n} bytes is longer than max-record-size ({self.cfg.max_record_size} bytes)"
+        written = self.dead.stream(src.id, src.key_path, pieces(), reason)
+        if seen["bytes"] != n:  # shrank or failed while being copied: go back to the journaled state
+            self.log.warning("spool file changed while a long record was copied to its dead-letter file; "
+                             "reading it again", source=src.id, path=src.path)
+            self.rollback()
+            return 0
+        path, records, nbytes, _ = self.batch.dead_letters.get(src.id, (src.path, 0, 0, ""))
+        self.batch.dead_letters[src.id] = (src.path, records + 1, nbytes + written, reason)
+        self.batch.counters["dead_letter_records"] = self.batch.counters.get("dead_letter_records", 0) + 1
+        self.batch.counters["oversize_records"] = self.batch.counters.get("oversize_records", 0) + 1
+        src.offset = src.scanned = stop
+        src.tail = identity.digest(seen["last"])
+        self.batch_bytes += n
+        self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
+        self.batch.tails[src.id] = src.tail
+        return n
 
     def _restart(self, src: Source) -> None:
         """The source's content under its journaled offset is not what was consumed: it was

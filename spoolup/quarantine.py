@@ -40,7 +40,6 @@ REASONS: dict[str, Reason] = {
     "invalid-key": Reason(
         "fix object-key or rename the file (move it out of the spool and back under a valid name); checked again "
         "at the next start", retry=False),
-    "record-too-long": Reason("move the file out of the spool and fix its writer (no newlines?)", retry=False),
 }
 
 FIRST_RETRY = 1.0  # seconds

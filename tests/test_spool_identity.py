@@ -240,3 +240,61 @@ def test_discovery_is_one_transaction_and_linear_in_the_number_of_files(tmp_path
     # linear: four times the files, at most about four times the work (quadratic: sixteen)
     assert lines_large <= 4.5 * lines_small, (lines_small, lines_large)
     assert begins_small == begins_large == 1, "one transaction (one sync) for all the files of a scan"
+
+
+# ---------------------------------------------------------------------------
+# a record longer than max-record-size, still growing
+
+
+def _proc(pid: int) -> dict[str, int]:
+    """VmHWM (peak RSS, bytes) and rchar (bytes read by syscalls) of a process."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmHWM:", "VmRSS:")):
+            out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            out["rchar"] = int(line.split()[1])
+    return out
+
+
+def test_a_200_mib_line_still_growing_keeps_memory_bounded_and_is_read_once(make_spoolup, s3):
+    MiB = 1 << 20
+    limit = 4 * MiB
+    sp = make_spoolup(**{"object-key": "{name}", "max-record-size": "4MiB"})
+    path = sp.spool / "big.log"
+    before = syslog_lines(100)
+    write(path, before)
+    p = sp.start()
+    wait_consumed(sp, "big.log", len(before))
+    start = _proc(p.pid)
+
+    def bounded() -> dict[str, int]:
+        seen = _proc(p.pid)
+        assert seen["VmHWM"] - start["VmRSS"] <= 8 * limit, (start, seen)  # by max-record-size, not 200 MiB
+        return seen
+
+    chunk = (b"0123456789abcdef" * (MiB // 16))
+    with open(path, "ab") as f:
+        for step in range(20):  # 200 MiB without a newline, growing while spoolup looks
+            for _ in range(10):
+                f.write(chunk)
+            f.flush()
+            time.sleep(0.3)
+            bounded()
+        f.write(b"\n")
+        after = syslog_lines(50, host="after")
+        f.write(after)
+    size = path.stat().st_size
+    wait_for(lambda: bounded() and source_offsets(sp).get("big.log") == size, 120, 0.1, what="big.log ingested")
+    seen = bounded()
+    assert sp.stop(p) == 0
+    assert seen["rchar"] - start["rchar"] <= 2 * size + 64 * MiB, (start, seen)  # no byte searched again and again
+    sp.drain(check=True)
+    assert_exact(s3, sp.bucket, {"big.log": before + after})
+    (dead,) = (sp.state / "dead-letter").glob("*big.log.bad*")  # (rotated after its commit: .bad.1)
+    assert dead.stat().st_size == 200 * MiB + 1
+    with open(dead, "rb") as f:
+        assert f.read(16) == b"0123456789abcdef" and (f.seek(-1, 2), f.read())[1] == b"\n"
+    st = sp.status()
+    assert st["dead_letters"]["records"] == 1 and st["counters"]["oversize_records"] == 1
