@@ -45,6 +45,16 @@ from pathlib import Path
 import boto3
 from botocore.config import Config as BotoConfig
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout this script belongs to
+
+
+def _tests_on_path() -> None:
+    """tests/ (helpers, localrgw) and the checkout itself importable, whether or not spoolup is
+    installed: run as a script, only bench/ is on sys.path."""
+    for path in (ROOT, ROOT / "tests"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+
 ACCESS_KEY = "torture"
 SECRET_KEY = "torture-secret-0123456789"
 MiB = 1 << 20
@@ -238,7 +248,7 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
     if user is not None:
         # spoolup as an unprivileged user without capabilities, as the shipped unit runs it
         # (tests/helpers.py TestUser): its own state dir, the spool shared as syslog-ng would
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        _tests_on_path()
         from helpers import TestUser
 
         u = TestUser(user)
@@ -247,7 +257,7 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
         u.own(state)
         os.chown(config, 0, u.gid)
         os.chmod(config, 0o640)
-        env.update(HOME="/nonexistent", PYTHONDONTWRITEBYTECODE="1")
+        env.update(HOME="/nonexistent", PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(ROOT))
         cmd = [*u.prefix(), *cmd]
     names = [f"f{i}.log" for i in range(files)]
     writer = Writer(spool, names, random.Random(seed + 1), big_every)
@@ -436,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         s3_url = args.s3_url
         if s3_url is None and args.server == "rgw":  # started before torture() makes this process a subreaper
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            _tests_on_path()
             from localrgw import LocalRGW
 
             rgw = stack.enter_context(LocalRGW(workdir / "rgw", *keys))
