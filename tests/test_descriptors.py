@@ -54,3 +54,25 @@ def test_one_envelope_file_with_3000_keys_under_a_limit_of_1024(make_spoolup, s3
     assert "Too many open files" not in r.stderr
     assert list_keys(s3, sp.bucket) == sorted(want)
     assert fetch_all(s3, sp.bucket, sorted(want)) == want
+
+
+def test_20000_spool_files_under_a_limit_of_16384(make_spoolup, s3):
+    """More spool files than the unit's LimitNOFILE-sized limit, all feeding one object: the
+    object holds every file's lines exactly once, each file's in its order."""
+    sp = make_spoolup(**{"object-key": "logs/all", "upload-threads": 4})
+    sp.limit_files(16384)
+    files = {f"d{i // 1000:02d}/f{i:05d}.log": f"file {i} line 1\nfile {i} line 2\n".encode()
+             for i in range(20_000)}
+    for name, data in files.items():
+        path = sp.spool / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    r = sp.drain(timeout=900)  # base: EMFILE (Too many open files), exit 1
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Too many open files" not in r.stderr
+    assert list_keys(s3, sp.bucket) == ["logs/all"]
+    lines = get(s3, sp.bucket, "logs/all").splitlines(keepends=True)
+    assert sorted(lines) == sorted(line for data in files.values() for line in data.splitlines(keepends=True))
+    position = {line: n for n, line in enumerate(lines)}
+    assert all(position[f"file {i} line 1\n".encode()] < position[f"file {i} line 2\n".encode()]
+               for i in range(20_000))
