@@ -51,6 +51,16 @@ class Codec:
             size = _GZIP_STATE
         return max(2, min(_MAX_COMPRESSORS, _COMPRESSOR_BUDGET // size))
 
+    def bound(self, n: int) -> int:
+        """The most bytes one member (frame) can take for n raw bytes, finished: zlib's
+        deflateBound for its default memLevel and window (plus the gzip wrapper), zstd's
+        ZSTD_COMPRESSBOUND (plus its frame header and checksum), each with a margin."""
+        if self.name == "gzip":
+            return n + (n >> 12) + (n >> 14) + (n >> 25) + 7 + 18 + 64
+        if self.name == "zstd":
+            return n + (n >> 8) + ((128 << 10) - n >> 11 if n < 128 << 10 else 0) + 18 + 64
+        return n
+
     def compressor(self):
         if self.name == "gzip":
             return zlib.compressobj(self.level, zlib.DEFLATED, 31)  # wbits 31: a gzip member
@@ -70,12 +80,14 @@ def raw_file(directory: Path, object_id: int, part: int) -> Path:
 
 
 class _Live:
-    __slots__ = ("comp", "fd", "out_len")
+    __slots__ = ("comp", "fd", "out_len", "base", "raw")
 
-    def __init__(self, comp, fd: int):
+    def __init__(self, comp, fd: int, out_len: int = 0):
         self.comp = comp
         self.fd = fd
-        self.out_len = 0
+        self.out_len = out_len
+        self.base = out_len  # bytes of the members finished before this compressor's
+        self.raw = 0  # raw bytes fed to this compressor's member
 
 
 class ChunkStore:
@@ -101,6 +113,7 @@ class ChunkStore:
         if codec.compressed:
             live = self._compressor(object_id, part, at, codec)  # before the raw append: a rebuild reads the raw file
             self.files.append(chunk_name(object_id, part), data, at)
+            live.raw += len(data)
             out = live.comp.compress(bytes(data))
             if out:
                 write_all(live.fd, out)
@@ -114,6 +127,17 @@ class ChunkStore:
         if parked is not None:
             return parked
         return self._compressor(object_id, part, raw_len, codec or self.codec).out_len
+
+    def part_bound(self, object_id: int, part: int, more: int, raw_len: int, codec: Codec | None = None) -> int:
+        """The most bytes a compressed part can have once sealed if `more` raw bytes are
+        appended to its `raw_len` first: the members finished so far plus the bound of the
+        current one."""
+        codec = codec or self.codec
+        parked = self._parked.get((object_id, part))
+        if parked is not None:
+            return parked + codec.bound(more)
+        live = self._compressor(object_id, part, raw_len, codec)
+        return live.base + codec.bound(live.raw + more)
 
     def seal(self, object_id: int, part: int, raw_len: int, codec: Codec | None = None) -> int:
         """Finish the chunk; returns the part's size.  Durable after the next sync()."""
@@ -187,8 +211,7 @@ class ChunkStore:
             live = self._rebuild(object_id, part, raw_len, codec)
         else:  # evicted before: its members so far stay, the next one starts here
             fd = os.open(self.directory / (chunk_name(object_id, part) + ".tmp"), os.O_WRONLY | os.O_APPEND)
-            live = _Live(codec.compressor(), fd)
-            live.out_len = parked
+            live = _Live(codec.compressor(), fd, parked)
         self._live[k] = live
         if codec != self.codec:  # an object of an earlier configuration: its compressors count too
             self._max_live = min(self._max_live, codec.max_live())
@@ -214,7 +237,23 @@ class ChunkStore:
         live = _Live(codec.compressor(), fd)
         if raw_len:
             for block in self.files.content(name, raw_len):
+                live.raw += len(block)
                 out = live.comp.compress(block)
                 write_all(fd, out)
                 live.out_len += len(out)
         return live
+
+
+def remove_chunk_files(chunk_dir: Path, object_id: int, parts: int | None = None) -> None:
+    """Delete a completed object's chunk files (every name a chunk of it can have).
+    With `parts` known, by name; otherwise by scanning the directory (recovery only)."""
+    names: list[str] = []
+    if parts is None:
+        prefix = f"{object_id:012d}-"
+        with contextlib.suppress(FileNotFoundError):
+            names = [e.name for e in os.scandir(chunk_dir) if e.name.startswith(prefix)]
+    else:
+        names = [chunk_name(object_id, p) + sfx for p in range(1, parts + 1) for sfx in ("", ".tmp", ".part")]
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(chunk_dir / name)

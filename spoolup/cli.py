@@ -262,6 +262,17 @@ def cmd_check_config(cfg, args) -> int:
             print(f"# credentials: {s3.identity()} (role assumed through STS)")
         if s3.bucket_exists():
             print(f"# bucket {cfg.bucket}: reachable")
+            from spoolup import protocol
+
+            caps = protocol.probe_capabilities(cfg, s3)
+            print("# S3 capabilities detected (conditional-writes = " + config_mod.toml_value(cfg.conditional_writes)
+                  + "):")
+            for line in caps.describe():
+                print(f"#   {line}")
+            refusal = caps.refusal(cfg)
+            if refusal:
+                print(f"spoolup: conditional-writes: {refusal}", file=sys.stderr)
+                return EXIT_USAGE
         else:
             print(f"# bucket {cfg.bucket}: does not exist yet; it will be created when spoolup starts")
     except S3Error as e:

@@ -27,6 +27,7 @@ from spoolup.journal import Batch, Journal, ObjectRow, disk_full
 from spoolup.spool import Source, Spool
 
 BLOCK = 1 << 20  # bytes read from a spool file at a time
+_COMPRESSED_SLICE = 256 << 10  # raw bytes compressed at a time (the part-size rule checks each)
 BATCH_BYTES = 16 << 20  # a batch commits after this many bytes (or when nothing more is ready)
 MIN_BATCH_BYTES = 256 << 10  # the smallest batch after a disk-full rollback (see rollback())
 NEWEST_CACHE = 100_000  # keys whose newest timestamp is kept in memory
@@ -511,12 +512,28 @@ class Ingest:
         view = memoryview(data)[start:stop]
         chunk_size, codec = obj.form.chunk_size, obj.form.codec
         if codec.compressed:
-            self.store.append(obj.id, obj.part, view, obj.chunk_len, codec)
-            obj.chunk_len += n
-            self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
-            if self.store.stored_len(obj.id, obj.part, obj.chunk_len, codec) >= chunk_size \
-                    and obj.part < objects.MAX_PARTS:
-                self._seal(obj)
+            # chunk-size is measured after compression, so a part passes it by what the last
+            # write added and the member's tail.  Sealed *before* a slice whose worst case could
+            # take the part past S3's maximum part size: every part stays within it by construction.
+            max_part = objects.max_part_size()
+            pos = 0
+            while pos < n:
+                # a slice of whole records (a compressed part never splits one), about
+                # _COMPRESSED_SLICE bytes, or one longer record
+                end = data.rfind(b"\n", start + pos, min(stop, start + pos + _COMPRESSED_SLICE))
+                if end < 0:
+                    end = data.find(b"\n", start + pos + _COMPRESSED_SLICE, stop)
+                k = (end + 1 if end >= 0 else stop) - start - pos
+                if (obj.chunk_len and obj.part < objects.MAX_PARTS
+                        and self.store.part_bound(obj.id, obj.part, k, obj.chunk_len, codec) > max_part):
+                    self._seal(obj)
+                self.store.append(obj.id, obj.part, view[pos:pos + k], obj.chunk_len, codec)
+                obj.chunk_len += k
+                pos += k
+                self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
+                if self.store.stored_len(obj.id, obj.part, obj.chunk_len, codec) >= chunk_size \
+                        and obj.part < objects.MAX_PARTS:
+                    self._seal(obj)
         else:
             pos = 0
             while pos < n:

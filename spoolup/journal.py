@@ -593,10 +593,11 @@ class Journal:
 
     # -- uploads ---------------------------------------------------------------
 
-    def claimable_with_context(self, limit: int = 256) -> list[tuple[ObjectRow, int | None, int]]:
+    def claimable_with_context(self, limit: int = 256, skip: Iterable[int] = ()) -> list[tuple[ObjectRow, int | None, int]]:
         """Objects that need their final index now (they have a part to send, or are
         complete), whose earlier objects of the same (key, ts) are claimed; each with the
-        previous index of its (key, ts) and its number of chunks."""
+        previous index of its (key, ts) and its number of chunks.  `skip`: object ids the
+        caller cannot take now (in flight, backing off), so they never fill the window."""
         rows = self.conn.execute(
             "SELECT o.*, "
             "(SELECT max(p.idx) FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id) AS prev_idx, "
@@ -604,8 +605,9 @@ class Journal:
             "FROM objects o WHERE o.idx IS NULL AND o.state != 'done' "
             "AND (o.state = 'closed' OR EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state = 'sealed')) "
             "AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id AND p.idx IS NULL) "
+            "AND o.id NOT IN (SELECT value FROM json_each(?)) "
             "ORDER BY o.id LIMIT ?",
-            (limit,),
+            (_ids(skip), limit),
         )
         return [(_object(r), r["prev_idx"], r["n_chunks"]) for r in rows]
 
@@ -632,24 +634,36 @@ class Journal:
         """Index claims this journal has made, ever (never decreases)."""
         return int(self.meta("claims") or 0)
 
-    def unclaim(self, object_id: int) -> None:
-        """Give up a claimed index (taken by someone else): claim again, re-upload every part."""
+    def unclaim(self, object_id: int) -> list[tuple[str, str]]:
+        """Give up a claimed index (taken by someone else): claim again, re-upload every part.
+        The later objects of the same (key, ts) that are claimed and not done give up theirs
+        too, so that they claim after it: index order stays record order.  Returns their
+        (final key, upload id) pairs, uploads this journal created that are now unused."""
         with self.transaction():
-            self.conn.execute(
+            row = self.conn.execute("SELECT key, ts FROM objects WHERE id = ?", (object_id,)).fetchone()
+            later = self.conn.execute(
+                "SELECT id, final_key, upload_id FROM objects WHERE key = ? AND ts = ? AND id > ? "
+                "AND idx IS NOT NULL AND state != 'done'", (row[0], row[1], object_id),
+            ).fetchall() if row else []
+            ids = [object_id] + [r[0] for r in later]
+            self.conn.executemany(
                 "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL WHERE id = ?",
-                (object_id,),
+                [(i,) for i in ids],
             )
-            self.conn.execute(
+            self.conn.executemany(
                 "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND state = 'uploaded'",
-                (object_id,),
+                [(i,) for i in ids],
             )
+        return [(r[1], r[2]) for r in later if r[2]]
 
-    def to_start(self, limit: int = 256) -> list[ObjectRow]:
-        """Claimed multipart objects without an upload id, and claimed single-part objects not done."""
+    def to_start(self, limit: int = 256, skip: Iterable[int] = ()) -> list[ObjectRow]:
+        """Claimed multipart objects without an upload id, and claimed single-part objects not
+        done whose earlier objects of the same (key, ts) are done (a PutObject completes it)."""
         rows = self.conn.execute(
-            "SELECT * FROM objects WHERE idx IS NOT NULL AND state != 'done' AND upload_id IS NULL "
-            "ORDER BY id LIMIT ?",
-            (limit,),
+            "SELECT * FROM objects o WHERE idx IS NOT NULL AND state != 'done' AND upload_id IS NULL "
+            f"AND (mode != 'single' OR {_EARLIER_DONE}) "
+            "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
+            (_ids(skip), limit),
         )
         return [_object(r) for r in rows]
 
@@ -666,21 +680,33 @@ class Journal:
                 (object_id,),
             )
 
-    def parts_to_upload(self, limit: int = 256) -> list[tuple[ObjectRow, ChunkRow]]:
+    def parts_to_upload(self, limit: int = 256, skip: Iterable[tuple[int, int]] = ()) -> list[tuple[ObjectRow, ChunkRow]]:
+        """Sealed parts of started uploads, round-robin across objects (every object's first
+        pending part, then every object's second...), without the (object id, part) pairs in
+        `skip` (in flight, backing off): no object can fill the window for the others."""
         rows = self.conn.execute(
-            "SELECT c.object_id AS c_object_id, c.part AS c_part, c.length AS c_length, c.state AS c_state, "
-            "c.part_size AS c_part_size, c.md5 AS c_md5, c.etag AS c_etag, o.* "
+            "SELECT * FROM (SELECT c.object_id AS c_object_id, c.part AS c_part, c.length AS c_length, "
+            "c.state AS c_state, c.part_size AS c_part_size, c.md5 AS c_md5, c.etag AS c_etag, o.*, "
+            "row_number() OVER (PARTITION BY c.object_id ORDER BY c.part) AS c_rank "
             "FROM chunks c JOIN objects o ON o.id = c.object_id "
             "WHERE c.state = 'sealed' AND o.mode = 'multipart' AND o.upload_id IS NOT NULL "
-            "ORDER BY c.object_id, c.part LIMIT ?",
-            (limit,),
+            "AND (c.object_id || ':' || c.part) NOT IN (SELECT value FROM json_each(?))) "
+            "ORDER BY c_rank, c_object_id LIMIT ?",
+            (json.dumps([f"{o}:{p}" for o, p in skip]), limit),
         )
         out = []
         for r in rows:
             d = dict(r)
+            d.pop("c_rank")
             chunk = ChunkRow(**{k[2:]: d.pop(k) for k in list(d) if k.startswith("c_")})
             out.append((_object(d), chunk))
         return out
+
+    def reseal_parts(self, object_id: int, parts: Iterable[int]) -> None:
+        """S3 does not hold these parts as journaled: upload them again."""
+        with self.transaction():
+            self.conn.executemany("UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND part = ?",
+                                  [(object_id, p) for p in parts])
 
     def record_parts(self, parts: Iterable[tuple[int, int, str, str]]) -> None:
         """(object_id, part, etag, md5) of parts whose UploadPart succeeded: invariant 2."""
@@ -690,12 +716,16 @@ class Journal:
                 [(etag, md5, oid, part) for oid, part, etag, md5 in parts],
             )
 
-    def completable(self, limit: int = 256) -> list[ObjectRow]:
+    def completable(self, limit: int = 256, skip: Iterable[int] = ()) -> list[ObjectRow]:
+        """Closed multipart objects with every part uploaded, whose earlier objects of the same
+        (key, ts) are done: objects complete in record order, so a key race that moves one to
+        a later index moves those after it too (unclaim), and index order stays record order."""
         rows = self.conn.execute(
             "SELECT o.* FROM objects o WHERE o.state = 'closed' AND o.mode = 'multipart' AND o.upload_id IS NOT NULL "
             "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != 'uploaded') "
+            f"AND {_EARLIER_DONE} AND o.id NOT IN (SELECT value FROM json_each(?)) "
             "ORDER BY o.id LIMIT ?",
-            (limit,),
+            (_ids(skip), limit),
         )
         return [_object(r) for r in rows]
 
@@ -833,6 +863,14 @@ def _source(r: sqlite3.Row) -> SourceRow:
 def _object(r) -> ObjectRow:
     d = dict(r)
     return ObjectRow(**{k: d[k] for k in ObjectRow.__dataclass_fields__})
+
+
+_EARLIER_DONE = ("NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id "
+                 "AND p.state != 'done')")
+
+
+def _ids(ids: Iterable[int]) -> str:
+    return json.dumps(sorted(ids))
 
 
 def disk_full(e: BaseException) -> bool:

@@ -24,6 +24,8 @@ index, resolved against the bucket by the upload process (see upload.py).
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import AbstractSet, Iterable, Protocol
 
@@ -32,6 +34,7 @@ MAX_PARTS = 10_000  # S3's limit on parts of one multipart upload
 # input.  zlib emits a deflate block of at most 16,384 symbols (< 100 KiB), zstd a block of
 # at most 128 KiB + 3; the overhead of stored/raw blocks is well under 1/256.
 STORED_SLACK = 256 << 10
+MAX_PART_SIZE = 5 << 30  # S3's limit on the size of one part (and of one PutObject)
 
 
 @dataclass(frozen=True)
@@ -104,3 +107,10 @@ def expired(objects: Iterable[Timed], now: float, grace_seconds: float) -> list:
 def full_by_parts(sealed_parts: int) -> bool:
     """An object whose parts reached S3's limit must be completed."""
     return sealed_parts >= MAX_PARTS
+
+
+def max_part_size() -> int:
+    """MAX_PART_SIZE; the tests lower it (SPOOLUP_TEST_MAX_PART_SIZE) to check the seal rule
+    against it without writing 5 GiB parts, as crash.py's points are set from the environment."""
+    override = os.environ.get("SPOOLUP_TEST_MAX_PART_SIZE")
+    return int(override) if override else MAX_PART_SIZE

@@ -2,7 +2,8 @@
 
 `spoolup recover` runs all of it and prints the report; `spoolup run` runs the
 local part before ingest starts and the upload process runs the remote part
-before it uploads anything.  With dry_run nothing is changed anywhere: the
+(protocol.reconcile: the bucket is the object protocol's business) before it
+uploads anything.  With dry_run nothing is changed anywhere: the
 report says what would be done.
 """
 
@@ -11,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from spoolup import keys
 from spoolup import form as forms
 from spoolup.chunks import part_file, raw_file
 from spoolup.config import Config
@@ -21,9 +20,6 @@ from spoolup.form import Form
 from spoolup.files import syncfs
 from spoolup.journal import Journal
 from spoolup.spool import scan
-
-if TYPE_CHECKING:
-    from spoolup.s3 import S3
 
 
 @dataclass
@@ -164,95 +160,3 @@ def inspect_sources(cfg: Config, journal: Journal, report: Report) -> None:
             report.note(f"spool file {cfg.spool_dir / entry.path}: {src.error}")
         if entry.path != src.path:
             report.did(f"spool file {src.path} was renamed to {entry.path}; it keeps its object key")
-
-
-# ---------------------------------------------------------------------------
-# remote: the bucket
-
-
-def reconcile_remote(cfg: Config, journal: Journal, s3: "S3", report: Report, *, dry_run: bool) -> None:
-    from spoolup.s3 import FileBody, NoSuchUpload, multipart_etag, same_etag
-    from spoolup.upload import Work, remove_chunk_files
-
-    work = Work(cfg, s3, cfg.chunk_dir, journal.journal_id)
-
-    # 1. multipart uploads the journal knows: compare with what S3 holds (ListParts)
-    for obj in journal.objects_where("state != 'done' AND mode = 'multipart' AND upload_id IS NOT NULL"):
-        chunks = journal.chunks_of(obj.id)
-        try:
-            held = s3.list_parts(obj.final_key, obj.upload_id)
-        except NoSuchUpload:
-            if obj.state == "closed" and chunks and all(c.state == "uploaded" for c in chunks):
-                head = s3.head(obj.final_key)
-                if work.is_ours(head, obj.id, multipart_etag(c.etag for c in chunks)):
-                    report.did(f"{obj.final_key}: CompleteMultipartUpload had succeeded but was not journaled; "
-                               "marked done (ETag matches the journaled parts), not uploaded again")
-                    if not dry_run:
-                        journal.complete(obj.id, head["etag"])
-                        remove_chunk_files(cfg.chunk_dir, obj.id)
-                    continue
-            report.did(f"{obj.final_key}: multipart upload {obj.upload_id[:16]}... no longer exists; a new one "
-                       f"is started and its {len(chunks)} part(s) uploaded again from local chunks")
-            if not dry_run:
-                journal.reset_upload(obj.id)
-            continue
-        for c in chunks:
-            in_s3 = held.get(c.part)
-            if c.state == "uploaded" and (in_s3 is None or not same_etag(in_s3[0], c.etag)):
-                report.did(f"{obj.final_key}: part {c.part} is journaled but S3 does not hold it; "
-                           "uploading it again from the local chunk")
-                if not dry_run:
-                    with journal.transaction():
-                        journal.conn.execute("UPDATE chunks SET state = 'sealed', etag = NULL "
-                                             "WHERE object_id = ? AND part = ?", (obj.id, c.part))
-            elif c.state == "sealed" and in_s3 is not None:
-                path = part_file(cfg.chunk_dir, obj.id, c.part, work.codec_of(obj))
-                if not path.exists():
-                    continue
-                body = FileBody.of(path)
-                if same_etag(in_s3[0], f'"{body.md5_hex}"'):
-                    report.did(f"{obj.final_key}: part {c.part} was uploaded but its ETag not journaled; "
-                               "journaled now (not uploaded again)")
-                    if not dry_run:
-                        journal.record_parts([(obj.id, c.part, in_s3[0], body.md5_hex)])
-
-    # 2. claimed keys whose upload id was never journaled: the upload S3 created is an orphan
-    for obj in journal.objects_where("state != 'done' AND mode = 'multipart' AND upload_id IS NULL "
-                                     "AND final_key IS NOT NULL"):
-        for key, upload_id in s3.list_uploads(obj.final_key):
-            if key == obj.final_key:
-                report.did(f"abort orphaned multipart upload {upload_id[:16]}... of {key} "
-                           "(created just before a crash, its id never journaled)")
-                if not dry_run:
-                    s3.abort(key, upload_id)
-
-    # 3. single-part objects whose PutObject may have succeeded before a crash
-    for obj in journal.objects_where("state != 'done' AND mode = 'single' AND final_key IS NOT NULL"):
-        path = part_file(cfg.chunk_dir, obj.id, 1, work.codec_of(obj))
-        if not path.exists():
-            continue
-        head = s3.head(obj.final_key)
-        if head is not None and work.is_ours(head, obj.id, f'"{FileBody.of(path).md5_hex}"'):
-            report.did(f"{obj.final_key}: PutObject had succeeded but was not journaled; marked done")
-            if not dry_run:
-                journal.complete(obj.id, head["etag"])
-                remove_chunk_files(cfg.chunk_dir, obj.id)
-
-    # 4. other uploads under the target prefix the journal does not know.  At a key spoolup
-    #    claimed they are orphans of spoolup's own (a Create whose reply was lost): abort them.
-    #    Anywhere else they are someone else's (a concurrent s3() writer, a leftover): spoolup
-    #    skips their indexes, as s3() does, and leaves them alone.
-    known_ids = {r[0] for r in journal.conn.execute("SELECT upload_id FROM objects WHERE upload_id IS NOT NULL")}
-    claimed = {r[0] for r in journal.conn.execute("SELECT final_key FROM objects WHERE final_key IS NOT NULL")}
-    prefix = keys.static_prefix(cfg.object_key)
-    for key, upload_id in s3.list_uploads(prefix):
-        if upload_id in known_ids:
-            continue
-        if key in claimed:
-            report.did(f"abort multipart upload {upload_id[:16]}... of {key}: spoolup claimed this key but the "
-                       "journal does not know the upload (orphan of a crash)")
-            if not dry_run:
-                s3.abort(key, upload_id)
-        else:
-            report.note(f"multipart upload {upload_id[:16]}... of {key} is not spoolup's; its index is skipped "
-                        "and it is left alone (abort it with `aws s3api abort-multipart-upload` if it is stale)")

@@ -10,16 +10,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
+import urllib.parse
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import boto3
 import botocore.exceptions
+import botocore.handlers
 from botocore.config import Config as BotoConfig
 from botocore.credentials import DeferredRefreshableCredentials, create_assume_role_refresher
 
 from spoolup.config import Config
+from spoolup.keys import static_prefix
 from spoolup.logs import redact_text
 
 _READ_BLOCK = 1 << 20
@@ -87,6 +92,40 @@ def _translate(e: Exception, op: str, key: str | None) -> S3Error:
 
 _CATCH = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
+# Characters XML 1.0 cannot carry (C0 controls but tab/LF/CR, U+FFFE, U+FFFF) yet an S3 key may
+# hold.  Servers echo keys raw in replies (CreateMultipartUpload's <Key>, and RGW even the
+# <NextKeyMarker> of a url-encoded listing), which no XML parser accepts: the reply was reported
+# as "500" and retried forever.  Every reply body is made parseable before botocore parses it by
+# swapping such characters for a sentinel; listings (which spoolup reads keys from) are requested
+# url-encoded and their keys restored exactly (restore_key).
+_XML_FORBIDDEN = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|\xef\xbf[\xbe\xbf]")
+_SENTINEL = "\ue000spoolup-xml-{:02x}\ue001"
+_SENTINEL_RE = re.compile("\ue000spoolup-xml-([0-9a-f]{2,6})\ue001")
+
+
+def _sentinel(m: re.Match) -> bytes:
+    ch = m.group(0).decode("utf-8")
+    return _SENTINEL.format(ord(ch)).encode("utf-8")
+
+
+def _make_xml_parseable(response_dict=None, **_kw) -> None:
+    body = response_dict.get("body") if response_dict else None
+    if isinstance(body, (bytes, bytearray)) and _XML_FORBIDDEN.search(body):
+        response_dict["body"] = _XML_FORBIDDEN.sub(_sentinel, bytes(body))
+
+
+def _parseable_then_check_200(operation_model=None, response_dict=None, **kw) -> None:
+    _make_xml_parseable(response_dict=response_dict)
+    botocore.handlers._handle_200_error(operation_model=operation_model, response_dict=response_dict, **kw)
+
+
+def restore_key(key: str, url_encoded: bool) -> str:
+    """A key as S3 holds it, from a listing's <Key> (url-encoded when the server honoured
+    encoding-type=url: moto does not) after _make_xml_parseable."""
+    if url_encoded:
+        key = urllib.parse.unquote_plus(key)  # as botocore decodes ListObjects (space: "+")
+    return _SENTINEL_RE.sub(lambda m: chr(int(m.group(1), 16)), key) if "\ue000" in key else key
+
 
 @dataclass(frozen=True)
 class FileBody:
@@ -146,7 +185,15 @@ class S3:
             )
         self.session = session
         self.client = session.client("s3", endpoint_url=cfg.url or None, config=self._boto_config(cfg))
+        # before botocore's own check of 200 replies, which would call an unparseable one a 500:
+        # its handler is replaced by one that makes the body parseable, then runs it
+        self.client.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
+        self.client.meta.events.register_first("before-parse.s3.*", _parseable_then_check_200)
+        # If-None-Match: * is sent unless conditional-writes = "off" or the server answered 501;
+        # whether the server *honours* it, per call, is protocol.Capabilities' business.
         self.conditional = cfg.conditional_writes != "off"
+        self.capabilities = None  # protocol.Capabilities, once probed
+        self._listing_encodes: dict[str, bool] = {}  # listing operation -> keys come url-encoded
         # Over plain http botocore signs every body with SHA-256 (x-amz-content-sha256, which
         # the server checks): a Content-MD5 of parts would hash each byte a second time.
         # Over https botocore skips that signature when Content-MD5 is given, so parts carry it.
@@ -270,33 +317,90 @@ class S3:
 
     def list_keys(self, prefix: str) -> set[str]:
         keys: set[str] = set()
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "EncodingType": "url"}
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                keys.update(o["Key"] for o in page.get("Contents", []))
+            while True:
+                page = self.client.list_objects_v2(**args)
+                encoded = self._encoded("ListObjectsV2", page)
+                keys.update(restore_key(o["Key"], encoded) for o in page.get("Contents", []))
+                if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                    return keys
+                args["ContinuationToken"] = page["NextContinuationToken"]
         except _CATCH as e:
             raise _translate(e, "ListObjectsV2", prefix) from None
-        return keys
 
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
-        """(key, upload id) of the multipart uploads in progress under `prefix`."""
+        """(key, upload id) of the multipart uploads in progress under `prefix`.  Requested
+        url-encoded; paged by the last key and upload id seen, not by the server's
+        NextKeyMarker, which RGW sends raw (not url-encoded)."""
         out: list[tuple[str, str]] = []
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "EncodingType": "url"}
         try:
-            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
-                out.extend((u["Key"], u["UploadId"]) for u in page.get("Uploads", []) or [])
+            while True:
+                page = self.client.list_multipart_uploads(**args)
+                encoded = self._encoded("ListMultipartUploads", page)
+                uploads = [(restore_key(u["Key"], encoded), u["UploadId"]) for u in page.get("Uploads", []) or []]
+                out.extend(uploads)
+                if not page.get("IsTruncated") or not uploads:
+                    return out
+                args["KeyMarker"], args["UploadIdMarker"] = uploads[-1]
         except _CATCH as e:
             raise _translate(e, "ListMultipartUploads", prefix) from None
-        return out
+
+    def _encoded(self, op: str, page: dict) -> bool:
+        """Are the keys of this listing url-encoded?  AWS says so (EncodingType); RGW encodes
+        them without saying so; moto does not encode them.  When the reply does not say, a
+        scratch key with a '%' in it is listed once per process to find out."""
+        if page.get("EncodingType") == "url":
+            return True
+        if op not in self._listing_encodes:
+            key = f"{static_prefix(self.cfg.object_key)}.spoolup-probe-{uuid.uuid4().hex[:12]}-a b"  # (moto with IAM refuses non-ASCII)
+            if op == "ListMultipartUploads":
+                upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+                try:
+                    listed = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key, EncodingType="url")
+                    got = [u["Key"] for u in listed.get("Uploads", []) or []]
+                finally:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+                try:
+                    listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, EncodingType="url")
+                    got = [o["Key"] for o in listed.get("Contents", []) or []]
+                finally:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+            self._listing_encodes[op] = bool(got) and got[0] != key and urllib.parse.unquote_plus(got[0]) == key
+        return self._listing_encodes[op]
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
-        """part number -> (ETag, size) of the parts S3 holds for an upload."""
+        """part number -> (ETag, size) of the parts S3 holds for an upload.  NoSuchUpload when
+        the upload does not exist (any more): RGW says NoSuchKey (404) for a completed, aborted
+        or unknown upload where AWS and moto say NoSuchUpload."""
         out: dict[int, tuple[str, int]] = {}
         try:
             for page in self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
                 for p in page.get("Parts", []) or []:
                     out[p["PartNumber"]] = (p["ETag"], p["Size"])
         except _CATCH as e:
-            raise _translate(e, "ListParts", key) from None
+            err = _translate(e, "ListParts", key)
+            if err.code == "NoSuchKey" and err.status == 404:
+                raise NoSuchUpload("NoSuchUpload", f"the upload does not exist (the server said {err.code})",
+                                   op="ListParts", key=key, status=404) from None
+            raise err from None
         return out
+
+    def upload_exists(self, key: str, upload_id: str) -> bool:
+        try:
+            self.list_parts(key, upload_id)
+        except NoSuchUpload:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except _CATCH as e:
+            raise _translate(e, "DeleteObject", key) from None
 
     def bucket_exists(self) -> bool:
         """HeadBucket: True if the bucket is there, False if it does not exist; an S3Error in

@@ -85,6 +85,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "counters": counters,
         "s3_health": _s3_health(j, processes.get("upload"), now),
         "state_dir_space": statespace.report(cfg, len(open_objects)),
+        **_s3_protocol(j),
     }
 
 
@@ -208,6 +209,17 @@ def needing_attention(j: Journal, live: dict | None = None) -> list[dict[str, An
             "source_id": e.source_id,
         })
     return out
+
+
+def _s3_protocol(j: Journal) -> dict[str, Any]:
+    """What the upload process detected about the server, and the objects S3 refuses
+    (both journaled by the upload process; see spoolup/protocol.py)."""
+    try:
+        caps = json.loads(j.meta("s3-capabilities") or "null")
+        quarantined = json.loads(j.meta("quarantined-objects") or "[]")
+    except ValueError:
+        caps, quarantined = None, []
+    return {"s3_capabilities": caps, "quarantined_objects": quarantined}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -349,6 +361,16 @@ def render(st: dict[str, Any]) -> str:
         out.append("")
         out.append(f"dead letters: {dl['records']} records ({_bytes(dl['bytes'])}) in {len(dl['files'])} file(s) "
                    f"under {st['state_dir']}/dead-letter")
+    caps = st.get("s3_capabilities")
+    if caps:
+        out.append("")
+        out.append(f"S3 server: If-None-Match: * on PutObject {caps['put_if_none_match']}, on "
+                   f"CompleteMultipartUpload {caps['complete_if_none_match']} (HEAD check before writes "
+                   "where not honoured)")
+    if st.get("quarantined_objects"):
+        out.append("")
+        out.append("objects S3 refuses (quarantined, retried slowly; everything else ships):")
+        out.extend(f"  {q['key']}: {q['operation']} {q['code']}: {q['message']}" for q in st["quarantined_objects"])
     err = st["last_error"]
     out.append("")
     if err:

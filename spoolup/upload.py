@@ -2,29 +2,24 @@
 
 A separate OS process (hashing, HTTP and boto3 want their own core).  One
 coordinator thread owns the journal; a bounded pool of `upload-threads` workers
-does the S3 calls and returns results, which the coordinator journals:
+does the S3 calls of the object protocol (spoolup/protocol.py: claim, start,
+part, complete) and returns results, which the coordinator journals.
 
-  claim     choose the object's final index: the first one >= the previous
-            object's index + 1 that the bucket does not hold (objects or
-            pending uploads, with or without a compression suffix);
-  start     CreateMultipartUpload, upload id journaled before any part is sent
-            (invariant 4) -- or, for an object that is one complete chunk,
-            a single conditional PutObject;
-  part      UploadPart from the chunk file, ETag journaled after (invariant 2);
-  complete  CompleteMultipartUpload with If-None-Match: *, journaled after
-            (invariant 3).  NoSuchUpload / PreconditionFailed are checked with
-            HEAD against the multipart ETag computed from the journaled part
-            ETags (or spoolup's metadata): ours -> done; someone else's key ->
-            next free index and re-upload (invariant 5).
-
-Failures are retried with exponential backoff, forever: an object is never
-dropped.  Chunk files are deleted only once their object is done.
+The scheduler looks past every task that is in flight or waiting out its backoff,
+takes parts round-robin across objects, and gives an object whose calls keep
+failing one call in flight at a time: one failing object never delays the others.
+An object completes only after the earlier objects of its key (and timestamp), so
+index order is record order.  Failures are retried with exponential backoff; an
+error S3 gives for the request itself (EntityTooLarge, AccessDenied, ...)
+quarantines the object: reported, and retried only slowly.  Chunk files are
+deleted only once their object is done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import signal
@@ -33,251 +28,22 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from spoolup import crash, keys, logs, metrics
-from spoolup import form as forms
-from spoolup.chunks import Codec, chunk_name, part_file
+from spoolup import crash, logs, metrics
+from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
-from spoolup.form import Form
 from spoolup.health import S3Health
-from spoolup.journal import ChunkRow, Journal, ObjectRow, disk_full
-from spoolup.s3 import S3, FileBody, InvalidPart, NoSuchUpload, PreconditionFailed, S3Error, multipart_etag, same_etag
+from spoolup.journal import Journal, disk_full
+from spoolup.protocol import (Claimed, Done, KeyTaken, PartDone, PartsMismatch, Protocol, Started, UploadGone,
+                              permanent)
+from spoolup.s3 import S3, S3Error
 
-META_KEY = "spoolup-object"  # x-amz-meta-spoolup-object: <journal id>/<object id>
 HEARTBEAT_EVERY = 2.0
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
-CHECK_UPLOAD_AFTER = 3  # failed part attempts before asking S3 whether the upload still exists
-PENDING_TTL = 2.0  # seconds one listing of pending multipart uploads serves claims
-
-
-def compressed_suffixes(key_suffix: str = "") -> tuple[str, ...]:
-    """The endings a final key of an object with this object-key-suffix may have in the bucket:
-    with or without the suffix (s3() before 4.8.2 has none), with or without .gz/.zst."""
-    ends = ("", ".gz", ".zst")
-    return ends + tuple(key_suffix + e for e in ends) if key_suffix else ends
-
-
-# ---------------------------------------------------------------------------
-# results handed from workers to the coordinator
-
-
-@dataclass
-class Claimed:
-    object_id: int
-    idx: int
-    final_key: str
-    mode: str
-
-
-@dataclass
-class Started:
-    object_id: int
-    upload_id: str
-
-
-@dataclass
-class PartDone:
-    object_id: int
-    part: int
-    etag: str
-    md5: str
-
-
-@dataclass
-class Done:
-    object_id: int
-    etag: str
-    how: str
-
-
-@dataclass
-class KeyTaken:
-    """The claimed key holds someone else's object: claim the next free index."""
-    object_id: int
-    final_key: str
-
-
-@dataclass
-class UploadGone:
-    """The multipart upload no longer exists and the object is not in the bucket: start again."""
-    object_id: int
-
-
-@dataclass
-class PartsMismatch:
-    object_id: int
-    parts: list[int]  # part numbers to upload again
-
-
-# ---------------------------------------------------------------------------
-# S3 work (runs in worker threads; never touches the journal)
-
-
-class Work:
-    def __init__(self, cfg: Config, s3: S3, chunk_dir: Path, journal_id: str):
-        self.cfg = cfg
-        self.s3 = s3
-        self.chunk_dir = chunk_dir
-        self.form = Form.of_config(cfg)  # for objects journaled without a form of their own
-        self.journal_id = journal_id
-        self.prefix = keys.static_prefix(cfg.object_key)
-        self._pending: tuple[float, set[str]] = (-PENDING_TTL - 1.0, set())
-        self._pending_lock = threading.Lock()
-
-    def metadata(self, obj: ObjectRow) -> dict[str, str]:
-        # the configured metadata cannot use spoolup's names (config refuses "spoolup-*")
-        return {**dict(self.form_of(obj).metadata), META_KEY: f"{self.journal_id}/{obj.id}"}
-
-    def form_of(self, obj: ObjectRow) -> Form:
-        """The form the object was started with (its options, journaled by ingest)."""
-        return forms.parse(obj.form, self.form)
-
-    def codec_of(self, obj: ObjectRow) -> Codec:
-        """The codec the object was started with (its chunk files' names and contents)."""
-        return forms.parse(obj.form, self.form).codec
-
-    def is_ours(self, head: dict[str, Any] | None, object_id: int, expected_etag: str | None) -> bool:
-        if head is None:
-            return False
-        if head["metadata"].get(META_KEY) == f"{self.journal_id}/{object_id}":
-            return True
-        return same_etag(head["etag"], expected_etag)
-
-    def pending_upload_keys(self) -> set[str]:
-        """Keys with a multipart upload in progress under the object-key's static prefix.
-        One ListMultipartUploads serves every claim for PENDING_TTL seconds (the per-key
-        listing s3() does would double the requests per object when there are many keys)."""
-        with self._pending_lock:
-            stamp, found = self._pending
-            if time.monotonic() - stamp > PENDING_TTL:
-                found = {k for k, _ in self.s3.list_uploads(self.prefix)}
-                self._pending = (time.monotonic(), found)
-            return found
-
-    def taken_keys(self, key: str, ts: str) -> set[str]:
-        prefix = keys.key_prefix(key, ts)
-        if not prefix.startswith(self.prefix):  # an object of an earlier object-key
-            return self.s3.list_keys(prefix) | {k for k, _ in self.s3.list_uploads(prefix)}
-        return self.s3.list_keys(prefix) | {k for k in self.pending_upload_keys() if k.startswith(prefix)}
-
-    def free_indexes(self, obj: ObjectRow, start: int, in_use: set[int], taken: set[str]):
-        """Candidate indexes from `start` on, skipping those spoolup's journal uses and
-        those the bucket holds (objects or pending uploads, with or without a suffix)."""
-        idx = start
-        while True:
-            if idx not in in_use and not any(keys.final_key(obj.key, obj.ts, idx, sfx) in taken
-                                             for sfx in compressed_suffixes(obj.key_suffix)):
-                yield idx
-            idx += 1
-
-    def claim(self, obj: ObjectRow, start: int, in_use: set[int], mode: str) -> Claimed:
-        idx = next(self.free_indexes(obj, start, in_use, self.taken_keys(obj.key, obj.ts)))
-        suffix = obj.key_suffix + forms.parse(obj.form, self.form).compression_suffix
-        return Claimed(obj.id, idx, keys.final_key(obj.key, obj.ts, idx, suffix), mode)
-
-    def start(self, obj: ObjectRow, part_size: int | None = None) -> Started | Done | KeyTaken:
-        key = obj.final_key
-        if obj.mode == "single":
-            return self.put(obj, part_size)
-        # uploads at exactly this key can only be ours (the claim saw none): a Create whose
-        # reply was lost, or a crash before its id was journaled.  Abort them first.
-        for k, upload_id in self.s3.list_uploads(key):
-            if k == key:
-                self.s3.abort(k, upload_id)
-        existing = self.s3.head(key)
-        if existing is not None and not self.is_ours(existing, obj.id, None):
-            return KeyTaken(obj.id, key)
-        upload_id = self.s3.create_multipart(key, self.metadata(obj), self.form_of(obj).object_args())
-        crash.point("after-create-multipart")
-        return Started(obj.id, upload_id)
-
-    def put(self, obj: ObjectRow, part_size: int | None = None) -> Done | KeyTaken:
-        key = obj.final_key
-        body = FileBody.of(part_file(self.chunk_dir, obj.id, 1, self.codec_of(obj)))
-        if part_size is not None and body.size != part_size:
-            raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
-                          f"{part_size}; run `spoolup recover`", op="PutObject", key=key)
-        if not self.s3.conditional:  # no If-None-Match on this store: look before writing
-            existing = self.s3.head(key)
-            if existing is not None:
-                if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
-                    return Done(obj.id, existing["etag"], "already in the bucket")
-                return KeyTaken(obj.id, key)
-        try:
-            etag = self.s3.put(key, body, self.metadata(obj), self.form_of(obj).object_args())
-        except PreconditionFailed:
-            existing = self.s3.head(key)
-            if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
-                return Done(obj.id, existing["etag"], "already in the bucket")
-            return KeyTaken(obj.id, key)
-        metrics.uploaded(0, body.size)
-        crash.point("after-put-object")
-        return Done(obj.id, etag, "put")
-
-    def abort_others(self, key: str, upload_id: str) -> None:
-        """Abort the other uploads at a key this object completed.  They can only be
-        spoolup's own (the claim saw none there): a CreateMultipartUpload whose reply was
-        lost (a timeout, a reset) and which the client then retried.  Best effort: the
-        recovery at the next start aborts any left."""
-        try:
-            for k, other in self.s3.list_uploads(key):
-                if k == key and other != upload_id:
-                    self.s3.abort(k, other)
-        except S3Error:
-            pass
-
-    def part(self, obj: ObjectRow, chunk: ChunkRow, attempts: int) -> PartDone | UploadGone:
-        body = FileBody.of(part_file(self.chunk_dir, obj.id, chunk.part, self.codec_of(obj)), md5=self.s3.part_md5)
-        if chunk.part_size is not None and body.size != chunk.part_size:
-            raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
-                          f"{chunk.part_size}; run `spoolup recover`", op="UploadPart", key=obj.final_key)
-        try:
-            etag = self.s3.upload_part(obj.final_key, obj.upload_id, chunk.part, body)
-        except NoSuchUpload:
-            return UploadGone(obj.id)
-        except S3Error:
-            if attempts >= CHECK_UPLOAD_AFTER:
-                try:
-                    self.s3.list_parts(obj.final_key, obj.upload_id)
-                except NoSuchUpload:
-                    return UploadGone(obj.id)
-            raise
-        crash.point("after-upload-part")
-        metrics.uploaded(1, body.size)
-        return PartDone(obj.id, chunk.part, etag, body.md5_hex)
-
-    def complete(self, obj: ObjectRow, parts: list[ChunkRow]) -> Done | KeyTaken | UploadGone | PartsMismatch:
-        key = obj.final_key
-        listed = [(c.part, c.etag) for c in parts]
-        expected = multipart_etag(e for _, e in listed)
-        try:
-            etag = self.s3.complete(key, obj.upload_id, listed)
-        except (NoSuchUpload, PreconditionFailed) as e:
-            # maybe our own Complete succeeded and its reply (or journal entry) was lost
-            head = self.s3.head(key)
-            if self.is_ours(head, obj.id, expected):
-                self.abort_others(key, obj.upload_id)
-                return Done(obj.id, head["etag"], "found completed in the bucket")
-            if isinstance(e, NoSuchUpload):
-                return UploadGone(obj.id) if head is None else KeyTaken(obj.id, key)
-            self.s3.abort(key, obj.upload_id)
-            return KeyTaken(obj.id, key)
-        except InvalidPart:
-            try:
-                held = self.s3.list_parts(key, obj.upload_id)
-            except NoSuchUpload:
-                return UploadGone(obj.id)
-            bad = [c.part for c in parts if not same_etag(held.get(c.part, ("", 0))[0], c.etag)]
-            if bad:
-                return PartsMismatch(obj.id, bad)
-            raise
-        crash.point("after-complete")
-        self.abort_others(key, obj.upload_id)
-        return Done(obj.id, etag or expected, "completed")
+QUARANTINE_META = "quarantined-objects"  # journal meta: JSON list, read by status
+QUARANTINE_RETRY = 600.0  # seconds between attempts of a call S3 refused for the request itself
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +56,7 @@ class Uploader:
         self.journal = journal
         self.log = log
         self.process = process
-        self.work = Work(cfg, s3, cfg.chunk_dir, journal.journal_id)
+        self.work = Protocol(cfg, s3, cfg.chunk_dir, journal.journal_id)
         self.pool = ThreadPoolExecutor(max_workers=cfg.upload_threads, thread_name_prefix="upload")
         self.inflight: dict[tuple, Future] = {}
         self.failures: dict[tuple, tuple[int, float]] = {}  # task -> (attempts, not before)
@@ -300,6 +66,8 @@ class Uploader:
         self._last_prune = 0.0
         self._after_commit: list[Callable[[], None]] = []  # what harvest() runs once its transaction commits
         self.health = S3Health(journal, process)
+        self.quarantined: dict[int, dict] = {}  # object id -> why S3 refuses it (journal meta, for status)
+        self._save_quarantine()  # a new upload process starts with none: each is found again
 
     # -- scheduling --------------------------------------------------------------
 
@@ -320,43 +88,50 @@ class Uploader:
     def _room(self) -> int:
         return self.cfg.upload_threads * 2 - len(self.inflight)
 
-    def _ready(self, task: tuple) -> bool:
-        return task not in self.inflight and time.monotonic() >= self.failures.get(task, (0, 0.0))[1]
+    def _waiting(self, kind: str) -> set:
+        """Tasks of a kind that cannot be submitted now: in flight, or waiting out a backoff.
+        The journal's queries leave them out, so they never fill a window for the others."""
+        now = time.monotonic()
+        busy = {t for t in self.inflight if t[0] == kind}
+        busy |= {t for t, (_n, not_before) in self.failures.items() if t[0] == kind and now < not_before}
+        return {t[1:] if kind == "part" else t[1] for t in busy}
 
     def schedule(self) -> None:
         """Submit what is ready, finishing started objects first (complete, parts, start)
         and claiming new ones last: objects complete early and steadily, and the S3 work
         per object is the same in any order."""
         j = self.journal
-        for obj in j.completable():
+        for obj in j.completable(skip=self._waiting("complete")):
             if self._room() <= 0:
                 return
-            if self._ready(("complete", obj.id)):
-                self._submit(("complete", obj.id), self.work.complete, obj, j.chunks_of(obj.id))
-        for obj, chunk in j.parts_to_upload(limit=self.cfg.upload_threads * 4):
+            self._submit(("complete", obj.id), self.work.complete, obj, j.chunks_of(obj.id))
+        # an object whose calls keep failing gets one call in flight at a time: the others keep
+        # the rest of the pool (with few threads its retries would otherwise fill every slot)
+        failing = {t[1] for t, (n, _) in self.failures.items() if n}
+        busy = {t[1] for t in self.inflight}
+        for obj, chunk in j.parts_to_upload(limit=self.cfg.upload_threads * 4, skip=self._waiting("part")):
             if self._room() <= 0:
                 return
+            if obj.id in failing and obj.id in busy:
+                continue
+            busy.add(obj.id)
             task = ("part", obj.id, chunk.part)
             attempts = self.failures.get(task, (0, 0.0))[0]
             self._submit(task, self.work.part, obj, chunk, attempts)
-        for obj in j.to_start():
+        for obj in j.to_start(skip=self._waiting("start")):
             if self._room() <= 0:
                 return
-            if not self._ready(("start", obj.id)):
-                continue
             chunks = j.chunks_of(obj.id) if obj.mode == "single" else []
             size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
             self._submit(("start", obj.id), self.work.start, obj, size)
-        for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8):
+        for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8,
+                                                            skip=self._waiting("claim")):
             if self._room() <= 0:
                 return
-            task = ("claim", obj.id)
-            if not self._ready(task):
-                continue
             start = 0 if prev is None else prev + 1
             in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
             mode = "single" if obj.state == "closed" and n_chunks == 1 else "multipart"
-            self._submit(task, self.work.claim, obj, start, in_use, mode)
+            self._submit(("claim", obj.id), self.work.claim, obj, start, in_use, mode)
 
     def harvest(self) -> int:
         """Journal the results of finished tasks, all in one transaction; returns how many
@@ -382,6 +157,7 @@ class Uploader:
                 succeeded = True
                 if self.failures.pop(task, None) is not None:
                     self.log.info("retry succeeded", task=task[0], object=task[1])
+                    self._release(task)
                 if isinstance(result, PartDone):
                     parts.append(result)
                 else:
@@ -423,7 +199,10 @@ class Uploader:
                              key=result.final_key, object=result.object_id)
             j.record_error(self.process, "claim", "KeyTaken", f"{result.final_key} exists and is not spoolup's: "
                            "moved to the next free index", result.final_key)
-            j.unclaim(result.object_id)
+            for key, upload_id in j.unclaim(result.object_id):
+                # later objects of the key claim again after this one (record order); the uploads
+                # they had are this journal's own, unused now (best effort: reconcile notes any left)
+                self.pool.submit(contextlib.suppress(S3Error)(self.work.abort), key, upload_id)
         elif isinstance(result, UploadGone):
             # the next CreateMultipartUpload waits, with a delay growing while the uploads keep
             # vanishing: a store that answers NoSuchUpload to everything must not be hammered
@@ -440,11 +219,7 @@ class Uploader:
         elif isinstance(result, PartsMismatch):
             self.log.warning("S3 does not hold some parts as journaled; uploading them again",
                              object=result.object_id, parts=result.parts)
-            with j.transaction():
-                j.conn.executemany(
-                    "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND part = ?",
-                    [(result.object_id, p) for p in result.parts],
-                )
+            j.reseal_parts(result.object_id, result.parts)
 
     def _backoff(self, attempts: int) -> float:
         """Seconds to wait after the attempts-th failure in a row: exponential, jittered,
@@ -456,17 +231,50 @@ class Uploader:
         which makes the upload process's S3 health "failing"."""
         attempts, _ = self.failures.get(task, (0, 0.0))
         attempts += 1
-        delay = self._backoff(attempts)
-        self.failures[task] = (attempts, time.monotonic() + delay)
         self.stats["errors"] += 1
         self.stats["retries"] += 1
         metrics.upload_error(e.code, e.op or task[0])
-        self.log.warning("S3 call failed; will retry", task=task[0], object=task[1], code=e.code,
-                         error=str(e), attempt=attempts, retry_in=round(delay, 2))
+        if permanent(e):
+            # S3 refuses the request itself (EntityTooLarge, AccessDenied, a damaged local chunk...):
+            # sending it again at once cannot help.  The object is quarantined: said at error level
+            # (again every 10th attempt), in status and the metrics, and tried again only every
+            # QUARANTINE_RETRY seconds, so it resumes by itself once the cause is gone.
+            self._quarantine(task, e)
+            delay = max(QUARANTINE_RETRY, self.cfg.retry_max_delay)
+            if attempts == 1 or attempts % 10 == 0:
+                self.log.error("S3 refuses this object's request; object quarantined, retried slowly",
+                               task=task[0], object=task[1], code=e.code, error=str(e), attempt=attempts,
+                               retry_in=round(delay, 2))
+        else:
+            delay = self._backoff(attempts)
+            self.log.warning("S3 call failed; will retry", task=task[0], object=task[1], code=e.code,
+                             error=str(e), attempt=attempts, retry_in=round(delay, 2))
+        self.failures[task] = (attempts, time.monotonic() + delay)
         with contextlib.suppress(Exception):
             self.journal.record_error(self.process, e.op or task[0], e.code, e.detail, e.key)
             if remote:
                 self.health.failed(e.op or task[0], e.code, e.detail)
+
+    def _quarantine(self, task: tuple, e: S3Error) -> None:
+        """Journal the object as quarantined (status reads it: one source of truth)."""
+        oid = task[1]
+        if oid in self.quarantined:
+            return
+        obj = self.journal.object(oid)
+        self.quarantined[oid] = {"object_id": oid, "key": (obj.final_key or obj.key) if obj else None,
+                                 "operation": e.op or task[0], "code": e.code, "message": e.detail,
+                                 "since": time.time()}
+        self._save_quarantine()
+
+    def _release(self, task: tuple) -> None:
+        if self.quarantined.pop(task[1], None) is not None:
+            self.log.info("quarantined object accepted by S3 again", object=task[1])
+            self._save_quarantine()
+
+    def _save_quarantine(self) -> None:
+        with contextlib.suppress(Exception), self.journal.transaction():
+            self.journal.set_meta(QUARANTINE_META, json.dumps(sorted(self.quarantined.values(),
+                                                                     key=lambda q: q["object_id"])))
 
     # -- running ---------------------------------------------------------------------
 
@@ -499,21 +307,6 @@ class Uploader:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def remove_chunk_files(chunk_dir: Path, object_id: int, parts: int | None = None) -> None:
-    """Delete a completed object's chunk files (every name a chunk of it can have).
-    With `parts` known, by name; otherwise by scanning the directory (recovery only)."""
-    names: list[str] = []
-    if parts is None:
-        prefix = f"{object_id:012d}-"
-        with contextlib.suppress(FileNotFoundError):
-            names = [e.name for e in os.scandir(chunk_dir) if e.name.startswith(prefix)]
-    else:
-        names = [chunk_name(object_id, p) + sfx for p in range(1, parts + 1) for sfx in ("", ".tmp", ".part")]
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(chunk_dir / name)
-
-
 # ---------------------------------------------------------------------------
 # the process
 
@@ -530,7 +323,7 @@ def main(config_path: str, parent_pid: int) -> int:
     """`spoolup _upload`: started by `spoolup run`/`drain`; stdin is the wake pipe
     (a byte means "look at the journal"; EOF means the parent is gone)."""
     from spoolup import config as config_mod
-    from spoolup import recover
+    from spoolup import protocol, recover
 
     _set_parent_death_signal()
     crash.set_parent(parent_pid)
@@ -627,12 +420,29 @@ def main(config_path: str, parent_pid: int) -> int:
         try:
             if s3.ensure_bucket():
                 log.info("bucket did not exist; created it", bucket=cfg.bucket)
+            caps = protocol.ensure_capabilities(cfg, s3, journal)
+            log.info("S3 capabilities detected", put_if_none_match=caps.put_if_none_match,
+                     complete_if_none_match=caps.complete_if_none_match)
             report = recover.Report()
-            recover.reconcile_remote(cfg, journal, s3, report, dry_run=False)
+            protocol.reconcile(cfg, journal, s3, report, dry_run=False)
             for line in report.lines:
                 log.info("recovery", action=line)
+            for line in report.notes:
+                log.warning("recovery note", note=line)
             health.ok()
             break
+        except protocol.CapabilityRefused as e:
+            # conditional-writes = "on" and the server would overwrite: refuse to write, say why
+            # (checked again slowly: the server or the configuration may change)
+            attempt += 1
+            log.error("conditional-writes refused by the server; not uploading", error=str(e),
+                      retry_in=QUARANTINE_RETRY)
+            with contextlib.suppress(Exception):
+                journal.record_error("upload", "conditional-writes", "ConditionalWritesUnsupported", str(e))
+            until = time.monotonic() + QUARANTINE_RETRY
+            while not stop.is_set() and (left := until - time.monotonic()) > 0:
+                stop.wait(min(left, HEARTBEAT_EVERY))
+                beat()
         except S3Error as e:
             attempt += 1
             delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(attempt, 10))

@@ -62,6 +62,9 @@ def operation(method: str, path: str, query: dict[str, list[str]]) -> tuple[str,
     return method, key
 
 
+PROBE_KEY = ".spoolup-probe-"  # spoolup's scratch key for the conditional-writes probe (protocol.py)
+
+
 @dataclass
 class Request:
     at: float
@@ -146,18 +149,23 @@ class FaultProxy:
         with self.lock:
             self.rules.clear()
 
-    def requests(self, *ops: str, since: float = 0.0) -> list[Request]:
+    def requests(self, *ops: str, since: float = 0.0, probe: bool = False) -> list[Request]:
+        """Requests seen (not those of spoolup's capability probe on its scratch key, unless
+        `probe`: each start of the upload process makes them)."""
         with self.lock:
-            return [r for r in self.log if (not ops or r.op in ops) and r.at >= since]
+            return [r for r in self.log if (not ops or r.op in ops) and r.at >= since
+                    and (probe or PROBE_KEY not in r.key)]
 
-    def count(self, *ops: str, since: float = 0.0) -> int:
-        return len(self.requests(*ops, since=since))
+    def count(self, *ops: str, since: float = 0.0, probe: bool = False) -> int:
+        return len(self.requests(*ops, since=since, probe=probe))
 
     # -- serving --------------------------------------------------------------------
 
     def _rule_for(self, op: str, key: str) -> Rule | None:
         with self.lock:
             for rule in self.rules:
+                if PROBE_KEY in key and (rule.key is None or PROBE_KEY not in rule.key):
+                    continue  # faults are for spoolup's objects, not its capability probe
                 if rule.matches(op, key):
                     rule.hits += 1
                     return rule

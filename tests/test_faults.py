@@ -123,7 +123,9 @@ def test_service_rides_out_the_fault(make_spoolup, s3, proxy, fault):
         assert p.poll() is None
     finally:
         assert sp.stop(p) == 0
-    assert_exact(s3, sp.bucket, FILES)
+    # a CreateMultipartUpload whose reply is lost (and retried by botocore) leaves an upload
+    # nobody knows the id of: holding no part, never aborted (only ids the journal created are)
+    assert_exact(s3, sp.bucket, FILES, empty_orphans=fault in ("reply-beyond-timeout", "reply-lost"))
     assert query(sp, "SELECT count(*) FROM objects WHERE state != 'done'") == [(0,)]
 
 
@@ -164,8 +166,10 @@ def test_backoff_spaces_out_the_attempts_of_one_call(make_spoolup, s3, proxy):
 
 
 @pytest.mark.parametrize("name,op", [("s1.log", "PutObject"), ("big.log", "CompleteMultipartUpload")])
-@pytest.mark.xfail_rgw(reason="issue 12 item 2: RGW ignores If-None-Match: * on CompleteMultipartUpload (200, the "
-                              "foreign object is overwritten)", op="CompleteMultipartUpload")
+@pytest.mark.xfail_rgw(reason="RGW ignores If-None-Match: * on CompleteMultipartUpload (200, overwrites): spoolup "
+                              "detects it and HEADs right before each Complete, which cannot see a writer racing "
+                              "within that instant (this test's hook); docs/operations.md, S3 implementations tested",
+                       op="CompleteMultipartUpload")
 def test_foreign_writer_racing_the_conditional_write_is_never_overwritten(make_spoolup, s3, proxy, name, op):
     sp = make(make_spoolup, proxy)
     foreign = b"written by someone else an instant before spoolup\n"
@@ -187,13 +191,18 @@ def test_foreign_writer_racing_the_conditional_write_is_never_overwritten(make_s
     assert list_keys(s3, sp.bucket) == sorted([name, f"{name}-1"])
 
 
-def test_lost_reply_of_create_leaves_no_orphan_upload(make_spoolup, s3, proxy):
+def test_lost_reply_of_create_leaves_only_an_empty_upload_never_aborted(make_spoolup, s3, proxy):
     """CreateMultipartUpload takes effect but its reply is lost; botocore retries and gets a
-    second upload id.  The first upload is known to nobody: it must not stay pending."""
+    second upload id.  The first upload is known to nobody -- spoolup cannot tell it from
+    another writer's, so it never aborts it; it holds no part (costs nothing) and the object
+    is shipped exactly once with the second one."""
     sp = make(make_spoolup, proxy)
     proxy.add("CreateMultipartUpload", action="reset-after", times=1)
     write(sp.spool / "big.log", FILES["big.log"])
     r = sp.drain(timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert proxy.count("CreateMultipartUpload") >= 2, "the lost reply was retried"
-    assert_exact(s3, sp.bucket, {"big.log": FILES["big.log"]})  # (no multipart upload pending)
+    assert proxy.count("AbortMultipartUpload") == 0, "no upload this journal did not create is aborted"
+    assert_exact(s3, sp.bucket, {"big.log": FILES["big.log"]}, empty_orphans=True)
+    (orphan,) = pending_uploads(s3, sp.bucket)
+    assert orphan[0] == "big.log"
