@@ -12,16 +12,10 @@ from __future__ import annotations
 import sys
 import time
 
+from spoolup.status import human_bytes
+
 TTY_EVERY = 0.5
 LOG_EVERY = 5.0
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n}B"
 
 
 def _duration(seconds: float) -> str:
@@ -72,8 +66,8 @@ class DrainProgress:
         eta = remaining / rate if rate > 0 else None
         if self.tty:
             pct = 100.0 * shipped / self.total if self.total else 100.0
-            line = (f"drain: {_bytes(shipped)} of {_bytes(self.total)} shipped ({pct:.0f}%), "
-                    f"{_bytes(rate)}/s, ETA {_duration(eta) if eta is not None else '-'}")
+            line = (f"drain: {human_bytes(shipped)} of {human_bytes(self.total)} shipped ({pct:.0f}%), "
+                    f"{human_bytes(rate)}/s, ETA {_duration(eta) if eta is not None else '-'}")
             self.stream.write(f"\r\x1b[K{line}" + ("\n" if final else ""))
             self.stream.flush()
             self.shown = not final

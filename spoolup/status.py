@@ -247,7 +247,8 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
+    """A byte count for people: 512B, 1.5KiB, 3.2GiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
@@ -291,7 +292,7 @@ def _health(h: dict[str, Any], upload_alive: bool, now: float) -> str:
 def _completes(o: dict[str, Any], now: float) -> str:
     c = o["completes"]
     when = [f"at {_clock(c['grace_at'], now)} (flush-grace-period after the last record)",
-            f"at {_bytes(c['max_object_size'])}{' stored' if c['size_counts'] == 'stored' else ''} (max-object-size)"]
+            f"at {human_bytes(c['max_object_size'])}{' stored' if c['size_counts'] == 'stored' else ''} (max-object-size)"]
     if c["on_newer_timestamp"]:
         when.append("on a newer timestamp")
     return ", ".join(when[:-1]) + " or " + when[-1]
@@ -308,15 +309,15 @@ def render(st: dict[str, Any]) -> str:
     out.append(f"spoolup {st['spoolup_version']}  bucket {st['bucket']}  service "
                f"{'running' if svc['running'] else 'stopped'} ({procs})")
     out.append(_health(st["s3_health"], svc["processes"].get("upload", {}).get("alive", False), now))
-    out.append(f"backlog in spool: {_bytes(st['backlog_bytes'])}   pending parts: {st['pending_parts']['count']}/"
-               f"{st['pending_parts']['cap']} ({_bytes(st['pending_parts']['bytes'])})   oldest pending: "
+    out.append(f"backlog in spool: {human_bytes(st['backlog_bytes'])}   pending parts: {st['pending_parts']['count']}/"
+               f"{st['pending_parts']['cap']} ({human_bytes(st['pending_parts']['bytes'])})   oldest pending: "
                f"{_age(st['oldest_pending_age_seconds'])}")
     out.append(f"objects: {len(st['open_objects'])} open, {st['closed_objects_pending']['count']} closed awaiting "
                f"upload, {st['completed_objects']['count']} completed")
     space = st.get("state_dir_space")
     if space:
-        out.append(f"state dir: {_bytes(space['free_bytes'])} free of {_bytes(space['total_bytes'])}, chunk files "
-                   f"{_bytes(space['chunk_bytes'])}" + ("   LOW: ingest paused" if space["low"] else ""))
+        out.append(f"state dir: {human_bytes(space['free_bytes'])} free of {human_bytes(space['total_bytes'])}, chunk files "
+                   f"{human_bytes(space['chunk_bytes'])}" + ("   LOW: ingest paused" if space["low"] else ""))
         if space["advice"]:
             out.append(f"  {space['advice']}")
     if st["open_objects"]:
@@ -325,8 +326,8 @@ def render(st: dict[str, Any]) -> str:
         for o in st["open_objects"][:LIST_AT_MOST]:
             parts = f"{o['parts_uploaded']} part{'' if o['parts_uploaded'] == 1 else 's'}"
             out.append(f"  {o['expected_key']}{'' if o['final_key'] else ' (index claimed at upload)'}: "
-                       f"{_bytes(o['bytes'])}, {o['records']} records, {parts} "
-                       f"({_bytes(o['bytes_uploaded'])}) uploaded, idle {_age(o['idle_seconds'])}; "
+                       f"{human_bytes(o['bytes'])}, {o['records']} records, {parts} "
+                       f"({human_bytes(o['bytes_uploaded'])}) uploaded, idle {_age(o['idle_seconds'])}; "
                        f"completes {_completes(o, now)}")
         if len(st["open_objects"]) > LIST_AT_MOST:
             out.append(f"  ... and {len(st['open_objects']) - LIST_AT_MOST} more (see --json)")
@@ -334,7 +335,7 @@ def render(st: dict[str, Any]) -> str:
     if waiting:
         out.append("")
         out.append(f"spool files with a backlog ({len(waiting)}):")
-        out.extend(f"  {s['path']}: {_bytes(s['backlog_bytes'])} not read yet (of {_bytes(s['size'])})"
+        out.extend(f"  {s['path']}: {human_bytes(s['backlog_bytes'])} not read yet (of {human_bytes(s['size'])})"
                    for s in waiting[:LIST_AT_MOST])
         if len(waiting) > LIST_AT_MOST:
             out.append(f"  ... and {len(waiting) - LIST_AT_MOST} more (see --json)")
@@ -351,7 +352,7 @@ def render(st: dict[str, Any]) -> str:
         for s in bad[:LIST_AT_MOST]:
             q = s["quarantine"]
             retry = "at the next start" if q["next_retry"] is None else f"at {_clock(q['next_retry'], now)}"
-            out.append(f"  {s['path']}: {q['reason']} since {_clock(q['since'], now)}, {_bytes(s['size'])} "
+            out.append(f"  {s['path']}: {q['reason']} since {_clock(q['since'], now)}, {human_bytes(s['size'])} "
                        f"({q['attempts']} attempt(s), next retry {retry}): {s['error']}")
             out.append(f"    what to do: {q['what_to_do']}")
         if len(bad) > LIST_AT_MOST:
@@ -359,7 +360,7 @@ def render(st: dict[str, Any]) -> str:
     dl = st["dead_letters"]
     if dl["records"]:
         out.append("")
-        out.append(f"dead letters: {dl['records']} records ({_bytes(dl['bytes'])}) in {len(dl['files'])} file(s) "
+        out.append(f"dead letters: {dl['records']} records ({human_bytes(dl['bytes'])}) in {len(dl['files'])} file(s) "
                    f"under {st['state_dir']}/dead-letter")
     caps = st.get("s3_capabilities")
     if caps:

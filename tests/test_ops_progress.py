@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from helpers import get, syslog_lines
-from spoolup.status import _bytes  # the same units as the progress line
+from spoolup.status import human_bytes  # the same units as the progress line
 
 MiB = 1024 * 1024
 
@@ -97,7 +97,7 @@ def test_drain_on_a_terminal_shows_a_progress_line(make_spoolup, s3):
     assert lines, text[-3000:]
     assert all(seg.startswith("drain: ") for seg in lines)
     final = lines[-1].splitlines()[0]
-    assert final.startswith(f"drain: {_bytes(total)} of {_bytes(total)} shipped (100%), ")
+    assert final.startswith(f"drain: {human_bytes(total)} of {human_bytes(total)} shipped (100%), ")
     assert final.endswith("ETA 0s")
     assert "drain progress" not in text  # the line, not JSON events
     assert "drained: nothing pending" in text
