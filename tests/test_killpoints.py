@@ -112,7 +112,12 @@ def test_upload_killed_with_the_service(make_spoolup, s3, point, shape):
         assert before, "the object was in the bucket before the crash"
     if name == "after-create-multipart":
         assert pending_uploads(s3, sp.bucket), "the crash left the upload the journal does not know"
-    layout = restart_and_check(sp, s3, files, suffix, empty_orphans=name == "after-create-multipart")
+    # The service dies at once: whichever object reaches the point first, another object's
+    # CreateMultipartUpload may be answered and its id not yet journaled (a.log's "after-object-done"
+    # while big.log's upload is being created).  spoolup aborts only the upload ids its journal
+    # holds (issue 12.3), so such an upload stays behind empty and the object takes the next index;
+    # an upload holding any part still fails the check.
+    layout = restart_and_check(sp, s3, files, suffix, empty_orphans=True)
     # an object completed before the crash is neither written again nor duplicated
     for key, etag in before.items():
         assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag, f"{key} was written again"
