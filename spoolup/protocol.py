@@ -274,7 +274,9 @@ def _conditional_outcome(call, op: str, key: str) -> str:
 def ensure_capabilities(cfg: Config, s3: S3, journal: Journal | None = None) -> Capabilities:
     """Probe the server (once per run), act on it and journal it; raises CapabilityRefused
     when conditional-writes = "on" and the server does not honour it."""
-    caps = probe_capabilities(cfg, s3, journal.journal_id if journal is not None else "")
+    owner = journal.journal_id if journal is not None else ""
+    s3.probe_prefix = probe_key_prefix(cfg, owner)
+    caps = probe_capabilities(cfg, s3, owner)
     s3.capabilities = caps
     if not caps.put_conditional and caps.put_if_none_match == NOT_IMPLEMENTED:
         s3.conditional = False

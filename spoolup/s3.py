@@ -193,6 +193,9 @@ class S3:
         # whether the server *honours* it, per call, is protocol.Capabilities' business.
         self.conditional = cfg.conditional_writes != "off"
         self.capabilities = None  # protocol.Capabilities, once probed
+        # scratch keys of the listing-encoding probe; protocol.ensure_capabilities makes them the
+        # journal's own (probe_key_prefix), so that reconcile aborts one a crash left behind
+        self.probe_prefix: str | None = None
         self._listing_encodes: dict[str, bool] = {}  # listing operation -> keys come url-encoded
         # Over plain http botocore signs every body with SHA-256 (x-amz-content-sha256, which
         # the server checks): a Content-MD5 of parts would hash each byte a second time.
@@ -354,7 +357,8 @@ class S3:
         if page.get("EncodingType") == "url":
             return True
         if op not in self._listing_encodes:
-            key = f"{static_prefix(self.cfg.object_key)}.spoolup-probe-{uuid.uuid4().hex[:12]}-a b"  # (moto with IAM refuses non-ASCII)
+            prefix = self.probe_prefix or f"{static_prefix(self.cfg.object_key)}.spoolup-probe-check-"
+            key = f"{prefix}{uuid.uuid4().hex[:12]}-a b"  # (moto with IAM refuses non-ASCII)
             if op == "ListMultipartUploads":
                 upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
                 try:

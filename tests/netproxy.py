@@ -2,7 +2,8 @@
 
 It forwards bytes unchanged.  While `hold()` is in effect, any request whose
 bytes contain b"partNumber=" (an UploadPart) is held -- not forwarded -- until
-`release()`: so a test can have parts really in flight when it sends a signal,
+`release()` (except the capability probe's, on its `.spoolup-probe-` scratch key, which
+is not a part of any object): so a test can have parts really in flight when it sends a signal,
 without timing guesses.  It does not interpret or answer S3 requests.
 """
 
@@ -67,7 +68,7 @@ class StallProxy:
                 data = src.recv(1 << 16)
                 if not data:
                     break
-                if requests and not self._open.is_set() and b"partNumber=" in data:
+                if requests and not self._open.is_set() and b"partNumber=" in data and b".spoolup-probe-" not in data:
                     with self._lock:
                         self.held += 1
                     self._open.wait()

@@ -71,7 +71,7 @@ def test_locked_journal_names_the_process_holding_it(make_spoolup, s3):
 @pytest.fixture
 def tiny_state(tmp_path):
     mnt = tmp_path / "tiny-state"
-    mount_tmpfs(mnt, "2m")
+    mount_tmpfs(mnt, "8m")  # room to ship a little (statespace.MINIMUM), then filled to the last block
     yield mnt
     umount(mnt)
 
