@@ -21,7 +21,8 @@ module; it imports neither.  Where S3 servers differ (docs/operations.md, "S3
 implementations tested"), the difference is handled here or in s3.py, once:
 
 * whether If-None-Match: * is honoured, separately for PutObject and for
-  CompleteMultipartUpload, is probed once per run on a scratch key of spoolup's own
+  CompleteMultipartUpload, is probed on a scratch key of spoolup's own when the upload
+  process starts (a journaled probe of the same endpoint younger than REPROBE_AFTER is reused)
   (Capabilities); where it is not honoured, a HEAD right before the write stands in;
 * a Complete that fails for any reason (RGW answers 500 for an aborted upload) is
   classified by outcome: ours in the bucket -> done; upload gone -> start again;
@@ -61,6 +62,7 @@ META_KEY = "spoolup-object"  # x-amz-meta-spoolup-object: <journal id>/<object i
 CHECK_UPLOAD_AFTER = 3  # failed part attempts before asking S3 whether the upload still exists
 PENDING_TTL = 2.0  # seconds one listing of pending multipart uploads serves claims
 CAPABILITIES_META = "s3-capabilities"  # journal meta: the last probe's result (JSON)
+REPROBE_AFTER = 3600.0  # seconds a journaled probe is trusted across restarts
 
 # S3 errors that are answers about the request itself: sending it again cannot succeed
 # until something changes (the object, the configuration, the bucket's policy).
@@ -272,21 +274,38 @@ def _conditional_outcome(call, op: str, key: str) -> str:
 
 
 def ensure_capabilities(cfg: Config, s3: S3, journal: Journal | None = None) -> Capabilities:
-    """Probe the server (once per run), act on it and journal it; raises CapabilityRefused
+    """Probe the server (at most once per REPROBE_AFTER: a younger journaled probe of the same
+    endpoint is reused), act on it and journal it; raises CapabilityRefused
     when conditional-writes = "on" and the server does not honour it."""
     owner = journal.journal_id if journal is not None else ""
     s3.probe_prefix = probe_key_prefix(cfg, owner)
-    caps = probe_capabilities(cfg, s3, owner)
+    caps = _recent_probe(cfg, journal)
+    if caps is None:
+        caps = probe_capabilities(cfg, s3, owner)
+        if journal is not None:
+            with journal.transaction():
+                journal.set_meta(CAPABILITIES_META, caps.to_json())
     s3.capabilities = caps
     if not caps.put_conditional and caps.put_if_none_match == NOT_IMPLEMENTED:
         s3.conditional = False
-    if journal is not None:
-        with journal.transaction():
-            journal.set_meta(CAPABILITIES_META, caps.to_json())
     refusal = caps.refusal(cfg)
     if refusal:
         raise CapabilityRefused(refusal)
     return caps
+
+
+def _recent_probe(cfg: Config, journal: Journal | None) -> Capabilities | None:
+    """The journaled probe of this endpoint, when it is younger than REPROBE_AFTER and was made
+    under the same conditional-writes setting: a restart (a crash loop, a drain after a run)
+    need not probe again.  None: probe."""
+    if journal is None:
+        return None
+    caps = Capabilities.from_json(journal.meta(CAPABILITIES_META))
+    if caps is None or caps.endpoint != cfg.url:
+        return None
+    if (caps.put_if_none_match == OFF) != (cfg.conditional_writes == "off"):
+        return None
+    return caps if 0 <= time.time() - caps.probed_at < REPROBE_AFTER else None
 
 
 class CapabilityRefused(Exception):
