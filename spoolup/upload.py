@@ -401,11 +401,19 @@ def main(config_path: str, parent_pid: int) -> int:
         if time.monotonic() - last_beat[0] < HEARTBEAT_EVERY:
             return False
         last_beat[0] = time.monotonic()
-        with journal.transaction():
-            journal.heartbeat("upload", os.getpid(), started,
-                              f"inflight={len(uploader.inflight)} parts={uploader.stats['parts']} "
-                              f"objects={uploader.stats['objects']}")
-            health.flush()
+        try:
+            with journal.transaction():
+                journal.heartbeat("upload", os.getpid(), started,
+                                  f"inflight={len(uploader.inflight)} parts={uploader.stats['parts']} "
+                                  f"objects={uploader.stats['objects']}")
+                health.flush()
+        except sqlite3.OperationalError as e:
+            # a full state dir is no reason to die (before the loop as much as in it): the
+            # heartbeat is tried again at the next one due
+            if not disk_full(e):
+                raise
+            log.warning("state dir disk full: heartbeat not journaled", error=str(e), retry_in=HEARTBEAT_EVERY)
+            return False
         return True
 
     beat()
