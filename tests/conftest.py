@@ -23,6 +23,7 @@ import uuid
 import pytest
 
 import localrgw
+from faultproxy import FaultProxy
 from helpers import ACCESS_KEY, SECRET_KEY, MotoServer, S3Server, Spoolup, TestUser, mounted
 
 SERVERS = ("moto", "rgw")
@@ -187,3 +188,12 @@ def make_user_spoolup(make_spoolup, test_user):
         return make_spoolup(user=test_user, **options)
 
     return make
+
+
+@pytest.fixture
+def proxy(s3server):
+    """A fault-injecting proxy in front of the test's S3 server (tests/faultproxy.py); a module
+    may define its own `proxy` (test_ops_signals: the stall proxy)."""
+    p = FaultProxy(s3server.url).start()
+    yield p
+    p.stop()

@@ -101,6 +101,10 @@ class Rule:
         return self.times is None or self.hits < self.times
 
 
+# the S3 calls that write: what a rule matching "every write" names
+WRITES = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
+
+
 class FaultProxy:
     def __init__(self, upstream: str):
         u = urlsplit(upstream)

@@ -23,7 +23,7 @@ from collections import Counter
 import pytest
 
 from crashkit import assert_exact, noisy_lines, query, write
-from faultproxy import FaultProxy
+from faultproxy import WRITES
 from helpers import get, list_keys, pending_uploads, syslog_lines, wait_for
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
@@ -36,7 +36,6 @@ FILES = {
     "s1.log": syslog_lines(1500, host="s1"),
     "s2.log": syslog_lines(40, host="s2"),
 }
-WRITES = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
 
 FAULTS = {
     # name: (rules, error codes status may show)
@@ -50,13 +49,6 @@ FAULTS = {
     "nosuchupload": ([dict(ops=("UploadPart", "CompleteMultipartUpload"), action="error", status=404,
                            code="NoSuchUpload")], {"NoSuchUpload"}),
 }
-
-
-@pytest.fixture
-def proxy(s3server):
-    p = FaultProxy(s3server.url).start()
-    yield p
-    p.stop()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -16,7 +16,7 @@ import pytest
 
 from crashkit import (assert_exact, chunk_files, drain_crashing, journal_path, journal_state, journal_write,
                       noisy_lines, query, spoolup_cmd, write)
-from faultproxy import FaultProxy
+from faultproxy import WRITES
 from helpers import list_keys, pending_uploads, syslog_lines
 from spoolup.journal import migrations, schema_version
 
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
 BIG = noisy_lines(40_000)  # ~10 MiB: parts of 5 + 5 + a little
 SMALL = syslog_lines(1500, host="s")
-WRITES = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
-
-
-@pytest.fixture
-def proxy(s3server):
-    p = FaultProxy(s3server.url).start()
-    yield p
-    p.stop()
 
 
 def crashed(make_spoolup, point: str, files: dict[str, bytes], **options):

@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 
 from crashkit import (assert_exact, drain_crashing, noisy_lines, query, spoolup_cmd, write)
-from faultproxy import FaultProxy
+from faultproxy import WRITES
 from helpers import get, list_keys, objects_of, pending_uploads, wait_for
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
@@ -27,14 +27,6 @@ pytestmark = pytest.mark.s3_servers("moto", "rgw")
 MiB = 1 << 20
 BIG = noisy_lines(30_000, seed=12)  # ~7.4 MiB: 5 MiB + the rest
 SMALL = noisy_lines(300, seed=17, tag="s")
-WRITES = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
-
-
-@pytest.fixture
-def proxy(s3server):
-    p = FaultProxy(s3server.url).start()
-    yield p
-    p.stop()
 
 
 def spoolup_at(make_spoolup, **options):
