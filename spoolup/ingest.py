@@ -11,7 +11,6 @@ stays in the spool.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from dataclasses import dataclass

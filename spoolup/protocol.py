@@ -23,7 +23,10 @@ implementations tested"), the difference is handled here or in s3.py, once:
 * whether If-None-Match: * is honoured, separately for PutObject and for
   CompleteMultipartUpload, is probed on a scratch key of spoolup's own when the upload
   process starts (a journaled probe of the same endpoint younger than REPROBE_AFTER is reused)
-  (Capabilities); where it is not honoured, a HEAD right before the write stands in;
+  (Capabilities); where it is not honoured, a HEAD right before the write stands in.  With
+  conditional-writes = "auto" the probe runs beside the first uploads (CapabilityProbe),
+  which meanwhile assume nothing (that HEAD before every write); with "on" it runs before
+  any write, since the server may have to be refused;
 * a Complete that fails for any reason (RGW answers 500 for an aborted upload) is
   classified by outcome: ours in the bucket -> done; upload gone -> start again;
   someone else's object -> next index;
@@ -52,8 +55,8 @@ from spoolup.chunks import Codec, part_file, remove_chunk_files
 from spoolup.config import Config
 from spoolup.form import Form
 from spoolup.journal import ChunkRow, Journal, ObjectRow
-from spoolup.s3 import (S3, FileBody, InvalidPart, NoSuchUpload, NotImplementedByServer, PreconditionFailed, S3Error,
-                        multipart_etag, same_etag)
+from spoolup.s3 import (_CATCH, S3, FileBody, InvalidPart, NoSuchUpload, NotImplementedByServer, PreconditionFailed,
+                        S3Error, _translate, multipart_etag, same_etag)
 
 if TYPE_CHECKING:
     from spoolup.recover import Report
@@ -202,11 +205,18 @@ def probe_key_prefix(cfg: Config, owner: str = "") -> str:
 def probe_capabilities(cfg: Config, s3: S3, owner: str = "") -> Capabilities:
     """Find out, on a scratch key of spoolup's own under the key template's static prefix, what
     the server does with If-None-Match: * on PutObject and on CompleteMultipartUpload (it
-    honours it: 412; ignores it: 200 and overwrites the scratch object; or 501).  Six small
-    requests per start of the upload process; the scratch object is deleted."""
+    honours it: 412; ignores it: 200 and overwrites the scratch object; or 501).  About eight
+    small requests (once an hour at most: _recent_probe); the scratch object is deleted."""
     if cfg.conditional_writes == "off":
         return Capabilities(OFF, OFF, time.time(), cfg.url)
     key = probe_key_prefix(cfg, owner) + uuid.uuid4().hex[:12]
+    try:
+        return _probe(cfg, s3, key)
+    except _CATCH as e:  # (the calls made on the client itself)
+        raise _translate(e, "capability probe", key) from None
+
+
+def _probe(cfg: Config, s3: S3, key: str) -> Capabilities:
     body = _scratch(cfg)
     probing: list[str] = []
     try:
@@ -259,8 +269,6 @@ def _scratch(cfg: Config) -> FileBody:
 
 
 def _conditional_outcome(call, op: str, key: str) -> str:
-    from spoolup.s3 import _CATCH, _translate
-
     try:
         call()
     except _CATCH as e:
@@ -273,25 +281,103 @@ def _conditional_outcome(call, op: str, key: str) -> str:
     return IGNORED
 
 
-def ensure_capabilities(cfg: Config, s3: S3, journal: Journal | None = None) -> Capabilities:
+def ensure_capabilities(cfg: Config, s3: S3, journal: Journal | None = None, *,
+                        wait: bool = True) -> Capabilities | None:
     """Probe the server (at most once per REPROBE_AFTER: a younger journaled probe of the same
     endpoint is reused), act on it and journal it; raises CapabilityRefused
-    when conditional-writes = "on" and the server does not honour it."""
+    when conditional-writes = "on" and the server does not honour it.  With `wait` false and
+    conditional-writes = "auto", a probe still to be made is not made here: None, and the
+    caller runs a CapabilityProbe beside its uploads."""
     owner = journal.journal_id if journal is not None else ""
     s3.probe_prefix = probe_key_prefix(cfg, owner)
     caps = _recent_probe(cfg, journal)
     if caps is None:
+        if not wait and cfg.conditional_writes == "auto":
+            return None
         caps = probe_capabilities(cfg, s3, owner)
         if journal is not None:
-            with journal.transaction():
-                journal.set_meta(CAPABILITIES_META, caps.to_json())
-    s3.capabilities = caps
-    if not caps.put_conditional and caps.put_if_none_match == NOT_IMPLEMENTED:
-        s3.conditional = False
+            journal_capabilities(journal, caps)
+    adopt(s3, caps)
     refusal = caps.refusal(cfg)
     if refusal:
         raise CapabilityRefused(refusal)
     return caps
+
+
+def adopt(s3: S3, caps: Capabilities) -> None:
+    """From now on the protocol's steps act on what the server honours (Protocol.put_conditional,
+    complete_conditional); a server that answers 501 is sent no If-None-Match at all."""
+    if not caps.put_conditional and caps.put_if_none_match == NOT_IMPLEMENTED:
+        s3.conditional = False
+    s3.capabilities = caps
+
+
+def journal_capabilities(journal: Journal, caps: Capabilities) -> None:
+    with journal.transaction():
+        journal.set_meta(CAPABILITIES_META, caps.to_json())
+
+
+class CapabilityProbe:
+    """The probe of what the server honours, off the upload path (conditional-writes = "auto"):
+    a thread of its own, started after reconcile, beside the first uploads.  Until it ends the
+    steps assume nothing -- a HEAD right before every PutObject and Complete, If-None-Match
+    sent all the same -- which is what they do on a server that honours nothing, so no write
+    waits for it.  Its finding is adopted at once; the thread that owns the journal journals
+    it (`poll`).  A probe that fails (S3 down) is tried again with backoff until it succeeds
+    or the process stops; `join` gives it the time of a stop to end, so that its scratch
+    object is not left behind (a crash can leave one: reconcile removes it)."""
+
+    def __init__(self, cfg: Config, s3: S3, owner: str, stop: threading.Event):
+        self.cfg, self.s3, self.owner, self.stop = cfg, s3, owner, stop
+        self._events: list[tuple[str, Any]] = []  # ("found", Capabilities) | ("failed", (S3Error, retry_in))
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="capability-probe", daemon=True)
+
+    def start(self) -> "CapabilityProbe":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                caps = probe_capabilities(self.cfg, self.s3, self.owner)
+            except Exception as e:  # (S3Error; anything else is reported the same way, not lost with the thread)
+                if not isinstance(e, S3Error):
+                    e = S3Error(type(e).__name__, str(e), op="capability probe")
+                attempt += 1
+                delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(attempt, 10))
+                with self._lock:
+                    self._events.append(("failed", (e, delay)))
+                self.stop.wait(delay)
+                continue
+            adopt(self.s3, caps)
+            with self._lock:
+                self._events.append(("found", caps))
+            return
+
+    def poll(self) -> list[tuple[str, Any]]:
+        """What happened since the last poll (for the journal's thread to journal and log)."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def keep(self, events: list[tuple[str, Any]]) -> None:
+        """Events polled but not journaled (the journal refused): polled again next time."""
+        with self._lock:
+            self._events[:0] = events
+
+    @property
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._events)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(max(0.0, timeout))
 
 
 def _recent_probe(cfg: Config, journal: Journal | None) -> Capabilities | None:
@@ -559,6 +645,12 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
             report.note(f"multipart upload {upload_id[:16]}... of {key} is not one this journal created; its index "
                         "is skipped and it is left alone (abort it with `aws s3api abort-multipart-upload` if it "
                         "is stale, or let a lifecycle rule AbortIncompleteMultipartUpload do it)")
+    for key in sorted(s3.list_keys(ours)):
+        # the scratch object of a probe of this journal's that a crash cut short (capabilities or
+        # listing encoding: none runs while reconcile does)
+        report.did(f"remove the scratch object of an interrupted capability probe at {key}")
+        if not dry_run:
+            s3.delete(key)
 
 
 def _reconcile_multipart(cfg: Config, journal: Journal, proto: Protocol, obj: ObjectRow, report: "Report",

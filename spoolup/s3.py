@@ -324,8 +324,9 @@ class S3:
         try:
             while True:
                 page = self.client.list_objects_v2(**args)
-                encoded = self._encoded("ListObjectsV2", page)
-                keys.update(restore_key(o["Key"], encoded) for o in page.get("Contents", []))
+                listed = [o["Key"] for o in page.get("Contents", []) or []]
+                encoded = self._encoded("ListObjectsV2", page, listed)
+                keys.update(restore_key(k, encoded) for k in listed)
                 if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
                     return keys
                 args["ContinuationToken"] = page["NextContinuationToken"]
@@ -341,8 +342,9 @@ class S3:
         try:
             while True:
                 page = self.client.list_multipart_uploads(**args)
-                encoded = self._encoded("ListMultipartUploads", page)
-                uploads = [(restore_key(u["Key"], encoded), u["UploadId"]) for u in page.get("Uploads", []) or []]
+                listed = page.get("Uploads", []) or []
+                encoded = self._encoded("ListMultipartUploads", page, [u["Key"] for u in listed])
+                uploads = [(restore_key(u["Key"], encoded), u["UploadId"]) for u in listed]
                 out.extend(uploads)
                 if not page.get("IsTruncated") or not uploads:
                     return out
@@ -350,12 +352,16 @@ class S3:
         except _CATCH as e:
             raise _translate(e, "ListMultipartUploads", prefix) from None
 
-    def _encoded(self, op: str, page: dict) -> bool:
+    def _encoded(self, op: str, page: dict, listed: list[str]) -> bool:
         """Are the keys of this listing url-encoded?  AWS says so (EncodingType); RGW encodes
-        them without saying so; moto does not encode them.  When the reply does not say, a
-        scratch key with a '%' in it is listed once per process to find out."""
+        them without saying so; moto does not encode them.  Where no listed key holds a '%' or
+        a '+', decoding would change nothing, so it does not matter (most keys: no request).
+        Otherwise, when the reply does not say, a scratch key with a space in it is listed
+        once per process to find out."""
         if page.get("EncodingType") == "url":
             return True
+        if not any("%" in k or "+" in k for k in listed):
+            return False  # (not remembered: it says nothing about the server)
         if op not in self._listing_encodes:
             prefix = self.probe_prefix or f"{static_prefix(self.cfg.object_key)}.spoolup-probe-check-"
             key = f"{prefix}{uuid.uuid4().hex[:12]}-a b"  # (moto with IAM refuses non-ASCII)

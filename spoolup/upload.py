@@ -35,8 +35,8 @@ from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
 from spoolup.journal import Journal, disk_full
-from spoolup.protocol import (Claimed, Done, KeyTaken, PartDone, PartsMismatch, Protocol, Started, UploadGone,
-                              permanent)
+from spoolup.protocol import (CapabilityProbe, Claimed, Done, KeyTaken, PartDone, PartsMismatch, Protocol, Started,
+                              UploadGone, journal_capabilities, permanent)
 from spoolup.s3 import S3, S3Error
 
 HEARTBEAT_EVERY = 2.0
@@ -428,9 +428,11 @@ def main(config_path: str, parent_pid: int) -> int:
         try:
             if s3.ensure_bucket():
                 log.info("bucket did not exist; created it", bucket=cfg.bucket)
-            caps = protocol.ensure_capabilities(cfg, s3, journal)
-            log.info("S3 capabilities detected", put_if_none_match=caps.put_if_none_match,
-                     complete_if_none_match=caps.complete_if_none_match)
+            # "auto": a probe still to be made runs beside the first uploads (below), not before them
+            caps = protocol.ensure_capabilities(cfg, s3, journal, wait=False)
+            if caps is not None:
+                log.info("S3 capabilities detected", put_if_none_match=caps.put_if_none_match,
+                         complete_if_none_match=caps.complete_if_none_match)
             report = recover.Report()
             protocol.reconcile(cfg, journal, s3, report, dry_run=False)
             for line in report.lines:
@@ -464,11 +466,16 @@ def main(config_path: str, parent_pid: int) -> int:
                 stop.wait(min(left, HEARTBEAT_EVERY))
                 beat()
 
+    probe = None
+    if not stop.is_set() and s3.capabilities is None:
+        probe = CapabilityProbe(cfg, s3, journal.journal_id, stop).start()
     full = 0
     while not stop.is_set():
         try:
             uploader.step(0.5)
             logs.handle_reopen()
+            if probe is not None:
+                probe = probe_events(probe, journal, log)
             if beat():
                 uploader.housekeeping()
             full = 0
@@ -484,7 +491,12 @@ def main(config_path: str, parent_pid: int) -> int:
             stop.wait(delay)
     inflight = len(uploader.inflight)
     log.info("upload process stopping", inflight=inflight, timeout=cfg.shutdown_timeout)
+    deadline = time.monotonic() + cfg.shutdown_timeout
     uploader.finish_inflight(cfg.shutdown_timeout)
+    if probe is not None:  # (it ends within a few requests: its scratch object is then gone)
+        probe.join(deadline - time.monotonic())
+        with contextlib.suppress(Exception):
+            probe_events(probe, journal, log)
     unfinished = len(uploader.inflight)
     uploader.close()
     with contextlib.suppress(Exception):
@@ -497,6 +509,28 @@ def main(config_path: str, parent_pid: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def probe_events(probe: CapabilityProbe, journal: Journal, log) -> CapabilityProbe | None:
+    """Journal and log what the capability probe found (or why it failed); None once it is done.
+    (A full state dir: what is not journaled is kept for the next call.)"""
+    events = probe.poll()
+    for i, (kind, what) in enumerate(events):
+        try:
+            if kind == "found":
+                journal_capabilities(journal, what)
+                log.info("S3 capabilities detected", put_if_none_match=what.put_if_none_match,
+                         complete_if_none_match=what.complete_if_none_match)
+            else:
+                e, delay = what
+                log.warning("cannot probe what S3 honours yet; every write is checked with a HEAD meanwhile",
+                            error=str(e), retry_in=delay)
+                metrics.upload_error(e.code, e.op or "probe")
+                journal.record_error("upload", e.op or "probe", e.code, e.detail, e.key)
+        except sqlite3.OperationalError:
+            probe.keep(events[i:])
+            raise
+    return probe if probe.running or probe.pending else None
 
 
 if __name__ == "__main__":  # pragma: no cover

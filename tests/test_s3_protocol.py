@@ -14,12 +14,13 @@ import json
 import os
 import re
 import sqlite3
+import threading
 from collections import Counter
 
 import pytest
 
-from crashkit import (assert_exact, drain_crashing, noisy_lines, query, spoolup_cmd, write)
-from faultproxy import WRITES
+from crashkit import (assert_exact, drain_crashing, noisy_lines, query, spoolup_cmd, wait_upload_process_gone,
+                      write)
 from helpers import get, list_keys, objects_of, pending_uploads, wait_for
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
@@ -160,6 +161,107 @@ def test_conditional_writes_on_refuses_a_server_that_does_not_honour_it(make_spo
         assert list_keys(s3, sp.bucket) == [], "nothing is written where an object could be overwritten"
     finally:
         sp.stop(p)
+
+
+def test_a_slow_capability_probe_never_holds_up_shipping(make_spoolup, s3, proxy):
+    """The probe of what the server honours runs beside the first uploads, not before them
+    (it cost a fresh state dir ~16 requests before its first part).  With every probe request
+    held, the spool ships meanwhile, each write guarded as on a server that honours nothing
+    (a HEAD right before the Complete); the probe's finding is journaled once it ends."""
+    sp = spoolup_at(make_spoolup, url=proxy.url, **{"flush-grace-period": "1s"})
+    gate = threading.Event()
+    proxy.add(action="hook", hook=lambda req: gate.wait(120), key=".spoolup-probe-")
+    write(sp.spool / "big.log", BIG)
+    write(sp.spool / "small.log", SMALL)
+    p = sp.start()
+    try:
+        wait_for(lambda: {"big.log", "small.log"} <= set(list_keys(s3, sp.bucket)), 60,
+                 what="the spool shipped while the probe is held")
+        assert proxy.count(probe=True) > proxy.count(), "the probe is under way"
+        assert sp.status()["s3_capabilities"] is None, "nothing is known (or journaled) yet"
+        log = [r for r in proxy.requests() if r.key == "big.log"]
+        complete = max(i for i, r in enumerate(log) if r.op == "CompleteMultipartUpload")
+        last_part = max(i for i, r in enumerate(log) if r.op == "UploadPart")
+        assert any(r.op == "HeadObject" for r in log[last_part:complete]), \
+            "while unknown, a HEAD right before the Complete"
+        gate.set()
+        caps = wait_for(lambda: sp.status()["s3_capabilities"], 60, what="the probe's finding journaled")
+        assert caps["put_if_none_match"] in ("honoured", "ignored", "not-implemented"), caps
+    finally:
+        gate.set()
+        assert sp.stop(p) == 0
+    assert_exact(s3, sp.bucket, {"big.log": BIG, "small.log": SMALL})
+    assert pending_uploads(s3, sp.bucket) == []
+
+
+def test_a_failing_capability_probe_is_retried_while_the_spool_ships(make_spoolup, s3, proxy):
+    """S3 fails the probe's first requests (500, through botocore's own retries): it is logged,
+    retried with backoff, and nothing waits for it meanwhile."""
+    sp = spoolup_at(make_spoolup, url=proxy.url, **{"flush-grace-period": "1s", "retry-max-delay": 0.5})
+    proxy.add("PutObject", action="error", status=500, code="InternalError", key=".spoolup-probe-", times=6)
+    write(sp.spool / "small.log", SMALL)
+    p = sp.start()
+    try:
+        wait_for(lambda: "small.log" in list_keys(s3, sp.bucket), 60, what="small.log shipped")
+        caps = wait_for(lambda: sp.status()["s3_capabilities"], 60, what="the probe's finding journaled")
+        assert caps["put_if_none_match"] in ("honoured", "ignored", "not-implemented"), caps
+    finally:
+        assert sp.stop(p) == 0
+    assert "cannot probe what S3 honours yet; every write is checked with a HEAD meanwhile" in sp.log_text(), \
+        sp.log_text()[-3000:]
+    assert_exact(s3, sp.bucket, {"small.log": SMALL})
+    assert pending_uploads(s3, sp.bucket) == []
+
+
+def test_a_probe_a_crash_cut_short_leaves_nothing_after_recover(make_spoolup, s3, proxy):
+    """The service is SIGKILLed while the probe's Complete is under way: its scratch object and
+    its upload stay in the bucket.  `recover` (and the next start's reconcile) removes both:
+    they are this journal's own (the probe key carries the journal id)."""
+    sp = spoolup_at(make_spoolup, url=proxy.url, **{"flush-grace-period": "1s"})
+    held, gate = threading.Event(), threading.Event()
+
+    def hold_then_drop(req):
+        held.set()
+        gate.wait(120)
+        raise ConnectionAbortedError("dropped by the test: never forwarded")
+
+    proxy.add("CompleteMultipartUpload", action="hook", hook=hold_then_drop, key=".spoolup-probe-")
+    write(sp.spool / "a.log", SMALL)
+    p = sp.start()
+    try:
+        assert held.wait(60), "the probe reached its Complete"
+        p.kill()
+        p.wait(30)
+        wait_upload_process_gone(sp)
+    finally:
+        proxy.clear()
+        gate.set()
+    left = [k for k in list_keys(s3, sp.bucket) if ".spoolup-probe-" in k]
+    assert left and [k for k, _ in pending_uploads(s3, sp.bucket) if ".spoolup-probe-" in k], \
+        "the crash left the probe's scratch object and upload"
+    r = spoolup_cmd(sp, "recover")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "remove the scratch object of an interrupted capability probe" in r.stdout, r.stdout
+    assert "abort the upload of an interrupted capability probe" in r.stdout, r.stdout
+    assert [k for k in list_keys(s3, sp.bucket) if ".spoolup-probe-" in k] == []
+    assert [k for k, _ in pending_uploads(s3, sp.bucket) if ".spoolup-probe-" in k] == []
+    drained(sp)
+    assert_exact(s3, sp.bucket, {"a.log": SMALL})
+    assert pending_uploads(s3, sp.bucket) == []
+
+
+def test_ordinary_keys_are_listed_without_probing_the_listing_encoding(make_spoolup, s3, proxy):
+    """moto does not say (nor do) whether it url-encoded a listing's keys: spoolup listed a
+    scratch key of its own to find out, 6 requests per start.  Decoding a key without '%' or
+    '+' changes nothing, so for such keys no probe is needed."""
+    sp = spoolup_at(make_spoolup, url=proxy.url)
+    write(sp.spool / "big.log", BIG)
+    write(sp.spool / "small.log", SMALL)
+    drained(sp)
+    assert proxy.count("ListObjects", "ListMultipartUploads") > 0, "listings were made"
+    scratch = sorted({r.key for r in proxy.requests(probe=True) if r.key.endswith(("-a b", "-a%20b"))})
+    assert scratch == [], f"no listing-encoding probe for ordinary keys: {scratch}"
+    assert_exact(s3, sp.bucket, {"big.log": BIG, "small.log": SMALL})
 
 
 # ---------------------------------------------------------------------------
