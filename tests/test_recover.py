@@ -16,7 +16,7 @@ import pytest
 
 from crashkit import (assert_exact, chunk_files, drain_crashing, journal_path, journal_state, journal_write,
                       noisy_lines, query, spoolup_cmd, write)
-from faultproxy import WRITES
+from faultproxy import PROBE_KEY, WRITES
 from helpers import list_keys, pending_uploads, syslog_lines
 from spoolup.journal import migrations, schema_version
 
@@ -173,7 +173,11 @@ def test_upload_whose_id_was_never_journaled_is_left_alone_and_its_index_skipped
     part) that this journal cannot tell from another writer's: spoolup never aborts it (only
     upload ids its journal created), skips its index and reports it."""
     sp = crashed(make_spoolup, "after-create-multipart", {"big.log": BIG})
-    (orphan,) = pending_uploads(s3, sp.bucket)
+
+    def stream_uploads():  # (the crash may also cut short the capability probe: recover aborts its upload)
+        return sorted(u for u in pending_uploads(s3, sp.bucket) if PROBE_KEY not in u[0])
+
+    (orphan,) = stream_uploads()
     assert orphan[0] == "big.log"
     foreign = s3.create_multipart_upload(Bucket=sp.bucket, Key="other/thing.log")["UploadId"]
     for args in (("--dry-run",), ()):
@@ -181,7 +185,7 @@ def test_upload_whose_id_was_never_journaled_is_left_alone_and_its_index_skipped
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"multipart upload {orphan[1][:16]}... of big.log is not one this journal created" in r.stdout, r.stdout
         assert f"multipart upload {foreign[:16]}... of other/thing.log is not one this journal created" in r.stdout
-        assert sorted(pending_uploads(s3, sp.bucket)) == sorted([orphan, ("other/thing.log", foreign)])
+        assert stream_uploads() == sorted([orphan, ("other/thing.log", foreign)])
     r = sp.drain(timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(pending_uploads(s3, sp.bucket)) == sorted([orphan, ("other/thing.log", foreign)]), \
