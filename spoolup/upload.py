@@ -416,6 +416,13 @@ def main(config_path: str, parent_pid: int) -> int:
             return False
         return True
 
+    def pause(seconds: float) -> None:
+        """Wait before trying again (a stop ends it), the heartbeats going on."""
+        until = time.monotonic() + seconds
+        while not stop.is_set() and (left := until - time.monotonic()) > 0:
+            stop.wait(min(left, HEARTBEAT_EVERY))
+            beat()
+
     beat()
     log.info("upload process started", threads=cfg.upload_threads, bucket=cfg.bucket)
 
@@ -449,10 +456,17 @@ def main(config_path: str, parent_pid: int) -> int:
                       retry_in=QUARANTINE_RETRY)
             with contextlib.suppress(Exception):
                 journal.record_error("upload", "conditional-writes", "ConditionalWritesUnsupported", str(e))
-            until = time.monotonic() + QUARANTINE_RETRY
-            while not stop.is_set() and (left := until - time.monotonic()) > 0:
-                stop.wait(min(left, HEARTBEAT_EVERY))
-                beat()
+            pause(QUARANTINE_RETRY)
+        except sqlite3.OperationalError as e:
+            # the journal cannot take reconcile's results or the health (the state dir's disk is
+            # full): as in the loop below, wait and go on once there is space -- reconciling
+            # again is harmless, it decides by what the bucket holds
+            if not disk_full(e):
+                raise
+            attempt += 1
+            delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(attempt, 10))
+            log.error("state dir disk full: cannot journal upload results; retrying", error=str(e), retry_in=delay)
+            pause(delay)
         except S3Error as e:
             attempt += 1
             delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(attempt, 10))
@@ -461,10 +475,7 @@ def main(config_path: str, parent_pid: int) -> int:
             with contextlib.suppress(Exception):
                 journal.record_error("upload", e.op or "recover", e.code, e.detail, e.key)
                 health.failed(e.op or "recover", e.code, e.detail)
-            until = time.monotonic() + delay
-            while not stop.is_set() and (left := until - time.monotonic()) > 0:
-                stop.wait(min(left, HEARTBEAT_EVERY))
-                beat()
+            pause(delay)
 
     probe = None
     if not stop.is_set() and s3.capabilities is None:
