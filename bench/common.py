@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,26 @@ def spoolup_config(base: Path, url: str, bucket: str, **extra) -> Path:
 def spoolup(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "spoolup", *args], capture_output=True, text=True,
                           env=env or os.environ.copy(), **kw)
+
+
+def wait_for_count(journal: Path, sql: str, n: int, *, timeout: float, interval: float, what: str) -> int:
+    """Poll a count (`sql`) in the journal of a running spoolup, read-only, until it reaches
+    `n`; RuntimeError naming `what` when it does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    got = 0
+    while time.monotonic() < deadline:
+        try:
+            c = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
+            try:
+                got = c.execute(sql).fetchone()[0]
+            finally:
+                c.close()
+        except sqlite3.Error:
+            got = 0
+        if got >= n:
+            return got
+        time.sleep(interval)
+    raise RuntimeError(f"only {got} of {n} {what} in time")
 
 
 class RssSampler:

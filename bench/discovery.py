@@ -10,12 +10,11 @@ stats each file, reads its birth time and journals all of them in one transactio
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
 
-from bench.common import Moto, client, kill_tree, new_bucket, spoolup_config, workdir
+from bench.common import Moto, client, kill_tree, new_bucket, spoolup_config, wait_for_count, workdir
 
 
 def run(files: int = 100_000) -> dict:
@@ -39,20 +38,8 @@ def run(files: int = 100_000) -> dict:
         p = subprocess.Popen([sys.executable, "-m", "spoolup", "run", "--config", str(cfg)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 900
-            n = 0
-            while time.monotonic() < deadline:
-                try:
-                    c = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
-                    n = c.execute("SELECT count(*) FROM sources").fetchone()[0]
-                    c.close()
-                except sqlite3.Error:
-                    n = 0
-                if n >= files:
-                    break
-                time.sleep(0.02)
-            else:
-                raise RuntimeError(f"only {n} of {files} files journaled in time")
+            wait_for_count(journal, "SELECT count(*) FROM sources", files, timeout=900, interval=0.02,
+                           what="files journaled")
             spoolup_s = time.perf_counter() - started
         finally:
             kill_tree(p)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
-from bench.common import Moto, client, kill_tree, new_bucket, spoolup, spoolup_config, workdir
+from bench.common import Moto, client, kill_tree, new_bucket, spoolup, spoolup_config, wait_for_count, workdir
 
 
 def run(objects: int = 10_000) -> dict:
@@ -25,19 +24,8 @@ def run(objects: int = 10_000) -> dict:
         p = subprocess.Popen([sys.executable, "-m", "spoolup", "run", "--config", str(cfg)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         journal = base / "state" / "journal.sqlite"
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                c = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-                n = c.execute("SELECT count(*) FROM objects WHERE state = 'open'").fetchone()[0]
-                c.close()
-            except sqlite3.Error:
-                n = 0
-            if n >= objects:
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("objects were not opened in time")
+        wait_for_count(journal, "SELECT count(*) FROM objects WHERE state = 'open'", objects, timeout=600,
+                       interval=0.2, what="objects opened")
         for pid in [p.pid]:
             p.send_signal(signal.SIGKILL)
         kill_tree(p)
