@@ -30,6 +30,7 @@ MAX_CHUNK_SIZE = 5 * GiB  # S3's maximum part size
 MAX_OBJECT_SIZE = 5 * TiB  # S3's maximum object size
 
 SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
+SIZE_OPTIONS = frozenset({"chunk-size", "max-object-size", "max-record-size"})  # byte sizes ("8MiB")
 
 # The value sets s3() accepts (syslog-ng modules/python-modules/syslogng/modules/s3/
 # s3_destination.py: VALID_STORAGE_CLASSES, VALID_CANNED_ACLS).  s3() warns and falls
@@ -670,7 +671,7 @@ class Config:
                 out[opt.name] = toml_value("********")
             elif opt.name in written:
                 out[opt.name] = toml_value(written[opt.name])
-            elif opt.name in ("chunk-size", "max-object-size", "max-record-size") and opt.default is not REQUIRED:
+            elif opt.name in SIZE_OPTIONS and opt.default is not REQUIRED:
                 out[opt.name] = toml_value(format_size(self.value(opt.name)))
             else:
                 v = self.value(opt.name)
@@ -809,7 +810,7 @@ def _shown_default(opt: Option) -> str:
         return "*required*"
     if opt.name == "object-key":
         return '`"{path}"` / `"{key}"`'
-    if opt.name in ("chunk-size", "max-object-size", "max-record-size"):
+    if opt.name in SIZE_OPTIONS:
         return f'`"{format_size(opt.default)}"`'
     return f"`{toml_value(opt.default)}`"
 
@@ -838,7 +839,7 @@ def example_toml() -> str:
             out.append(f"{opt.name} = {example}")
         elif opt.name == "object-key":
             out.append('#object-key = "{path}"')
-        elif opt.name in ("chunk-size", "max-object-size", "max-record-size"):
+        elif opt.name in SIZE_OPTIONS:
             out.append(f'#{opt.name} = "{format_size(opt.default)}"')
         else:
             out.append(f"#{opt.name} = {toml_value(opt.default)}")

@@ -59,6 +59,7 @@ class Ingest:
         self.dead = dead
         self.log = log
         self.notify = notify
+        self.max_part = objects.max_part_size()  # (read once: not on the per-read path)
         self.open: dict[int, OpenObject] = {}
         self.open_by_key: dict[str, dict[str, OpenObject]] = {}
         self.newest: dict[str, str | None] = {}
@@ -514,7 +515,7 @@ class Ingest:
             # chunk-size is measured after compression, so a part passes it by what the last
             # write added and the member's tail.  Sealed *before* a slice whose worst case could
             # take the part past S3's maximum part size: every part stays within it by construction.
-            max_part = objects.max_part_size()
+            max_part = self.max_part
             pos = 0
             while pos < n:
                 # a slice of whole records (a compressed part never splits one), about

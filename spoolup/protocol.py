@@ -54,7 +54,7 @@ from spoolup import form as forms
 from spoolup.chunks import Codec, part_file, remove_chunk_files
 from spoolup.config import Config
 from spoolup.form import Form
-from spoolup.journal import ChunkRow, Journal, ObjectRow
+from spoolup.journal import CAPABILITIES_META, ChunkRow, Journal, ObjectRow
 from spoolup.s3 import (_CATCH, S3, FileBody, InvalidPart, NoSuchUpload, NotImplementedByServer, PreconditionFailed,
                         S3Error, _translate, multipart_etag, same_etag)
 
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 META_KEY = "spoolup-object"  # x-amz-meta-spoolup-object: <journal id>/<object id>
 CHECK_UPLOAD_AFTER = 3  # failed part attempts before asking S3 whether the upload still exists
 PENDING_TTL = 2.0  # seconds one listing of pending multipart uploads serves claims
-CAPABILITIES_META = "s3-capabilities"  # journal meta: the last probe's result (JSON)
 REPROBE_AFTER = 3600.0  # seconds a journaled probe is trusted across restarts
 
 # S3 errors that are answers about the request itself: sending it again cannot succeed
@@ -417,12 +416,12 @@ class Protocol:
 
     @property
     def put_conditional(self) -> bool:
-        caps = getattr(self.s3, "capabilities", None)
+        caps = self.s3.capabilities
         return caps is not None and caps.put_conditional and self.s3.conditional
 
     @property
     def complete_conditional(self) -> bool:
-        caps = getattr(self.s3, "capabilities", None)
+        caps = self.s3.capabilities
         return caps is not None and caps.complete_conditional and self.s3.conditional
 
     # -- is-ours ---------------------------------------------------------------

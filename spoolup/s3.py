@@ -368,15 +368,15 @@ class S3:
             if op == "ListMultipartUploads":
                 upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
                 try:
-                    listed = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key, EncodingType="url")
-                    got = [u["Key"] for u in listed.get("Uploads", []) or []]
+                    reply = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key, EncodingType="url")
+                    got = [u["Key"] for u in reply.get("Uploads", []) or []]
                 finally:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             else:
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
                 try:
-                    listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, EncodingType="url")
-                    got = [o["Key"] for o in listed.get("Contents", []) or []]
+                    reply = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, EncodingType="url")
+                    got = [o["Key"] for o in reply.get("Contents", []) or []]
                 finally:
                     self.client.delete_object(Bucket=self.bucket, Key=key)
             self._listing_encodes[op] = bool(got) and got[0] != key and urllib.parse.unquote_plus(got[0]) == key

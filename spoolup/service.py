@@ -369,9 +369,9 @@ class Service:
                    f"pauses and retries (the backlog waits in the spool, nothing journaled is lost). Free "
                    f"space there; spoolup resumes by itself")
         with contextlib.suppress(OSError):
-            space = statespace.measure(self.cfg)
-            if statespace.own_space(space) or space.total < statespace.MINIMUM:  # not someone else's space
-                message = f"no space left ({e}): {statespace.advice(self.cfg, space)[1]}"
+            code, text = statespace.advice(self.cfg, statespace.measure(self.cfg))
+            if code == "StateDirTooSmall":  # not someone else's space
+                message = f"no space left ({e}): {text}"
         self.log.error("state dir disk full", error=str(e), state_dir=str(self.cfg.state_dir), retry_in=delay)
         try:
             self.ingest.rollback()

@@ -14,7 +14,7 @@ from typing import Any
 from spoolup import __version__, health, keys, lock, statespace
 from spoolup import form as forms
 from spoolup.config import Config
-from spoolup.journal import STOPPED, Journal, peek
+from spoolup.journal import CAPABILITIES_META, QUARANTINE_META, STOPPED, Journal, peek
 from spoolup.spool import scan
 
 SCHEMA_VERSION = 1
@@ -92,12 +92,18 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
 def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
     """Each open object: the key it will get, what is uploaded of it, and when it completes."""
     q = j.conn.execute
-    uploaded = {r[0]: (r[1], r[2]) for r in q(
-        "SELECT c.object_id, count(*), coalesce(sum(c.part_size), 0) FROM chunks c JOIN objects o "
-        "ON o.id = c.object_id WHERE o.state = 'open' AND c.state = 'uploaded' GROUP BY c.object_id")}
-    stored = dict(q(  # sealed parts' stored (compressed) bytes: what max-object-size counts with compression
-        "SELECT c.object_id, coalesce(sum(c.part_size), 0) FROM chunks c JOIN objects o ON o.id = c.object_id "
-        "WHERE o.state = 'open' AND c.state != 'open' GROUP BY c.object_id"))
+    # per open object, in one pass over its chunks: the parts uploaded and their bytes, and the
+    # sealed parts' stored (compressed) bytes (what max-object-size counts with compression)
+    uploaded: dict[int, tuple[int, int]] = {}
+    stored: dict[int, int] = {}
+    for oid, n_up, up_bytes, sealed_bytes in q(
+            "SELECT c.object_id, sum(c.state = 'uploaded'), "
+            "coalesce(sum(CASE WHEN c.state = 'uploaded' THEN c.part_size END), 0), "
+            "coalesce(sum(CASE WHEN c.state != 'open' THEN c.part_size END), 0) "
+            "FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state = 'open' GROUP BY c.object_id"):
+        if n_up:
+            uploaded[oid] = (n_up, up_bytes)
+        stored[oid] = sealed_bytes
     last_index = {(r[0], r[1]): r[2] for r in q(
         "SELECT key, ts, max(idx) FROM objects WHERE idx IS NOT NULL GROUP BY key, ts")}
     out = []
@@ -215,8 +221,8 @@ def _s3_protocol(j: Journal) -> dict[str, Any]:
     """What the upload process detected about the server, and the objects S3 refuses
     (both journaled by the upload process; see spoolup/protocol.py)."""
     try:
-        caps = json.loads(j.meta("s3-capabilities") or "null")
-        quarantined = json.loads(j.meta("quarantined-objects") or "[]")
+        caps = json.loads(j.meta(CAPABILITIES_META) or "null")
+        quarantined = json.loads(j.meta(QUARANTINE_META) or "[]")
     except ValueError:
         caps, quarantined = None, []
     return {"s3_capabilities": caps, "quarantined_objects": quarantined}

@@ -34,7 +34,7 @@ from spoolup import crash, logs, metrics
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
-from spoolup.journal import Journal, disk_full
+from spoolup.journal import QUARANTINE_META, Journal, disk_full
 from spoolup.protocol import (CapabilityProbe, Claimed, Done, KeyTaken, PartDone, PartsMismatch, Protocol, Started,
                               UploadGone, journal_capabilities, permanent)
 from spoolup.s3 import S3, S3Error
@@ -42,7 +42,6 @@ from spoolup.s3 import S3, S3Error
 HEARTBEAT_EVERY = 2.0
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
-QUARANTINE_META = "quarantined-objects"  # journal meta: JSON list, read by status
 QUARANTINE_RETRY = 600.0  # seconds between attempts of a call S3 refused for the request itself
 
 
@@ -77,7 +76,7 @@ class Uploader:
         attempts, not_before = self.failures.get(task, (0, 0.0))
         if time.monotonic() < not_before:
             return
-        if len(self.inflight) >= self.cfg.upload_threads * 2:
+        if self._room() <= 0:
             return
         if attempts:
             metrics.upload_retry()
