@@ -252,3 +252,4 @@ def test_an_object_keeps_the_object_options_it_was_started_with(make_spoolup, s3
     assert new["ContentType"] == "text/plain; charset=utf-8" and new["Metadata"]["team"] == "new"
     assert tags_of(s3, sp.bucket, "b") == {"gen": "new"}
     assert gzip.decompress(get(s3, sp.bucket, "a.gz")) == syslog_lines(50)
+    assert get(s3, sp.bucket, "b") == syslog_lines(20)

@@ -21,6 +21,7 @@ import pytest
 
 from crashkit import (assert_exact, drain_crashing, noisy_lines, query, spoolup_cmd, wait_upload_process_gone,
                       write)
+from faultproxy import PROBE_KEY
 from helpers import get, list_keys, objects_of, pending_uploads, wait_for
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
@@ -123,6 +124,7 @@ def test_check_config_and_status_report_what_the_server_honours(make_spoolup, s3
         in human, human
     assert list_keys(s3, sp.bucket) == ["a.log"], "the probe's scratch object is removed"
     assert pending_uploads(s3, sp.bucket) == []
+    assert_exact(s3, sp.bucket, {"a.log": b"one record\n"})
 
 
 def test_foreign_object_written_while_down_is_never_overwritten_by_complete(make_spoolup, s3):
@@ -170,7 +172,7 @@ def test_a_slow_capability_probe_never_holds_up_shipping(make_spoolup, s3, proxy
     (a HEAD right before the Complete); the probe's finding is journaled once it ends."""
     sp = spoolup_at(make_spoolup, url=proxy.url, **{"flush-grace-period": "1s"})
     gate = threading.Event()
-    proxy.add(action="hook", hook=lambda req: gate.wait(120), key=".spoolup-probe-")
+    proxy.add(action="hook", hook=lambda req: gate.wait(120), key=PROBE_KEY)
     write(sp.spool / "big.log", BIG)
     write(sp.spool / "small.log", SMALL)
     p = sp.start()
@@ -198,7 +200,7 @@ def test_a_failing_capability_probe_is_retried_while_the_spool_ships(make_spoolu
     """S3 fails the probe's first requests (500, through botocore's own retries): it is logged,
     retried with backoff, and nothing waits for it meanwhile."""
     sp = spoolup_at(make_spoolup, url=proxy.url, **{"flush-grace-period": "1s", "retry-max-delay": 0.5})
-    proxy.add("PutObject", action="error", status=500, code="InternalError", key=".spoolup-probe-", times=6)
+    proxy.add("PutObject", action="error", status=500, code="InternalError", key=PROBE_KEY, times=6)
     write(sp.spool / "small.log", SMALL)
     p = sp.start()
     try:
@@ -225,7 +227,7 @@ def test_a_probe_a_crash_cut_short_leaves_nothing_after_recover(make_spoolup, s3
         gate.wait(120)
         raise ConnectionAbortedError("dropped by the test: never forwarded")
 
-    proxy.add("CompleteMultipartUpload", action="hook", hook=hold_then_drop, key=".spoolup-probe-")
+    proxy.add("CompleteMultipartUpload", action="hook", hook=hold_then_drop, key=PROBE_KEY)
     write(sp.spool / "a.log", SMALL)
     p = sp.start()
     try:
@@ -236,15 +238,15 @@ def test_a_probe_a_crash_cut_short_leaves_nothing_after_recover(make_spoolup, s3
     finally:
         proxy.clear()
         gate.set()
-    left = [k for k in list_keys(s3, sp.bucket) if ".spoolup-probe-" in k]
-    assert left and [k for k, _ in pending_uploads(s3, sp.bucket) if ".spoolup-probe-" in k], \
+    left = [k for k in list_keys(s3, sp.bucket) if PROBE_KEY in k]
+    assert left and [k for k, _ in pending_uploads(s3, sp.bucket) if PROBE_KEY in k], \
         "the crash left the probe's scratch object and upload"
     r = spoolup_cmd(sp, "recover")
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "remove the scratch object of an interrupted capability probe" in r.stdout, r.stdout
     assert "abort the upload of an interrupted capability probe" in r.stdout, r.stdout
-    assert [k for k in list_keys(s3, sp.bucket) if ".spoolup-probe-" in k] == []
-    assert [k for k, _ in pending_uploads(s3, sp.bucket) if ".spoolup-probe-" in k] == []
+    assert [k for k in list_keys(s3, sp.bucket) if PROBE_KEY in k] == []
+    assert [k for k, _ in pending_uploads(s3, sp.bucket) if PROBE_KEY in k] == []
     drained(sp)
     assert_exact(s3, sp.bucket, {"a.log": SMALL})
     assert pending_uploads(s3, sp.bucket) == []
@@ -426,3 +428,4 @@ def test_a_part_s3_refuses_for_good_is_quarantined_and_the_rest_ships(make_spool
         assert "S3 refuses this object's request; object quarantined" in sp.log_text()
     finally:
         assert sp.stop(p) == 0
+    assert get(s3, sp.bucket, "fine.log") == b"a fine record\n"
