@@ -292,8 +292,7 @@ class Ingest:
         if src.offset == src.size:
             src.checked_mtime = src.mtime  # (its bytes before the offset are those just read)
         self.batch_bytes += end
-        self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
-        self.batch.tails[src.id] = src.tail
+        self.batch.sources[src.id] = (src.offset, src.size, src.mtime, src.tail)
         return end
 
     def _oversize(self, src: Source, fd: int, stop: int) -> int:
@@ -337,8 +336,7 @@ class Ingest:
         src.offset = src.scanned = stop
         src.tail = identity.digest(seen["last"])
         self.batch_bytes += n
-        self.batch.sources[src.id] = (src.offset, src.size, src.mtime)
-        self.batch.tails[src.id] = src.tail
+        self.batch.sources[src.id] = (src.offset, src.size, src.mtime, src.tail)
         return n
 
     def _restart(self, src: Source) -> None:
@@ -351,9 +349,8 @@ class Ingest:
         old = src.offset
         src.offset = src.scanned = 0
         src.head = src.tail = None
-        self.batch.sources[src.id] = (0, src.size, src.mtime)
+        self.batch.sources[src.id] = (0, src.size, src.mtime, None)
         self.batch.heads[src.id] = None
-        self.batch.tails[src.id] = None
         self.batch.counters["spool_truncations"] = self.batch.counters.get("spool_truncations", 0) + 1
         message = (f"spool file {src.path} was truncated or rewritten in place ({why}); everything journaled "
                    f"from it (the first {old} bytes) is shipped; its content now ({src.size} bytes) is shipped from "

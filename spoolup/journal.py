@@ -118,7 +118,8 @@ class Batch:
     The chunk bytes it refers to are written (and with fsync, synced) before
     `Journal.commit_batch` is called: invariant 1."""
 
-    sources: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # id -> (offset, size, mtime)
+    # source id -> (offset, size, mtime, tail: the digest of the bytes before its offset)
+    sources: dict[int, tuple[int, int, float, bytes | None]] = field(default_factory=dict)
     new_objects: list[ObjectRow] = field(default_factory=list)
     objects: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # id -> (size, records, last_write)
     closed: dict[int, tuple[str, float]] = field(default_factory=dict)  # id -> (reason, at)
@@ -127,7 +128,6 @@ class Batch:
     dead_letters: dict[int, tuple[str, int, int, str]] = field(default_factory=dict)  # source -> (path, n, bytes, reason)
     counters: dict[str, int] = field(default_factory=dict)
     heads: dict[int, bytes | None] = field(default_factory=dict)  # source -> first bytes (fingerprint)
-    tails: dict[int, bytes | None] = field(default_factory=dict)  # source -> digest of the bytes before its offset
 
     def __bool__(self) -> bool:
         return bool(
@@ -570,13 +570,11 @@ class Journal:
             if batch.sources:
                 now = time.time()
                 c.executemany(
-                    "UPDATE sources SET offset = ?, size = ?, mtime = ?, updated = ? WHERE id = ?",
-                    [(off, size, mtime, now, sid) for sid, (off, size, mtime) in batch.sources.items()],
+                    "UPDATE sources SET offset = ?, size = ?, mtime = ?, tail = ?, updated = ? WHERE id = ?",
+                    [(off, size, mtime, tail, now, sid) for sid, (off, size, mtime, tail) in batch.sources.items()],
                 )
             if batch.heads:
                 c.executemany("UPDATE sources SET head = ? WHERE id = ?", [(h, sid) for sid, h in batch.heads.items()])
-            if batch.tails:
-                c.executemany("UPDATE sources SET tail = ? WHERE id = ?", [(t, sid) for sid, t in batch.tails.items()])
             if batch.source_objects:
                 c.executemany(
                     "INSERT OR IGNORE INTO source_objects (source_id, object_id) VALUES (?, ?)",
