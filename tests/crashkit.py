@@ -25,6 +25,14 @@ def write(path: Path, data: bytes, mode: str = "wb") -> None:
         f.write(data)
 
 
+def copytruncate(path: Path, data: bytes) -> None:
+    """What logrotate's copytruncate (or a writer's O_TRUNC reopen) does: the same inode,
+    truncated to nothing, then written again from byte 0."""
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
 def noisy_lines(n: int, *, width: int = 256, seed: int = 1, start: int = 0, tag: str = "n") -> bytes:
     """n records with sequence numbers and random hex (compresses only about 2:1, so a
     compressed object of them still needs several 5 MiB parts)."""

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from crashkit import (assert_exact, chunk_files, drain_crashing, journal_path, journal_state, journal_write,
-                      noisy_lines, query, spoolup_cmd, write)
+from crashkit import (assert_exact, chunk_files, copytruncate, drain_crashing, journal_path, journal_state,
+                      journal_write, noisy_lines, query, spoolup_cmd, write)
 from faultproxy import PROBE_KEY, WRITES
 from helpers import list_keys, pending_uploads, syslog_lines
 from spoolup.journal import migrations, schema_version
@@ -203,9 +203,7 @@ def test_spool_file_truncated_under_its_journaled_offset(make_spoolup, s3):
     files = {"t.log": SMALL, "ok.log": syslog_lines(100, host="ok")}
     sp = crashed(make_spoolup, "after-batch-commit", files)
     new = syslog_lines(10, host="new")  # truncated (copytruncate), then a few new records
-    with open(sp.spool / "t.log", "r+b") as f:
-        f.truncate(0)
-        f.write(new)
+    copytruncate(sp.spool / "t.log", new)
     r = recover(sp)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"spool file {sp.spool / 't.log'} shrank to {len(new)} bytes, below the {len(SMALL)} bytes already " \

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from crashkit import assert_exact, drain_crashing, query, write
+from crashkit import assert_exact, copytruncate, drain_crashing, query, write
 from helpers import syslog_lines, wait_for
 
 HEADER = b"# spool file format 1; host web01; all records below are newline-terminated.\n"  # > 64 bytes
@@ -41,9 +41,7 @@ def test_copytruncate_on_a_held_descriptor_ships_the_new_content_from_byte_0(mak
     p = sp.start()
     wait_for(lambda: source_offsets(sp).get("app.log") == len(old), 60, 0.05, what="the old content ingested")
     new = lines("after", 1200)  # 48,000 bytes: grown past the journaled offset at the next look
-    with open(path, "r+b") as f:  # copytruncate: same inode, truncated, then the writer goes on
-        f.truncate(0)
-        f.write(new)
+    copytruncate(path, new)  # same inode, truncated, then the writer goes on
     wait_for(lambda: source_offsets(sp).get("app.log") == len(new), 60, 0.05, what="the new content ingested")
     assert sp.stop(p) == 0
     sp.drain(check=True)
@@ -64,9 +62,7 @@ def test_copytruncate_while_stopped_and_a_crash_after_it(make_spoolup, s3):
     sp.drain(check=True)
     ino = path.stat().st_ino
     new = HEADER + lines("after", 800)  # same first 64 bytes, larger than the journaled offset
-    with open(path, "r+b") as f:
-        f.truncate(0)
-        f.write(new)
+    copytruncate(path, new)
     assert path.stat().st_ino == ino
     drain_crashing(sp, "after-chunk-sync:1")
     sp.drain(check=True)
@@ -85,9 +81,7 @@ def test_truncated_and_refilled_to_exactly_the_consumed_size_is_neither_deleted_
     sp.write_config(**{"spool-reap": "1s"})
     new = HEADER + lines("after!", 300)  # the same first 64 bytes too
     assert len(new) == len(old)
-    with open(path, "r+b") as f:
-        f.truncate(0)
-        f.write(new)
+    copytruncate(path, new)
     past = os.stat(path).st_mtime - 3600
     os.utime(path, (past, past))
     sp.drain(check=True)
