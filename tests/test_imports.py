@@ -44,8 +44,14 @@ def _imports(tree: ast.Module, modules: set[str]) -> set[str]:
     return out
 
 
+def module_name(path: Path) -> str:
+    """spoolup/x.py -> spoolup.x, spoolup/journal/__init__.py -> spoolup.journal."""
+    parts = ("spoolup", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def import_graph() -> dict[str, set[str]]:
-    files = {("spoolup" if p.stem == "__init__" else f"spoolup.{p.stem}"): p for p in PACKAGE.glob("*.py")}
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     modules = set(files)
     return {name: _imports(ast.parse(path.read_text(), str(path)), modules) - {name} for name, path in files.items()}
 
@@ -89,6 +95,7 @@ def test_the_graph_sees_function_level_imports():
     graph = import_graph()
     assert "spoolup.status" in graph["spoolup.metrics"]  # imported inside JournalCollector.collect
     assert "spoolup.journal" in graph["spoolup.status"]
+    assert "spoolup.journal.store" in graph["spoolup.journal"]  # the journal package's modules are in it
 
 
 def test_cycle_finder_finds_a_cycle():

@@ -205,7 +205,9 @@ def _discover(tmp_path, n: int) -> tuple[int, int, int]:
     statements: list[str] = []
     journal.conn.set_trace_callback(statements.append)
     lines = 0
-    watched = {str(Path(m.__file__)) for m in (sys.modules["spoolup.spool"], sys.modules["spoolup.journal"])}
+    watched = {str(Path(m.__file__)) for name, m in sys.modules.items()
+               if name == "spoolup.spool" or name == "spoolup.journal" or name.startswith("spoolup.journal.")}
+    assert len(watched) > 2, watched  # the journal package's modules, not only its __init__
 
     def tracer(frame, event, arg):
         nonlocal lines

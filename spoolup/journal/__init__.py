@@ -1,0 +1,39 @@
+"""The journal: one SQLite database (WAL) in the state dir, the only source of truth shared
+by the ingest and upload processes, and the only code that knows its schema.
+
+The package is split along verbs: store (open, migrate, transactions, commit hooks, the small
+tables), rows (row types and the typed batch), sources (spool files and their quarantine),
+objects (batch commit, claim, part, complete).  Other modules import from here.
+"""
+
+from __future__ import annotations
+
+from spoolup.journal.objects import Objects
+from spoolup.journal.rows import Batch, ChunkRow, ObjectRow, SourceRow, db_path, fs_path
+from spoolup.journal.sources import Sources
+from spoolup.journal.store import (
+    CAPABILITIES_META,
+    KEEP_SOURCES,
+    LIVE_SOURCE_STATES,
+    MAX_ERRORS_KEPT,
+    QUARANTINE_META,
+    STOPPED,
+    JournalError,
+    add_commit_hook,
+    disk_full,
+    migrations,
+    peek,
+    remove_commit_hook,
+    schema_version,
+)
+
+
+class Journal(Objects, Sources):
+    """One process's journal: every verb of the package over one connection."""
+
+
+__all__ = [
+    "CAPABILITIES_META", "KEEP_SOURCES", "LIVE_SOURCE_STATES", "MAX_ERRORS_KEPT", "QUARANTINE_META", "STOPPED",
+    "Batch", "ChunkRow", "Journal", "JournalError", "ObjectRow", "SourceRow", "add_commit_hook", "db_path",
+    "disk_full", "fs_path", "migrations", "peek", "remove_commit_hook", "schema_version",
+]

@@ -1,0 +1,121 @@
+"""The journal's rows: the typed rows of its tables, the batch of one ingest commit, and
+the conversions between them and SQLite (paths as text or bytes, rows to dataclasses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+
+@dataclass
+class SourceRow:
+    id: int
+    dev: int
+    ino: int
+    path: str
+    key_path: str
+    offset: int
+    size: int
+    mtime: float
+    state: str
+    error: str | None
+    tail: bytes | None = None  # digest of the consumed bytes just before offset (spoolup/identity.py)
+    btime: int | None = None  # birth time (ns) where the filesystem records one
+
+
+@dataclass
+class ObjectRow:
+    id: int
+    key: str
+    ts: str
+    state: str
+    idx: int | None
+    final_key: str | None
+    mode: str | None
+    upload_id: str | None
+    size: int
+    records: int
+    created: float
+    last_write: float
+    closed_at: float | None = None
+    close_reason: str | None = None
+    done_at: float | None = None
+    etag: str | None = None
+    key_suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
+    form: str | None = None  # the options it was started with (JSON, spoolup/form.py)
+
+
+@dataclass
+class ChunkRow:
+    object_id: int
+    part: int
+    length: int
+    state: str
+    part_size: int | None
+    md5: str | None
+    etag: str | None
+
+
+@dataclass
+class Batch:
+    """Everything one ingest batch changes, committed in one transaction.
+
+    The chunk bytes it refers to are written (and with fsync, synced) before
+    `Journal.commit_batch` is called: invariant 1."""
+
+    # source id -> (offset, size, mtime, tail: the digest of the bytes before its offset)
+    sources: dict[int, tuple[int, int, float, bytes | None]] = field(default_factory=dict)
+    new_objects: list[ObjectRow] = field(default_factory=list)
+    objects: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # id -> (size, records, last_write)
+    closed: dict[int, tuple[str, float]] = field(default_factory=dict)  # id -> (reason, at)
+    chunks: dict[tuple[int, int], tuple[int, str, int | None]] = field(default_factory=dict)  # -> (length, state, part_size)
+    source_objects: set[tuple[int, int]] = field(default_factory=set)
+    dead_letters: dict[int, tuple[str, int, int, str]] = field(default_factory=dict)  # source -> (path, n, bytes, reason)
+    counters: dict[str, int] = field(default_factory=dict)
+    heads: dict[int, bytes | None] = field(default_factory=dict)  # source -> first bytes (fingerprint)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.sources or self.new_objects or self.objects or self.closed or self.chunks or self.dead_letters
+        )
+
+    @property
+    def seals(self) -> int:
+        return sum(1 for (_l, state, _p) in self.chunks.values() if state == "sealed")
+
+
+def db_path(path: str) -> str | bytes:
+    """A spool path as the journal stores it: text, or (a name that is not UTF-8, which
+    Python holds with surrogate escapes) its bytes as a BLOB."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def fs_path(value: str | bytes) -> str:
+    """The journal's path back as Python's str for the filesystem (surrogate escapes)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _source(r: sqlite3.Row) -> SourceRow:
+    return SourceRow(
+        r["id"], r["dev"], r["ino"], fs_path(r["path"]), fs_path(r["key_path"]), r["offset"], r["size"], r["mtime"],
+        r["state"], r["error"], r["tail"], r["btime"],
+    )
+
+
+def _object(r) -> ObjectRow:
+    d = dict(r)
+    return ObjectRow(**{k: d[k] for k in ObjectRow.__dataclass_fields__})
+
+
+def _ids(ids: Iterable[int]) -> str:
+    return json.dumps(sorted(ids))
+
+
