@@ -183,7 +183,7 @@ def cmd_drain(cfg, args) -> int:
     if code == 0:
         j = Journal.open_readonly(cfg.journal_path)
         try:
-            done = j.conn.execute("SELECT count(*) FROM objects WHERE state = 'done'").fetchone()[0]
+            done = j.object_totals("done")[0]
         finally:
             j.close()
         print(f"drained: nothing pending ({done} objects completed in total)")

@@ -94,7 +94,7 @@ class Ingest:
             self._track(obj)
         self.sealed_pending = self.journal.sealed_pending()
         # dead-letter lines of a batch that never committed are read from the spool again
-        journaled = dict(self.journal.conn.execute("SELECT source_id, bytes FROM dead_letters").fetchall())
+        journaled = self.journal.dead_letter_bytes()
         for action in self.dead.reconcile(journaled):
             self.log.info("recovery", action=action)
 
@@ -163,8 +163,7 @@ class Ingest:
     def _complete_early(self, now: float) -> None:
         """Free the state dir: complete the largest open object, unless an object closed before
         still waits for its upload (its completion frees space first)."""
-        if self.batch.closed or self.journal.conn.execute(
-                "SELECT 1 FROM objects WHERE state = 'closed' LIMIT 1").fetchone():
+        if self.batch.closed or self.journal.has_closed_objects():
             return
         obj = max(self.open.values(), key=lambda o: o.size, default=None)
         if obj is None or obj.size == 0:

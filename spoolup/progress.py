@@ -29,17 +29,13 @@ def _duration(seconds: float) -> str:
 
 def unshipped_bytes(journal) -> int:
     """Record bytes in objects not completed whose chunks are not uploaded yet."""
-    return journal.conn.execute(
-        "SELECT coalesce(sum(c.length), 0) FROM chunks c JOIN objects o ON o.id = c.object_id "
-        "WHERE o.state != 'done' AND c.state != 'uploaded'").fetchone()[0]
+    return journal.unshipped_bytes()
 
 
 def pending_bytes(journal) -> int:
     """What a running service has still to ship, as its journal says: unshipped chunk bytes
     and the spool bytes of active files not read yet (as of the service's last look)."""
-    unread = journal.conn.execute(
-        "SELECT coalesce(sum(max(size - offset, 0)), 0) FROM sources WHERE state = 'active'").fetchone()[0]
-    return unread + unshipped_bytes(journal)
+    return journal.unread_bytes() + unshipped_bytes(journal)
 
 
 class DrainProgress:

@@ -617,7 +617,7 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
     checked now (S3 refuses or fails for it) is noted and left to the upload process, which
     classifies it by outcome when it gets to it: it never holds up the others."""
     proto = Protocol(cfg, s3, cfg.chunk_dir, journal.journal_id)
-    for obj in journal.objects_where("state != 'done' AND final_key IS NOT NULL"):
+    for obj in journal.claimed_unfinished():
         try:
             if obj.mode == "multipart" and obj.upload_id is not None:
                 _reconcile_multipart(cfg, journal, proto, obj, report, dry_run=dry_run)
@@ -632,7 +632,7 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
     # other uploads under the target prefix the journal does not know are never aborted: they
     # are someone else's (a concurrent agent or s3() writer) or, at a key spoolup claimed, an
     # empty one whose Create reply was lost.  spoolup skips their indexes, as s3() does.
-    known_ids = {r[0] for r in journal.conn.execute("SELECT upload_id FROM objects WHERE upload_id IS NOT NULL")}
+    known_ids = journal.upload_ids()
     ours = probe_key_prefix(cfg, journal.journal_id)
     for key, upload_id in s3.list_uploads(proto.prefix):
         if key.startswith(ours):

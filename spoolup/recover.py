@@ -68,10 +68,7 @@ def reconcile_chunks(cfg: Config, journal: Journal, report: Report, *, dry_run: 
     if not directory.exists():
         return
     expected: dict[str, int] = {}  # file name -> journaled size
-    rows = journal.conn.execute(
-        "SELECT c.object_id, c.part, c.length, c.state, c.part_size, o.form "
-        "FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state != 'done'"
-    ).fetchall()
+    rows = journal.unfinished_chunks()
     for oid, part, length, state, part_size, form in rows:
         # each object's files are named by the codec it was started with, not today's
         codec = forms.parse(form, configured).codec
@@ -123,8 +120,8 @@ def _size(entry: os.DirEntry | None) -> int | None:
 
 
 def _done_now(journal: Journal, chunk_name: str) -> bool:
-    row = journal.conn.execute("SELECT state FROM objects WHERE id = ?", (int(chunk_name[:12]),)).fetchone()
-    return row is None or row[0] == "done"
+    obj = journal.object(int(chunk_name[:12]))
+    return obj is None or obj.state == "done"
 
 
 # ---------------------------------------------------------------------------

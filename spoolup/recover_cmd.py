@@ -7,10 +7,7 @@ files, not the bucket.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-import tempfile
-from pathlib import Path
 
 from spoolup import journal_faults, logs, protocol, recover, stateid
 from spoolup.config import Config
@@ -20,31 +17,8 @@ from spoolup.s3 import S3, S3Error
 
 
 def _journal_copy(cfg: Config) -> tuple[Journal, list[str]]:
-    """The journal (with its write-ahead log, if a crash left one) copied into memory.
-    SQLite is pointed at a scratch copy of the files, never at the journal itself: even a
-    read-only connection may create the -wal and -shm files, or rebuild the -shm."""
-    path = cfg.journal_path
-    try:
-        with tempfile.TemporaryDirectory(prefix="spoolup-recover-") as scratch:
-            copy = Path(scratch) / path.name
-            shutil.copyfile(path, copy)
-            wal = Path(f"{path}-wal")
-            if wal.exists():
-                shutil.copyfile(wal, Path(f"{copy}-wal"))
-            disk = sqlite3.connect(copy)
-            mem = sqlite3.connect(":memory:", isolation_level=None)
-            disk.backup(mem)
-            disk.close()
-        mem.row_factory = sqlite3.Row
-        journal = Journal(mem, path)
-        before = journal.user_version()
-        if before == 0:
-            raise sqlite3.DatabaseError("it holds no spoolup journal (schema version 0)")
-        journal.check_integrity()
-        applied = journal.migrate()
-        journal.conn.execute("SELECT count(*) FROM objects").fetchone()
-    except sqlite3.DatabaseError as e:
-        raise JournalError(journal_faults.message(path, e)) from None
+    """The journal copied into memory and migrated there (Journal.copy_in_memory)."""
+    journal, before, applied = Journal.copy_in_memory(cfg.journal_path)
     return journal, _migrated(before, journal.user_version(), applied)
 
 

@@ -418,10 +418,7 @@ class Service:
             self.log.info("drain: everything in the spool is ingested; waiting for the uploads",
                           objects_closed=closed, pending_objects=self.journal.pending_objects())
             return False
-        left = self.journal.conn.execute(
-            "SELECT count(*) FROM objects WHERE state != 'done' AND id <= ?", (state.closed_through,)
-        ).fetchone()[0]
-        return left == 0
+        return self.journal.pending_objects(through=state.closed_through) == 0
 
     def _drain_remaining(self, state: DrainState) -> int:
         """Record bytes the drain has still to ship: unread spool bytes it covers, and chunks

@@ -14,7 +14,7 @@ from typing import Any
 from spoolup import __version__, health, keys, lock, statespace
 from spoolup import form as forms
 from spoolup.config import Config
-from spoolup.journal import CAPABILITIES_META, QUARANTINE_META, STOPPED, Journal, peek
+from spoolup.journal import CAPABILITIES_META, QUARANTINE_META, STOPPED, Journal, stored_version
 from spoolup.spool import scan
 
 SCHEMA_VERSION = 1
@@ -22,7 +22,7 @@ LIVENESS_SECONDS = 10.0  # a process whose heartbeat is older is reported dead
 
 
 def collect(cfg: Config) -> dict[str, Any]:
-    if not cfg.journal_path.exists() or peek(cfg.journal_path, "PRAGMA user_version") == 0:
+    if not cfg.journal_path.exists() or stored_version(cfg.journal_path) == 0:
         journal = Journal.in_memory()  # never ran with this state dir (or it is being created): all zero
     else:
         journal = Journal.open_readonly(cfg.journal_path)
@@ -34,12 +34,11 @@ def collect(cfg: Config) -> dict[str, Any]:
 
 def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     now = time.time()
-    q = j.conn.execute
     open_objects = _open_objects(cfg, j, now)
-    closed = q("SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = 'closed'").fetchone()
-    done = q("SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = 'done'").fetchone()
-    sealed = q("SELECT count(*), coalesce(sum(part_size), 0) FROM chunks WHERE state = 'sealed'").fetchone()
-    oldest = q("SELECT min(created) FROM objects WHERE state != 'done'").fetchone()[0]
+    closed = j.object_totals("closed")
+    done = j.object_totals("done")
+    sealed = j.sealed_totals()
+    oldest = j.oldest_pending_created()
 
     backlog, with_backlog, attention = _sources(cfg, j)
     sources = [{k: v for k, v in a.items() if k != "source_id"} for a in attention]
@@ -47,7 +46,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     dead = [
         {"path": r["path"], "records": r["records"], "bytes": r["bytes"], "last_at": r["last_at"],
          "last_reason": r["last_reason"]}
-        for r in q("SELECT * FROM dead_letters ORDER BY path")
+        for r in j.dead_letters()
     ]
     err = j.last_error()
     processes = {}
@@ -91,51 +90,45 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
 
 def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
     """Each open object: the key it will get, what is uploaded of it, and when it completes."""
-    q = j.conn.execute
-    # per open object, in one pass over its chunks: the parts uploaded and their bytes, and the
-    # sealed parts' stored (compressed) bytes (what max-object-size counts with compression)
+    # per open object: the parts uploaded and their bytes, and the sealed parts' stored
+    # (compressed) bytes (what max-object-size counts with compression)
     uploaded: dict[int, tuple[int, int]] = {}
     stored: dict[int, int] = {}
-    for oid, n_up, up_bytes, sealed_bytes in q(
-            "SELECT c.object_id, sum(c.state = 'uploaded'), "
-            "coalesce(sum(CASE WHEN c.state = 'uploaded' THEN c.part_size END), 0), "
-            "coalesce(sum(CASE WHEN c.state != 'open' THEN c.part_size END), 0) "
-            "FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state = 'open' GROUP BY c.object_id"):
+    for oid, (n_up, up_bytes, sealed_bytes) in j.open_object_parts().items():
         if n_up:
             uploaded[oid] = (n_up, up_bytes)
         stored[oid] = sealed_bytes
-    last_index = {(r[0], r[1]): r[2] for r in q(
-        "SELECT key, ts, max(idx) FROM objects WHERE idx IS NOT NULL GROUP BY key, ts")}
+    last_index = j.last_indexes()
     out = []
     configured = forms.Form.of_config(cfg)
-    for r in q("SELECT * FROM objects WHERE state = 'open' ORDER BY key, ts, id"):
-        form = forms.parse(r["form"], configured)  # an object finishes in the form it was opened in
-        parts, part_bytes = uploaded.get(r["id"], (0, 0))
-        if r["final_key"]:
-            expected = r["final_key"]
+    for r in j.open_objects(by_key=True):
+        form = forms.parse(r.form, configured)  # an object finishes in the form it was opened in
+        parts, part_bytes = uploaded.get(r.id, (0, 0))
+        if r.final_key:
+            expected = r.final_key
         else:  # claimed at the first upload: the next index after the last one, unless the bucket holds it
-            prev = last_index.get((r["key"], r["ts"]))
-            expected = keys.final_key(r["key"], r["ts"], 0 if prev is None else prev + 1,
-                                      (r["key_suffix"] or "") + form.compression_suffix)
+            prev = last_index.get((r.key, r.ts))
+            expected = keys.final_key(r.key, r.ts, 0 if prev is None else prev + 1,
+                                      (r.key_suffix or "") + form.compression_suffix)
         out.append({
-            "key": r["key"],
-            "timestamp": r["ts"],
-            "index": r["idx"],
-            "final_key": r["final_key"],
-            "bytes": r["size"],
-            "records": r["records"],
-            "age_seconds": round(now - r["created"], 3),
-            "idle_seconds": round(now - r["last_write"], 3),
+            "key": r.key,
+            "timestamp": r.ts,
+            "index": r.idx,
+            "final_key": r.final_key,
+            "bytes": r.size,
+            "records": r.records,
+            "age_seconds": round(now - r.created, 3),
+            "idle_seconds": round(now - r.last_write, 3),
             "expected_key": expected,
             "parts_uploaded": parts,
             "bytes_uploaded": part_bytes,
             "completes": {
-                "grace_at": round(r["last_write"] + cfg.grace_seconds, 3),
+                "grace_at": round(r.last_write + cfg.grace_seconds, 3),
                 "max_object_size": form.max_object_size,
                 "size_counts": "stored" if form.codec.compressed else "records",
-                "size_remaining_bytes": max(form.max_object_size - (stored.get(r["id"], 0) if form.codec.compressed
-                                                                    else r["size"]), 0),
-                "on_newer_timestamp": bool(r["ts"]),
+                "size_remaining_bytes": max(form.max_object_size - (stored.get(r.id, 0) if form.codec.compressed
+                                                                    else r.size), 0),
+                "on_newer_timestamp": bool(r.ts),
             },
         })
     return out

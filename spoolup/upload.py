@@ -186,7 +186,7 @@ class Uploader:
             metrics.object_uploaded()
             obj = j.object(result.object_id)
             oid = result.object_id
-            parts = j.conn.execute("SELECT coalesce(max(part), 0) FROM chunks WHERE object_id = ?", (oid,)).fetchone()[0]
+            parts = j.last_part(oid)
             # seconds: from its close (it was complete on the spoolup side) to complete in the bucket
             self.log.info("object completed", key=obj.final_key, bytes=obj.size, parts=parts,
                           seconds=round(time.time() - (obj.closed_at or obj.created), 3), records=obj.records,

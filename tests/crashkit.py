@@ -7,14 +7,21 @@ Nothing here mocks S3, SQLite or the filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import sqlite_utils
 
 from helpers import Spoolup, get, list_keys, objects_of, pending_uploads, wait_for
+from spoolup.journal import Journal
+
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 
@@ -126,14 +133,65 @@ def wait_upload_process_gone(sp: Spoolup, timeout: float = 30) -> None:
 
 
 # ---------------------------------------------------------------------------
-# the journal, read-only
+# the journal, read-only: its own verbs, or sqlite-utils for what no verb reads; raw SQL
+# (query, journal_write) only where a test inspects or damages the file itself
 
 
 def journal_path(sp: Spoolup) -> Path:
     return sp.state / "journal.sqlite"
 
 
+@contextlib.contextmanager
+def journal(sp: Spoolup) -> Iterator[Journal]:
+    """The journal opened read-only, as `spoolup status` opens it: never blocks or changes the service."""
+    j = Journal.open_readonly(journal_path(sp))
+    try:
+        yield j
+    finally:
+        j.close()
+
+
+def ask(sp: Spoolup, verb: Callable[[Journal], T]) -> T:
+    """One read verb's answer, e.g. ask(sp, Journal.pending_objects)."""
+    with journal(sp) as j:
+        return verb(j)
+
+
+def rows(sp: Spoolup, table: str, where: str | None = None, args: tuple = (), *, select: str = "*",
+         order_by: str | None = None) -> list[dict]:
+    """Rows of one journal table as dicts (sqlite-utils over a read-only connection)."""
+    conn = sqlite3.connect(f"file:{journal_path(sp)}?mode=ro", uri=True, timeout=30)
+    try:
+        return list(sqlite_utils.Database(conn)[table].rows_where(where, args, select=select, order_by=order_by))
+    finally:
+        conn.close()
+
+
+def chunks_in(sp: Spoolup, state: str) -> list[dict]:
+    """The journal's chunks in `state` (open, sealed, uploaded), by object and part."""
+    return rows(sp, "chunks", "state = ?", (state,), order_by="object_id, part")
+
+
+def journaled_upload(sp: Spoolup) -> tuple[str, str]:
+    """(final key, upload id) of the one multipart upload the journal holds."""
+    (o,) = rows(sp, "objects", "upload_id IS NOT NULL")
+    return o["final_key"], o["upload_id"]
+
+
+def objects_of_source(sp: Spoolup, path: str) -> list[dict]:
+    """The journal's objects holding bytes of spool file `path`, in the order ingest created them."""
+    sources = {s["id"] for s in rows(sp, "sources", "path = ?", (path,), select="id")}
+    ids = {r["object_id"] for r in rows(sp, "source_objects") if r["source_id"] in sources}
+    return [o for o in rows(sp, "objects", order_by="id") if o["id"] in ids]
+
+
+def completed(sp: Spoolup) -> int:
+    """Objects completed (done), ever (until pruned)."""
+    return ask(sp, lambda j: j.object_totals("done")[0])
+
+
 def query(sp: Spoolup, sql: str, args: tuple = ()) -> list[tuple]:
+    """Raw SQL on the journal file (read-only): for what is not a row of a table (PRAGMA, sqlite_master)."""
     conn = sqlite3.connect(f"file:{journal_path(sp)}?mode=ro", uri=True, timeout=30)
     try:
         return conn.execute(sql, args).fetchall()
@@ -153,16 +211,16 @@ def journal_write(sp: Spoolup, sql: str, args: tuple = ()) -> None:
 def journal_state(sp: Spoolup) -> dict[str, list[tuple]]:
     """What the journal says about sources, objects and chunks (not heartbeats or errors)."""
     return {
-        "sources": query(sp, "SELECT id, dev, ino, path, offset, size, state FROM sources ORDER BY id"),
-        "objects": query(sp, "SELECT * FROM objects ORDER BY id"),
-        "chunks": query(sp, "SELECT * FROM chunks ORDER BY object_id, part"),
+        "sources": rows(sp, "sources", select="id, dev, ino, path, offset, size, state", order_by="id"),
+        "objects": rows(sp, "objects", order_by="id"),
+        "chunks": rows(sp, "chunks", order_by="object_id, part"),
     }
 
 
 def consumed(sp: Spoolup) -> int:
     """Spool bytes journaled as consumed, all sources."""
     try:
-        return query(sp, "SELECT coalesce(sum(offset), 0) FROM sources")[0][0]
+        return sum(r["offset"] for r in rows(sp, "sources", select="offset"))
     except sqlite3.OperationalError:
         return 0
 
@@ -227,7 +285,7 @@ def describe_difference(got: bytes, want: bytes) -> str:
 
 def wait_done(sp: Spoolup, timeout: float = 60) -> None:
     """No object pending in the journal (the service is running)."""
-    wait_for(lambda: query(sp, "SELECT count(*) FROM objects WHERE state != 'done'")[0][0] == 0, timeout,
+    wait_for(lambda: ask(sp, Journal.pending_objects) == 0, timeout,
              what="all objects completed")
 
 

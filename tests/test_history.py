@@ -10,11 +10,11 @@ query plans -- no timing thresholds; bench figure 7 measures the start time.
 
 from __future__ import annotations
 
-import sqlite3
+import sqlite_utils
 
-from crashkit import assert_exact, journal_path, query, write
+from crashkit import assert_exact, journal_path, rows, write
 from helpers import syslog_lines
-from spoolup.journal import KEEP_SOURCES, LIVE_SOURCE_STATES, Journal
+from spoolup.journal import KEEP_SOURCES, LIVE_SOURCE_STATES, Batch, Journal
 
 HISTORY = 30_000
 
@@ -22,41 +22,35 @@ HISTORY = 30_000
 def add_history(path, n: int, start_ino: int = 10_000_000) -> None:
     """n spool files shipped and reaped long ago (and a few that left the spool), as
     spoolup journals them, written straight into the journal file."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN")
-        conn.executemany(
-            "INSERT INTO sources (dev, ino, path, key_path, offset, size, mtime, head, state, first_seen, updated) "
-            "VALUES (1, ?, ?, ?, 4096, 4096, 1.0, ?, ?, 1.0, 1.0)",
-            [(start_ino + i, f"old/h{i}.log", f"old/h{i}.log", b"Nov 25 12:00:00 old app: %d" % i,
-              "gone" if i % 100 == 0 else "reaped") for i in range(n)])
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    sqlite_utils.Database(path)["sources"].insert_all(
+        ({"dev": 1, "ino": start_ino + i, "path": f"old/h{i}.log", "key_path": f"old/h{i}.log", "offset": 4096,
+          "size": 4096, "mtime": 1.0, "head": b"Nov 25 12:00:00 old app: %d" % i,
+          "state": "gone" if i % 100 == 0 else "reaped", "first_seen": 1.0, "updated": 1.0} for i in range(n)),
+        batch_size=5000)
 
 
 def test_start_loads_the_live_sources_only(tmp_path):
     path = tmp_path / "journal.sqlite"
     journal = Journal.open(path, fsync=False)
     live = journal.add_sources([(2, ino, f"live{ino}.log", 1.0, None) for ino in (1, 2, 3)], 1.0)
-    with journal.transaction():
-        journal.conn.executemany("UPDATE sources SET head = ? WHERE id = ?", [(b"head", s.id) for s in live])
+    journal.commit_batch(Batch(heads={s.id: b"head" for s in live}))
     journal.close()
     add_history(path, HISTORY)
     journal = Journal.open(path, fsync=False)
     try:
+        statements: list[str] = []  # what the start runs, as the journal runs it
+        journal.trace(statements.append)
         assert [s.id for s in journal.live_sources()] == [s.id for s in live]
         assert journal.source_heads() == {s.id: b"head" for s in live}, "heads of the history were loaded"
-        for sql in (f"SELECT * FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES!r} "
-                    "ORDER BY id",
-                    f"SELECT id, head FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES!r} "
-                    "AND head IS NOT NULL"):
-            plan = " ".join(r[3] for r in journal.conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
-            assert "USING INDEX sources_live" in plan, plan
+        journal.trace(None)
+        assert len(statements) == 2, statements
+        db = sqlite_utils.Database(path)
+        for sql in statements:
+            plan = " ".join(r[3] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+            assert "USING INDEX sources_live" in plan, (sql, plan)
         assert journal.prune_sources() == HISTORY - KEEP_SOURCES
-        kept = journal.conn.execute(f"SELECT min(ino), max(ino), count(*) FROM sources WHERE state NOT IN "
-                                    f"{LIVE_SOURCE_STATES!r}").fetchone()
-        assert tuple(kept) == (10_000_000 + HISTORY - KEEP_SOURCES, 10_000_000 + HISTORY - 1, KEEP_SOURCES)
+        kept = sorted(r["ino"] for r in db["sources"].rows if r["state"] not in LIVE_SOURCE_STATES)
+        assert kept == list(range(10_000_000 + HISTORY - KEEP_SOURCES, 10_000_000 + HISTORY))
         assert journal.prune_sources() == 0
         assert [s.id for s in journal.live_sources()] == [s.id for s in live]
     finally:
@@ -73,8 +67,8 @@ def test_service_prunes_the_history(make_spoolup, s3):
     r = sp.drain(timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "forgot old spool files" in r.stderr
-    (history,) = query(sp, f"SELECT count(*) FROM sources WHERE state NOT IN {LIVE_SOURCE_STATES!r}")[0]
-    assert history == KEEP_SOURCES
-    assert sorted(p for (p,) in query(sp, f"SELECT path FROM sources WHERE state IN {LIVE_SOURCE_STATES!r}")) \
+    sources = rows(sp, "sources")
+    assert len([s for s in sources if s["state"] not in LIVE_SOURCE_STATES]) == KEEP_SOURCES
+    assert sorted(s["path"] for s in sources if s["state"] in LIVE_SOURCE_STATES) \
         == ["a.log", "b.log"]
     assert_exact(s3, sp.bucket, {"a.log": a, "b.log": b})

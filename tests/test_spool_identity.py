@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from crashkit import assert_exact, copytruncate, drain_crashing, query, write
+from crashkit import assert_exact, copytruncate, drain_crashing, rows, write
 from helpers import syslog_lines, wait_for
 
 HEADER = b"# spool file format 1; host web01; all records below are newline-terminated.\n"  # > 64 bytes
@@ -28,7 +28,7 @@ def lines(tag: str, n: int, width: int = 40) -> bytes:
 def source_offsets(sp) -> dict[str, int]:
     if not (sp.state / "journal.sqlite").exists():
         return {}
-    return {p: o for p, o in query(sp, "SELECT path, offset FROM sources WHERE state = 'active'")}
+    return {s["path"]: s["offset"] for s in rows(sp, "sources", "state = ?", ("active",))}
 
 
 def test_copytruncate_on_a_held_descriptor_ships_the_new_content_from_byte_0(make_spoolup, s3):
@@ -203,7 +203,7 @@ def _discover(tmp_path, n: int) -> tuple[int, int, int]:
     s = Spool(spool, journal, _Log(), object_key="{path}")
     s.load()
     statements: list[str] = []
-    journal.conn.set_trace_callback(statements.append)
+    journal.trace(statements.append)
     lines = 0
     watched = {str(Path(m.__file__)) for name, m in sys.modules.items()
                if name == "spoolup.spool" or name == "spoolup.journal" or name.startswith("spoolup.journal.")}
@@ -222,7 +222,7 @@ def _discover(tmp_path, n: int) -> tuple[int, int, int]:
         new = s.rescan(time.time())
     finally:
         sys.settrace(None)
-        journal.conn.set_trace_callback(None)
+        journal.trace(None)
     journal.close()
     begins = sum(1 for st in statements if st.strip().upper().startswith("BEGIN"))
     return begins, lines, len(new)

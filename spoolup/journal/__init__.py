@@ -3,12 +3,15 @@ by the ingest and upload processes, and the only code that knows its schema.
 
 The package is split along verbs: store (open, migrate, transactions, commit hooks, the small
 tables), rows (row types and the typed batch), sources (spool files and their quarantine),
-objects (batch commit, claim, part, complete).  Other modules import from here.
+objects (batch commit, claim, part, complete), read (the queries of status, progress,
+metrics and recovery).  Other modules import from here and use these verbs: none of them
+runs SQL on the journal or touches its connection (tests/test_journal_boundary.py).
 """
 
 from __future__ import annotations
 
 from spoolup.journal.objects import Objects
+from spoolup.journal.read import Read, UnfinishedChunk
 from spoolup.journal.rows import Batch, ChunkRow, ObjectRow, SourceRow, db_path, fs_path
 from spoolup.journal.sources import Sources
 from spoolup.journal.store import (
@@ -25,15 +28,16 @@ from spoolup.journal.store import (
     peek,
     remove_commit_hook,
     schema_version,
+    stored_version,
 )
 
 
-class Journal(Objects, Sources):
+class Journal(Objects, Sources, Read):
     """One process's journal: every verb of the package over one connection."""
 
 
 __all__ = [
     "CAPABILITIES_META", "KEEP_SOURCES", "LIVE_SOURCE_STATES", "MAX_ERRORS_KEPT", "QUARANTINE_META", "STOPPED",
     "Batch", "ChunkRow", "Journal", "JournalError", "ObjectRow", "SourceRow", "add_commit_hook", "db_path",
-    "disk_full", "fs_path", "migrations", "peek", "remove_commit_hook", "schema_version",
+    "disk_full", "fs_path", "migrations", "peek", "remove_commit_hook", "schema_version", "stored_version", "UnfinishedChunk",
 ]

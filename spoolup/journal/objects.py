@@ -20,29 +20,31 @@ class Objects(Store):
         """Objects not yet done that were journaled before forms were (schema < 5) get `form`:
         from now on they keep it, whatever the configuration says at later starts."""
         with self.transaction():
-            return self.conn.execute(
+            return self._conn.execute(
                 "UPDATE objects SET form = ? WHERE form IS NULL AND state != 'done'", (form,)
             ).rowcount
 
-    def open_objects(self) -> list[ObjectRow]:
-        return [_object(r) for r in self.conn.execute("SELECT * FROM objects WHERE state = 'open' ORDER BY id")]
+    def open_objects(self, *, by_key: bool = False) -> list[ObjectRow]:
+        """Objects still taking records, in journal order (or by key, timestamp, then id: status)."""
+        order = "key, ts, id" if by_key else "id"
+        return [_object(r) for r in self._conn.execute(f"SELECT * FROM objects WHERE state = 'open' ORDER BY {order}")]
 
     def chunks_of(self, object_id: int) -> list[ChunkRow]:
-        rows = self.conn.execute("SELECT * FROM chunks WHERE object_id = ? ORDER BY part", (object_id,))
+        rows = self._conn.execute("SELECT * FROM chunks WHERE object_id = ? ORDER BY part", (object_id,))
         return [ChunkRow(**dict(r)) for r in rows]
 
     def max_object_id(self) -> int:
-        return self.conn.execute("SELECT coalesce(max(id), 0) FROM objects").fetchone()[0]
+        return self._conn.execute("SELECT coalesce(max(id), 0) FROM objects").fetchone()[0]
 
     def newest_ts(self, key: str) -> str | None:
-        return self.conn.execute("SELECT max(ts) FROM objects WHERE key = ?", (key,)).fetchone()[0]
+        return self._conn.execute("SELECT max(ts) FROM objects WHERE key = ?", (key,)).fetchone()[0]
 
     def sealed_pending(self) -> int:
         """Sealed chunks not yet uploaded: what max-pending-uploads caps."""
-        return self.conn.execute("SELECT count(*) FROM chunks WHERE state = 'sealed'").fetchone()[0]
+        return self._conn.execute("SELECT count(*) FROM chunks WHERE state = 'sealed'").fetchone()[0]
 
     def commit_batch(self, batch: Batch) -> None:
-        c = self.conn
+        c = self._conn
         with self.transaction():
             if batch.new_objects:
                 c.executemany(
@@ -100,7 +102,7 @@ class Objects(Store):
         complete), whose earlier objects of the same (key, ts) are claimed; each with the
         previous index of its (key, ts) and its number of chunks.  `skip`: object ids the
         caller cannot take now (in flight, backing off), so they never fill the window."""
-        rows = self.conn.execute(
+        rows = self._conn.execute(
             "SELECT o.*, "
             "(SELECT max(p.idx) FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id) AS prev_idx, "
             "(SELECT count(*) FROM chunks c WHERE c.object_id = o.id) AS n_chunks "
@@ -114,20 +116,20 @@ class Objects(Store):
         return [(_object(r), r["prev_idx"], r["n_chunks"]) for r in rows]
 
     def indexes_in_use(self, key: str, ts: str, exclude_id: int) -> set[int]:
-        rows = self.conn.execute(
+        rows = self._conn.execute(
             "SELECT idx FROM objects WHERE key = ? AND ts = ? AND idx IS NOT NULL AND id != ?", (key, ts, exclude_id)
         )
         return {r[0] for r in rows}
 
     def claim(self, object_id: int, idx: int, final_key: str, mode: str) -> None:
         with self.transaction():
-            self.conn.execute(
+            self._conn.execute(
                 "UPDATE objects SET idx = ?, final_key = ?, mode = ? WHERE id = ? AND idx IS NULL",
                 (idx, final_key, mode, object_id),
             )
             # counted in the claim's own transaction: the state dir's high-water mark
             # (spoolup/stateid.py) tells a journal that lost transactions by it
-            self.conn.execute(
+            self._conn.execute(
                 "INSERT INTO meta (name, value) VALUES ('claims', '1') "
                 "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
             )
@@ -142,17 +144,17 @@ class Objects(Store):
         too, so that they claim after it: index order stays record order.  Returns their
         (final key, upload id) pairs, uploads this journal created that are now unused."""
         with self.transaction():
-            row = self.conn.execute("SELECT key, ts FROM objects WHERE id = ?", (object_id,)).fetchone()
-            later = self.conn.execute(
+            row = self._conn.execute("SELECT key, ts FROM objects WHERE id = ?", (object_id,)).fetchone()
+            later = self._conn.execute(
                 "SELECT id, final_key, upload_id FROM objects WHERE key = ? AND ts = ? AND id > ? "
                 "AND idx IS NOT NULL AND state != 'done'", (row[0], row[1], object_id),
             ).fetchall() if row else []
             ids = [object_id] + [r[0] for r in later]
-            self.conn.executemany(
+            self._conn.executemany(
                 "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL WHERE id = ?",
                 [(i,) for i in ids],
             )
-            self.conn.executemany(
+            self._conn.executemany(
                 "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND state = 'uploaded'",
                 [(i,) for i in ids],
             )
@@ -161,7 +163,7 @@ class Objects(Store):
     def to_start(self, limit: int = 256, skip: Iterable[int] = ()) -> list[ObjectRow]:
         """Claimed multipart objects without an upload id, and claimed single-part objects not
         done whose earlier objects of the same (key, ts) are done (a PutObject completes it)."""
-        rows = self.conn.execute(
+        rows = self._conn.execute(
             "SELECT * FROM objects o WHERE idx IS NOT NULL AND state != 'done' AND upload_id IS NULL "
             f"AND (mode != 'single' OR {_EARLIER_DONE}) "
             "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
@@ -171,13 +173,13 @@ class Objects(Store):
 
     def set_upload_id(self, object_id: int, upload_id: str) -> None:
         with self.transaction():
-            self.conn.execute("UPDATE objects SET upload_id = ? WHERE id = ?", (upload_id, object_id))
+            self._conn.execute("UPDATE objects SET upload_id = ? WHERE id = ?", (upload_id, object_id))
 
     def reset_upload(self, object_id: int) -> None:
         """The multipart upload is gone (aborted outside spoolup): start a new one, re-upload every part."""
         with self.transaction():
-            self.conn.execute("UPDATE objects SET upload_id = NULL WHERE id = ?", (object_id,))
-            self.conn.execute(
+            self._conn.execute("UPDATE objects SET upload_id = NULL WHERE id = ?", (object_id,))
+            self._conn.execute(
                 "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND state = 'uploaded'",
                 (object_id,),
             )
@@ -186,7 +188,7 @@ class Objects(Store):
         """Sealed parts of started uploads, round-robin across objects (every object's first
         pending part, then every object's second...), without the (object id, part) pairs in
         `skip` (in flight, backing off): no object can fill the window for the others."""
-        rows = self.conn.execute(
+        rows = self._conn.execute(
             "SELECT * FROM (SELECT c.object_id AS c_object_id, c.part AS c_part, c.length AS c_length, "
             "c.state AS c_state, c.part_size AS c_part_size, c.md5 AS c_md5, c.etag AS c_etag, o.*, "
             "row_number() OVER (PARTITION BY c.object_id ORDER BY c.part) AS c_rank "
@@ -207,13 +209,13 @@ class Objects(Store):
     def reseal_parts(self, object_id: int, parts: Iterable[int]) -> None:
         """S3 does not hold these parts as journaled: upload them again."""
         with self.transaction():
-            self.conn.executemany("UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND part = ?",
+            self._conn.executemany("UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND part = ?",
                                   [(object_id, p) for p in parts])
 
     def record_parts(self, parts: Iterable[tuple[int, int, str, str]]) -> None:
         """(object_id, part, etag, md5) of parts whose UploadPart succeeded: invariant 2."""
         with self.transaction():
-            self.conn.executemany(
+            self._conn.executemany(
                 "UPDATE chunks SET state = 'uploaded', etag = ?, md5 = ? WHERE object_id = ? AND part = ?",
                 [(etag, md5, oid, part) for oid, part, etag, md5 in parts],
             )
@@ -222,7 +224,7 @@ class Objects(Store):
         """Closed multipart objects with every part uploaded, whose earlier objects of the same
         (key, ts) are done: objects complete in record order, so a key race that moves one to
         a later index moves those after it too (unclaim), and index order stays record order."""
-        rows = self.conn.execute(
+        rows = self._conn.execute(
             "SELECT o.* FROM objects o WHERE o.state = 'closed' AND o.mode = 'multipart' AND o.upload_id IS NOT NULL "
             "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != 'uploaded') "
             f"AND {_EARLIER_DONE} AND o.id NOT IN (SELECT value FROM json_each(?)) "
@@ -234,31 +236,21 @@ class Objects(Store):
     def complete(self, object_id: int, etag: str | None) -> None:
         """CompleteMultipartUpload (or PutObject) succeeded: invariant 3."""
         with self.transaction():
-            self.conn.execute(
+            self._conn.execute(
                 "UPDATE objects SET state = 'done', done_at = ?, etag = ? WHERE id = ?",
                 (time.time(), etag, object_id),
             )
-            self.conn.execute("UPDATE chunks SET state = 'uploaded' WHERE object_id = ? AND state != 'uploaded'",
+            self._conn.execute("UPDATE chunks SET state = 'uploaded' WHERE object_id = ? AND state != 'uploaded'",
                               (object_id,))
-
-    def object(self, object_id: int) -> ObjectRow | None:
-        row = self.conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
-        return _object(row) if row else None
-
-    def objects_where(self, where: str, args: tuple = ()) -> list[ObjectRow]:
-        return [_object(r) for r in self.conn.execute(f"SELECT * FROM objects WHERE {where} ORDER BY id", args)]
-
-    def pending_objects(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM objects WHERE state != 'done'").fetchone()[0]
 
     def prune_done(self, older_than: float) -> int:
         """Forget completed objects done before `older_than` (their chunk rows first)."""
         with self.transaction():
-            self.conn.execute(
+            self._conn.execute(
                 "DELETE FROM chunks WHERE object_id IN (SELECT id FROM objects WHERE state = 'done' AND done_at < ?)",
                 (older_than,),
             )
-            self.conn.execute(
+            self._conn.execute(
                 "DELETE FROM source_objects WHERE object_id IN "
                 "(SELECT id FROM objects WHERE state = 'done' AND done_at < ?)",
                 (older_than,),
@@ -266,7 +258,7 @@ class Objects(Store):
             # keep, for every key, the last object of its newest timestamp: it carries that
             # timestamp (an older one arriving later is backfill, never a new "current" object)
             # and the highest index used for it
-            cur = self.conn.execute(
+            cur = self._conn.execute(
                 "DELETE FROM objects WHERE state = 'done' AND done_at < ? AND id NOT IN ("
                 "WITH newest AS (SELECT key, max(ts) AS ts FROM objects GROUP BY key) "
                 "SELECT max(o.id) FROM objects o JOIN newest n ON o.key = n.key AND o.ts = n.ts GROUP BY o.key)",

@@ -16,14 +16,14 @@ class Sources(Store):
     # -- sources (ingest) ------------------------------------------------------
 
     def live_sources(self) -> list[SourceRow]:
-        rows = self.conn.execute(
+        rows = self._conn.execute(
             f"SELECT * FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES!r} ORDER BY id"
         ).fetchall()
         return [_source(r) for r in rows]
 
     def source_heads(self) -> dict[int, bytes]:
         """The journaled fingerprint (first bytes) of each live source that has one."""
-        return dict(self.conn.execute(
+        return dict(self._conn.execute(
             f"SELECT id, head FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES!r} "
             "AND head IS NOT NULL"
         ).fetchall())  # live ones only (the partial index sources_live): history costs nothing here
@@ -34,7 +34,7 @@ class Sources(Store):
         rows = []
         with self.transaction():
             for dev, ino, path, mtime, btime in new:
-                cur = self.conn.execute(
+                cur = self._conn.execute(
                     "INSERT INTO sources (dev, ino, path, key_path, mtime, btime, first_seen, updated) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (dev, ino, db_path(path), db_path(path), mtime, btime, now, now),
@@ -54,11 +54,11 @@ class Sources(Store):
             sets.append("path = ?")
             args.append(db_path(path))
         with self.transaction():
-            self.conn.execute(f"UPDATE sources SET {', '.join(sets)} WHERE id = ?", (*args, source_id))
+            self._conn.execute(f"UPDATE sources SET {', '.join(sets)} WHERE id = ?", (*args, source_id))
 
     def source_pending_objects(self, source_id: int) -> int:
         """Objects holding bytes of this spool file that are not yet completed."""
-        return self.conn.execute(
+        return self._conn.execute(
             "SELECT count(*) FROM source_objects so JOIN objects o ON o.id = so.object_id "
             "WHERE so.source_id = ? AND o.state != 'done'",
             (source_id,),
@@ -70,36 +70,36 @@ class Sources(Store):
         rollback.  Their objects are done or tracked by themselves; a recent set stays for
         the operator (and any check that looks back a little)."""
         with self.transaction():
-            cut = self.conn.execute(
+            cut = self._conn.execute(
                 f"SELECT id FROM sources WHERE state NOT IN {LIVE_SOURCE_STATES!r} ORDER BY id DESC "
                 "LIMIT 1 OFFSET ?", (keep,)
             ).fetchone()
             if cut is None:
                 return 0
-            self.conn.execute(
+            self._conn.execute(
                 f"DELETE FROM source_objects WHERE source_id IN (SELECT id FROM sources WHERE id <= ? "
                 f"AND state NOT IN {LIVE_SOURCE_STATES!r})", (cut[0],))
-            return self.conn.execute(
+            return self._conn.execute(
                 f"DELETE FROM sources WHERE id <= ? AND state NOT IN {LIVE_SOURCE_STATES!r}", (cut[0],)
             ).rowcount
 
     def mark_reaped(self, source_id: int) -> None:
         with self.transaction():
-            self.conn.execute(
+            self._conn.execute(
                 "UPDATE sources SET state = 'reaped', updated = ? WHERE id = ?", (time.time(), source_id)
             )
-            self.conn.execute("DELETE FROM source_objects WHERE source_id = ?", (source_id,))
+            self._conn.execute("DELETE FROM source_objects WHERE source_id = ?", (source_id,))
 
     # -- quarantine (spoolup/quarantine.py) -------------------------------------
 
     def quarantined(self) -> list[Entry]:
-        rows = self.conn.execute("SELECT * FROM quarantine ORDER BY since, path").fetchall()
+        rows = self._conn.execute("SELECT * FROM quarantine ORDER BY since, path").fetchall()
         return [Entry(fs_path(r["path"]), r["reason"], r["message"], r["since"], r["next_retry"], r["attempts"],
                       r["source_id"], r["key"]) for r in rows]
 
     def set_quarantine(self, e: Entry) -> None:
         with self.transaction():
-            self.conn.execute(
+            self._conn.execute(
                 "INSERT INTO quarantine (path, source_id, key, reason, message, since, next_retry, attempts) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET source_id = excluded.source_id, "
                 "key = excluded.key, reason = excluded.reason, message = excluded.message, since = excluded.since, "
@@ -109,4 +109,4 @@ class Sources(Store):
 
     def clear_quarantine(self, path: str) -> None:
         with self.transaction():
-            self.conn.execute("DELETE FROM quarantine WHERE path = ?", (db_path(path),))
+            self._conn.execute("DELETE FROM quarantine WHERE path = ?", (db_path(path),))

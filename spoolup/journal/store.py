@@ -15,17 +15,16 @@ import importlib.resources
 import json
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Self
+from typing import Callable, Iterator, Self
 
 from spoolup import journal_faults
 from spoolup.files import fsync_dir, fsync_path
-
-if TYPE_CHECKING:
-    import sqlite_utils
 
 
 LIVE_SOURCE_STATES = ("active", "error", "refused")
@@ -94,21 +93,10 @@ class Store:
     (spoolup/journal/sources.py, objects.py) combined into Journal (spoolup/journal/__init__.py)."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path):
-        self.conn = conn
+        self._conn = conn  # private: every statement on the journal is a verb of this package
         self.path = path
         self.migrated: list[str] = []
-        self._db = None
         self._depth = 0  # nesting of transaction()
-
-    @property
-    def db(self) -> "sqlite_utils.Database":
-        """sqlite-utils over the same connection, for read-side queries (status, tools).
-        Imported on first use: it pulls in numpy, which the service's hot processes do not need."""
-        if self._db is None:
-            import sqlite_utils
-
-            self._db = sqlite_utils.Database(self.conn)
-        return self._db
 
     # -- opening -------------------------------------------------------------
 
@@ -144,7 +132,7 @@ class Store:
             if migrate:
                 journal.migrated = journal.migrate()
                 journal.probe_write()
-            journal.conn.execute("SELECT count(*) FROM objects").fetchone()
+            journal._conn.execute("SELECT count(*) FROM objects").fetchone()
         except sqlite3.DatabaseError as e:
             raise JournalError(journal_faults.message(path, e)) from None
         return journal
@@ -179,12 +167,48 @@ class Store:
             raise JournalError(journal_faults.message(path, e)) from None
         return journal
 
+    @classmethod
+    def copy_in_memory(cls, path: Path) -> tuple[Self, int, list[str]]:
+        """The journal (with its write-ahead log, if a crash left one) copied into memory and
+        migrated there (`spoolup recover --dry-run`): the journal, its schema version before,
+        and the migrations applied to the copy.  SQLite is pointed at a scratch copy of the
+        files, never at the journal itself: even a read-only connection may create the -wal
+        and -shm files, or rebuild the -shm."""
+        path = Path(path)
+        try:
+            with tempfile.TemporaryDirectory(prefix="spoolup-recover-") as scratch:
+                copy = Path(scratch) / path.name
+                shutil.copyfile(path, copy)
+                wal = Path(f"{path}-wal")
+                if wal.exists():
+                    shutil.copyfile(wal, Path(f"{copy}-wal"))
+                disk = sqlite3.connect(copy)
+                mem = sqlite3.connect(":memory:", isolation_level=None)
+                disk.backup(mem)
+                disk.close()
+            mem.row_factory = sqlite3.Row
+            journal = cls(mem, path)
+            before = journal.user_version()
+            if before == 0:
+                raise sqlite3.DatabaseError("it holds no spoolup journal (schema version 0)")
+            journal.check_integrity()
+            applied = journal.migrate()
+            journal._conn.execute("SELECT count(*) FROM objects").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise JournalError(journal_faults.message(path, e)) from None
+        return journal, before, applied
+
+    def trace(self, callback: Callable[[str], None] | None) -> None:
+        """Call `callback(statement)` for every SQL statement this connection runs (None: stop).
+        For tests that count transactions."""
+        self._conn.set_trace_callback(callback)
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
-            self.conn.close()
+            self._conn.close()
 
     def user_version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     def migrate(self) -> list[str]:
         """Apply the migrations newer than the journal's version; returns their names."""
@@ -200,7 +224,7 @@ class Store:
             if number <= version:
                 continue
             # executescript commits first; the whole migration is one transaction.
-            self.conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n;PRAGMA user_version = {number};\nCOMMIT;")
+            self._conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n;PRAGMA user_version = {number};\nCOMMIT;")
             applied.append(name)
         if version == 0:
             with self.transaction():
@@ -212,13 +236,13 @@ class Store:
         """Take the write lock once: a journal held by another process (or on a read-only
         or full filesystem) is reported at open, as what it is, not later as an unexpected
         failure of the service loop."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.execute("COMMIT")
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("COMMIT")
 
     def check_integrity(self) -> None:
         """Raise sqlite3.DatabaseError when SQLite's quick_check finds damage (or cannot run)."""
         try:
-            rows = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
+            rows = [r[0] for r in self._conn.execute("PRAGMA quick_check")]
         except sqlite3.DatabaseError as e:
             rows = [str(e)]
         if rows != ["ok"]:
@@ -233,27 +257,27 @@ class Store:
         if self._depth:
             self._depth += 1
             try:
-                yield self.conn
+                yield self._conn
             finally:
                 self._depth -= 1
             return
         started = time.perf_counter()
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
-            yield self.conn
+            yield self._conn
         except BaseException:
             self._depth = 0
-            self.conn.execute("ROLLBACK")
+            self._conn.execute("ROLLBACK")
             raise
         self._depth = 0
         try:
-            self.conn.execute("COMMIT")
+            self._conn.execute("COMMIT")
         except BaseException:
             # a COMMIT that failed (SQLITE_FULL: disk full) leaves the transaction
             # open; roll it back so the connection is usable again
             with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK")
             raise
         if _commit_hooks:
             elapsed = time.perf_counter() - started
@@ -261,11 +285,11 @@ class Store:
                 hook(elapsed)
 
     def meta(self, name: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, name: str, value: str) -> None:
-        self.conn.execute(
+        self._conn.execute(
             "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             (name, value),
         )
@@ -292,28 +316,28 @@ class Store:
 
     def record_error(self, process: str, op: str, code: str | None, message: str, key: str | None = None) -> None:
         with self.transaction():
-            cur = self.conn.execute(
+            cur = self._conn.execute(
                 "INSERT INTO errors (at, process, op, code, message, key) VALUES (?, ?, ?, ?, ?, ?)",
                 (time.time(), process, op, code, message, key),
             )
-            self.conn.execute("DELETE FROM errors WHERE id <= ?", (cur.lastrowid - MAX_ERRORS_KEPT,))
+            self._conn.execute("DELETE FROM errors WHERE id <= ?", (cur.lastrowid - MAX_ERRORS_KEPT,))
 
     def last_error(self) -> dict | None:
-        row = self.conn.execute("SELECT * FROM errors ORDER BY id DESC LIMIT 1").fetchone()
+        row = self._conn.execute("SELECT * FROM errors ORDER BY id DESC LIMIT 1").fetchone()
         return dict(row) if row else None
 
     def bump_counters(self, counters: dict[str, int]) -> None:
-        self.conn.executemany(
+        self._conn.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             list(counters.items()),
         )
 
     def counters(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in self.conn.execute("SELECT name, value FROM counters")}
+        return {r[0]: r[1] for r in self._conn.execute("SELECT name, value FROM counters")}
 
     def heartbeat(self, name: str, pid: int, started: float, info: str = "") -> None:
         with self.transaction():
-            self.conn.execute(
+            self._conn.execute(
                 "INSERT INTO processes (name, pid, started, seen, info) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET pid = excluded.pid, started = excluded.started, "
                 "seen = excluded.seen, info = excluded.info",
@@ -335,29 +359,29 @@ class Store:
         return json.loads(raw) if raw else None
 
     def processes(self) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM processes ORDER BY name")]
+        return [dict(r) for r in self._conn.execute("SELECT * FROM processes ORDER BY name")]
 
     # -- requests (drain against a running service) -----------------------------
 
     def add_request(self, kind: str) -> int:
         with self.transaction():
-            return self.conn.execute(
+            return self._conn.execute(
                 "INSERT INTO requests (kind, at) VALUES (?, ?)", (kind, time.time())
             ).lastrowid
 
     def open_requests(self, kind: str) -> list[int]:
-        return [r[0] for r in self.conn.execute(
+        return [r[0] for r in self._conn.execute(
             "SELECT id FROM requests WHERE kind = ? AND done_at IS NULL ORDER BY id", (kind,)
         )]
 
     def finish_requests(self, ids: list[int], result: str) -> None:
         with self.transaction():
-            self.conn.executemany(
+            self._conn.executemany(
                 "UPDATE requests SET done_at = ?, result = ? WHERE id = ?", [(time.time(), result, i) for i in ids]
             )
 
     def request(self, request_id: int) -> dict | None:
-        row = self.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        row = self._conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
         return dict(row) if row else None
 
 
@@ -402,6 +426,12 @@ def peek(path: Path, sql: str, default=None):
     except sqlite3.Error:
         return default
 
+
+
+def stored_version(path: Path) -> int | None:
+    """The schema version of a journal file (0: empty, being created), read-only without
+    opening it as a Journal; None when it cannot be read."""
+    return peek(path, "PRAGMA user_version")
 
 
 def disk_full(e: BaseException) -> bool:

@@ -1,0 +1,110 @@
+"""The journal's read queries: what status, drain progress, metrics and recovery ask of it
+(counts, sums, lookups); none of them writes."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from spoolup.journal.rows import ObjectRow, _object
+from spoolup.journal.store import Store
+
+
+class UnfinishedChunk(NamedTuple):
+    """A chunk of an object not done, with the form its object was started with (recover)."""
+
+    object_id: int
+    part: int
+    length: int
+    state: str
+    part_size: int | None
+    form: str | None
+
+
+class Read(Store):
+    """Read-only verbs over objects, chunks, sources and dead letters."""
+
+    def object(self, object_id: int) -> ObjectRow | None:
+        row = self._conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
+        return _object(row) if row else None
+
+    def pending_objects(self, through: int | None = None) -> int:
+        """Objects not done (with ids up to `through`, if given: what a drain closed)."""
+        if through is None:
+            return self._conn.execute("SELECT count(*) FROM objects WHERE state != 'done'").fetchone()[0]
+        return self._conn.execute(
+            "SELECT count(*) FROM objects WHERE state != 'done' AND id <= ?", (through,)
+        ).fetchone()[0]
+
+    def has_closed_objects(self) -> bool:
+        """Is any object closed and waiting for its upload?"""
+        return self._conn.execute("SELECT 1 FROM objects WHERE state = 'closed' LIMIT 1").fetchone() is not None
+
+    def object_totals(self, state: str) -> tuple[int, int]:
+        """(count, record bytes) of the objects in `state`."""
+        row = self._conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = ?", (state,)).fetchone()
+        return row[0], row[1]
+
+    def sealed_totals(self) -> tuple[int, int]:
+        """(count, stored bytes) of the sealed parts waiting for their upload."""
+        row = self._conn.execute(
+            "SELECT count(*), coalesce(sum(part_size), 0) FROM chunks WHERE state = 'sealed'").fetchone()
+        return row[0], row[1]
+
+    def oldest_pending_created(self) -> float | None:
+        """When the oldest object not done was created."""
+        return self._conn.execute("SELECT min(created) FROM objects WHERE state != 'done'").fetchone()[0]
+
+    def open_object_parts(self) -> dict[int, tuple[int, int, int]]:
+        """Per open object, in one pass over its chunks: the parts uploaded, their bytes, and the
+        sealed (or uploaded) parts' stored bytes (what max-object-size counts with compression)."""
+        rows = self._conn.execute(
+            "SELECT c.object_id, sum(c.state = 'uploaded'), "
+            "coalesce(sum(CASE WHEN c.state = 'uploaded' THEN c.part_size END), 0), "
+            "coalesce(sum(CASE WHEN c.state != 'open' THEN c.part_size END), 0) "
+            "FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state = 'open' GROUP BY c.object_id")
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def last_indexes(self) -> dict[tuple[str, str], int]:
+        """The highest index claimed for each (key, timestamp)."""
+        rows = self._conn.execute("SELECT key, ts, max(idx) FROM objects WHERE idx IS NOT NULL GROUP BY key, ts")
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    def claimed_unfinished(self) -> list[ObjectRow]:
+        """Objects with a final key that are not done: what recovery compares with the bucket."""
+        return [_object(r) for r in self._conn.execute(
+            "SELECT * FROM objects WHERE state != 'done' AND final_key IS NOT NULL ORDER BY id")]
+
+    def upload_ids(self) -> set[str]:
+        """Every multipart upload id the journal holds."""
+        return {r[0] for r in self._conn.execute("SELECT upload_id FROM objects WHERE upload_id IS NOT NULL")}
+
+    def last_part(self, object_id: int) -> int:
+        """The number of an object's last chunk (its chunk files are 1..this), 0 if none."""
+        return self._conn.execute(
+            "SELECT coalesce(max(part), 0) FROM chunks WHERE object_id = ?", (object_id,)).fetchone()[0]
+
+    def unfinished_chunks(self) -> list[UnfinishedChunk]:
+        """Every chunk of the objects not done, with its object's form (the chunk files to expect)."""
+        return [UnfinishedChunk(*r) for r in self._conn.execute(
+            "SELECT c.object_id, c.part, c.length, c.state, c.part_size, o.form "
+            "FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state != 'done'")]
+
+    def unshipped_bytes(self) -> int:
+        """Record bytes in objects not completed whose chunks are not uploaded yet."""
+        return self._conn.execute(
+            "SELECT coalesce(sum(c.length), 0) FROM chunks c JOIN objects o ON o.id = c.object_id "
+            "WHERE o.state != 'done' AND c.state != 'uploaded'").fetchone()[0]
+
+    def unread_bytes(self) -> int:
+        """Spool bytes of active files not read yet (as of ingest's last look at their sizes)."""
+        return self._conn.execute(
+            "SELECT coalesce(sum(max(size - offset, 0)), 0) FROM sources WHERE state = 'active'").fetchone()[0]
+
+    def dead_letters(self) -> list[dict]:
+        """The dead-letter tally of each spool file (records and bytes not shipped), by path."""
+        return [dict(r) for r in self._conn.execute("SELECT * FROM dead_letters ORDER BY path")]
+
+    def dead_letter_bytes(self) -> dict[int, int]:
+        """Source id -> dead-letter bytes journaled (ingest reconciles its in-memory tally with it)."""
+        return dict(self._conn.execute("SELECT source_id, bytes FROM dead_letters").fetchall())
