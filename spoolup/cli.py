@@ -167,7 +167,7 @@ def cmd_run(cfg, args) -> int:
 
 def cmd_drain(cfg, args) -> int:
     from spoolup import lock, logs
-    from spoolup.journal import Journal
+    from spoolup.journal import Journal, ObjectState
     from spoolup.service import Service
 
     log = logs.get("spoolup.drain")
@@ -183,7 +183,7 @@ def cmd_drain(cfg, args) -> int:
     if code == 0:
         j = Journal.open_readonly(cfg.journal_path)
         try:
-            done = j.object_totals("done")[0]
+            done = j.object_totals(ObjectState.DONE)[0]
         finally:
             j.close()
         print(f"drained: nothing pending ({done} objects completed in total)")

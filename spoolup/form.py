@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from spoolup.chunks import Codec
+from spoolup.journal import SourceState
 
 if TYPE_CHECKING:
     from spoolup.config import Config
@@ -102,7 +103,7 @@ def check_run_config(cfg: "Config", journal) -> None:
     if before and before != cfg.format:
         partly = []
         for src in journal.live_sources():
-            if src.state != "active" or src.offset == 0:
+            if src.state != SourceState.ACTIVE or src.offset == 0:
                 continue
             try:
                 size = os.stat(cfg.spool_dir / src.path).st_size

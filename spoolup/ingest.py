@@ -22,7 +22,7 @@ from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
 from spoolup.form import Form
-from spoolup.journal import Batch, Journal, ObjectRow, disk_full
+from spoolup.journal import Batch, ChunkState, Journal, ObjectRow, ObjectState, SourceState, disk_full
 from spoolup.spool import Source, Spool
 
 BLOCK = 1 << 20  # bytes read from a spool file at a time
@@ -85,7 +85,7 @@ class Ingest:
             obj = OpenObject(row.id, row.key, row.ts, row.size, row.records, row.created, row.last_write,
                              suffix=row.key_suffix, form=forms.parse(row.form, self.form))
             for chunk in self.journal.chunks_of(row.id):
-                if chunk.state == "open":
+                if chunk.state == ChunkState.OPEN:
                     obj.part, obj.chunk_len = chunk.part, chunk.length
                 else:
                     obj.sealed += 1
@@ -125,7 +125,7 @@ class Ingest:
         for src in sources:
             if self.at_cap() or consumed >= budget:
                 break
-            if src.state != "active" or not self.spool.readable(src, now):
+            if src.state != SourceState.ACTIVE or not self.spool.readable(src, now):
                 continue
             consumed += self._read(src, now, budget - consumed)
             if self.batch_bytes >= self.batch_limit:
@@ -190,7 +190,7 @@ class Ingest:
             src.checked_mtime = src.mtime
             self._pread(src, fd, src.offset, 0)
         consumed = 0
-        while (consumed < budget and not self.at_cap() and src.state == "active" and src.fd is not None
+        while (consumed < budget and not self.at_cap() and src.state == SourceState.ACTIVE and src.fd is not None
                and self.spool.readable(src, now)):
             if src.changed:
                 self._restart(src)
@@ -496,8 +496,8 @@ class Ingest:
         obj = OpenObject(self.next_id, key, ts, 0, 0, now, now, suffix=suffix, form=self.form)
         self.next_id += 1
         self._track(obj)
-        self.batch.new_objects.append(ObjectRow(obj.id, key, ts, "open", None, None, None, None, 0, 0, now, now,
-                                                key_suffix=suffix, form=self._form_json))
+        self.batch.new_objects.append(ObjectRow(obj.id, key, ts, ObjectState.OPEN, None, None, None, None, 0, 0, now,
+                                                now, key_suffix=suffix, form=self._form_json))
         self.log.debug("object opened", object=obj.id, key=key, ts=ts)
         return obj
 
@@ -526,7 +526,7 @@ class Ingest:
                 self.store.append(obj.id, obj.part, view[pos:pos + k], obj.chunk_len, codec)
                 obj.chunk_len += k
                 pos += k
-                self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
+                self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, ChunkState.OPEN, None)
                 if self.store.stored_len(obj.id, obj.part, obj.chunk_len, codec) >= chunk_size \
                         and obj.part < objects.MAX_PARTS:
                     self._seal(obj)
@@ -539,7 +539,7 @@ class Ingest:
                 self.store.append(obj.id, obj.part, view[pos:pos + k], obj.chunk_len, codec)
                 obj.chunk_len += k
                 pos += k
-                self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "open", None)
+                self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, ChunkState.OPEN, None)
                 if obj.chunk_len >= chunk_size and obj.part < objects.MAX_PARTS:
                     self._seal(obj)
         obj.size += n
@@ -559,7 +559,7 @@ class Ingest:
     def _seal(self, obj: OpenObject) -> None:
         part_size = self.store.seal(obj.id, obj.part, obj.chunk_len, obj.form.codec)
         obj.sealed_bytes += part_size
-        self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, "sealed", part_size)
+        self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, ChunkState.SEALED, part_size)
         self._sealed_in_batch.append((obj.id, obj.part, obj.form.codec))
         self.sealed_pending += 1
         obj.sealed += 1

@@ -54,7 +54,7 @@ from spoolup import form as forms
 from spoolup.chunks import Codec, part_file, remove_chunk_files
 from spoolup.config import Config
 from spoolup.form import Form
-from spoolup.journal import CAPABILITIES_META, ChunkRow, Journal, ObjectRow
+from spoolup.journal import CAPABILITIES_META, ChunkRow, ChunkState, Journal, ObjectRow, ObjectState, UploadMode
 from spoolup.s3 import (_CATCH, S3, FileBody, InvalidPart, NoSuchUpload, NotImplementedByServer, PreconditionFailed,
                         S3Error, _translate, multipart_etag, same_etag)
 
@@ -483,7 +483,7 @@ class Protocol:
 
     def start(self, obj: ObjectRow, part_size: int | None = None) -> Started | Done | KeyTaken:
         key = obj.final_key
-        if obj.mode == "single":
+        if obj.mode == UploadMode.SINGLE:
             return self.put(obj, part_size)
         # An upload at the key that this journal does not know is someone else's (another agent,
         # syslog-ng's s3()) -- or one of ours whose Create reply was lost, which holds no part and
@@ -619,9 +619,9 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
     proto = Protocol(cfg, s3, cfg.chunk_dir, journal.journal_id)
     for obj in journal.claimed_unfinished():
         try:
-            if obj.mode == "multipart" and obj.upload_id is not None:
+            if obj.mode == UploadMode.MULTIPART and obj.upload_id is not None:
                 _reconcile_multipart(cfg, journal, proto, obj, report, dry_run=dry_run)
-            elif obj.mode == "single":
+            elif obj.mode == UploadMode.SINGLE:
                 _reconcile_single(cfg, journal, proto, obj, report, dry_run=dry_run)
         except S3Error as e:
             if e.code == "NoSuchBucket":
@@ -657,7 +657,7 @@ def _reconcile_multipart(cfg: Config, journal: Journal, proto: Protocol, obj: Ob
     s3 = proto.s3
     chunks = journal.chunks_of(obj.id)
     codec = proto.codec_of(obj)
-    if obj.state == "closed" and chunks and all(c.state == "uploaded" for c in chunks):
+    if obj.state == ObjectState.CLOSED and chunks and all(c.state == ChunkState.UPLOADED for c in chunks):
         # the outcome first: a Complete that took effect before the crash leaves our object at
         # the key (and, on RGW, a ListParts that says NoSuchKey)
         head = s3.head(obj.final_key)
@@ -678,12 +678,12 @@ def _reconcile_multipart(cfg: Config, journal: Journal, proto: Protocol, obj: Ob
         return
     for c in chunks:
         in_s3 = held.get(c.part)
-        if c.state == "uploaded" and (in_s3 is None or not same_etag(in_s3[0], c.etag)):
+        if c.state == ChunkState.UPLOADED and (in_s3 is None or not same_etag(in_s3[0], c.etag)):
             report.did(f"{obj.final_key}: part {c.part} is journaled but S3 does not hold it; "
                        "uploading it again from the local chunk")
             if not dry_run:
                 journal.reseal_parts(obj.id, [c.part])
-        elif c.state == "sealed" and in_s3 is not None:
+        elif c.state == ChunkState.SEALED and in_s3 is not None:
             path = part_file(cfg.chunk_dir, obj.id, c.part, codec)
             if not path.exists():
                 continue

@@ -18,7 +18,7 @@ from spoolup.chunks import part_file, raw_file
 from spoolup.config import Config
 from spoolup.form import Form
 from spoolup.files import syncfs
-from spoolup.journal import Journal
+from spoolup.journal import ChunkState, Journal, ObjectState, SourceState
 from spoolup.spool import scan
 
 
@@ -72,7 +72,7 @@ def reconcile_chunks(cfg: Config, journal: Journal, report: Report, *, dry_run: 
     for oid, part, length, state, part_size, form in rows:
         # each object's files are named by the codec it was started with, not today's
         codec = forms.parse(form, configured).codec
-        if state == "open" or not codec.compressed:
+        if state == ChunkState.OPEN or not codec.compressed:
             expected[raw_file(directory, oid, part).name] = length
         else:
             expected[part_file(directory, oid, part, codec).name] = part_size
@@ -121,7 +121,7 @@ def _size(entry: os.DirEntry | None) -> int | None:
 
 def _done_now(journal: Journal, chunk_name: str) -> bool:
     obj = journal.object(int(chunk_name[:12]))
-    return obj is None or obj.state == "done"
+    return obj is None or obj.state == ObjectState.DONE
 
 
 # ---------------------------------------------------------------------------
@@ -151,9 +151,9 @@ def inspect_sources(cfg: Config, journal: Journal, report: Report) -> None:
             report.note(f"spool file {cfg.spool_dir / entry.path} shrank to {entry.st.st_size} bytes, below the "
                         f"{src.offset} bytes already shipped: it was truncated or rewritten in place (copytruncate). "
                         "Its content now is shipped from byte 0 by the next run. Everything journaled is safe")
-        elif src.state == "error" and src.error:
+        elif src.state == SourceState.ERROR and src.error:
             report.note(f"spool file {cfg.spool_dir / entry.path}: {src.error}")
-        elif src.state == "refused" and src.error:
+        elif src.state == SourceState.REFUSED and src.error:
             report.note(f"spool file {cfg.spool_dir / entry.path}: {src.error}")
         if entry.path != src.path:
             report.did(f"spool file {src.path} was renamed to {entry.path}; it keeps its object key")

@@ -30,7 +30,7 @@ from spoolup import identity, keys, quarantine
 from spoolup.idle import Clock
 from spoolup.files import fsync_dir
 from spoolup.identity import HEAD_BYTES
-from spoolup.journal import Journal, SourceRow
+from spoolup.journal import Journal, SourceRow, SourceState
 from spoolup.quarantine import Entry
 
 REAPING = ".spoolup-reaping-"  # a shipped spool file's name between the two steps of its deletion
@@ -317,12 +317,12 @@ class Spool:
                 src.size = os.fstat(src.fd).st_size
             except OSError:
                 pass
-            if src.offset < src.size and src.state == "active":
+            if src.offset < src.size and src.state == SourceState.ACTIVE:
                 return  # deleted or moved away, but still open: read the rest first
         src.missing += 1
         if src.missing < 2:  # a rename between directories can hide a file for one scan
             return
-        if src.state == "active" and src.offset < src.size:
+        if src.state == SourceState.ACTIVE and src.offset < src.size:
             self._forget(src, f"file was removed from the spool with {src.size - src.offset} bytes unread")
         else:
             self._forget(src, None)
@@ -332,7 +332,7 @@ class Spool:
             self.log.error("spool file lost", source=src.id, path=keys.printable(src.path), error=error)
         else:
             self.log.info("spool file gone", source=src.id, path=keys.printable(src.path))
-        self.journal.set_source(src.id, state="gone", error=error)
+        self.journal.set_source(src.id, state=SourceState.GONE, error=error)
         if src.quarantine is not None:
             self._release(src.quarantine, "its spool file is gone", gone=True)
         self._drop(src)
@@ -342,7 +342,7 @@ class Spool:
         restarts it from byte 0).  Truncation to any size is caught when reading (the bytes
         before the offset are compared with those consumed)."""
         src.mtime = st.st_mtime
-        if src.state == "active" and st.st_size < src.offset and src.changed is None:
+        if src.state == SourceState.ACTIVE and st.st_size < src.offset and src.changed is None:
             src.changed = f"it shrank to {st.st_size} bytes, below the {src.offset} bytes consumed"
         src.size = st.st_size
 
@@ -488,7 +488,7 @@ class Spool:
     def active(self) -> list[Source]:
         """The sources that are read now (quarantined ones only when their retry is due)."""
         now = time.time()
-        return [s for s in self.sources.values() if s.state == "active" and self.readable(s, now)]
+        return [s for s in self.sources.values() if s.state == SourceState.ACTIVE and self.readable(s, now)]
 
     def blocking_entries(self) -> list[Entry]:
         """Quarantined entries whose bytes (if any) are not shipped while they are quarantined."""
@@ -514,7 +514,7 @@ class Spool:
         a journaled source whose file is gone with every byte consumed: the next
         scan forgets it quietly.  (Journaling first would leave a file the journal
         no longer tracks, read again from its start.)"""
-        if src.state != "active" or src.offset < src.size or self.idle(src, now) < idle_seconds:
+        if src.state != SourceState.ACTIVE or src.offset < src.size or self.idle(src, now) < idle_seconds:
             return False
         self.close_fd(src)
         path = self.dir / src.path

@@ -14,7 +14,7 @@ from typing import Any
 from spoolup import __version__, health, keys, lock, statespace
 from spoolup import form as forms
 from spoolup.config import Config
-from spoolup.journal import CAPABILITIES_META, QUARANTINE_META, STOPPED, Journal, stored_version
+from spoolup.journal import CAPABILITIES_META, QUARANTINE_META, STOPPED, Journal, ObjectState, stored_version
 from spoolup.spool import scan
 
 SCHEMA_VERSION = 1
@@ -35,8 +35,8 @@ def collect(cfg: Config) -> dict[str, Any]:
 def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     now = time.time()
     open_objects = _open_objects(cfg, j, now)
-    closed = j.object_totals("closed")
-    done = j.object_totals("done")
+    closed = j.object_totals(ObjectState.CLOSED)
+    done = j.object_totals(ObjectState.DONE)
     sealed = j.sealed_totals()
     oldest = j.oldest_pending_created()
 

@@ -34,7 +34,7 @@ from spoolup import crash, logs, metrics
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
-from spoolup.journal import QUARANTINE_META, Journal, disk_full
+from spoolup.journal import QUARANTINE_META, Journal, ObjectState, UploadMode, disk_full
 from spoolup.protocol import (CapabilityProbe, Claimed, Done, KeyTaken, PartDone, PartsMismatch, Protocol, Started,
                               UploadGone, journal_capabilities, permanent)
 from spoolup.s3 import S3, S3Error
@@ -120,7 +120,7 @@ class Uploader:
         for obj in j.to_start(skip=self._waiting("start")):
             if self._room() <= 0:
                 return
-            chunks = j.chunks_of(obj.id) if obj.mode == "single" else []
+            chunks = j.chunks_of(obj.id) if obj.mode == UploadMode.SINGLE else []
             size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
             self._submit(("start", obj.id), self.work.start, obj, size)
         for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8,
@@ -129,7 +129,7 @@ class Uploader:
                 return
             start = 0 if prev is None else prev + 1
             in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
-            mode = "single" if obj.state == "closed" and n_chunks == 1 else "multipart"
+            mode = UploadMode.SINGLE if obj.state == ObjectState.CLOSED and n_chunks == 1 else UploadMode.MULTIPART
             self._submit(("claim", obj.id), self.work.claim, obj, start, in_use, mode)
 
     def harvest(self) -> int:

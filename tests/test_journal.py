@@ -1,8 +1,11 @@
 """Journal verbs that are easiest to check directly on a real SQLite database."""
 
+import re
+
 import sqlite_utils
 
-from spoolup.journal import Journal
+from spoolup.journal import (LIVE_SOURCE_STATES, Batch, ChunkState, Journal, ObjectRow, ObjectState, SourceState,
+                             UploadMode)
 
 
 def test_prune_keeps_each_keys_newest_timestamp_and_last_index(tmp_path):
@@ -35,3 +38,36 @@ def test_nested_transactions_commit_once_and_roll_back_together():
     except RuntimeError:
         pass
     assert j.meta("c") is None and j.meta("d") is None
+
+
+def test_state_enums_are_the_values_the_schema_allows(tmp_path):
+    """The enums of spoolup/journal/rows.py name exactly what the schema's CHECK constraints (and
+    the partial index of the live sources) spell: they are the stored strings, not new ones."""
+    path = tmp_path / "journal.sqlite"
+    Journal.open(path, fsync=False).close()
+    db = sqlite_utils.Database(path)
+
+    def allowed(sql: str, column: str) -> set[str]:
+        (values,) = re.findall(rf"\b{column} IN \(([^)]*)\)", sql)
+        return {v.strip(" '") for v in values.split(",")}
+
+    assert allowed(db["sources"].schema, "state") == set(SourceState)
+    assert allowed(db["objects"].schema, "state") == set(ObjectState)
+    assert allowed(db["objects"].schema, "mode") == set(UploadMode)
+    assert allowed(db["chunks"].schema, "state") == set(ChunkState)
+    (live,) = [sql for sql in db.schema.split(";") if "INDEX sources_live" in sql]
+    assert allowed(live, "state") == set(LIVE_SOURCE_STATES)
+
+
+def test_rows_read_back_hold_the_enums(tmp_path):
+    j = Journal.open(tmp_path / "journal.sqlite", fsync=False)
+    (src,) = j.add_sources([(1, 2, "a.log", 1.0, None)], 1.0)
+    assert j.live_sources()[0].state is SourceState.ACTIVE == src.state
+    j.commit_batch(Batch(new_objects=[ObjectRow(1, "a.log", "", ObjectState.OPEN, None, None, None, None, 0, 0, 1.0,
+                                                1.0)], chunks={(1, 1): (10, ChunkState.SEALED, 10)}))
+    j.claim(1, 0, "a.log", UploadMode.MULTIPART)
+    obj = j.object(1)
+    assert (obj.state, obj.mode) == (ObjectState.OPEN, UploadMode.MULTIPART)
+    assert type(obj.state) is ObjectState and type(obj.mode) is UploadMode
+    assert [type(c.state) for c in j.chunks_of(1)] == [ChunkState]
+    assert ObjectState.DONE == "done" and f"{ChunkState.SEALED}" == "sealed"  # what SQLite stores and compares

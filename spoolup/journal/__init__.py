@@ -12,12 +12,23 @@ from __future__ import annotations
 
 from spoolup.journal.objects import Objects
 from spoolup.journal.read import Read, UnfinishedChunk
-from spoolup.journal.rows import Batch, ChunkRow, ObjectRow, SourceRow, db_path, fs_path
+from spoolup.journal.rows import (
+    LIVE_SOURCE_STATES,
+    Batch,
+    ChunkRow,
+    ChunkState,
+    ObjectRow,
+    ObjectState,
+    SourceRow,
+    SourceState,
+    UploadMode,
+    db_path,
+    fs_path,
+)
 from spoolup.journal.sources import Sources
 from spoolup.journal.store import (
     CAPABILITIES_META,
     KEEP_SOURCES,
-    LIVE_SOURCE_STATES,
     MAX_ERRORS_KEPT,
     QUARANTINE_META,
     STOPPED,
@@ -38,6 +49,7 @@ class Journal(Objects, Sources, Read):
 
 __all__ = [
     "CAPABILITIES_META", "KEEP_SOURCES", "LIVE_SOURCE_STATES", "MAX_ERRORS_KEPT", "QUARANTINE_META", "STOPPED",
-    "Batch", "ChunkRow", "Journal", "JournalError", "ObjectRow", "SourceRow", "add_commit_hook", "db_path",
-    "disk_full", "fs_path", "migrations", "peek", "remove_commit_hook", "schema_version", "stored_version", "UnfinishedChunk",
+    "Batch", "ChunkRow", "ChunkState", "Journal", "JournalError", "ObjectRow", "ObjectState", "SourceRow",
+    "SourceState", "UnfinishedChunk", "UploadMode", "add_commit_hook", "db_path", "disk_full", "fs_path",
+    "migrations", "peek", "remove_commit_hook", "schema_version", "stored_version",
 ]

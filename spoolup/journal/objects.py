@@ -7,7 +7,8 @@ import json
 import time
 from typing import Iterable
 
-from spoolup.journal.rows import Batch, ChunkRow, ObjectRow, _ids, _object, db_path
+from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, OPEN, SEALED, SINGLE, UPLOADED, Batch, ChunkRow,
+                                  ObjectRow, UploadMode, _ids, _object, db_path)
 from spoolup.journal.store import Store
 
 
@@ -21,13 +22,14 @@ class Objects(Store):
         from now on they keep it, whatever the configuration says at later starts."""
         with self.transaction():
             return self._conn.execute(
-                "UPDATE objects SET form = ? WHERE form IS NULL AND state != 'done'", (form,)
+                f"UPDATE objects SET form = ? WHERE form IS NULL AND state != '{DONE}'", (form,)
             ).rowcount
 
     def open_objects(self, *, by_key: bool = False) -> list[ObjectRow]:
         """Objects still taking records, in journal order (or by key, timestamp, then id: status)."""
         order = "key, ts, id" if by_key else "id"
-        return [_object(r) for r in self._conn.execute(f"SELECT * FROM objects WHERE state = 'open' ORDER BY {order}")]
+        rows = self._conn.execute(f"SELECT * FROM objects WHERE state = '{OPEN}' ORDER BY {order}")
+        return [_object(r) for r in rows]
 
     def chunks_of(self, object_id: int) -> list[ChunkRow]:
         rows = self._conn.execute("SELECT * FROM chunks WHERE object_id = ? ORDER BY part", (object_id,))
@@ -41,7 +43,7 @@ class Objects(Store):
 
     def sealed_pending(self) -> int:
         """Sealed chunks not yet uploaded: what max-pending-uploads caps."""
-        return self._conn.execute("SELECT count(*) FROM chunks WHERE state = 'sealed'").fetchone()[0]
+        return self._conn.execute(f"SELECT count(*) FROM chunks WHERE state = '{SEALED}'").fetchone()[0]
 
     def commit_batch(self, batch: Batch) -> None:
         c = self._conn
@@ -49,7 +51,7 @@ class Objects(Store):
             if batch.new_objects:
                 c.executemany(
                     "INSERT INTO objects (id, key, ts, state, size, records, created, last_write, key_suffix, form) "
-                    "VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+                    f"VALUES (?, ?, ?, '{OPEN}', ?, ?, ?, ?, ?, ?)",
                     [(o.id, o.key, o.ts, o.size, o.records, o.created, o.last_write, o.key_suffix, o.form)
                      for o in batch.new_objects],
                 )
@@ -67,7 +69,8 @@ class Objects(Store):
                 )
             if batch.closed:
                 c.executemany(
-                    "UPDATE objects SET state = 'closed', close_reason = ?, closed_at = ? WHERE id = ? AND state = 'open'",
+                    f"UPDATE objects SET state = '{CLOSED}', close_reason = ?, closed_at = ? "
+                    f"WHERE id = ? AND state = '{OPEN}'",
                     [(*v, oid) for oid, v in batch.closed.items()],
                 )
             if batch.sources:
@@ -106,8 +109,9 @@ class Objects(Store):
             "SELECT o.*, "
             "(SELECT max(p.idx) FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id) AS prev_idx, "
             "(SELECT count(*) FROM chunks c WHERE c.object_id = o.id) AS n_chunks "
-            "FROM objects o WHERE o.idx IS NULL AND o.state != 'done' "
-            "AND (o.state = 'closed' OR EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state = 'sealed')) "
+            f"FROM objects o WHERE o.idx IS NULL AND o.state != '{DONE}' "
+            f"AND (o.state = '{CLOSED}' "
+            f"OR EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state = '{SEALED}')) "
             "AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id AND p.idx IS NULL) "
             "AND o.id NOT IN (SELECT value FROM json_each(?)) "
             "ORDER BY o.id LIMIT ?",
@@ -121,7 +125,7 @@ class Objects(Store):
         )
         return {r[0] for r in rows}
 
-    def claim(self, object_id: int, idx: int, final_key: str, mode: str) -> None:
+    def claim(self, object_id: int, idx: int, final_key: str, mode: UploadMode) -> None:
         with self.transaction():
             self._conn.execute(
                 "UPDATE objects SET idx = ?, final_key = ?, mode = ? WHERE id = ? AND idx IS NULL",
@@ -147,7 +151,7 @@ class Objects(Store):
             row = self._conn.execute("SELECT key, ts FROM objects WHERE id = ?", (object_id,)).fetchone()
             later = self._conn.execute(
                 "SELECT id, final_key, upload_id FROM objects WHERE key = ? AND ts = ? AND id > ? "
-                "AND idx IS NOT NULL AND state != 'done'", (row[0], row[1], object_id),
+                f"AND idx IS NOT NULL AND state != '{DONE}'", (row[0], row[1], object_id),
             ).fetchall() if row else []
             ids = [object_id] + [r[0] for r in later]
             self._conn.executemany(
@@ -155,7 +159,7 @@ class Objects(Store):
                 [(i,) for i in ids],
             )
             self._conn.executemany(
-                "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND state = 'uploaded'",
+                f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? AND state = '{UPLOADED}'",
                 [(i,) for i in ids],
             )
         return [(r[1], r[2]) for r in later if r[2]]
@@ -164,8 +168,8 @@ class Objects(Store):
         """Claimed multipart objects without an upload id, and claimed single-part objects not
         done whose earlier objects of the same (key, ts) are done (a PutObject completes it)."""
         rows = self._conn.execute(
-            "SELECT * FROM objects o WHERE idx IS NOT NULL AND state != 'done' AND upload_id IS NULL "
-            f"AND (mode != 'single' OR {_EARLIER_DONE}) "
+            f"SELECT * FROM objects o WHERE idx IS NOT NULL AND state != '{DONE}' AND upload_id IS NULL "
+            f"AND (mode != '{SINGLE}' OR {_EARLIER_DONE}) "
             "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
             (_ids(skip), limit),
         )
@@ -180,7 +184,7 @@ class Objects(Store):
         with self.transaction():
             self._conn.execute("UPDATE objects SET upload_id = NULL WHERE id = ?", (object_id,))
             self._conn.execute(
-                "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND state = 'uploaded'",
+                f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? AND state = '{UPLOADED}'",
                 (object_id,),
             )
 
@@ -193,7 +197,7 @@ class Objects(Store):
             "c.state AS c_state, c.part_size AS c_part_size, c.md5 AS c_md5, c.etag AS c_etag, o.*, "
             "row_number() OVER (PARTITION BY c.object_id ORDER BY c.part) AS c_rank "
             "FROM chunks c JOIN objects o ON o.id = c.object_id "
-            "WHERE c.state = 'sealed' AND o.mode = 'multipart' AND o.upload_id IS NOT NULL "
+            f"WHERE c.state = '{SEALED}' AND o.mode = '{MULTIPART}' AND o.upload_id IS NOT NULL "
             "AND (c.object_id || ':' || c.part) NOT IN (SELECT value FROM json_each(?))) "
             "ORDER BY c_rank, c_object_id LIMIT ?",
             (json.dumps([f"{o}:{p}" for o, p in skip]), limit),
@@ -209,14 +213,15 @@ class Objects(Store):
     def reseal_parts(self, object_id: int, parts: Iterable[int]) -> None:
         """S3 does not hold these parts as journaled: upload them again."""
         with self.transaction():
-            self._conn.executemany("UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND part = ?",
-                                  [(object_id, p) for p in parts])
+            self._conn.executemany(
+                f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? AND part = ?",
+                [(object_id, p) for p in parts])
 
     def record_parts(self, parts: Iterable[tuple[int, int, str, str]]) -> None:
         """(object_id, part, etag, md5) of parts whose UploadPart succeeded: invariant 2."""
         with self.transaction():
             self._conn.executemany(
-                "UPDATE chunks SET state = 'uploaded', etag = ?, md5 = ? WHERE object_id = ? AND part = ?",
+                f"UPDATE chunks SET state = '{UPLOADED}', etag = ?, md5 = ? WHERE object_id = ? AND part = ?",
                 [(etag, md5, oid, part) for oid, part, etag, md5 in parts],
             )
 
@@ -225,8 +230,9 @@ class Objects(Store):
         (key, ts) are done: objects complete in record order, so a key race that moves one to
         a later index moves those after it too (unclaim), and index order stays record order."""
         rows = self._conn.execute(
-            "SELECT o.* FROM objects o WHERE o.state = 'closed' AND o.mode = 'multipart' AND o.upload_id IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != 'uploaded') "
+            f"SELECT o.* FROM objects o WHERE o.state = '{CLOSED}' AND o.mode = '{MULTIPART}' "
+            "AND o.upload_id IS NOT NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != '{UPLOADED}') "
             f"AND {_EARLIER_DONE} AND o.id NOT IN (SELECT value FROM json_each(?)) "
             "ORDER BY o.id LIMIT ?",
             (_ids(skip), limit),
@@ -237,29 +243,30 @@ class Objects(Store):
         """CompleteMultipartUpload (or PutObject) succeeded: invariant 3."""
         with self.transaction():
             self._conn.execute(
-                "UPDATE objects SET state = 'done', done_at = ?, etag = ? WHERE id = ?",
+                f"UPDATE objects SET state = '{DONE}', done_at = ?, etag = ? WHERE id = ?",
                 (time.time(), etag, object_id),
             )
-            self._conn.execute("UPDATE chunks SET state = 'uploaded' WHERE object_id = ? AND state != 'uploaded'",
+            self._conn.execute(f"UPDATE chunks SET state = '{UPLOADED}' WHERE object_id = ? AND state != '{UPLOADED}'",
                               (object_id,))
 
     def prune_done(self, older_than: float) -> int:
         """Forget completed objects done before `older_than` (their chunk rows first)."""
         with self.transaction():
             self._conn.execute(
-                "DELETE FROM chunks WHERE object_id IN (SELECT id FROM objects WHERE state = 'done' AND done_at < ?)",
+                f"DELETE FROM chunks WHERE object_id IN "
+                f"(SELECT id FROM objects WHERE state = '{DONE}' AND done_at < ?)",
                 (older_than,),
             )
             self._conn.execute(
                 "DELETE FROM source_objects WHERE object_id IN "
-                "(SELECT id FROM objects WHERE state = 'done' AND done_at < ?)",
+                f"(SELECT id FROM objects WHERE state = '{DONE}' AND done_at < ?)",
                 (older_than,),
             )
             # keep, for every key, the last object of its newest timestamp: it carries that
             # timestamp (an older one arriving later is backfill, never a new "current" object)
             # and the highest index used for it
             cur = self._conn.execute(
-                "DELETE FROM objects WHERE state = 'done' AND done_at < ? AND id NOT IN ("
+                f"DELETE FROM objects WHERE state = '{DONE}' AND done_at < ? AND id NOT IN ("
                 "WITH newest AS (SELECT key, max(ts) AS ts FROM objects GROUP BY key) "
                 "SELECT max(o.id) FROM objects o JOIN newest n ON o.key = n.key AND o.ts = n.ts GROUP BY o.key)",
                 (older_than,),
@@ -268,4 +275,4 @@ class Objects(Store):
 
 
 _EARLIER_DONE = ("NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id "
-                 "AND p.state != 'done')")
+                 f"AND p.state != '{DONE}')")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from spoolup.journal.rows import ObjectRow, _object
+from spoolup.journal.rows import (ACTIVE, CHUNK_OPEN, CLOSED, DONE, OPEN, SEALED, UPLOADED, ObjectRow, ObjectState,
+                                  _object)
 from spoolup.journal.store import Store
 
 
@@ -15,7 +16,7 @@ class UnfinishedChunk(NamedTuple):
     object_id: int
     part: int
     length: int
-    state: str
+    state: str  # a ChunkState's value
     part_size: int | None
     form: str | None
 
@@ -30,16 +31,16 @@ class Read(Store):
     def pending_objects(self, through: int | None = None) -> int:
         """Objects not done (with ids up to `through`, if given: what a drain closed)."""
         if through is None:
-            return self._conn.execute("SELECT count(*) FROM objects WHERE state != 'done'").fetchone()[0]
+            return self._conn.execute(f"SELECT count(*) FROM objects WHERE state != '{DONE}'").fetchone()[0]
         return self._conn.execute(
-            "SELECT count(*) FROM objects WHERE state != 'done' AND id <= ?", (through,)
+            f"SELECT count(*) FROM objects WHERE state != '{DONE}' AND id <= ?", (through,)
         ).fetchone()[0]
 
     def has_closed_objects(self) -> bool:
         """Is any object closed and waiting for its upload?"""
-        return self._conn.execute("SELECT 1 FROM objects WHERE state = 'closed' LIMIT 1").fetchone() is not None
+        return self._conn.execute(f"SELECT 1 FROM objects WHERE state = '{CLOSED}' LIMIT 1").fetchone() is not None
 
-    def object_totals(self, state: str) -> tuple[int, int]:
+    def object_totals(self, state: ObjectState) -> tuple[int, int]:
         """(count, record bytes) of the objects in `state`."""
         row = self._conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = ?", (state,)).fetchone()
@@ -48,21 +49,21 @@ class Read(Store):
     def sealed_totals(self) -> tuple[int, int]:
         """(count, stored bytes) of the sealed parts waiting for their upload."""
         row = self._conn.execute(
-            "SELECT count(*), coalesce(sum(part_size), 0) FROM chunks WHERE state = 'sealed'").fetchone()
+            f"SELECT count(*), coalesce(sum(part_size), 0) FROM chunks WHERE state = '{SEALED}'").fetchone()
         return row[0], row[1]
 
     def oldest_pending_created(self) -> float | None:
         """When the oldest object not done was created."""
-        return self._conn.execute("SELECT min(created) FROM objects WHERE state != 'done'").fetchone()[0]
+        return self._conn.execute(f"SELECT min(created) FROM objects WHERE state != '{DONE}'").fetchone()[0]
 
     def open_object_parts(self) -> dict[int, tuple[int, int, int]]:
         """Per open object, in one pass over its chunks: the parts uploaded, their bytes, and the
         sealed (or uploaded) parts' stored bytes (what max-object-size counts with compression)."""
         rows = self._conn.execute(
-            "SELECT c.object_id, sum(c.state = 'uploaded'), "
-            "coalesce(sum(CASE WHEN c.state = 'uploaded' THEN c.part_size END), 0), "
-            "coalesce(sum(CASE WHEN c.state != 'open' THEN c.part_size END), 0) "
-            "FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state = 'open' GROUP BY c.object_id")
+            f"SELECT c.object_id, sum(c.state = '{UPLOADED}'), "
+            f"coalesce(sum(CASE WHEN c.state = '{UPLOADED}' THEN c.part_size END), 0), "
+            f"coalesce(sum(CASE WHEN c.state != '{CHUNK_OPEN}' THEN c.part_size END), 0) "
+            f"FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state = '{OPEN}' GROUP BY c.object_id")
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def last_indexes(self) -> dict[tuple[str, str], int]:
@@ -73,7 +74,7 @@ class Read(Store):
     def claimed_unfinished(self) -> list[ObjectRow]:
         """Objects with a final key that are not done: what recovery compares with the bucket."""
         return [_object(r) for r in self._conn.execute(
-            "SELECT * FROM objects WHERE state != 'done' AND final_key IS NOT NULL ORDER BY id")]
+            f"SELECT * FROM objects WHERE state != '{DONE}' AND final_key IS NOT NULL ORDER BY id")]
 
     def upload_ids(self) -> set[str]:
         """Every multipart upload id the journal holds."""
@@ -88,18 +89,18 @@ class Read(Store):
         """Every chunk of the objects not done, with its object's form (the chunk files to expect)."""
         return [UnfinishedChunk(*r) for r in self._conn.execute(
             "SELECT c.object_id, c.part, c.length, c.state, c.part_size, o.form "
-            "FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state != 'done'")]
+            f"FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state != '{DONE}'")]
 
     def unshipped_bytes(self) -> int:
         """Record bytes in objects not completed whose chunks are not uploaded yet."""
         return self._conn.execute(
             "SELECT coalesce(sum(c.length), 0) FROM chunks c JOIN objects o ON o.id = c.object_id "
-            "WHERE o.state != 'done' AND c.state != 'uploaded'").fetchone()[0]
+            f"WHERE o.state != '{DONE}' AND c.state != '{UPLOADED}'").fetchone()[0]
 
     def unread_bytes(self) -> int:
         """Spool bytes of active files not read yet (as of ingest's last look at their sizes)."""
         return self._conn.execute(
-            "SELECT coalesce(sum(max(size - offset, 0)), 0) FROM sources WHERE state = 'active'").fetchone()[0]
+            f"SELECT coalesce(sum(max(size - offset, 0)), 0) FROM sources WHERE state = '{ACTIVE}'").fetchone()[0]
 
     def dead_letters(self) -> list[dict]:
         """The dead-letter tally of each spool file (records and bytes not shipped), by path."""

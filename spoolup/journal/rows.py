@@ -7,7 +7,49 @@ import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Iterable
+
+
+# The values of the state columns (and of objects.mode).  A StrEnum compares equal to the
+# string SQLite stores, so rows read back hold plain strings and the schema is unchanged.
+
+
+class SourceState(StrEnum):
+    ACTIVE = "active"  # read by ingest
+    ERROR = "error"  # (schema < 4; now quarantined entries)
+    REFUSED = "refused"  # (schema < 4; now quarantined entries)
+    REAPED = "reaped"  # shipped and deleted from the spool
+    GONE = "gone"  # left the spool (deleted or moved away by someone else)
+
+
+class ObjectState(StrEnum):
+    OPEN = "open"  # taking records
+    CLOSED = "closed"  # complete on spoolup's side, waiting for its upload
+    DONE = "done"  # complete in the bucket
+
+
+class ChunkState(StrEnum):
+    OPEN = "open"  # being written
+    SEALED = "sealed"  # a whole part, not uploaded yet
+    UPLOADED = "uploaded"  # its UploadPart succeeded (or its object is done)
+
+
+class UploadMode(StrEnum):
+    MULTIPART = "multipart"
+    SINGLE = "single"  # one PutObject
+
+
+# the values as the journal's statements spell them: f"... WHERE state = '{DONE}'"
+ACTIVE, REAPED = SourceState.ACTIVE, SourceState.REAPED
+OPEN, CLOSED, DONE = ObjectState.OPEN, ObjectState.CLOSED, ObjectState.DONE
+CHUNK_OPEN, SEALED, UPLOADED = ChunkState.OPEN, ChunkState.SEALED, ChunkState.UPLOADED
+MULTIPART, SINGLE = UploadMode.MULTIPART, UploadMode.SINGLE
+
+LIVE_SOURCE_STATES = (SourceState.ACTIVE, SourceState.ERROR, SourceState.REFUSED)
+# the same, as the SQL list that the partial index sources_live is declared with (a query uses
+# that index only when its WHERE spells the same list)
+LIVE_SOURCE_STATES_SQL = "(" + ", ".join(f"'{s}'" for s in LIVE_SOURCE_STATES) + ")"
 
 
 
@@ -21,10 +63,13 @@ class SourceRow:
     offset: int
     size: int
     mtime: float
-    state: str
+    state: SourceState
     error: str | None
     tail: bytes | None = None  # digest of the consumed bytes just before offset (spoolup/identity.py)
     btime: int | None = None  # birth time (ns) where the filesystem records one
+
+    def __post_init__(self):
+        self.state = SourceState(self.state)  # read back from SQLite as the plain string
 
 
 @dataclass
@@ -32,10 +77,10 @@ class ObjectRow:
     id: int
     key: str
     ts: str
-    state: str
+    state: ObjectState
     idx: int | None
     final_key: str | None
-    mode: str | None
+    mode: UploadMode | None
     upload_id: str | None
     size: int
     records: int
@@ -48,16 +93,23 @@ class ObjectRow:
     key_suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
     form: str | None = None  # the options it was started with (JSON, spoolup/form.py)
 
+    def __post_init__(self):
+        self.state = ObjectState(self.state)
+        self.mode = None if self.mode is None else UploadMode(self.mode)
+
 
 @dataclass
 class ChunkRow:
     object_id: int
     part: int
     length: int
-    state: str
+    state: ChunkState
     part_size: int | None
     md5: str | None
     etag: str | None
+
+    def __post_init__(self):
+        self.state = ChunkState(self.state)
 
 
 @dataclass
@@ -72,7 +124,8 @@ class Batch:
     new_objects: list[ObjectRow] = field(default_factory=list)
     objects: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # id -> (size, records, last_write)
     closed: dict[int, tuple[str, float]] = field(default_factory=dict)  # id -> (reason, at)
-    chunks: dict[tuple[int, int], tuple[int, str, int | None]] = field(default_factory=dict)  # -> (length, state, part_size)
+    # (object id, part) -> (length, state, part_size)
+    chunks: dict[tuple[int, int], tuple[int, ChunkState, int | None]] = field(default_factory=dict)
     source_objects: set[tuple[int, int]] = field(default_factory=set)
     dead_letters: dict[int, tuple[str, int, int, str]] = field(default_factory=dict)  # source -> (path, n, bytes, reason)
     counters: dict[str, int] = field(default_factory=dict)
@@ -85,7 +138,7 @@ class Batch:
 
     @property
     def seals(self) -> int:
-        return sum(1 for (_l, state, _p) in self.chunks.values() if state == "sealed")
+        return sum(1 for (_l, state, _p) in self.chunks.values() if state == ChunkState.SEALED)
 
 
 def db_path(path: str) -> str | bytes:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
-from spoolup.journal.rows import SourceRow, _source, db_path, fs_path
-from spoolup.journal.store import KEEP_SOURCES, LIVE_SOURCE_STATES, Store
+from spoolup.journal.rows import (DONE, LIVE_SOURCE_STATES_SQL, REAPED, SourceRow, SourceState, _source, db_path,
+                                  fs_path)
+from spoolup.journal.store import KEEP_SOURCES, Store
 from spoolup.quarantine import Entry
 
 
@@ -17,14 +18,14 @@ class Sources(Store):
 
     def live_sources(self) -> list[SourceRow]:
         rows = self._conn.execute(
-            f"SELECT * FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES!r} ORDER BY id"
+            f"SELECT * FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES_SQL} ORDER BY id"
         ).fetchall()
         return [_source(r) for r in rows]
 
     def source_heads(self) -> dict[int, bytes]:
         """The journaled fingerprint (first bytes) of each live source that has one."""
         return dict(self._conn.execute(
-            f"SELECT id, head FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES!r} "
+            f"SELECT id, head FROM sources INDEXED BY sources_live WHERE state IN {LIVE_SOURCE_STATES_SQL} "
             "AND head IS NOT NULL"
         ).fetchall())  # live ones only (the partial index sources_live): history costs nothing here
 
@@ -39,10 +40,11 @@ class Sources(Store):
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (dev, ino, db_path(path), db_path(path), mtime, btime, now, now),
                 )
-                rows.append(SourceRow(cur.lastrowid, dev, ino, path, path, 0, 0, mtime, "active", None, None, btime))
+                rows.append(SourceRow(cur.lastrowid, dev, ino, path, path, 0, 0, mtime, SourceState.ACTIVE, None, None,
+                                      btime))
         return rows
 
-    def set_source(self, source_id: int, *, state: str | None = None, error: str | None = None,
+    def set_source(self, source_id: int, *, state: SourceState | None = None, error: str | None = None,
                    path: str | None = None) -> None:
         sets, args = ["updated = ?"], [time.time()]
         if state is not None:
@@ -60,7 +62,7 @@ class Sources(Store):
         """Objects holding bytes of this spool file that are not yet completed."""
         return self._conn.execute(
             "SELECT count(*) FROM source_objects so JOIN objects o ON o.id = so.object_id "
-            "WHERE so.source_id = ? AND o.state != 'done'",
+            f"WHERE so.source_id = ? AND o.state != '{DONE}'",
             (source_id,),
         ).fetchone()[0]
 
@@ -71,22 +73,22 @@ class Sources(Store):
         the operator (and any check that looks back a little)."""
         with self.transaction():
             cut = self._conn.execute(
-                f"SELECT id FROM sources WHERE state NOT IN {LIVE_SOURCE_STATES!r} ORDER BY id DESC "
+                f"SELECT id FROM sources WHERE state NOT IN {LIVE_SOURCE_STATES_SQL} ORDER BY id DESC "
                 "LIMIT 1 OFFSET ?", (keep,)
             ).fetchone()
             if cut is None:
                 return 0
             self._conn.execute(
                 f"DELETE FROM source_objects WHERE source_id IN (SELECT id FROM sources WHERE id <= ? "
-                f"AND state NOT IN {LIVE_SOURCE_STATES!r})", (cut[0],))
+                f"AND state NOT IN {LIVE_SOURCE_STATES_SQL})", (cut[0],))
             return self._conn.execute(
-                f"DELETE FROM sources WHERE id <= ? AND state NOT IN {LIVE_SOURCE_STATES!r}", (cut[0],)
+                f"DELETE FROM sources WHERE id <= ? AND state NOT IN {LIVE_SOURCE_STATES_SQL}", (cut[0],)
             ).rowcount
 
     def mark_reaped(self, source_id: int) -> None:
         with self.transaction():
             self._conn.execute(
-                "UPDATE sources SET state = 'reaped', updated = ? WHERE id = ?", (time.time(), source_id)
+                f"UPDATE sources SET state = '{REAPED}', updated = ? WHERE id = ?", (time.time(), source_id)
             )
             self._conn.execute("DELETE FROM source_objects WHERE source_id = ?", (source_id,))
 

@@ -27,7 +27,6 @@ from spoolup import journal_faults
 from spoolup.files import fsync_dir, fsync_path
 
 
-LIVE_SOURCE_STATES = ("active", "error", "refused")
 KEEP_SOURCES = 1000  # spool files done with (reaped, gone) that the journal remembers (prune_sources)
 MAX_ERRORS_KEPT = 500
 STOPPED = "stopped"  # the info of a process's last heartbeat when it stopped cleanly
