@@ -157,14 +157,21 @@ def ask(sp: Spoolup, verb: Callable[[Journal], T]) -> T:
         return verb(j)
 
 
-def rows(sp: Spoolup, table: str, where: str | None = None, args: tuple = (), *, select: str = "*",
-         order_by: str | None = None) -> list[dict]:
-    """Rows of one journal table as dicts (sqlite-utils over a read-only connection)."""
+@contextlib.contextmanager
+def journal_db(sp: Spoolup) -> Iterator[sqlite_utils.Database]:
+    """sqlite-utils over a read-only connection to the journal: its tables, rows and indexes."""
     conn = sqlite3.connect(f"file:{journal_path(sp)}?mode=ro", uri=True, timeout=30)
     try:
-        return list(sqlite_utils.Database(conn)[table].rows_where(where, args, select=select, order_by=order_by))
+        yield sqlite_utils.Database(conn)
     finally:
         conn.close()
+
+
+def rows(sp: Spoolup, table: str, where: str | None = None, args: tuple = (), *, select: str = "*",
+         order_by: str | None = None) -> list[dict]:
+    """Rows of one journal table as dicts."""
+    with journal_db(sp) as db:
+        return list(db[table].rows_where(where, args, select=select, order_by=order_by))
 
 
 def chunks_in(sp: Spoolup, state: str) -> list[dict]:

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from crashkit import decode, drain_crashing, get, noisy_lines, query, spoolup_cmd, write
+from crashkit import completed, decode, drain_crashing, get, noisy_lines, objects_of_source, rows, spoolup_cmd, write
 from helpers import list_keys, pending_uploads, syslog_lines
 
 BIG = noisy_lines(58_000, seed=21)  # ~14.2 MiB: 8 MiB chunks -> 1 sealed + 6.2 MiB open; gzip ~7 MiB
@@ -43,28 +43,20 @@ def suffix_of(key: str) -> str:
 def shipped(sp, s3, path: str) -> bytes:
     """The bytes of spool file `path` in the bucket: its objects, in the order ingest
     created them, each decoded by its own key's compression suffix."""
-    rows = query(sp, "SELECT o.final_key, o.state FROM objects o JOIN source_objects so ON so.object_id = o.id "
-                     "JOIN sources s ON s.id = so.source_id WHERE s.path = ? ORDER BY o.id", (path,))
-    assert rows and all(state == "done" for _, state in rows), rows
-    return b"".join(decode(get(s3, sp.bucket, k), suffix_of(k)) for k, _ in rows)
+    objs = objects_of_source(sp, path)
+    assert objs and all(o["state"] == "done" for o in objs), objs
+    return b"".join(decode(get(s3, sp.bucket, o["final_key"]), suffix_of(o["final_key"])) for o in objs)
 
 
 def assert_bucket_is_journal(sp, s3) -> list[str]:
-    keys = sorted(k for (k,) in query(sp, "SELECT final_key FROM objects"))
+    keys = sorted(o["final_key"] for o in rows(sp, "objects"))
     assert list_keys(s3, sp.bucket) == keys, "objects in the bucket that the journal does not account for"
     assert pending_uploads(s3, sp.bucket) == []
     return keys
 
 
 def objects(sp) -> list[dict]:
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{sp.state / 'journal.sqlite'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM objects ORDER BY id")]
-    finally:
-        conn.close()
+    return rows(sp, "objects", order_by="id")
 
 
 def pending(make_spoolup, options: dict, files: dict[str, bytes]):
@@ -73,8 +65,8 @@ def pending(make_spoolup, options: dict, files: dict[str, bytes]):
     for name, data in files.items():
         write(sp.spool / name, data)
     drain_crashing(sp, "after-batch-commit", scope="service")
-    waiting = query(sp, "SELECT count(*) FROM chunks WHERE state != 'uploaded'")[0][0]
-    assert waiting >= 1 and query(sp, "SELECT count(*) FROM objects WHERE state = 'done'")[0][0] == 0
+    waiting = [c for c in rows(sp, "chunks") if c["state"] != "uploaded"]
+    assert waiting and completed(sp) == 0
     return sp
 
 
@@ -83,7 +75,7 @@ def test_option_changed_with_work_pending(make_spoolup, s3, case):
     before, after = CASES[case]
     sp = pending(make_spoolup, before, {"a.log": BIG})
     forms_before = objects(sp)
-    chunks_before = {c for c in query(sp, "SELECT object_id, part, state FROM chunks")}
+    chunks_before = rows(sp, "chunks")
     sp.write_config(**after)
     write(sp.spool / "a.log", MORE, "ab")
     write(sp.spool / "b.log", NEW)
@@ -96,11 +88,10 @@ def test_option_changed_with_work_pending(make_spoolup, s3, case):
     now = {o["id"]: o for o in objects(sp)}
     for o in forms_before:
         assert o["form"] and now[o["id"]]["form"] == o["form"]
-    parts = {(o, p) for o, p, _ in chunks_before}
-    assert parts <= {(o, p) for o, p in query(sp, "SELECT object_id, part FROM chunks")}, \
+    parts = {(c["object_id"], c["part"]) for c in chunks_before}
+    assert parts <= {(c["object_id"], c["part"]) for c in rows(sp, "chunks")}, \
         "a part journaled before the change was re-cut"
-    (new_form,) = query(sp, "SELECT o.form FROM objects o JOIN source_objects so ON so.object_id = o.id "
-                            "JOIN sources s ON s.id = so.source_id WHERE s.path = 'b.log'")[0]
+    new_form = objects_of_source(sp, "b.log")[0]["form"]
     for option, value in after.items():
         if option in ("compression", "compresslevel", "chunk-size", "max-object-size"):
             journaled = json.loads(new_form)[option.replace("-", "_")]
@@ -133,7 +124,7 @@ def test_format_change_with_a_partly_read_file_is_refused_naming_the_option(make
         assert r.returncode == 2, f"{command}: exit {r.returncode}\n{r.stderr[-3000:]}"
         assert "option 'format': changed from 'lines' to 'envelope' while 1 spool file(s) are partly read" \
             in r.stderr and "run `spoolup drain`" in r.stderr, r.stderr[-3000:]
-    assert query(sp, "SELECT count(*) FROM objects WHERE state = 'done'")[0][0] == 0
+    assert completed(sp) == 0
     sp.write_config(**{"format": "lines", "object-key": "{name}"})  # the way forward the message gives
     r = sp.drain(timeout=240)
     assert r.returncode == 0, r.stderr[-4000:]

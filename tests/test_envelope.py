@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 
 import pytest
 
+from crashkit import rows
 from helpers import get, list_keys, wait_for
 
 KiB = 1024
@@ -39,11 +39,7 @@ def body(*msgs: str) -> bytes:
 
 def journal_objects(sp) -> dict[str, tuple[str, int]]:
     """final key -> (close reason, records), read from the journal (read-only)."""
-    conn = sqlite3.connect(f"file:{sp.state / 'journal.sqlite'}?mode=ro", uri=True)
-    try:
-        return {k: (r, n) for k, r, n in conn.execute("SELECT final_key, close_reason, records FROM objects")}
-    finally:
-        conn.close()
+    return {o["final_key"]: (o["close_reason"], o["records"]) for o in rows(sp, "objects")}
 
 
 def start_running(sp):

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import pytest
 
-from crashkit import (assert_exact, chunk_files, consumed, crash_mark, drain_crashing, noisy_lines, query,
-                      split_records, write)
+from crashkit import (ask, assert_exact, chunk_files, chunks_in, consumed, crash_mark, drain_crashing, noisy_lines,
+                      rows, split_records, write)
 from faultproxy import PROBE_KEY
 from helpers import STATE_FILESYSTEMS, list_keys, pending_uploads, syslog_lines, wait_for  # noqa: F401
+from spoolup.journal import Journal
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -63,13 +64,12 @@ def test_invariant1_ingest_killed_between_chunk_write_and_commit(make_spoolup, s
     p = sp.start()
     wait_for(lambda: consumed(sp) == sum(len(f) for f, _ in halves.values()), 60, what="the first halves journaled")
     assert sp.stop(p) == 0
-    assert query(sp, "SELECT count(*) FROM objects WHERE state = 'open'")[0][0] == len(files)
+    assert len(ask(sp, Journal.open_objects)) == len(files)
     # ... then the rest is appended, and the batch that takes it is killed at `point`
     for name, (_, rest) in halves.items():
         write(sp.spool / name, rest, "ab")
     drain_crashing(sp, point, scope="service")
-    journaled = {f"{o:012d}-{n:05d}": length for o, n, length, state in
-                 query(sp, "SELECT object_id, part, length, state FROM chunks") if state == "open"}
+    journaled = {f"{c['object_id']:012d}-{c['part']:05d}": c["length"] for c in chunks_in(sp, "open")}
     on_disk = chunk_files(sp)
     if point == "after-batch-commit":
         assert consumed(sp) == sum(len(d) for d in files.values())  # the second batch is journaled
@@ -156,7 +156,7 @@ def test_invariant5_foreign_object_at_the_claimed_key(make_spoolup, s3, shape):
     for name, data in files.items():
         write(sp.spool / name, data)
     drain_crashing(sp, "after-claim", scope="service")
-    claimed = [k for (k,) in query(sp, "SELECT final_key FROM objects WHERE final_key IS NOT NULL")]
+    claimed = [o["final_key"] for o in rows(sp, "objects", "final_key IS NOT NULL", order_by="id")]
     assert claimed == list(files), claimed
     foreign = {}
     for key in claimed:

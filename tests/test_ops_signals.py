@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 
 import pytest
 
 from helpers import content_of, get, list_keys, pending_uploads, syslog_lines, wait_for
+from crashkit import ask
 from netproxy import StallProxy
 
 MiB = 1024 * 1024
@@ -54,17 +54,8 @@ def start(sp, *args: str) -> subprocess.Popen:
 
 def journal_parts(sp) -> dict[str, dict[int, str]]:
     """final key -> {part: etag} of the parts the journal records as uploaded, per open upload."""
-    conn = sqlite3.connect(f"file:{sp.state / 'journal.sqlite'}?mode=ro", uri=True)
-    try:
-        out: dict[str, dict[int, str]] = {}
-        for key, upload_id in conn.execute("SELECT final_key, upload_id FROM objects WHERE upload_id IS NOT NULL "
-                                           "AND state != 'done'"):
-            out[key] = {p: e for p, e in conn.execute(
-                "SELECT c.part, c.etag FROM chunks c JOIN objects o ON o.id = c.object_id "
-                "WHERE o.upload_id = ? AND c.state = 'uploaded'", (upload_id,))}
-        return out
-    finally:
-        conn.close()
+    return ask(sp, lambda j: {o.final_key: {c.part: c.etag for c in j.chunks_of(o.id) if c.state == "uploaded"}
+                              for o in j.claimed_unfinished() if o.upload_id is not None})
 
 
 def s3_parts(s3, bucket: str) -> dict[str, dict[int, str]]:

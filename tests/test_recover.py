@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from crashkit import (assert_exact, chunk_files, copytruncate, drain_crashing, journal_path, journal_state,
-                      journal_write, noisy_lines, query, spoolup_cmd, write)
+from crashkit import (ask, assert_exact, chunk_files, chunks_in, copytruncate, drain_crashing, journal_db,
+                      journal_path, journal_state, journal_write, journaled_upload, noisy_lines, rows, spoolup_cmd,
+                      write)
 from faultproxy import PROBE_KEY, WRITES
 from helpers import list_keys, pending_uploads, syslog_lines
-from spoolup.journal import migrations, schema_version
+from spoolup.journal import Journal, migrations, schema_version
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -47,8 +48,8 @@ def drained(sp, s3, files, **kw):
 
 def open_chunk(sp) -> tuple[Path, int]:
     """An open chunk's file and its journaled length."""
-    oid, part, length = query(sp, "SELECT object_id, part, length FROM chunks WHERE state = 'open' "
-                                  "ORDER BY length DESC LIMIT 1")[0]
+    c = max(chunks_in(sp, "open"), key=lambda c: c["length"])
+    oid, part, length = c["object_id"], c["part"], c["length"]
     return sp.state / "chunks" / f"{oid:012d}-{part:05d}", length
 
 
@@ -100,13 +101,13 @@ def test_parts_in_s3_but_not_journaled_are_journaled_not_uploaded_again(make_spo
     files = {"big.log": BIG}
     sp = crashed(make_spoolup, "after-upload-part", files)
     sp.write_config(url=proxy.url)
-    sealed_before = query(sp, "SELECT count(*) FROM chunks WHERE state = 'sealed'")[0][0]
+    sealed_before = ask(sp, Journal.sealed_pending)
     r = recover(sp)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "was uploaded but its ETag not journaled; journaled now (not uploaded again)" in r.stdout, r.stdout
     assert proxy.count("ListParts") >= 1
     assert proxy.count(*WRITES) == 0, "recover itself uploads nothing"
-    still_sealed = query(sp, "SELECT count(*) FROM chunks WHERE state = 'sealed'")[0][0]
+    still_sealed = ask(sp, Journal.sealed_pending)
     assert still_sealed < sealed_before
     start = proxy.requests()[-1].at
     drained(sp, s3, files)
@@ -115,8 +116,8 @@ def test_parts_in_s3_but_not_journaled_are_journaled_not_uploaded_again(make_spo
 
 def _crashed_after_record_part(make_spoolup):
     sp = crashed(make_spoolup, "after-record-part", {"big.log": BIG})
-    (key, upload_id), = query(sp, "SELECT final_key, upload_id FROM objects WHERE upload_id IS NOT NULL")
-    recorded = query(sp, "SELECT part FROM chunks WHERE state = 'uploaded'")
+    key, upload_id = journaled_upload(sp)
+    recorded = chunks_in(sp, "uploaded")
     assert recorded, "a part was journaled as uploaded before the crash"
     return sp, key, upload_id
 
@@ -132,7 +133,7 @@ def test_journaled_parts_missing_in_s3_are_uploaded_again_from_local_chunks(make
     assert r.returncode == 0, r.stdout + r.stderr
     assert "is journaled but S3 does not hold it; uploading it again from the local chunk" in r.stdout, r.stdout
     assert proxy.count("ListParts") >= 1
-    assert query(sp, "SELECT count(*) FROM chunks WHERE state = 'uploaded'")[0][0] == 0
+    assert chunks_in(sp, "uploaded") == []
     drained(sp, s3, {"big.log": BIG})
     head = s3.head_object(Bucket=sp.bucket, Key="big.log")
     assert head["ETag"].strip('"').endswith(f"-{-(-len(BIG) // (5 << 20))}")
@@ -144,7 +145,7 @@ def test_vanished_upload_is_started_again_from_local_chunks(make_spoolup, s3):
     r = recover(sp)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "no longer exists; a new one is started" in r.stdout, r.stdout
-    assert query(sp, "SELECT upload_id FROM objects WHERE final_key = ?", (key,)) == [(None,)]
+    assert [o["upload_id"] for o in rows(sp, "objects", "final_key = ?", (key,))] == [None]
     drained(sp, s3, {"big.log": BIG})
 
 
@@ -157,10 +158,10 @@ def test_completed_in_s3_but_not_journaled_is_marked_done_not_uploaded_again(mak
     sp.write_config(url=proxy.url)
     r = recover(sp, "--dry-run")
     assert r.returncode == 0 and "had succeeded but was not journaled; marked done" in r.stdout, r.stdout
-    assert query(sp, "SELECT state FROM objects") == [("closed",)]
+    assert [o["state"] for o in rows(sp, "objects")] == ["closed"]
     r = recover(sp)
     assert r.returncode == 0 and "had succeeded but was not journaled; marked done" in r.stdout, r.stdout
-    assert query(sp, "SELECT state FROM objects") == [("done",)]
+    assert [o["state"] for o in rows(sp, "objects")] == ["done"]
     assert chunk_files(sp) == {}
     drained(sp, s3, files)
     assert proxy.count(*WRITES) == 0, [(q.op, q.key) for q in proxy.requests(*WRITES)]
@@ -270,8 +271,9 @@ def test_journal_of_schema_version_1_is_migrated(make_spoolup, s3):
     r = recover(sp)
     assert r.returncode == 0, r.stdout + r.stderr
     assert migrated in r.stdout, r.stdout
-    assert query(sp, "PRAGMA user_version") == [(LATEST,)]
-    assert query(sp, "SELECT name FROM sqlite_master WHERE name = 'requests_open'") == [("requests_open",)]
+    assert ask(sp, Journal.user_version) == LATEST
+    with journal_db(sp) as db:
+        assert "requests_open" in {i.name for i in db["requests"].indexes}
     drained(sp, s3, files)
 
 
@@ -339,7 +341,7 @@ def messy_state(make_spoolup, s3):
     write(sp.spool / "big.log", BIG)
     drain_crashing(sp, "after-complete", scope="service")
     write(sp.spool / "s.log", SMALL)
-    (key,) = [k for (k,) in query(sp, "SELECT final_key FROM objects WHERE state = 'closed'")]
+    (key,) = [o["final_key"] for o in rows(sp, "objects", "state = ?", ("closed",))]
     with open(sp.state / "chunks" / f"{1:012d}-00001", "ab") as f:
         f.write(b"tail never committed\n")
     write(sp.state / "chunks" / "000000000777-00001", b"a chunk file of nothing\n")
@@ -392,7 +394,7 @@ def test_run_performs_the_same_recovery_at_start(make_spoolup, s3):
                      "CompleteMultipartUpload had succeeded but was not journaled", f"multipart upload "
                      f"{orphan[:16]}... of {key} is not one this journal created"):
         assert expected in r.stderr, f"{expected!r} not logged"
-    assert query(sp, "PRAGMA user_version") == [(LATEST,)]
+    assert ask(sp, Journal.user_version) == LATEST
     assert_exact(s3, sp.bucket, files, empty_orphans=True)
     assert (key, orphan) in pending_uploads(s3, sp.bucket), "an upload this journal did not create is left alone"
     assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag

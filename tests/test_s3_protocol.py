@@ -19,8 +19,8 @@ from collections import Counter
 
 import pytest
 
-from crashkit import (assert_exact, drain_crashing, noisy_lines, query, spoolup_cmd, wait_upload_process_gone,
-                      write)
+from crashkit import (assert_exact, drain_crashing, journaled_upload, noisy_lines, rows, spoolup_cmd,
+                      wait_upload_process_gone, write)
 from faultproxy import PROBE_KEY
 from helpers import get, list_keys, objects_of, pending_uploads, wait_for
 
@@ -35,12 +35,12 @@ def spoolup_at(make_spoolup, **options):
     return make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5, **options})
 
 
-def journal_query(sp, sql: str):
-    """A query of the journal, or None while it does not exist yet."""
+def journal_rows(sp, table: str, where: str | None = None, args: tuple = ()) -> list[dict]:
+    """Rows of a journal table, none while the journal does not exist yet."""
     try:
-        return query(sp, sql)
+        return rows(sp, table, where, args)
     except sqlite3.OperationalError:
-        return None
+        return []
 
 
 def drained(sp, timeout: float = 180):
@@ -73,7 +73,7 @@ def test_upload_aborted_while_spoolup_was_down_is_started_again(make_spoolup, s3
     sp = spoolup_at(make_spoolup)
     write(sp.spool / "big.log", BIG)
     drain_crashing(sp, "after-record-part")
-    (key, upload_id), = query(sp, "SELECT final_key, upload_id FROM objects WHERE upload_id IS NOT NULL")
+    key, upload_id = journaled_upload(sp)
     s3.abort_multipart_upload(Bucket=sp.bucket, Key=key, UploadId=upload_id)  # a lifecycle rule, an operator
     write(sp.spool / "other.log", SMALL)
     drained(sp)  # (base code on RGW: "cannot reconcile with S3 yet; retrying" forever)
@@ -295,7 +295,7 @@ def test_two_agents_at_one_key_both_ship_without_aborting_each_other(make_spoolu
     pa, pb = a.start(), b.start()
     try:
         for sp in (a, b):
-            wait_for(lambda: journal_query(sp, "SELECT count(*) FROM objects") not in (None, [(0,)]), 60,
+            wait_for(lambda: journal_rows(sp, "objects") != [], 60,
                      what="the agent ingesting")
         for sp in (a, b):
             r = sp.cmd("drain", timeout=180)
@@ -344,7 +344,7 @@ def test_one_failing_object_never_delays_the_others(make_spoolup, s3, proxy):
     write(sp.spool / "bad.log", bad)
     p = sp.start()
     try:
-        wait_for(lambda: (journal_query(sp, "SELECT count(*) FROM chunks WHERE state = 'sealed'") or [(0,)])[0][0]
+        wait_for(lambda: len(journal_rows(sp, "chunks", "state = ?", ("sealed",)))
                  >= 5, 60, what="bad.log's parts sealed")
         wait_for(lambda: proxy.count("UploadPart") >= 5, 60, what="bad.log's parts failing")
         write(sp.spool / "good.log", good)
@@ -374,7 +374,7 @@ def test_envelope_key_xml_cannot_carry_multipart_open_across_a_restart(make_spoo
 
     write(sp.spool / "a.json", envelope(msgs[:25_000]))
     p = sp.start()
-    wait_for(lambda: (journal_query(sp, "SELECT count(*) FROM chunks WHERE state = 'uploaded'") or [(0,)])[0][0]
+    wait_for(lambda: len(journal_rows(sp, "chunks", "state = ?", ("uploaded",)))
              >= 1, 90, what="the first part uploaded")
     assert sp.stop(p) == 0  # the object stays open across the restart
     write(sp.spool / "a.json", envelope(msgs[25_000:]), mode="ab")
@@ -403,7 +403,7 @@ def test_compressed_parts_never_exceed_the_maximum_part_size(make_spoolup, s3):
     env["SPOOLUP_TEST_MAX_PART_SIZE"] = str(limit)
     r = spoolup_cmd(sp, "drain", env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    sizes = [s for (s,) in query(sp, "SELECT part_size FROM chunks ORDER BY object_id, part")]
+    sizes = [c["part_size"] for c in rows(sp, "chunks", order_by="object_id, part")]
     assert len(sizes) >= 4, sizes
     assert max(sizes) <= limit, f"part sizes {sizes} exceed {limit}"
     assert min(sizes[:-1]) >= 5 * MiB, f"parts below S3's minimum: {sizes}"

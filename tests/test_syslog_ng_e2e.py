@@ -12,13 +12,13 @@ from __future__ import annotations
 import gzip
 import re
 import socket
-import sqlite3
 import subprocess
 import time
 from collections import Counter, defaultdict
 
 import pytest
 
+from crashkit import rows
 from helpers import free_port, get, list_keys, wait_for
 from sng import SHIPPED_CONF, SyslogNg, count_lines, finish, loggen, require, syntax_check, tcp_source
 
@@ -263,8 +263,7 @@ destination d_ref {{ file("{ref}/${{HOST}}.txt" create-dirs(yes) template("{temp
         # byte for byte what syslog-ng renders with the same template (what s3() writes)
         assert sorted(records[host]) == sorted((ref / f"{host}.txt").read_bytes().splitlines(keepends=True))
     assert sum(len(r) for r in records.values()) == total
-    closed = dict(sqlite3.connect(f"file:{sp.state / 'journal.sqlite'}?mode=ro", uri=True).execute(
-        "SELECT close_reason, count(*) FROM objects GROUP BY close_reason").fetchall())
+    closed = Counter(o["close_reason"] for o in rows(sp, "objects"))
     assert closed.get("newer-timestamp", 0) >= len(HOSTS), closed
     assert sp.status()["dead_letters"]["records"] == 0
 
@@ -377,18 +376,12 @@ log {{ source(s_b); destination(d_held); destination(d_ref_b); flags(flow-contro
     assert [int(LOGGEN_MSG.match(x)[1]) for x in second.splitlines()] == list(range(400))
     assert get(s3, sp.bucket, "held/prg00000.log") == (ref / "b.txt").read_bytes()
     assert list_keys(s3, sp.bucket) == ["held/prg00000.log", "web01/prg00000.log", "web01/prg00000.log-1"]
-    conn = sqlite3.connect(f"file:{sp.state / 'journal.sqlite'}?mode=ro", uri=True)
-    rows = conn.execute("SELECT path, state FROM sources").fetchall()
-    conn.close()
+    sources = [(s["path"], s["state"]) for s in rows(sp, "sources")]
     # the same path twice: two sources (two inodes), both shipped and deleted
-    assert sorted(rows) == [("held/prg00000.log", "reaped"), ("web01/prg00000.log", "reaped"),
+    assert sorted(sources) == [("held/prg00000.log", "reaped"), ("web01/prg00000.log", "reaped"),
                             ("web01/prg00000.log", "reaped")]
     # each deletion came after the object holding the file's bytes was completed
-    conn = sqlite3.connect(f"file:{sp.state / 'journal.sqlite'}?mode=ro", uri=True)
-    reaped_at = [r[0] for r in conn.execute(
-        "SELECT updated FROM sources WHERE path = 'web01/prg00000.log' ORDER BY id")]
-    done_at = [r[0] for r in conn.execute(
-        "SELECT done_at FROM objects WHERE key = 'web01/prg00000.log' ORDER BY id")]
-    conn.close()
+    reaped_at = [s["updated"] for s in rows(sp, "sources", "path = ?", ("web01/prg00000.log",), order_by="id")]
+    done_at = [o["done_at"] for o in rows(sp, "objects", "key = ?", ("web01/prg00000.log",), order_by="id")]
     assert len(reaped_at) == len(done_at) == 2
     assert done_at[0] < reaped_at[0] < done_at[1] < reaped_at[1]
