@@ -180,8 +180,9 @@ class Journal:
 
     @property
     def db(self) -> "sqlite_utils.Database":
-        """sqlite-utils over the same connection, for read-side queries (status, tools).
-        Imported on first use: it pulls in numpy, which the service's hot processes do not need."""
+        """sqlite-utils over the same connection.  Nothing in spoolup, its tests or its
+        benchmarks uses it today (status reads with plain SQL).  Imported on first use: it pulls
+        in numpy, which the service's hot processes do not need."""
         if self._db is None:
             import sqlite_utils
 

@@ -33,8 +33,10 @@ implementations tested"), the difference is handled here or in s3.py, once:
 * "the upload does not exist" is NoSuchUpload on AWS and moto, NoSuchKey on RGW
   (S3.list_parts translates).
 
-Everything here runs in worker threads (or in recover) and never touches the journal
-except through the Report-driven reconcile.
+The steps (Protocol) run in the upload process's worker threads and never touch the
+journal: they return results (Claimed, Started, ...) that the coordinator thread journals.
+What does write to it: reconcile (before the upload process uploads anything, and in
+`spoolup recover`) and the capability probe's journal_capabilities/ensure_capabilities.
 """
 
 from __future__ import annotations

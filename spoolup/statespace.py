@@ -1,6 +1,6 @@
 """Space in the state dir: how much ingest may write before it starves the journal.
 
-Chunk files are kept until their object is completed (docs/DESIGN.md, as built 1),
+Chunk files are kept until their object is completed (docs/decisions/0001, 0002),
 so with a backlog larger than the state dir spoolup's own files are what fills it.
 Ingest therefore measures the free space before each read and writes at most what
 leaves RESERVE free for the journal of both processes (the upload process needs
