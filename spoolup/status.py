@@ -21,22 +21,47 @@ SCHEMA_VERSION = 1
 LIVENESS_SECONDS = 10.0  # a process whose heartbeat is older is reported dead
 
 
-def collect(cfg: Config) -> dict[str, Any]:
+def _open(cfg: Config) -> Journal:
     if not cfg.journal_path.exists() or peek(cfg.journal_path, "PRAGMA user_version") == 0:
-        journal = Journal.in_memory()  # never ran with this state dir (or it is being created): all zero
-    else:
-        journal = Journal.open_readonly(cfg.journal_path)
+        return Journal.in_memory()  # never ran with this state dir (or it is being created): all zero
+    return Journal.open_readonly(cfg.journal_path)
+
+
+def collect(cfg: Config) -> dict[str, Any]:
+    journal = _open(cfg)
     try:
         return _collect(cfg, journal)
     finally:
         journal.close()
 
 
+def processes(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Only `service.processes` of collect() (each process's liveness), without the rest:
+    what the liveness probe (/healthz, spoolup/probes.py) reads, cheaply and often."""
+    journal = _open(cfg)
+    try:
+        return _processes(journal, time.time())
+    finally:
+        journal.close()
+
+
+def _processes(j: Journal, now: float) -> dict[str, dict[str, Any]]:
+    out = {}
+    for p in j.processes():
+        alive = now - p["seen"] < LIVENESS_SECONDS and _pid_alive(p["pid"])
+        stopped = not alive and p["info"] == STOPPED
+        out[p["name"]] = {"pid": p["pid"], "alive": alive, "last_seen_seconds": round(now - p["seen"], 3),
+                          "started": p["started"], "info": p["info"],
+                          "state": "alive" if alive else "stopped" if stopped else "dead",
+                          "stopped_at": p["seen"] if stopped else None}
+    return out
+
+
 def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     now = time.time()
     q = j.conn.execute
     open_objects = _open_objects(cfg, j, now)
-    closed = q("SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = 'closed'").fetchone()
+    closed = q("SELECT count(*), coalesce(sum(size), 0), min(closed_at) FROM objects WHERE state = 'closed'").fetchone()
     done = q("SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = 'done'").fetchone()
     sealed = q("SELECT count(*), coalesce(sum(part_size), 0) FROM chunks WHERE state = 'sealed'").fetchone()
     oldest = q("SELECT min(created) FROM objects WHERE state != 'done'").fetchone()[0]
@@ -50,14 +75,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         for r in q("SELECT * FROM dead_letters ORDER BY path")
     ]
     err = j.last_error()
-    processes = {}
-    for p in j.processes():
-        alive = now - p["seen"] < LIVENESS_SECONDS and _pid_alive(p["pid"])
-        stopped = not alive and p["info"] == STOPPED
-        processes[p["name"]] = {"pid": p["pid"], "alive": alive, "last_seen_seconds": round(now - p["seen"], 3),
-                                "started": p["started"], "info": p["info"],
-                                "state": "alive" if alive else "stopped" if stopped else "dead",
-                                "stopped_at": p["seen"] if stopped else None}
+    processes = _processes(j, now)
     counters = j.counters()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -68,7 +86,8 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "spool_dir": str(cfg.spool_dir),
         "state_dir": str(cfg.state_dir),
         "open_objects": open_objects,
-        "closed_objects_pending": {"count": closed[0], "bytes": closed[1]},
+        "closed_objects_pending": {"count": closed[0], "bytes": closed[1],
+                                   "oldest_age_seconds": round(now - closed[2], 3) if closed[2] else None},
         "completed_objects": {"count": done[0], "bytes": done[1]},
         "pending_parts": {"count": sealed[0], "bytes": sealed[1], "cap": cfg.max_pending_uploads},
         "backlog_bytes": backlog,
