@@ -40,15 +40,21 @@ def processes(cfg: Config) -> dict[str, dict[str, Any]]:
     what the liveness probe (/healthz, spoolup/probes.py) reads, cheaply and often."""
     journal = _open(cfg)
     try:
-        return _processes(journal, time.time())
+        return _processes(cfg, journal, time.time())
     finally:
         journal.close()
 
 
-def _processes(j: Journal, now: float) -> dict[str, dict[str, Any]]:
+def _processes(cfg: Config, j: Journal, now: float) -> dict[str, dict[str, Any]]:
+    """Alive: a heartbeat within LIVENESS_SECONDS and the pid exists.  While the state dir's
+    filesystem has less than the journal's reserve free, a heartbeat may not be journaled
+    (the upload process logs "heartbeat not journaled"; the main process's fails with its
+    batch): then the pid alone says it, rather than calling a waiting service dead (and
+    having /healthz restart it, which frees no space)."""
+    full = _journal_full(cfg)
     out = {}
     for p in j.processes():
-        alive = now - p["seen"] < LIVENESS_SECONDS and _pid_alive(p["pid"])
+        alive = (now - p["seen"] < LIVENESS_SECONDS or (full and p["info"] != STOPPED)) and _pid_alive(p["pid"])
         stopped = not alive and p["info"] == STOPPED
         out[p["name"]] = {"pid": p["pid"], "alive": alive, "last_seen_seconds": round(now - p["seen"], 3),
                           "started": p["started"], "info": p["info"],
@@ -75,7 +81,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         for r in q("SELECT * FROM dead_letters ORDER BY path")
     ]
     err = j.last_error()
-    processes = _processes(j, now)
+    processes = _processes(cfg, j, now)
     counters = j.counters()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -247,6 +253,14 @@ def _s3_protocol(j: Journal) -> dict[str, Any]:
     return {"s3_capabilities": caps, "quarantined_objects": quarantined}
 
 
+def _journal_full(cfg: Config) -> bool:
+    """Too little free space in the state dir's filesystem for the journal to grow for sure."""
+    try:
+        return statespace.free_bytes(cfg)[1] < statespace.RESERVE
+    except OSError:
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -291,6 +305,8 @@ def _clock(t: float | None, now: float) -> str:
 
 
 def _process(name: str, p: dict[str, Any], now: float) -> str:
+    if p["state"] == "alive" and p["last_seen_seconds"] >= LIVENESS_SECONDS:
+        return f"{name} pid {p['pid']} alive (no heartbeat journaled for {_age(p['last_seen_seconds'])}: state dir full)"
     if p["state"] == "alive":
         return f"{name} pid {p['pid']} alive"
     if p["state"] == "stopped":

@@ -184,15 +184,22 @@ def test_state_dir_full_is_not_ready(make_spoolup, s3, tmp_path):
             wait_for(lambda: sp.status()["completed_objects"]["count"] == 1, 60, what="the first object")
             wait_for(answers(port, "/readyz", 200), 30, what="ready")
             filler = fill(state)
+            later = syslog_lines(20_000, start=1000)
+            write(sp.spool / "later.log", later)  # records keep coming: they wait in the spool
             ready = wait_for(answers(port, "/readyz", 503), 60, what="/readyz 503 with the state dir full")
             check = ready["checks"]["state_dir"]
             assert not check["ok"] and str(state) in check["reason"], ready
             assert "something else fills the filesystem" in check["reason"], ready
             assert check["reason"] == sp.status()["state_dir_space"]["advice"]  # as status says
+            # a full disk is no reason to restart spoolup: alive, even once its heartbeats cannot be journaled
+            st = wait_for(lambda: (s := sp.status())["service"]["processes"]["upload"]["last_seen_seconds"]
+                          >= 10 and s, 60, what="the upload process's heartbeat older than 10s")
+            assert st["service"]["processes"]["upload"]["alive"] and st["service"]["processes"]["ingest"]["alive"]
+            status, live = probe(port, "/healthz")
+            assert status == 200 and live["ok"], live
+            assert "state dir full" in live["checks"]["upload"]["reason"], live
             filler.unlink()  # space returns
             wait_for(answers(port, "/readyz", 200), 60, what="ready again with space")
-            later = syslog_lines(500, start=1000)
-            write(sp.spool / "later.log", later)
             wait_for(lambda: sp.status()["completed_objects"]["count"] == 2, 60, what="the next object")
             assert_exact(s3, sp.bucket, {"first.log": first, "later.log": later})
         finally:
