@@ -563,7 +563,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("log-level", one_of(LOG_LEVELS, str.lower), "info", "\"debug\", \"info\", \"warning\" or \"error\"."),
     Option("log-format", one_of(LOG_FORMATS), "auto", "\"auto\" (console on a TTY, else JSON lines), \"json\", \"console\"."),
     Option("log-file", parse_str, "", "Write logs to this file instead of stderr; SIGHUP reopens it (logrotate)."),
-    Option("metrics-listen", parse_listen, "", "Prometheus endpoint \"host:port\" (e.g. \"127.0.0.1:9464\"); empty: off."),
+    Option("metrics-listen", parse_listen, "", "Prometheus endpoint \"host:port\" (e.g. \"127.0.0.1:9464\"), serving /metrics "
+           "and the health probes /healthz (liveness) and /readyz (readiness; docs/operations.md); empty: off."),
 )
 
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}

@@ -204,3 +204,14 @@ def test_state_dir_full_is_not_ready(make_spoolup, s3, tmp_path):
             assert_exact(s3, sp.bucket, {"first.log": first, "later.log": later})
         finally:
             assert sp.stop(p) == 0
+
+
+def test_every_readiness_check_is_documented():
+    """docs/operations.md's table names each check /readyz answers (test_healthy_... pins the set)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    section = doc[doc.index("### Health probes"):]
+    section = section[:section.index("\n### ")]
+    assert [name for name in sorted(READY_CHECKS) if f"| `{name}` |" not in section] == []
+    assert "livenessProbe" in section and "readinessProbe" in section and "/healthz" in section
