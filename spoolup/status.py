@@ -67,7 +67,8 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     now = time.time()
     q = j.conn.execute
     open_objects = _open_objects(cfg, j, now)
-    closed = q("SELECT count(*), coalesce(sum(size), 0), min(closed_at) FROM objects WHERE state = 'closed'").fetchone()
+    closed = q("SELECT count(*), coalesce(sum(size), 0), min(closed_at) FROM objects "
+               "WHERE state = 'closed'").fetchone()
     done = q("SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = 'done'").fetchone()
     sealed = q("SELECT count(*), coalesce(sum(part_size), 0) FROM chunks WHERE state = 'sealed'").fetchone()
     oldest = q("SELECT min(created) FROM objects WHERE state != 'done'").fetchone()[0]
@@ -306,7 +307,8 @@ def _clock(t: float | None, now: float) -> str:
 
 def _process(name: str, p: dict[str, Any], now: float) -> str:
     if p["state"] == "alive" and p["last_seen_seconds"] >= LIVENESS_SECONDS:
-        return f"{name} pid {p['pid']} alive (no heartbeat journaled for {_age(p['last_seen_seconds'])}: state dir full)"
+        return (f"{name} pid {p['pid']} alive (no heartbeat journaled for {_age(p['last_seen_seconds'])}: "
+                "state dir full)")
     if p["state"] == "alive":
         return f"{name} pid {p['pid']} alive"
     if p["state"] == "stopped":

@@ -107,6 +107,10 @@ def test_s3_unreachable_is_not_ready_but_alive(make_spoolup, s3, proxy):
         assert "S3: FAILING since" in ready["checks"]["s3"]["reason"], ready
         assert sp.status()["s3_health"]["state"] == "failing"  # as status says
         assert ready["checks"]["processes"]["ok"] and ready["checks"]["journal"]["ok"], ready
+        st = wait_for(lambda: (s := sp.status())["closed_objects_pending"]["count"] == 1 and s, 30,
+                      what="the object waiting in status")
+        assert st["closed_objects_pending"]["oldest_age_seconds"] > 0
+        assert ready["checks"]["uploads"]["ok"], ready  # waiting, not (yet) stalled past the bound
         status, live = probe(port, "/healthz")
         assert status == 200 and live["ok"], live  # S3 down is not a reason to restart spoolup
         proxy.clear()  # S3 is back
@@ -215,3 +219,31 @@ def test_every_readiness_check_is_documented():
     section = section[:section.index("\n### ")]
     assert [name for name in sorted(READY_CHECKS) if f"| `{name}` |" not in section] == []
     assert "livenessProbe" in section and "readinessProbe" in section and "/healthz" in section
+
+
+def test_stalls_past_the_bound_are_not_ready(tmp_path):
+    """The stall checks on status's figures (a real status of a state dir that never ran, with
+    the ages a stalled service would show: waiting 15 minutes is not done in a test)."""
+    from spoolup import config, probes, status
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'bucket = "logs"\nspool-dir = "{tmp_path / "spool"}"\nstate-dir = "{tmp_path / "state"}"\n')
+    (tmp_path / "spool").mkdir()
+    st = status.collect(config.load(path))
+    now, bound = st["time"], probes.STALLED_AFTER
+    assert probes._uploads(st, now)["ok"] and probes._quarantine(st, now)["ok"]
+    st["closed_objects_pending"].update(count=3, oldest_age_seconds=bound - 1)
+    assert probes._uploads(st, now)["ok"]
+    st["closed_objects_pending"]["oldest_age_seconds"] = bound + 1
+    check = probes._uploads(st, now)
+    assert not check["ok"] and "the oldest of 3 closed objects has waited 15m" in check["reason"], check
+    st["closed_objects_pending"]["oldest_age_seconds"] = None
+    st["open_objects"] = [{"expected_key": "web/app.log", "completes": {"grace_at": now - bound - 60}}]
+    check = probes._uploads(st, now)
+    assert not check["ok"] and "still open 16m after their flush-grace-period, e.g. web/app.log" in check["reason"]
+    st["quarantined_objects"] = [{"key": "k-0", "operation": "PutObject", "code": "AccessDenied",
+                                  "message": "Access Denied", "since": now - bound + 5}]
+    assert probes._quarantine(st, now)["ok"]  # quarantined, not for long yet
+    st["quarantined_objects"][0]["since"] = now - bound - 5
+    check = probes._quarantine(st, now)
+    assert not check["ok"] and "k-0: PutObject AccessDenied: Access Denied" in check["reason"], check
