@@ -64,7 +64,7 @@ CANNED_ACLS = frozenset(
 # s3() accepts "" and "aws:kms"; spoolup adds SSE-S3 ("AES256") and dual-layer KMS.
 SERVER_SIDE_ENCRYPTIONS = frozenset({"", "AES256", "aws:kms", "aws:kms:dsse"})
 # an IAM role ARN (any partition: aws, aws-cn, aws-us-gov, ...)
-_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")  # fullmatch
 FORMATS = ("lines", "envelope")
 COMPRESSIONS = ("none", "gzip", "zstd")
 LOG_FORMATS = ("auto", "json", "console")
@@ -176,6 +176,21 @@ def parse_str(value: Any) -> str:
     return value
 
 
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
+
+
+def parse_header_text(value: Any) -> str:
+    """A string that S3 receives in an HTTP header or the request line (region, credentials, KMS
+    key): a control character there makes botocore refuse the request on every attempt.  The
+    value is never echoed: it may be a secret."""
+    text = parse_str(value)
+    if _has_control(text):
+        raise ValueError("must not contain control characters (a newline, a tab...): S3 receives it in an "
+                         "HTTP header")
+    return text
+
+
 def parse_path(value: Any) -> Path:
     text = parse_str(value)
     if not text.strip():
@@ -244,10 +259,13 @@ def parse_suffix(value: Any) -> str:
 # values counted together; spoolup's own (x-amz-meta-spoolup-object) keeps its share.
 METADATA_BYTES = 2048 - 128
 RESERVED_METADATA_PREFIX = "spoolup-"
-_METADATA_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+# Every pattern below is used with fullmatch(): "$" also matches before a trailing newline, which
+# let "team\n" through; the request then failed in botocore ("Invalid header name") on every retry.
+_METADATA_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
 MAX_TAGS = 10  # S3's limit of tags per object
-_TAG_RE = re.compile(r"^[\w .:/=+\-@]*$")  # S3: letters, digits, spaces and + - = . _ : / @
-_CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[\w!#$&^.+-]+(\s*;\s*[\w!#$&^.+-]+=(\"[^\"]*\"|[\w!#$&^.+-]+))*$")
+_TAG_RE = re.compile(r"[\w .:/=+\-@]*")  # S3: letters, digits, spaces and + - = . _ : / @
+# (blanks around ";" are spaces and tabs only: a header value cannot hold a line break)
+_CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]*/[\w!#$&^.+-]+([ \t]*;[ \t]*[\w!#$&^.+-]+=(\"[ !#-~\t]*\"|[\w!#$&^.+-]+))*")
 
 
 def _table(value: Any, what: str) -> dict[str, str]:
@@ -264,7 +282,7 @@ def parse_metadata(value: Any) -> dict[str, str]:
     table = _table(value, "names and values")
     size = 0
     for name, text in table.items():
-        if not _METADATA_NAME_RE.match(name):
+        if not _METADATA_NAME_RE.fullmatch(name):
             raise ValueError(f"metadata name {name!r}: use lowercase letters, digits, '-', '_' and '.' "
                              "(S3 lowercases names; x-amz-meta-<name> must be an HTTP header)")
         if name.startswith(RESERVED_METADATA_PREFIX):
@@ -285,18 +303,18 @@ def parse_tags(value: Any) -> dict[str, str]:
     if len(table) > MAX_TAGS:
         raise ValueError(f"{len(table)} tags; S3 allows at most {MAX_TAGS} per object")
     for key, text in table.items():
-        if not 1 <= len(key) <= 128 or not _TAG_RE.match(key):
+        if not 1 <= len(key) <= 128 or not _TAG_RE.fullmatch(key):
             raise ValueError(f"tag key {key!r}: 1 to 128 letters, digits, spaces and + - = . _ : / @")
         if key.lower().startswith("aws:"):
             raise ValueError(f"tag key {key!r}: the prefix 'aws:' is reserved by AWS")
-        if len(text) > 256 or not _TAG_RE.match(text):
+        if len(text) > 256 or not _TAG_RE.fullmatch(text):
             raise ValueError(f"the value of tag {key!r}: up to 256 letters, digits, spaces and + - = . _ : / @")
     return table
 
 
 def parse_content_type(value: Any) -> str:
-    text = parse_str(value).strip()
-    if text and (len(text) > 255 or not _CONTENT_TYPE_RE.match(text)):
+    text = parse_str(value).strip(" ")
+    if text and (_has_control(text) or len(text) > 255 or not _CONTENT_TYPE_RE.fullmatch(text)):
         raise ValueError(f"expected a media type such as \"text/plain; charset=utf-8\" or "
                          f"\"application/gzip\", or \"\" for the default of the compression; got {value!r}")
     return text
@@ -304,17 +322,17 @@ def parse_content_type(value: Any) -> str:
 
 def parse_url(value: Any) -> str:
     text = parse_str(value).strip()
-    if text and not re.match(r"^https?://[^/\s]+", text):
+    if text and (not re.match(r"https?://[^/\s]+", text) or _has_control(text)):
         raise ValueError(f"expected an http:// or https:// endpoint URL, or \"\" for AWS; got {value!r}")
     return text.rstrip("/")
 
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")  # fullmatch
 
 
 def parse_bucket(value: Any) -> str:
     text = parse_str(value)
-    if not _BUCKET_RE.match(text) or ".." in text:
+    if not _BUCKET_RE.fullmatch(text) or ".." in text:
         raise ValueError(
             "expected an S3 bucket name: 3 to 63 characters of lowercase letters, digits, dots and hyphens, "
             f"starting and ending with a letter or digit; got {value!r}"
@@ -324,7 +342,7 @@ def parse_bucket(value: Any) -> str:
 
 def parse_role(value: Any) -> str:
     text = parse_str(value).strip()
-    if text and not _ROLE_ARN_RE.match(text):
+    if text and not _ROLE_ARN_RE.fullmatch(text):
         raise ValueError(
             f"expected an IAM role ARN such as \"arn:aws:iam::123456789012:role/log-writer\", or \"\" for none; "
             f"got {value!r}"
@@ -389,9 +407,9 @@ OPTIONS: tuple[Option, ...] = (
     # --- the s3() destination's options ---
     Option("url", parse_url, "", "S3 endpoint URL (MinIO, Ceph, moto...); empty means AWS.", "s3()"),
     Option("bucket", parse_bucket, REQUIRED, "Bucket to write to; created if it does not exist.", "s3()", True),
-    Option("access-key", parse_str, "", "Access key id; empty means boto3's default credential chain.", "s3()"),
-    Option("secret-key", parse_str, "", "Secret access key (never logged or shown).", "s3()"),
-    Option("region", parse_str, "", "Region name; empty means boto3's default.", "s3()"),
+    Option("access-key", parse_header_text, "", "Access key id; empty means boto3's default credential chain.", "s3()"),
+    Option("secret-key", parse_header_text, "", "Secret access key (never logged or shown).", "s3()"),
+    Option("region", parse_header_text, "", "Region name; empty means boto3's default.", "s3()"),
     Option(
         "role",
         parse_role,
@@ -488,7 +506,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "kms-key",
-        parse_str,
+        parse_header_text,
         "",
         "KMS key id, alias/... or ARN for server-side-encryption = \"aws:kms\"; empty: the bucket's AWS managed key.",
         "s3()",
@@ -526,7 +544,7 @@ OPTIONS: tuple[Option, ...] = (
         10.0,
         "A fully shipped spool file is deleted after this many idle minutes; must exceed syslog-ng's time-reap().",
     ),
-    Option("session-token", parse_str, "", "Session token for temporary credentials (never logged)."),
+    Option("session-token", parse_header_text, "", "Session token for temporary credentials (never logged)."),
     Option("poll-interval", parse_seconds, 1.0, "Seconds between spool rescans (watchdog events come sooner)."),
     Option("s3-timeout", parse_seconds, 60.0, "Seconds before an S3 connection or read times out (then retried)."),
     Option("retry-max-delay", parse_seconds, 30.0, "Longest backoff in seconds between retries of a failed S3 call."),
