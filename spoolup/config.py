@@ -9,6 +9,7 @@ the option and what is accepted; the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -67,6 +68,7 @@ SERVER_SIDE_ENCRYPTIONS = frozenset({"", "AES256", "aws:kms", "aws:kms:dsse"})
 _ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")  # fullmatch
 FORMATS = ("lines", "envelope")
 COMPRESSIONS = ("none", "gzip", "zstd")
+COMPRESSION_SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}  # the end of the key
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONDITIONAL_WRITES = ("auto", "on", "off")
@@ -638,7 +640,15 @@ class Config:
     # ---- derived values ----
     @property
     def key_suffix(self) -> str:
-        return {"none": "", "gzip": ".gz", "zstd": ".zst"}[self.compression]
+        return COMPRESSION_SUFFIXES[self.compression]
+
+    @functools.cached_property
+    def key_room(self) -> int:
+        """lines: the bytes a final key can add to the key rendered from a spool file's path
+        (timestamp, index, object-key-suffix, .gz/.zst); envelope: index and .gz/.zst."""
+        if self.format == "envelope":
+            return keys.key_room(0, self.key_suffix)
+        return keys.key_room(keys.timestamp_bytes(self.object_key_timestamp), self.object_key_suffix + self.key_suffix)
 
     @property
     def grace_seconds(self) -> float:
@@ -777,6 +787,7 @@ def _check_cross_option(v: dict[str, Any]) -> None:
     if v["format"] == "envelope" and v["object-key-suffix"]:
         raise ConfigError("object-key-suffix", "with format = \"envelope\" each record carries its suffix (the "
                           "spoolup() block's object-key-suffix() in syslog-ng): leave it out here")
+    _check_key_length(v)
     if bool(v["access-key"]) != bool(v["secret-key"]):
         missing = "secret-key" if v["access-key"] else "access-key"
         raise ConfigError(missing, "access-key and secret-key go together: give both, or neither to use boto3's credential chain")
@@ -801,6 +812,23 @@ def _check_cross_option(v: dict[str, Any]) -> None:
         raise ConfigError("spool-dir", f"{spool} exists and is not a directory")
     if state.exists() and not state.is_dir():
         raise ConfigError("state-dir", f"{state} exists and is not a directory")
+
+
+def _check_key_length(v: dict[str, Any]) -> None:
+    """Refuse a configuration where no file (lines) or no record (envelope) could get a key S3
+    accepts: the shortest key the template renders, with the longest timestamp, index and
+    suffixes its objects can get, is over S3's 1024 bytes.  Names the option that tips it over."""
+    compressed = COMPRESSION_SUFFIXES[v["compression"]]
+    shortest = len(keys.shortest_render(v["object-key"]).encode("utf-8", "surrogatepass"))
+    ts_bytes = keys.timestamp_bytes(v["object-key-timestamp"]) if v["format"] == "lines" else 0
+    steps = (("object-key", keys.key_room(0, compressed)),
+             ("object-key-timestamp", keys.key_room(ts_bytes, compressed)),
+             ("object-key-suffix", keys.key_room(ts_bytes, v["object-key-suffix"] + compressed)))
+    for option, room in steps:
+        if shortest + room > keys.MAX_KEY_BYTES:
+            raise ConfigError(option, f"no object key could fit: the shortest key object-key renders takes {shortest} "
+                              f"bytes, and timestamp, index and suffixes add up to {room} more; S3 allows "
+                              f"{keys.MAX_KEY_BYTES} bytes")
 
 
 def warnings(cfg: Config) -> list[str]:

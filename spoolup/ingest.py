@@ -71,7 +71,7 @@ class Ingest:
         self._sealed_in_batch: list[tuple[int, int, Codec]] = []
         self._ts_cache: tuple[int, str] = (-1, "")
         self.stats = {"bytes": 0, "records": 0}
-        self._envelope = envelope.Parser(cfg.object_key)
+        self._envelope = envelope.Parser(cfg.object_key, cfg.key_suffix)
         self._restored = True  # False from a rollback until the journaled state is back (restore())
         self.form = Form.of_config(cfg)  # the form of the objects this run creates
         self._form_json = self.form.to_json()
