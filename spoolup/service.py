@@ -236,6 +236,7 @@ class Service:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        logs.ignore_signals()  # SIGUSR1, SIGUSR2, ...: logged, never a silent death
 
     def _on_hup(self, _signum, _frame) -> None:
         logs.reopen()
