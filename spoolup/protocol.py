@@ -71,7 +71,7 @@ REPROBE_AFTER = 3600.0  # seconds a journaled probe is trusted across restarts
 PERMANENT_CODES = frozenset({
     "EntityTooLarge", "EntityTooSmall", "InvalidArgument", "InvalidRequest", "KeyTooLongError",
     "MetadataTooLarge", "InvalidStorageClass", "InvalidObjectState", "AccessDenied", "InvalidDigest",
-    "BadDigest", "MalformedXML", "LocalChunkDamaged", NOT_SENDABLE,
+    "BadDigest", "MalformedXML", "LocalChunkDamaged", "InvalidTag", NOT_SENDABLE,
 })
 
 
