@@ -20,7 +20,7 @@ from spoolup import crash, envelope, identity, objects, statespace
 from spoolup import form as forms
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
-from spoolup.deadletter import DeadLetters
+from spoolup.deadletter import REMOVED_STATE, DeadLetters
 from spoolup.form import Form
 from spoolup.journal import Batch, Journal, ObjectRow, disk_full
 from spoolup.spool import Source, Spool
@@ -71,7 +71,7 @@ class Ingest:
         self._sealed_in_batch: list[tuple[int, int, Codec]] = []
         self._ts_cache: tuple[int, str] = (-1, "")
         self.stats = {"bytes": 0, "records": 0}
-        self._envelope = envelope.Parser(cfg.object_key)
+        self._envelope = envelope.Parser(cfg.object_key, cfg.key_suffix)
         self._restored = True  # False from a rollback until the journaled state is back (restore())
         self.form = Form.of_config(cfg)  # the form of the objects this run creates
         self._form_json = self.form.to_json()
@@ -95,8 +95,16 @@ class Ingest:
         self.sealed_pending = self.journal.sealed_pending()
         # dead-letter lines of a batch that never committed are read from the spool again
         journaled = dict(self.journal.conn.execute("SELECT source_id, bytes FROM dead_letters").fetchall())
-        for action in self.dead.reconcile(journaled):
+        removed = {int(k): v for k, v in ((self.journal.state(REMOVED_STATE) or {}).get("bytes") or {}).items()}
+        for action in self.dead.reconcile(journaled, removed):
             self.log.info("recovery", action=action)
+        self.dead.journal_removed = self._journal_dead_removed
+        if self.dead.removed != removed:
+            self._journal_dead_removed(self.dead.removed)
+
+    def _journal_dead_removed(self, removed: dict[int, int]) -> None:
+        """Dead-letter bytes the operator removed, journaled before a new file takes lines."""
+        self.journal.set_state(REMOVED_STATE, {"bytes": {str(k): v for k, v in removed.items()}})
 
     def _track(self, obj: OpenObject) -> None:
         self.open[obj.id] = obj

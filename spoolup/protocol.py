@@ -57,7 +57,7 @@ from spoolup.chunks import Codec, part_file, remove_chunk_files
 from spoolup.config import Config
 from spoolup.form import Form
 from spoolup.journal import CAPABILITIES_META, ChunkRow, Journal, ObjectRow
-from spoolup.s3 import (_CATCH, S3, FileBody, InvalidPart, NoSuchUpload, NotImplementedByServer, PreconditionFailed,
+from spoolup.s3 import (_CATCH, NOT_SENDABLE, S3, FileBody, InvalidPart, NoSuchUpload, NotImplementedByServer, PreconditionFailed,
                         S3Error, _translate, multipart_etag, same_etag)
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ REPROBE_AFTER = 3600.0  # seconds a journaled probe is trusted across restarts
 PERMANENT_CODES = frozenset({
     "EntityTooLarge", "EntityTooSmall", "InvalidArgument", "InvalidRequest", "KeyTooLongError",
     "MetadataTooLarge", "InvalidStorageClass", "InvalidObjectState", "AccessDenied", "InvalidDigest",
-    "BadDigest", "MalformedXML", "LocalChunkDamaged",
+    "BadDigest", "MalformedXML", "LocalChunkDamaged", "InvalidTag", NOT_SENDABLE,
 })
 
 

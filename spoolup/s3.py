@@ -87,9 +87,17 @@ def _translate(e: Exception, op: str, key: str | None) -> S3Error:
         if status == 501 and code in ("501", "Unknown"):
             code = "NotImplemented"
         return _BY_CODE.get(code, S3Error)(code, str(err.get("Message") or e), op=op, key=key, status=status)
+    if isinstance(e, _NOT_SENDABLE) or (isinstance(e, botocore.exceptions.HTTPClientError)
+                                        and isinstance(e.kwargs.get("error"), ValueError)):
+        # botocore (or http.client under it: "Invalid header name b'x-amz-meta-team\n'") refused to
+        # build the request from what it was given: sending it again can never succeed.
+        return S3Error(NOT_SENDABLE, f"the request cannot be sent: {e}", op=op, key=key)
     return S3Error(type(e).__name__, str(e), op=op, key=key)
 
 
+# A request botocore refuses to build (a parameter it cannot send): a permanent error (protocol.permanent).
+NOT_SENDABLE = "RequestNotSendable"
+_NOT_SENDABLE = (botocore.exceptions.ParamValidationError, botocore.exceptions.ValidationError)
 _CATCH = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 # Characters XML 1.0 cannot carry (C0 controls but tab/LF/CR, U+FFFE, U+FFFF) yet an S3 key may

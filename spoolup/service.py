@@ -207,7 +207,8 @@ class Service:
                                 max_open=budget["dead_letter_files"])
         self.spool = Spool(self.cfg.spool_dir, self.journal, self.log, fsync=self.cfg.fsync,
                            object_key=self.cfg.object_key if self.cfg.format == "lines" else None,
-                           retry_max=self.cfg.quarantine_retry, max_open=budget["spool_files"])
+                           retry_max=self.cfg.quarantine_retry, max_open=budget["spool_files"],
+                           key_room=self.cfg.key_room)
         self.ingest = Ingest(self.cfg, self.journal, self.spool, self.store, self.dead, self.log,
                              notify=self.uploader.wake)
         self.spool.clock = Clock.start(self.journal.state("clock"), time.time(), time.monotonic(), self.log)
@@ -235,6 +236,7 @@ class Service:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        logs.ignore_signals()  # SIGUSR1, SIGUSR2, ...: logged, never a silent death
 
     def _on_hup(self, _signum, _frame) -> None:
         logs.reopen()

@@ -14,6 +14,7 @@ from typing import Any
 from spoolup import __version__, health, keys, lock, statespace
 from spoolup import form as forms
 from spoolup.config import Config
+from spoolup.deadletter import REMOVED_STATE
 from spoolup.journal import CAPABILITIES_META, QUARANTINE_META, STOPPED, Journal, peek
 from spoolup.spool import scan
 
@@ -76,9 +77,10 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     backlog, with_backlog, attention = _sources(cfg, j)
     sources = [{k: v for k, v in a.items() if k != "source_id"} for a in attention]
 
+    removed = (j.state(REMOVED_STATE) or {}).get("bytes") or {}  # by the operator (deadletter.py)
     dead = [
         {"path": r["path"], "records": r["records"], "bytes": r["bytes"], "last_at": r["last_at"],
-         "last_reason": r["last_reason"]}
+         "last_reason": r["last_reason"], "removed_bytes": removed.get(str(r["source_id"]), 0)}
         for r in q("SELECT * FROM dead_letters ORDER BY path")
     ]
     err = j.last_error()
@@ -103,7 +105,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "sources_with_backlog": with_backlog,
         "leases": {"state": "unknown", "reason": None, "since": None, **(j.state("leases") or {})},
         "dead_letters": {"records": sum(d["records"] for d in dead), "bytes": sum(d["bytes"] for d in dead),
-                         "files": dead},
+                         "removed_bytes": sum(d["removed_bytes"] for d in dead), "files": dead},
         "last_error": None if err is None else {
             "time": err["at"], "age_seconds": round(now - err["at"], 3), "process": err["process"],
             "operation": err["op"], "code": err["code"], "message": err["message"], "key": err["key"],
@@ -405,6 +407,9 @@ def render(st: dict[str, Any]) -> str:
         out.append("")
         out.append(f"dead letters: {dl['records']} records ({human_bytes(dl['bytes'])}) in {len(dl['files'])} file(s) "
                    f"under {st['state_dir']}/dead-letter")
+        if dl.get("removed_bytes"):
+            out.append(f"  {human_bytes(dl['removed_bytes'])} of them removed since (dead-letter files deleted), "
+                       f"{human_bytes(dl['bytes'] - dl['removed_bytes'])} on disk")
     caps = st.get("s3_capabilities")
     if caps:
         out.append("")

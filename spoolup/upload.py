@@ -360,6 +360,7 @@ def main(config_path: str, parent_pid: int) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, lambda *_: logs.reopen())
+    logs.ignore_signals()
     if os.getppid() != parent_pid:
         return 0
 

@@ -1,4 +1,4 @@
-"""The README's option table and contrib/spoolup.toml.example come from the option table in config.py."""
+"""The README's option table and contrib/spoolup.toml.example come from the option table in spoolup/config/options.py."""
 
 from pathlib import Path
 

@@ -45,7 +45,10 @@ def _imports(tree: ast.Module, modules: set[str]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    files = {("spoolup" if p.stem == "__init__" else f"spoolup.{p.stem}"): p for p in PACKAGE.glob("*.py")}
+    files = {}
+    for p in PACKAGE.rglob("*.py"):  # subpackages too (spoolup.config.values ...)
+        parts = ("spoolup", *p.relative_to(PACKAGE).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     modules = set(files)
     return {name: _imports(ast.parse(path.read_text(), str(path)), modules) - {name} for name, path in files.items()}
 
@@ -89,6 +92,7 @@ def test_the_graph_sees_function_level_imports():
     graph = import_graph()
     assert "spoolup.status" in graph["spoolup.metrics"]  # imported inside JournalCollector.collect
     assert "spoolup.journal" in graph["spoolup.status"]
+    assert "spoolup.config.values" in graph["spoolup.config.options"]  # modules of subpackages are nodes too
 
 
 def test_cycle_finder_finds_a_cycle():
