@@ -201,7 +201,7 @@ class Uploader:
             for key, upload_id in j.unclaim(result.object_id):
                 # later objects of the key claim again after this one (record order); the uploads
                 # they had are this journal's own, unused now (best effort: reconcile notes any left)
-                self.pool.submit(contextlib.suppress(S3Error)(self.work.abort), key, upload_id)
+                self.pool.submit(self._abort_quietly, key, upload_id)
         elif isinstance(result, UploadGone):
             # the next CreateMultipartUpload waits, with a delay growing while the uploads keep
             # vanishing: a store that answers NoSuchUpload to everything must not be hammered
@@ -219,6 +219,12 @@ class Uploader:
             self.log.warning("S3 does not hold some parts as journaled; uploading them again",
                              object=result.object_id, parts=result.parts)
             j.reseal_parts(result.object_id, result.parts)
+
+    def _abort_quietly(self, key: str, upload_id: str) -> None:
+        try:
+            self.work.abort(key, upload_id)
+        except S3Error as e:
+            self.log.warning("cannot abort an unused upload of this journal's", key=key, error=str(e))
 
     def _backoff(self, attempts: int) -> float:
         """Seconds to wait after the attempts-th failure in a row: exponential, jittered,
