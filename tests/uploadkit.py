@@ -11,7 +11,7 @@ from spoolup import logs
 from spoolup.chunks import Codec, part_file
 from spoolup.journal import Batch, Journal, ObjectRow
 from spoolup.s3 import S3
-from spoolup.upload import Uploader
+from spoolup.coordinator import Uploader
 
 NONE = Codec("none", 0)
 
