@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from spoolup import protocol
 from helpers import get, pending_uploads
-from uploadkit import Rig, drive, lines, settle
+from uploadkit import HeldExecutor, Rig, drive, future_of, lines, settle
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -47,3 +48,118 @@ def test_key_taken_while_a_later_object_has_an_upload_moves_both_in_order(make_s
     assert get(s3, bucket, f"{KEY}-2") == b"".join(b_parts)
     assert pending_uploads(s3, bucket) == []
     up.close()
+
+
+# ---------------------------------------------------------------------------
+# issue 18 item 2: a result is journaled only if the state it was computed for still holds
+
+
+def index_of(key: str) -> int:
+    return int(key.rsplit("-", 1)[1]) if key != KEY else 0
+
+
+def shipped(rig, s3, bucket, objects: dict[int, list[bytes]]) -> None:
+    """Every object done, byte-exact at its journaled key, in record order (index order is
+    object order), and no multipart upload left behind."""
+    j = rig.journal
+    final = {oid: j.object(oid).final_key for oid in objects}
+    assert all(j.object(oid).state == "done" for oid in objects), final
+    for oid, parts in objects.items():
+        assert get(s3, bucket, final[oid]) == b"".join(parts), final[oid]
+    order = sorted(objects)
+    assert [index_of(final[o]) for o in order] == sorted(index_of(final[o]) for o in order), final
+    assert len({final[o] for o in order}) == len(order), final
+    assert pending_uploads(s3, bucket) == []
+
+
+def test_claim_computed_before_a_key_taken_moved_the_earlier_object_is_dropped(make_spoolup, s3, bucket):
+    """b's claim is computed while a holds index 0; then a meets a foreign object there and is
+    moved.  Before, b's stale claim was journaled (index 1) and a re-claimed index 2: index
+    order was no longer record order."""
+    rig = Rig(make_spoolup)
+    a_parts, b_parts = [lines(3000, "a")], [lines(2000, "b")]
+    a = rig.add(KEY, a_parts, closed=False)  # open: multipart, started before it completes
+    b = rig.add(KEY, b_parts)
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+    j = rig.journal
+    settle(up)  # a claims index 0
+    assert j.object(a).final_key == KEY
+    up.schedule()  # start a, claim b
+    ex.compute(future_of(up, "claim", b))  # b: index 1, after a's 0 -- held
+    s3.put_object(Bucket=bucket, Key=KEY, Body=b"foreign\n")
+    ex.deliver(future_of(up, "start", a))  # a: KeyTaken
+    up.harvest()
+    assert j.object(a).idx is None
+    ex.deliver(future_of(up, "claim", b))
+    up.harvest()
+    assert j.object(b).idx is None, "a claim computed after a's old index was journaled"
+    rig.close(a)
+    drive(up, lambda: j.object(b).state == "done", what="both done")
+    assert get(s3, bucket, KEY) == b"foreign\n"
+    shipped(rig, s3, bucket, {a: a_parts, b: b_parts})
+
+
+def test_started_harvested_after_its_object_moved_is_aborted(make_spoolup, s3, bucket):
+    """b's CreateMultipartUpload succeeds at its claimed key; before its result is journaled,
+    the earlier object a meets a foreign object and both move on.  Before, b's upload id was
+    journaled anyway: b kept an upload of a key it no longer had (leaked for good on RGW; on
+    moto the object landed at the old key while the journal said another)."""
+    rig = Rig(make_spoolup)
+    a_parts = [lines(5 * MiB, "a"), lines(3000, "a-tail")]
+    b_parts = [lines(5 * MiB, "b"), lines(2000, "b-tail")]
+    a = rig.add(KEY, a_parts)
+    b = rig.add(KEY, b_parts)
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+    j = rig.journal
+    settle(up)  # a claims index 0
+    settle(up)  # a starts, b claims index 1
+    assert (j.object(a).upload_id, j.object(b).final_key) != (None, None)
+    assert j.object(b).final_key == f"{KEY}-1"
+    up.schedule()  # a's parts, b's start
+    ex.compute(future_of(up, "start", b))  # b's upload created at KEY-1 -- held
+    s3.put_object(Bucket=bucket, Key=KEY, Body=b"foreign\n")
+    for part in (1, 2):
+        ex.deliver(future_of(up, "part", a, part))
+    up.harvest()
+    up.schedule()  # a's Complete
+    ex.deliver(future_of(up, "complete", a))  # KeyTaken: a and b unclaimed
+    up.harvest()
+    assert j.object(b).idx is None
+    ex.deliver(future_of(up, "start", b))
+    up.harvest()
+    assert j.object(b).upload_id is None, "an upload id journaled for a key the object gave up"
+    drive(up, lambda: j.object(b).state == "done", what="both done")
+    assert get(s3, bucket, KEY) == b"foreign\n"
+    shipped(rig, s3, bucket, {a: a_parts, b: b_parts})
+
+
+def test_part_of_a_vanished_upload_harvested_after_the_restart_is_dropped(make_spoolup, s3, bucket, monkeypatch):
+    """Part 1 is uploaded to the object's upload; the upload vanishes (aborted outside
+    spoolup) and part 2 finds it gone, which restarts the object.  Part 1's ETag, of the old
+    upload, arrives after: it must not be journaled as a part of the new one."""
+    # moto answers 500 to UploadPart of an aborted upload: ask S3 at once whether it exists
+    monkeypatch.setattr(protocol, "CHECK_UPLOAD_AFTER", 0)
+    rig = Rig(make_spoolup)
+    parts = [lines(5 * MiB, "a"), lines(3000, "a-tail")]
+    a = rig.add(KEY, parts)
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+    j = rig.journal
+    settle(up)  # claim
+    settle(up)  # start
+    old = j.object(a).upload_id
+    assert old is not None
+    up.schedule()  # parts 1 and 2
+    ex.compute(future_of(up, "part", a, 1))  # sent to the old upload -- held
+    s3.abort_multipart_upload(Bucket=bucket, Key=KEY, UploadId=old)
+    ex.deliver(future_of(up, "part", a, 2))  # NoSuchUpload: UploadGone
+    up.harvest()
+    assert j.object(a).upload_id is None
+    ex.deliver(future_of(up, "part", a, 1))
+    up.harvest()
+    assert [c.state for c in j.chunks_of(a)] == ["sealed", "sealed"], "a part of a vanished upload journaled"
+    up.failures.clear()  # (the restart's backoff: this test does not wait it out)
+    drive(up, lambda: j.object(a).state == "done", what="a done")
+    shipped(rig, s3, bucket, {a: parts})

@@ -5,13 +5,18 @@ tasks finish, harvest), so a test decides what happens between two rounds."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 from spoolup import config as config_mod
 from spoolup import logs
 from spoolup.chunks import Codec, part_file
 from spoolup.journal import Batch, Journal, ObjectRow
 from spoolup.s3 import S3
-from spoolup.coordinator import Uploader
+
+try:
+    from spoolup.coordinator import Uploader
+except ModuleNotFoundError:  # (the code before the split: to show these tests fail there)
+    from spoolup.upload import Uploader  # type: ignore[no-redef]
 
 NONE = Codec("none", 0)
 
@@ -55,13 +60,77 @@ class Rig:
         self.journal.commit_batch(batch)
         return oid
 
-    def uploader(self, **kw) -> Uploader:
-        return Uploader(self.cfg, self.journal, self.client, logs.get("spoolup.upload"), **kw)
+    def close(self, oid: int) -> None:
+        """Ingest closes the object (it is complete on spoolup's side)."""
+        batch = Batch()
+        batch.closed[oid] = ("test", time.time())
+        self.journal.commit_batch(batch)
+
+    def uploader(self, executor: "HeldExecutor | None" = None) -> Uploader:
+        up = Uploader(self.cfg, self.journal, self.client, logs.get("spoolup.upload"))
+        if executor is not None:
+            up.pool.shutdown()
+            up.pool = executor  # (the constructor takes it too; set here, tests drive older code alike)
+        return up
+
+
+class HeldExecutor:
+    """A worker pool that runs nothing until the test says so: `compute` makes a task's S3
+    calls (in the test's thread), `deliver` hands its result to the coordinator (the future
+    is done: the next harvest takes it).  The test chooses both orders."""
+
+    def __init__(self):
+        self.calls: dict[Future, list] = {}  # future -> [fn, args, outcome (None: not computed)]
+
+    def submit(self, fn, /, *args) -> Future:
+        future: Future = Future()
+        self.calls[future] = [fn, args, None]
+        return future
+
+    def compute(self, future: Future) -> None:
+        call = self.calls[future]
+        if call[2] is None:
+            try:
+                call[2] = ("result", call[0](*call[1]))
+            except Exception as e:  # noqa: BLE001 - handed to the coordinator as the worker would
+                call[2] = ("error", e)
+
+    def deliver(self, future: Future) -> None:
+        self.compute(future)
+        kind, value = self.calls.pop(future)[2]
+        future.set_running_or_notify_cancel()
+        if kind == "result":
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def run_all(self) -> None:
+        for future in list(self.calls):
+            self.deliver(future)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for future in self.calls:
+            future.cancel()
+        self.calls.clear()
+
+
+def future_of(up: Uploader, kind: str, object_id: int, part: int = 0) -> Future:
+    """The future of an in-flight task ("claim", "start", "part", "complete")."""
+    for task, future in up.inflight.items():
+        if isinstance(task, tuple):  # (the coordinator before typed tasks)
+            k, o, p = task[0], task[1], (task[2] if len(task) > 2 else 0)
+        else:
+            k, o, p = task.kind.value, task.object_id, task.part
+        if (k, o, p) == (kind, object_id, part):
+            return future
+    raise AssertionError(f"no {kind} task of object {object_id} (part {part}) in flight: {list(up.inflight)}")
 
 
 def settle(up: Uploader) -> int:
     """One round: submit what is ready, let every task in flight finish, journal the results."""
     up.schedule()
+    if isinstance(up.pool, HeldExecutor):
+        up.pool.run_all()
     for future in list(up.inflight.values()):
         future.exception()  # (waits)
     return up.harvest()
