@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from spoolup import protocol
+from spoolup import protocol, status
+from spoolup.chunks import part_file
 from helpers import get, pending_uploads
-from uploadkit import HeldExecutor, Rig, drive, future_of, lines, settle
+from uploadkit import NONE, HeldExecutor, Rig, drive, future_of, lines, settle
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -163,3 +164,44 @@ def test_part_of_a_vanished_upload_harvested_after_the_restart_is_dropped(make_s
     up.failures.clear()  # (the restart's backoff: this test does not wait it out)
     drive(up, lambda: j.object(a).state == "done", what="a done")
     shipped(rig, s3, bucket, {a: parts})
+
+
+# ---------------------------------------------------------------------------
+# issue 18 item 3: an unexpected exception quarantines one object, the rest ships
+
+
+def test_unreadable_chunk_quarantines_its_object_and_the_others_ship(make_spoolup, s3, bucket, capsys):
+    """One object's chunk file cannot be read (a directory stands in its place): an exception
+    nothing expects.  That object is quarantined (status, metric, one error line with the
+    traceback) and tried again slowly; the other object ships meanwhile, and the quarantined
+    one ships once the cause is gone.  Before, it was retried as a transient S3 failure with
+    the short backoff, forever, and never reported as quarantined."""
+    rig = Rig(make_spoolup)
+    bad_parts, good_parts = [lines(4000, "bad")], [lines(3000, "good")]
+    bad = rig.add("app/bad.log", bad_parts)
+    good = rig.add("app/good.log", good_parts)
+    path = part_file(rig.cfg.chunk_dir, bad, 1, NONE)
+    path.unlink()
+    path.mkdir()
+    up = rig.uploader()
+    j = rig.journal
+    drive(up, lambda: j.object(good).state == "done", what="the good object done")
+    assert get(s3, bucket, "app/good.log") == b"".join(good_parts)
+    quarantined = status.collect(rig.cfg)["quarantined_objects"]
+    assert [(q["object_id"], q["code"]) for q in quarantined] == [(bad, "IsADirectoryError")], quarantined
+    out = capsys.readouterr().out
+    logged = [line for line in out.splitlines() if "object quarantined" in line]
+    assert len(logged) == 1 and "unexpected error" in logged[0], logged
+    assert "Traceback" in out and "IsADirectoryError" in out.split(logged[0], 1)[1], out
+    failure = next(f for t, f in up.failures.items() if t.object_id == bad)
+    assert failure.attempts == 1  # not retried at once: it waits out the quarantine backoff
+    settle(up)
+    assert next(f for t, f in up.failures.items() if t.object_id == bad).attempts == 1
+    # the cause is gone: at its next attempt it ships, and is no longer quarantined
+    path.rmdir()
+    path.write_bytes(b"".join(bad_parts))
+    up.failures = {t: type(f)(f.attempts, 0.0) for t, f in up.failures.items()}
+    drive(up, lambda: j.object(bad).state == "done", what="the quarantined object done")
+    assert get(s3, bucket, "app/bad.log") == b"".join(bad_parts)
+    assert status.collect(rig.cfg)["quarantined_objects"] == []
+    assert pending_uploads(s3, bucket) == []
