@@ -10,6 +10,7 @@ import pytest
 
 from spoolup import protocol, status
 from spoolup.chunks import part_file
+from spoolup.work import Basis, Claimed, Done, KeyTaken, PartDone, PartsMismatch, Started, UploadGone
 from helpers import get, pending_uploads
 from uploadkit import NONE, HeldExecutor, Rig, drive, future_of, lines, settle
 
@@ -164,6 +165,67 @@ def test_part_of_a_vanished_upload_harvested_after_the_restart_is_dropped(make_s
     up.failures.clear()  # (the restart's backoff: this test does not wait it out)
     drive(up, lambda: j.object(a).state == "done", what="a done")
     shipped(rig, s3, bucket, {a: parts})
+
+
+def _stale(kind: str, j, oid: int):
+    """A result of `kind` computed for the object's state, then a change of that state that
+    makes it stale; returns (result, check of the journal after it was offered)."""
+    j.claim(oid, 0, KEY, "multipart")
+    j.set_upload_id(oid, "U1")
+    basis = Basis.of(j.object(oid))
+    if kind == "Claimed":
+        j.unclaim(oid)
+        unclaimed = Basis.of(j.object(oid))
+        j.claim(oid, 1, f"{KEY}-1", "multipart")
+        j.unclaim(oid)
+        return (Claimed(unclaimed, 0, KEY, "multipart", None), lambda o: o.idx is None)
+    if kind == "Started":
+        j.unclaim(oid)
+        return Started(Basis(oid, basis.claim_gen, KEY, None), "U2"), lambda o: o.upload_id is None
+    if kind == "PartDone":
+        j.reset_upload(oid)
+        j.set_upload_id(oid, "U2")
+        return (PartDone(basis, 1, '"e1"', "m"), lambda o: [c.state for c in j.chunks_of(oid)] == ["sealed"])
+    if kind == "Done":
+        j.unclaim(oid)
+        return Done(basis, '"e"', "completed"), lambda o: o.state != "done"
+    if kind == "KeyTaken":
+        j.unclaim(oid)
+        j.claim(oid, 1, f"{KEY}-1", "multipart")
+        return KeyTaken(basis), lambda o: o.final_key == f"{KEY}-1"
+    if kind == "UploadGone":
+        j.reset_upload(oid)
+        j.set_upload_id(oid, "U2")
+        return UploadGone(basis), lambda o: o.upload_id == "U2"
+    assert kind == "PartsMismatch"
+    j.reset_upload(oid)
+    j.set_upload_id(oid, "U2")
+    j.record_parts([(oid, 1, '"e2"', "m")])
+    return PartsMismatch(basis, (1,)), lambda o: [c.state for c in j.chunks_of(oid)] == ["uploaded"]
+
+
+@pytest.mark.parametrize("kind", ["Claimed", "Started", "PartDone", "Done", "KeyTaken", "UploadGone",
+                                  "PartsMismatch"])
+def test_every_kind_of_stale_result_is_dropped(make_spoolup, kind):
+    """Each result the workers return, offered after the object's claim or upload changed:
+    the journal is left as it is, the result is counted as stale, and what the call created
+    that is spoolup's own is cleaned up (a stale Started: its upload aborted; a stale Done:
+    its copy at the key given up removed, if it is this object's)."""
+    rig = Rig(make_spoolup)
+    oid = rig.add(KEY, [lines(1000, "a")], closed=False)
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+    j = rig.journal
+    result, unchanged = _stale(kind, j, oid)
+    before = j.object(oid)
+    with j.transaction():
+        actions = up._apply(result)
+    assert j.object(oid) == before and unchanged(j.object(oid))
+    assert up.stats["stale"] == 1
+    for action in actions:
+        action()
+    cleanups = sorted(t.kind.value for t in up.inflight)
+    assert cleanups == {"Started": ["abort"], "Done": ["discard"]}.get(kind, [])
 
 
 # ---------------------------------------------------------------------------
