@@ -262,7 +262,6 @@ class Uploader:
             return [self._cleanup(Task(Kind.DISCARD, b.object_id), self.work.discard, b.final_key, b.object_id)]
         self.vanished.pop(b.object_id, None)
         self.stats["objects"] += 1
-        metrics.object_uploaded()
         obj = j.object(b.object_id)
         oid = b.object_id
         parts = j.part_count(oid)
@@ -270,7 +269,8 @@ class Uploader:
         self.log.info("object completed", key=obj.final_key, bytes=obj.size, parts=parts,
                       seconds=round(time.time() - (obj.closed_at or obj.created), 3), records=obj.records,
                       how=result.how, close_reason=obj.close_reason)
-        return [lambda: crash.point("after-object-done"),
+        # counted once journaled: a scrape never sees it uploaded and still pending in the journal
+        return [metrics.object_uploaded, lambda: crash.point("after-object-done"),
                 lambda: remove_chunk_files(self.cfg.chunk_dir, oid, parts)]
 
     def _key_taken(self, result: KeyTaken, b: Basis) -> list[Action]:

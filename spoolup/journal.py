@@ -33,8 +33,8 @@ KEEP_SOURCES = 1000  # spool files done with (reaped, gone) that the journal rem
 MAX_ERRORS_KEPT = 500
 STOPPED = "stopped"  # the info of a process's last heartbeat when it stopped cleanly
 # meta keys the upload process writes and `spoolup status` reads (JSON)
-CAPABILITIES_META = "s3-capabilities"  # the last capability probe's result (protocol.Capabilities)
-QUARANTINE_META = "quarantined-objects"  # the objects S3 refuses (upload.Uploader.quarantined)
+CAPABILITIES_META = "s3-capabilities"  # the last capability probe's result (capabilities.Capabilities)
+QUARANTINE_META = "quarantined-objects"  # the objects quarantined (coordinator.Uploader.quarantined)
 
 
 # Observers of write transactions, called with the seconds each took (BEGIN IMMEDIATE to the

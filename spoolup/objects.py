@@ -19,7 +19,7 @@ s3() destination:
 
 Indexes (-1, -2, ...) are not chosen here: a completed object is never
 reopened, so the next object of the same (key, timestamp) takes the next free
-index, resolved against the bucket by the upload process (see upload.py).
+index, resolved against the bucket by the upload process (see coordinator.py and protocol.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""In-process tests of the upload process's coordinator (spoolup/upload.py Uploader) and of
+"""In-process tests of the upload process's coordinator (spoolup/coordinator.py Uploader) and of
 the object protocol's steps, against a real journal file and a real S3 server (moto, Ceph
 RGW): no mocks.  The tests choose the order in which results are harvested, so the
 interleavings of issue 18 (key races, stale results) are reproduced deterministically.
