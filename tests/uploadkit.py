@@ -67,11 +67,15 @@ class Rig:
         self.journal.commit_batch(batch)
 
     def uploader(self, executor: "HeldExecutor | None" = None) -> Uploader:
-        up = Uploader(self.cfg, self.journal, self.client, logs.get("spoolup.upload"))
-        if executor is not None:
-            up.pool.shutdown()
-            up.pool = executor  # (the constructor takes it too; set here, tests drive older code alike)
-        return up
+        log = logs.get("spoolup.upload")
+        try:
+            return Uploader(self.cfg, self.journal, self.client, log, executor=executor)
+        except TypeError:  # (the code before the pool was injectable: to show these tests fail there)
+            up = Uploader(self.cfg, self.journal, self.client, log)
+            if executor is not None:
+                up.pool.shutdown()
+                up.pool = executor
+            return up
 
 
 class HeldExecutor:
