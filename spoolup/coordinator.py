@@ -83,7 +83,7 @@ class Uploader:
         try:
             self._save_quarantine()  # a new upload process starts with none: each is found again
         except sqlite3.OperationalError as e:  # (a full state dir: the next save writes the whole list)
-            log.warning("cannot journal the quarantined objects", error=str(e))
+            log.warning("cannot journal this; going on", what="the quarantined objects", error=str(e))
 
     # -- scheduling --------------------------------------------------------------
 
@@ -365,7 +365,7 @@ class Uploader:
         except sqlite3.Error as err:
             if journal_broken(err):
                 raise
-            self.log.warning("cannot journal an error", error=str(err))
+            self.log.warning("cannot journal this; going on", what="an error", error=str(err))
 
     def _quarantine(self, task: Task, op: str, code: str, message: str) -> None:
         """Journal the object as quarantined (status reads it: one source of truth)."""

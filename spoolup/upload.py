@@ -215,7 +215,7 @@ class UploadProcess:
         try:
             self.journal.record_error("upload", op, code, message, key)
         except sqlite3.OperationalError as e:
-            self.log.warning("cannot journal an error", error=str(e))
+            self.log.warning("cannot journal this; going on", what="an error", error=str(e))
 
     def adopt(self, caps: Capabilities) -> None:
         """From now on the protocol's steps act on what the server honours (one immutable value,
@@ -284,14 +284,14 @@ class UploadProcess:
             try:
                 self.probe_events()
             except sqlite3.OperationalError as e:
-                log.warning("cannot journal the capability probe's finding", error=str(e))
+                log.warning("cannot journal this; going on", what="the capability probe's finding", error=str(e))
         unfinished = len(up.inflight)
         up.close()
         try:
             up.health.flush()
             self.journal.stopped("upload", os.getpid(), self.started)
         except sqlite3.OperationalError as e:
-            log.warning("cannot journal the stop", error=str(e))
+            log.warning("cannot journal this; going on", what="the stop", error=str(e))
         self.journal.close()
         log.info("upload process stopped", finished=inflight - unfinished, unfinished=unfinished)
 
