@@ -33,8 +33,8 @@ KEEP_SOURCES = 1000  # spool files done with (reaped, gone) that the journal rem
 MAX_ERRORS_KEPT = 500
 STOPPED = "stopped"  # the info of a process's last heartbeat when it stopped cleanly
 # meta keys the upload process writes and `spoolup status` reads (JSON)
-CAPABILITIES_META = "s3-capabilities"  # the last capability probe's result (protocol.Capabilities)
-QUARANTINE_META = "quarantined-objects"  # the objects S3 refuses (upload.Uploader.quarantined)
+CAPABILITIES_META = "s3-capabilities"  # the last capability probe's result (capabilities.Capabilities)
+QUARANTINE_META = "quarantined-objects"  # the objects quarantined (coordinator.Uploader.quarantined)
 
 
 # Observers of write transactions, called with the seconds each took (BEGIN IMMEDIATE to the
@@ -98,6 +98,7 @@ class ObjectRow:
     etag: str | None = None
     key_suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
     form: str | None = None  # the options it was started with (JSON, spoolup/form.py)
+    claim_gen: int = 0  # version of its claim: bumped by claim, unclaim, reset_upload (spoolup/work.py)
 
 
 @dataclass
@@ -144,8 +145,12 @@ class Batch:
 
 
 def _migrations_dir():
-    """migrations/ as installed (the package spoolup.migrations), or beside the package
-    in a source checkout (when `python -m spoolup` runs from the repository)."""
+    """migrations/ beside the package in a source checkout (when `python -m spoolup` runs from
+    the repository -- also a git worktree whose editable install maps spoolup.migrations to
+    another checkout), else as installed (the package spoolup.migrations)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations" / "0001_initial.sql").is_file():
+        return checkout / "migrations"
     try:
         return importlib.resources.files("spoolup.migrations")
     except ModuleNotFoundError:
@@ -622,7 +627,8 @@ class Journal:
     def claim(self, object_id: int, idx: int, final_key: str, mode: str) -> None:
         with self.transaction():
             self.conn.execute(
-                "UPDATE objects SET idx = ?, final_key = ?, mode = ? WHERE id = ? AND idx IS NULL",
+                "UPDATE objects SET idx = ?, final_key = ?, mode = ?, claim_gen = claim_gen + 1 "
+                "WHERE id = ? AND idx IS NULL",
                 (idx, final_key, mode, object_id),
             )
             # counted in the claim's own transaction: the state dir's high-water mark
@@ -649,7 +655,8 @@ class Journal:
             ).fetchall() if row else []
             ids = [object_id] + [r[0] for r in later]
             self.conn.executemany(
-                "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL WHERE id = ?",
+                "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL, "
+                "claim_gen = claim_gen + 1 WHERE id = ?",
                 [(i,) for i in ids],
             )
             self.conn.executemany(
@@ -676,7 +683,8 @@ class Journal:
     def reset_upload(self, object_id: int) -> None:
         """The multipart upload is gone (aborted outside spoolup): start a new one, re-upload every part."""
         with self.transaction():
-            self.conn.execute("UPDATE objects SET upload_id = NULL WHERE id = ?", (object_id,))
+            self.conn.execute("UPDATE objects SET upload_id = NULL, claim_gen = claim_gen + 1 WHERE id = ?",
+                              (object_id,))
             self.conn.execute(
                 "UPDATE chunks SET state = 'sealed', etag = NULL WHERE object_id = ? AND state = 'uploaded'",
                 (object_id,),
@@ -796,6 +804,111 @@ class Journal:
     def request(self, request_id: int) -> dict | None:
         row = self.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
         return dict(row) if row else None
+
+    # --- compare-and-set verbs (upload-cas) ---
+    # The upload coordinator journals a worker's result only if the object is still in the
+    # state the result was computed for (spoolup/work.py Basis: its claim_gen, final key and
+    # upload id); each verb says whether it applied.  claim_gen is bumped by claim, unclaim
+    # and reset_upload, so a result computed before any of them no longer matches.
+
+    _SAME_CLAIM = "id = ? AND claim_gen = ? AND state != 'done'"
+
+    def claim_if(self, object_id: int, claim_gen: int, prev_idx: int | None, idx: int, final_key: str,
+                 mode: str) -> bool:
+        """Claim `idx` if the object is unclaimed at `claim_gen`, every earlier object of its
+        (key, ts) is claimed, the highest of their indexes is still `prev_idx` (the claim was
+        computed after it), and no other object of the key holds `idx`: index order stays
+        record order even when a KeyTaken moved the earlier objects meanwhile."""
+        with self.transaction():
+            cur = self.conn.execute(
+                "UPDATE objects SET idx = ?, final_key = ?, mode = ?, claim_gen = claim_gen + 1 "
+                f"WHERE {self._SAME_CLAIM} AND idx IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = objects.key AND p.ts = objects.ts "
+                "AND p.id < objects.id AND p.idx IS NULL) "
+                "AND (SELECT max(p.idx) FROM objects p WHERE p.key = objects.key AND p.ts = objects.ts "
+                "AND p.id < objects.id) IS ? "
+                "AND NOT EXISTS (SELECT 1 FROM objects q WHERE q.key = objects.key AND q.ts = objects.ts "
+                "AND q.idx = ? AND q.id != objects.id)",
+                (idx, final_key, mode, object_id, claim_gen, prev_idx, idx),
+            )
+            if cur.rowcount:
+                self.conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('claims', '1') "
+                    "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                )
+        return cur.rowcount > 0
+
+    def set_upload_id_if(self, object_id: int, claim_gen: int, upload_id: str) -> bool:
+        """Journal a new upload id if the claim it was created for still holds (invariant 4)."""
+        with self.transaction():
+            cur = self.conn.execute(
+                f"UPDATE objects SET upload_id = ? WHERE {self._SAME_CLAIM} AND upload_id IS NULL "
+                "AND mode = 'multipart'", (upload_id, object_id, claim_gen))
+        return cur.rowcount > 0
+
+    def record_part_if(self, object_id: int, claim_gen: int, upload_id: str | None, part: int, etag: str,
+                       md5: str) -> bool:
+        """Journal an uploaded part if it was sent to the object's current upload (invariant 2)."""
+        with self.transaction():
+            cur = self.conn.execute(
+                "UPDATE chunks SET state = 'uploaded', etag = ?, md5 = ? WHERE object_id = ? AND part = ? "
+                "AND state = 'sealed' AND EXISTS (SELECT 1 FROM objects o WHERE o.id = chunks.object_id "
+                "AND o.claim_gen = ? AND o.upload_id IS ? AND o.state != 'done')",
+                (etag, md5, object_id, part, claim_gen, upload_id))
+        return cur.rowcount > 0
+
+    def complete_if(self, object_id: int, claim_gen: int, etag: str | None) -> bool:
+        """complete() if the object still has the claim it was completed at (invariant 3)."""
+        with self.transaction():
+            if self.conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND idx IS NOT NULL",
+                                 (object_id, claim_gen)).fetchone() is None:
+                return False
+            self.complete(object_id, etag)
+        return True
+
+    def unclaim_if(self, object_id: int, claim_gen: int) -> list[tuple[str, str]] | None:
+        """unclaim() if the object still has that claim; None if it does not."""
+        with self.transaction():
+            if self.conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND idx IS NOT NULL",
+                                 (object_id, claim_gen)).fetchone() is None:
+                return None
+            return self.unclaim(object_id)
+
+    def reset_upload_if(self, object_id: int, claim_gen: int, upload_id: str | None) -> bool:
+        """reset_upload() if the object still has that claim and upload."""
+        with self.transaction():
+            if self.conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND upload_id IS ?",
+                                 (object_id, claim_gen, upload_id)).fetchone() is None:
+                return False
+            self.reset_upload(object_id)
+        return True
+
+    def reseal_parts_if(self, object_id: int, claim_gen: int, upload_id: str | None, parts: Iterable[int]) -> bool:
+        """reseal_parts() if the object still has that claim and upload."""
+        with self.transaction():
+            if self.conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND upload_id IS ?",
+                                 (object_id, claim_gen, upload_id)).fetchone() is None:
+                return False
+            self.reseal_parts(object_id, parts)
+        return True
+
+    def part_count(self, object_id: int) -> int:
+        """The highest part number of an object's chunks (0: none)."""
+        return self.conn.execute("SELECT coalesce(max(part), 0) FROM chunks WHERE object_id = ?",
+                                 (object_id,)).fetchone()[0]
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: what the block writes is undone if it raises (the rest of the
+        transaction stays), so one result that fails to apply does not lose the others."""
+        self.conn.execute("SAVEPOINT one_result")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO one_result")
+            self.conn.execute("RELEASE one_result")
+            raise
+        self.conn.execute("RELEASE one_result")
 
 
 def _create(path: Path, *, fsync: bool) -> None:

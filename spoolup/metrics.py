@@ -247,6 +247,9 @@ class JournalCollector:
         for reason, n in sorted(by_reason.items()):
             q.add_metric([reason], n)
         yield q
+        yield gauge("spoolup_quarantined_objects", "Objects the upload process has quarantined (S3 refuses their "
+                    "request, or working on them failed unexpectedly): status's quarantined_objects.",
+                    len(st.get("quarantined_objects") or []))
         dl = CounterMetricFamily("spoolup_dead_letter_records", "Bad records written to dead-letter files "
                                  "(kept in the journal: survives restarts).")
         dl.add_metric([], st["dead_letters"]["records"])

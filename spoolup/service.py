@@ -57,7 +57,7 @@ def prepare_state_dir(cfg: Config, log) -> None:
                     "Check spool-dir if that is not what you expect", spool_dir=str(cfg.spool_dir))
 
 
-class UploadProcess:
+class UploadSupervisor:
     """The child upload process, restarted with backoff when it dies."""
 
     def __init__(self, cfg: Config, log):
@@ -155,7 +155,7 @@ class Service:
         self.signals = 0
         self.lock = StateLock(cfg.state_dir)
         self.journal: Journal | None = None
-        self.uploader = UploadProcess(cfg, log)
+        self.uploader = UploadSupervisor(cfg, log)
         self.started = time.time()
         self.full_streak = 0  # disk-full failures in a row
         self._mark: dict = {}  # the claims last written to state-id (stateid.update_mark)

@@ -247,7 +247,7 @@ def needing_attention(j: Journal, live: dict | None = None) -> list[dict[str, An
 
 def _s3_protocol(j: Journal) -> dict[str, Any]:
     """What the upload process detected about the server, and the objects S3 refuses
-    (both journaled by the upload process; see spoolup/protocol.py)."""
+    (both journaled by the upload process; see spoolup/capabilities.py and spoolup/coordinator.py)."""
     try:
         caps = json.loads(j.meta(CAPABILITIES_META) or "null")
         quarantined = json.loads(j.meta(QUARANTINE_META) or "[]")
