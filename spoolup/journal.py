@@ -267,6 +267,19 @@ class Journal:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
 
+    def shrink_wal(self, above: int) -> bool:
+        """Give back the WAL's disk space when its file holds more than `above` bytes: the WAL
+        keeps the size of its longest run between checkpoints (megabytes), which a small state
+        dir needs for chunk files (statespace).  A checkpoint that truncates it; False when it
+        could not (a transaction of ours is open, or another process's holds it)."""
+        try:
+            if self.conn.in_transaction or os.stat(f"{self.path}-wal").st_size <= above:
+                return False
+            busy, _frames, _done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except (OSError, sqlite3.Error):
+            return False
+        return not busy
+
     def user_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 

@@ -125,6 +125,16 @@ class Protocol:
                 self._pending = (time.monotonic(), found)
             return found
 
+    def _seen_pending(self, key: str) -> None:
+        """A per-key listing found an upload at `key` that the cached listing may predate (it
+        appeared after it: a foreign writer, or the orphans of a Create whose replies were lost).
+        The claims the cache serves must see it too: else the next claim takes the key again,
+        meets the upload again, and so on until the cache expires -- a claim/KeyTaken loop of two
+        listings every few milliseconds."""
+        with self._pending_lock:
+            stamp, found = self._pending
+            self._pending = (stamp, found | {key})
+
     def taken_keys(self, key: str, ts: str) -> set[str]:
         prefix = keys.key_prefix(key, ts)
         if not prefix.startswith(self.prefix):  # an object of an earlier object-key
@@ -157,6 +167,7 @@ class Protocol:
         # syslog-ng's s3()) -- or one of ours whose Create reply was lost, which holds no part and
         # costs nothing.  Never abort it: leave the key to it and take the next index.
         if any(k == key for k, _ in self.s3.list_uploads(key)):
+            self._seen_pending(key)
             return KeyTaken(Basis.of(obj))
         existing = self.s3.head(key)
         if existing is not None and not self.is_ours(existing, obj.id, None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import signal
 import sqlite3
@@ -262,7 +263,11 @@ class Service:
         every object, wait until all are uploaded, and return."""
         cfg, journal, ingest, spool = self.cfg, self.journal, self.ingest, self.spool
         watcher = Watcher(cfg.spool_dir, self.log)
-        last = {"scan": 0.0, "expire": 0.0, "reap": 0.0, "beat": 0.0, "prune": time.time()}
+        # every timer on the monotonic clock: a wall-clock step (NTP, an operator) must not hold
+        # up (backwards) or bunch (forwards) scans, flush-grace expiry, reaping and pruning; `now`
+        # (wall time) is what they are given, as it is what the journal's timestamps are in
+        last = {"scan": -math.inf, "expire": -math.inf, "reap": -math.inf, "beat": -math.inf,
+                "prune": time.monotonic()}
         drain_state: DrainState | None = None
         progress = DrainProgress(self.log) if drain else None
         deadline = time.monotonic() + drain_timeout if drain_timeout else None
@@ -275,10 +280,10 @@ class Service:
                     now = time.time()
                     mono = time.monotonic()
                     spool.clock.tick(now, mono, self.log)
-                    if watcher.structure_changed or now - last["scan"] >= cfg.poll_interval:
+                    if watcher.structure_changed or mono - last["scan"] >= cfg.poll_interval:
                         watcher.structure_changed = False
                         spool.rescan(now)
-                        last["scan"] = now
+                        last["scan"] = mono
                     if drain and drain_state is None:
                         drain_state = self._start_drain([])
                     elif not drain:
@@ -293,9 +298,9 @@ class Service:
                         metrics.ingested(ingest.stats)
                         self.full_streak = 0
                     logs.handle_reopen()
-                    if now - last["expire"] >= EXPIRE_EVERY:
+                    if mono - last["expire"] >= EXPIRE_EVERY:
                         ingest.expire(now)
-                        last["expire"] = now
+                        last["expire"] = mono
                     if drain_state is not None:
                         finished = self._drain_step(drain_state, consumed, now)
                         if progress is not None:
@@ -307,12 +312,12 @@ class Service:
                             journal.finish_requests(drain_state.request_ids, "ok")
                             self.log.info("drain request done", requests=drain_state.request_ids)
                             drain_state = None
-                    if now - last["reap"] >= REAP_EVERY:
+                    if mono - last["reap"] >= REAP_EVERY:
                         self._reap(now)
-                        last["reap"] = now
-                    if now - last["prune"] >= PRUNE_EVERY:
+                        last["reap"] = mono
+                    if mono - last["prune"] >= PRUNE_EVERY:
                         self._prune_history()
-                        last["prune"] = now
+                        last["prune"] = mono
                     self.uploader.supervise(journal)
                     if mono - last["beat"] >= HEARTBEAT_EVERY:
                         journal.heartbeat("ingest", os.getpid(), self.started,

@@ -86,6 +86,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     err = j.last_error()
     processes = _processes(cfg, j, now)
     counters = j.counters()
+    space = statespace.report(cfg, len(open_objects))
     return {
         "schema_version": SCHEMA_VERSION,
         "spoolup_version": __version__,
@@ -106,15 +107,26 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "leases": {"state": "unknown", "reason": None, "since": None, **(j.state("leases") or {})},
         "dead_letters": {"records": sum(d["records"] for d in dead), "bytes": sum(d["bytes"] for d in dead),
                          "removed_bytes": sum(d["removed_bytes"] for d in dead), "files": dead},
-        "last_error": None if err is None else {
-            "time": err["at"], "age_seconds": round(now - err["at"], 3), "process": err["process"],
-            "operation": err["op"], "code": err["code"], "message": err["message"], "key": err["key"],
-        },
+        "last_error": _last_error(err, space, now),
         "counters": counters,
         "s3_health": _s3_health(j, processes.get("upload"), now),
-        "state_dir_space": statespace.report(cfg, len(open_objects)),
+        "state_dir_space": space,
         **_s3_protocol(j),
     }
+
+
+def _last_error(err: Any, space: dict | None, now: float) -> dict[str, Any] | None:
+    """The newest journaled error; while the state dir is low on space, that condition as
+    measured now, unless the journaled error already says so: a filesystem that a foreign file
+    fills to the last byte takes no journal write (ingest's record of it fails), yet status
+    must name it."""
+    if space is not None and space["low"] and (err is None or err["code"] != space["code"]):
+        return {"time": now, "age_seconds": 0.0, "process": "ingest", "operation": "space", "code": space["code"],
+                "message": space["advice"], "key": None}
+    if err is None:
+        return None
+    return {"time": err["at"], "age_seconds": round(now - err["at"], 3), "process": err["process"],
+            "operation": err["op"], "code": err["code"], "message": err["message"], "key": err["key"]}
 
 
 def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:

@@ -198,3 +198,32 @@ def test_lost_reply_of_create_leaves_only_an_empty_upload_never_aborted(make_spo
     assert_exact(s3, sp.bucket, {"big.log": FILES["big.log"]}, empty_orphans=True)
     (orphan,) = pending_uploads(s3, sp.bucket)
     assert orphan[0] == "big.log"
+
+
+def test_a_key_found_taken_by_a_pending_upload_is_never_claimed_again(make_spoolup, s3, proxy):
+    """An upload appears at the claimed key after the claim's (cached) listing of pending
+    uploads: a foreign writer, or the orphans of a Create whose replies were all lost.  The
+    start step sees it (KeyTaken) and the object moves on -- once.  The claim that follows used
+    to read the same cached listing, which did not hold the key, took it again, met it again:
+    a claim/KeyTaken loop of a ListObjects and a ListMultipartUploads every few milliseconds
+    until the cache expired (issue 18 item 5: 29-37 listings in 5 s once botocore retried a
+    lost reply quickly)."""
+    sp = make(make_spoolup, proxy)
+    foreign = []
+
+    def appear(req):  # the start step's per-key listing: an upload at the key, just before it
+        if req.query.get("prefix") == ["big.log"] and not foreign:
+            foreign.append(s3.create_multipart_upload(Bucket=sp.bucket, Key="big.log")["UploadId"])
+
+    proxy.add("ListMultipartUploads", action="hook", hook=appear)
+    write(sp.spool / "big.log", FILES["big.log"])
+    r = sp.drain(timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert foreign, "the upload appeared at the claimed key"
+    per_key = Counter(r.query.get("prefix", [""])[0] for r in proxy.requests("ListMultipartUploads"))
+    assert per_key["big.log"] == 1, per_key
+    assert query(sp, "SELECT count(*) FROM errors WHERE code = 'KeyTaken'") == [(1,)]
+    assert pending_uploads(s3, sp.bucket) == [("big.log", foreign[0])], "the foreign upload is left alone"
+    s3.abort_multipart_upload(Bucket=sp.bucket, Key="big.log", UploadId=foreign[0])
+    layout = assert_exact(s3, sp.bucket, {"big.log": FILES["big.log"]})
+    assert layout["big.log"] == ["big.log-1"]
