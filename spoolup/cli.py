@@ -262,9 +262,9 @@ def cmd_check_config(cfg, args) -> int:
             print(f"# credentials: {s3.identity()} (role assumed through STS)")
         if s3.bucket_exists():
             print(f"# bucket {cfg.bucket}: reachable")
-            from spoolup import protocol
+            from spoolup import capabilities
 
-            caps = protocol.probe_capabilities(cfg, s3)
+            caps = capabilities.probe_capabilities(cfg, s3)
             print("# S3 capabilities detected (conditional-writes = " + config_mod.toml_value(cfg.conditional_writes)
                   + "):")
             for line in caps.describe():

@@ -11,6 +11,13 @@ a crash, `reconcile` cuts the current file back to that count (the lines of a
 batch that never committed are read and written again), and a file is rotated
 to `.1`, `.2`, ... only after a commit, once it reached `rotate_bytes`, so
 rotated files hold committed lines only.  Nothing is ever deleted.
+
+The operator may delete dead-letter files at any time (after inspecting them).  A current
+file deleted while its descriptor is held open would take the next lines into the deleted
+inode: before the first line of each batch goes to a file, its path is checked against the
+descriptor (AppendFiles.replaced); a file found gone is journaled as removed (its bytes,
+per spool file, REMOVED_STATE) before a new one is started, so that `reconcile` keeps
+cutting the new file back to exactly its committed lines, and `status` says what was removed.
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 from spoolup.files import AppendFiles
 
 ROTATE_BYTES = 64 * 1024 * 1024
 LOG_EVERY = 60.0
 _NAME_RE = re.compile(r"^(\d+)-.*\.bad(?:\.(\d+))?$")
+# journal state: {"bytes": {source id: bytes of its dead-letter files the operator removed}}
+REMOVED_STATE = "dead-letters-removed"
 
 
 def file_name(source_id: int, spool_path: str) -> str:
@@ -45,6 +55,10 @@ class DeadLetters:
         self._pending: set[str] = set()  # files written since the last commit
         self._last_log: dict[int, float] = {}
         self._suppressed: dict[int, int] = {}
+        self.removed: dict[int, int] = {}  # source id -> bytes of its dead letters removed by the operator
+        # journals `removed` (set by ingest, which owns the journal); called before any line is
+        # written to the file that replaces a removed one
+        self.journal_removed: Callable[[dict[int, int]], None] | None = None
 
     def write(self, source_id: int, spool_path: str, line: bytes, reason: str) -> int:
         """`spool_path` names the file: pass one that does not change (the path the
@@ -58,6 +72,8 @@ class DeadLetters:
         none.  Returns the bytes written."""
         name = file_name(source_id, spool_path)
         size = self._sizes.get(name)
+        if size and name not in self._pending and self.files.replaced(name):
+            size = self._gone(source_id, spool_path, name, size)
         if size is None:
             try:
                 size = (self.directory / name).stat().st_size
@@ -84,6 +100,17 @@ class DeadLetters:
             self._suppressed[source_id] = self._suppressed.get(source_id, 0) + 1
         return written
 
+    def _gone(self, source_id: int, spool_path: str, name: str, size: int) -> int:
+        """The current file (`size` committed bytes: no line of this batch is in it yet) was
+        deleted by someone else: journal it as removed, start a new file."""
+        self.files.forget(name)
+        self.removed[source_id] = self.removed.get(source_id, 0) + size
+        if self.journal_removed is not None:
+            self.journal_removed(dict(self.removed))
+        self.log.warning("dead-letter file removed while spoolup ran; a new one is started", source=source_id,
+                         path=spool_path, dead_letter=str(self.directory / name), removed_bytes=size)
+        return 0
+
     def discard(self) -> None:
         """Abandon the lines written since the last commit (their batch could not be made
         durable: the disk is full).  `reconcile` then cuts the files back to the journal."""
@@ -107,10 +134,14 @@ class DeadLetters:
         os.replace(self.directory / name, self.directory / f"{name}.{n}")
         self._sizes[name] = 0
 
-    def reconcile(self, journaled: dict[int, int]) -> list[str]:
+    def reconcile(self, journaled: dict[int, int], removed: dict[int, int] | None = None) -> list[str]:
         """At start, before anything is written: cut every current dead-letter file back to
         the bytes the journal counts for its spool file (`journaled`: source id -> bytes,
-        rotated files included).  Returns what was done, for the recovery log."""
+        rotated files included; `removed`: bytes the operator removed, REMOVED_STATE).  A
+        current file missing or shorter than that was removed (or cut) by the operator while
+        spoolup was not running: counted as removed (`self.removed`; journal it when it
+        changed).  Returns what was done, for the recovery log."""
+        self.removed = dict(removed or {})
         rotated: dict[int, int] = {}
         current: dict[int, list[os.DirEntry]] = {}
         for entry in os.scandir(self.directory):
@@ -123,13 +154,22 @@ class DeadLetters:
             else:
                 current.setdefault(sid, []).append(entry)
         done = []
+        for sid, total in journaled.items():
+            keep = total - rotated.get(sid, 0) - self.removed.get(sid, 0)
+            if sid not in current and keep > 0:
+                self.removed[sid] = self.removed.get(sid, 0) + keep
+                done.append(f"dead-letter file of spool file #{sid} is gone: {keep} bytes counted as removed")
         for sid, entries in current.items():
             if len(entries) != 1:
                 continue  # written under several names (an older spoolup): leave them alone
             entry = entries[0]
             size = entry.stat().st_size
-            keep = journaled.get(sid, 0) - rotated.get(sid, 0)
-            if 0 <= keep < size:
+            keep = journaled.get(sid, 0) - rotated.get(sid, 0) - self.removed.get(sid, 0)
+            if 0 <= size < keep:
+                self.removed[sid] = self.removed.get(sid, 0) + keep - size
+                done.append(f"dead-letter file {entry.name} holds {size} of its journaled {keep} bytes: "
+                            f"{keep - size} bytes counted as removed")
+            elif 0 <= keep < size:
                 with open(entry.path, "r+b") as f:
                     f.truncate(keep)
                     if self.fsync:

@@ -38,8 +38,9 @@ class Parser:
     so the validation of each (key, ts) pair is done once and remembered: per
     record this costs one json.loads, a dict lookup and the msg encoding."""
 
-    def __init__(self, template: str):
+    def __init__(self, template: str, compressed: str = ""):
         self.template = template
+        self.room = keys.INDEX_ROOM + len(compressed)  # what a final key adds: the longest -index, .gz/.zst
         self._keys: dict[tuple[str, str, str], str | Bad] = {}
 
     def parse(self, line: bytes) -> Record | Bad:
@@ -90,7 +91,7 @@ class Parser:
             if problem:
                 return Bad(f"suffix {suffix!r} {problem}")
         final = keys.final_key(rendered, ts, 0, suffix)
-        problem = keys.key_problem(final)
+        problem = keys.final_key_problem(final, self.room)
         if problem:
             return Bad(f"object key {final!r} {problem}")
         return rendered

@@ -100,6 +100,19 @@ class AppendFiles:
         self._dirty.clear()
         self._new_files = False
 
+    def replaced(self, name: str) -> bool:
+        """The file's path no longer names the file appended to: deleted (or replaced) by
+        someone else.  A descriptor kept open would go on writing to a deleted inode."""
+        try:
+            st = os.stat(self.directory / name)
+        except FileNotFoundError:
+            return True
+        fd = self._fds.get(name)
+        if fd is None:
+            return False
+        held = os.fstat(fd)
+        return held.st_nlink == 0 or (held.st_dev, held.st_ino) != (st.st_dev, st.st_ino)
+
     def forget(self, name: str) -> None:
         """Close a file's descriptor (after sync, or before deleting it)."""
         fd = self._fds.pop(name, None)

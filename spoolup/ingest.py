@@ -20,7 +20,7 @@ from spoolup import crash, envelope, identity, objects, statespace
 from spoolup import form as forms
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
-from spoolup.deadletter import DeadLetters
+from spoolup.deadletter import REMOVED_STATE, DeadLetters
 from spoolup.form import Form
 from spoolup.journal import Batch, ChunkState, Journal, ObjectRow, ObjectState, SourceState, disk_full
 from spoolup.spool import Source, Spool
@@ -71,11 +71,12 @@ class Ingest:
         self._sealed_in_batch: list[tuple[int, int, Codec]] = []
         self._ts_cache: tuple[int, str] = (-1, "")
         self.stats = {"bytes": 0, "records": 0}
-        self._envelope = envelope.Parser(cfg.object_key)
+        self._envelope = envelope.Parser(cfg.object_key, cfg.key_suffix)
         self._restored = True  # False from a rollback until the journaled state is back (restore())
         self.form = Form.of_config(cfg)  # the form of the objects this run creates
         self._form_json = self.form.to_json()
         self.space_low = False  # the state dir had no room to ingest at the last pump
+        self.waiting: tuple[Source, int, int] | None = None  # a long record without room yet: source, offset, length
 
     # -- state ---------------------------------------------------------------------
 
@@ -95,8 +96,16 @@ class Ingest:
         self.sealed_pending = self.journal.sealed_pending()
         # dead-letter lines of a batch that never committed are read from the spool again
         journaled = self.journal.dead_letter_bytes()
-        for action in self.dead.reconcile(journaled):
+        removed = {int(k): v for k, v in ((self.journal.state(REMOVED_STATE) or {}).get("bytes") or {}).items()}
+        for action in self.dead.reconcile(journaled, removed):
             self.log.info("recovery", action=action)
+        self.dead.journal_removed = self._journal_dead_removed
+        if self.dead.removed != removed:
+            self._journal_dead_removed(self.dead.removed)
+
+    def _journal_dead_removed(self, removed: dict[int, int]) -> None:
+        """Dead-letter bytes the operator removed, journaled before a new file takes lines."""
+        self.journal.set_state(REMOVED_STATE, {"bytes": {str(k): v for k, v in removed.items()}})
 
     def _track(self, obj: OpenObject) -> None:
         self.open[obj.id] = obj
@@ -140,12 +149,16 @@ class Ingest:
         uploaded and removed (chunk files are kept until their object is completed)."""
         total, free = statespace.free_bytes(self.cfg)
         room = statespace.room(free, len(self.open), self.store.codec.compressed)
-        if room > 0:
+        record = self._waiting_record()
+        if (room <= 0 or record) and self.journal.shrink_wal(statespace.WAL_KEPT):  # the WAL's space, back
+            total, free = statespace.free_bytes(self.cfg)
+            room = statespace.room(free, len(self.open), self.store.codec.compressed)
+        if room > 0 and (not record or statespace.fits(free, len(self.open), self.store.codec.compressed, record)):
             if self.space_low:
                 self.space_low = False
                 self.log.info("state dir has room again; ingest resumes", free=free, state_dir=str(self.cfg.state_dir))
             return room
-        space = statespace.Space(total, free, statespace.chunk_bytes(self.cfg))
+        space = statespace.measure(self.cfg, len(self.open), record)  # spoolup's own files, counted
         if not self.space_low:
             self.space_low = True
             code, message = statespace.advice(self.cfg, space)
@@ -158,6 +171,28 @@ class Ingest:
                     raise
         if statespace.own_space(space):
             self._complete_early(now)
+        return 0
+
+    def _fits(self, src: Source, n: int) -> bool:
+        """Room for src's next record, n bytes long (statespace.fits)?  If not, it waits, and so
+        does the rest of ingest (else it would take the room as it frees): _room() completes
+        objects early until there is room for it."""
+        if n <= statespace.READ_SLACK:
+            return True
+        _total, free = statespace.free_bytes(self.cfg)
+        if statespace.fits(free, len(self.open), self.store.codec.compressed, n):
+            self.waiting = None
+            return True
+        self.waiting = (src, src.offset, n)
+        return False
+
+    def _waiting_record(self) -> int:
+        """The length of the long record waiting for room (0: none, or its source moved on)."""
+        if self.waiting is not None:
+            src, offset, n = self.waiting
+            if src.state == "active" and src.offset == offset:
+                return n
+            self.waiting = None
         return 0
 
     def _complete_early(self, now: float) -> None:
@@ -232,6 +267,8 @@ class Ingest:
                         break
                     consumed += taken
                     continue
+                if not self._fits(src, stop - src.offset):
+                    break
                 got = self._pread(src, fd, src.offset, stop - src.offset)  # the record, read once
                 if got is None:
                     continue

@@ -9,10 +9,11 @@ import time
 
 LINES_FIELDS = frozenset({"path", "dir", "name"})
 ENVELOPE_FIELDS = frozenset({"key"})
-MAX_KEY_BYTES = 1024  # S3's limit for a whole key
-# room kept for "-" + timestamp + "-" + index + ".zst" when checking a rendered key
-_SUFFIX_ROOM = 64
+MAX_KEY_BYTES = 1024  # S3's limit for a whole key (UTF-8 bytes)
 MAX_SUFFIX_BYTES = 64  # object-key-suffix
+# The longest "-<index>" a final key is checked with: an index up to 9,999,999,999 (objects of one
+# key and timestamp).  Indexes are claimed at upload time, so a key is checked with the longest one.
+INDEX_ROOM = len("-9999999999")
 
 
 def final_key(key: str, ts: str, index: int, suffix: str = "") -> str:
@@ -23,6 +24,51 @@ def final_key(key: str, ts: str, index: int, suffix: str = "") -> str:
     if index > 0:
         out += f"-{index}"
     return out + suffix
+
+
+def timestamp_bytes(template: str) -> int:
+    """The longest a strftime `template` renders (UTF-8 bytes): rendered in local time, as ingest
+    does, at several hours of every day of a leap year (month and day names, %j, 12-hour clocks,
+    the zone's name with and without daylight saving time)."""
+    if not template:
+        return 0
+    longest = 0
+    start = 1704067200  # 2024-01-01 UTC, a leap year
+    for day in range(367):
+        for hour in (0, 9, 12, 23):
+            t = time.localtime(start + day * 86400 + hour * 3600 + 59 * 60 + 59)
+            longest = max(longest, len(time.strftime(template, t).encode("utf-8", "surrogatepass")))
+    return longest
+
+
+def key_room(ts_bytes: int, suffix: str) -> int:
+    """Bytes a final key can add to a rendered key: "-" + timestamp (ts_bytes long at most, 0:
+    none), "-" + the longest index, and `suffix` (object-key-suffix + .gz/.zst)."""
+    return (1 + ts_bytes if ts_bytes else 0) + INDEX_ROOM + len(suffix.encode("utf-8", "surrogatepass"))
+
+
+def final_key_problem(key: str, room: int) -> str | None:
+    """Why `key` (a rendered key) cannot be the start of a final key that may grow by `room`
+    bytes (key_room), or None: S3 refuses a key over MAX_KEY_BYTES (KeyTooLongError)."""
+    problem = key_problem(key)
+    if problem:
+        return problem
+    size = len(key.encode("utf-8"))
+    if size + room > MAX_KEY_BYTES:
+        return (f"is {size} bytes long; with the timestamp, index and suffixes its object can get ({room} bytes "
+                f"more) the key would exceed S3's limit of {MAX_KEY_BYTES} bytes")
+    return None
+
+
+def shortest_render(template: str) -> str:
+    """The shortest key a template can render: each placeholder one byte ({dir}: none, a file at
+    the top of the spool has no directory).  Every key it renders is at least this long."""
+    out = []
+    for literal, field, _spec, _conv in string.Formatter().parse(template):
+        out.append(literal)
+        if field is not None and field != "dir":
+            out.append("x")
+    return "".join(out)
 
 
 def suffix_problem(suffix: str) -> str | None:
@@ -134,6 +180,6 @@ def key_problem(key: str) -> str | None:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError:
         return "is not valid UTF-8"
-    if size > MAX_KEY_BYTES - _SUFFIX_ROOM:
-        return f"is {size} bytes long; S3 keys are limited to {MAX_KEY_BYTES} bytes with their suffixes"
+    if size > MAX_KEY_BYTES:
+        return f"is {size} bytes long; S3 keys are limited to {MAX_KEY_BYTES} bytes"
     return None

@@ -187,13 +187,45 @@ def reopen() -> None:
         _out.reopen_requested = True
 
 
+# Signals whose default action ends the process, that an operator (or a stray `kill`, `pkill
+# -USR1 ...`, a log tool, a profiler) may send, and that mean nothing to spoolup: received,
+# logged and ignored by both processes, never a silent death (SIGUSR1 ended the service with -10).
+# Python already ignores SIGPIPE and SIGXFSZ; SIGTERM/SIGINT stop, SIGHUP reopens log-file;
+# SIGQUIT, SIGABRT and the fault signals keep their default (a core dump is what they ask for).
+IGNORED_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR")
+_received: list[int] = []  # signal numbers noted by the handler, logged by handle_reopen()
+
+
+def _note_signal(signum: int, _frame: Any) -> None:
+    # no lock, no logging here: the handler may interrupt the main thread inside a write or
+    # while it holds a lock; list.append is atomic, the main loop logs it
+    _received.append(signum)
+
+
+def ignore_signals() -> None:
+    """Install the ignore-and-log handler for IGNORED_SIGNALS (in each process, from its main thread)."""
+    import signal
+
+    for name in IGNORED_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, _note_signal)
+
+
 def handle_reopen() -> None:
-    """From a main loop (not a signal handler): perform a requested reopen and log it."""
+    """From a main loop (not a signal handler): perform a requested reopen and log it, and log
+    the ignored signals received since the last call."""
     if _out.reopen_requested:
         _out.reopen()
     if _out.reopens != _out.announced:
         _out.announced = _out.reopens
         get("spoolup").info("log file reopened", path=_out.path)
+    while _received:
+        import signal
+
+        signum = _received.pop(0)
+        get("spoolup").warning("signal received and ignored", signal=signal.Signals(signum).name,
+                               pid=os.getpid())
 
 
 def _add_process(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

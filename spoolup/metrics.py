@@ -1,5 +1,7 @@
 """Prometheus metrics (`metrics-listen = "127.0.0.1:9464"`; off by default).
 
+The same address serves the health probes /healthz and /readyz (spoolup/probes.py).
+
 Both processes' metrics are served from one endpoint, by the main process:
 
 * Counters and the commit-latency histogram (a commit hook of the journal, which
@@ -94,8 +96,10 @@ def serve(cfg, log) -> None:
     directory, count in it from now on, and serve everything on metrics-listen.
     Must run before the upload process starts, which inherits the directory
     through PROMETHEUS_MULTIPROC_DIR."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
+
+    from spoolup import probes
 
     path = directory(cfg)
     if path.exists():
@@ -107,10 +111,11 @@ def serve(cfg, log) -> None:
     registry.register(JournalCollector(cfg))
     host, port = split_listen(cfg.metrics_listen)
     try:
-        start_http_server(port, host, registry)
+        probes.start(cfg, registry, host, port)  # /metrics, and the health probes /healthz and /readyz
     except OSError as e:
         raise OSError(f"cannot serve metrics on metrics-listen = \"{cfg.metrics_listen}\": {e.strerror or e}") from None
-    log.info("serving Prometheus metrics", url=f"http://{cfg.metrics_listen}/metrics")
+    log.info("serving Prometheus metrics and health probes", url=f"http://{cfg.metrics_listen}/metrics",
+             liveness=f"http://{cfg.metrics_listen}/healthz", readiness=f"http://{cfg.metrics_listen}/readyz")
 
 
 def check_listen(cfg) -> None:
@@ -242,6 +247,9 @@ class JournalCollector:
         for reason, n in sorted(by_reason.items()):
             q.add_metric([reason], n)
         yield q
+        yield gauge("spoolup_quarantined_objects", "Objects the upload process has quarantined (S3 refuses their "
+                    "request, or working on them failed unexpectedly): status's quarantined_objects.",
+                    len(st.get("quarantined_objects") or []))
         dl = CounterMetricFamily("spoolup_dead_letter_records", "Bad records written to dead-letter files "
                                  "(kept in the journal: survives restarts).")
         dl.add_metric([], st["dead_letters"]["records"])

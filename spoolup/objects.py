@@ -19,7 +19,8 @@ s3() destination:
 
 Indexes (-1, -2, ...) are not chosen here: a completed object is never
 reopened, so the next object of the same (key, timestamp) takes the next free
-index, resolved against the bucket by the upload process (see upload.py).
+index, resolved against the bucket when the upload process claims it
+(protocol.Protocol.claim, scheduled by coordinator.Uploader).
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 `spoolup recover` runs all of it and prints the report; `spoolup run` runs the
 local part before ingest starts and the upload process runs the remote part
-(protocol.reconcile: the bucket is the object protocol's business) before it
-uploads anything.  With dry_run nothing is changed anywhere: the
+(spoolup/reconcile.py: the bucket) before it uploads anything.  With dry_run nothing is changed anywhere: the
 report says what would be done.
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from spoolup import journal_faults, logs, protocol, recover, stateid
+from spoolup import journal_faults, logs, reconcile, recover, stateid
 from spoolup.config import Config
 from spoolup.journal import Journal, JournalError, schema_version
 from spoolup.lock import StateLock
@@ -60,7 +60,7 @@ def run(cfg: Config, *, dry_run: bool) -> int:
         recover.inspect_sources(cfg, journal, report)
         s3 = S3(cfg)
         try:
-            protocol.reconcile(cfg, journal, s3, report, dry_run=dry_run)
+            reconcile.reconcile(cfg, journal, s3, report, dry_run=dry_run)
         except S3Error as e:
             if e.code == "NoSuchBucket":  # a crash before the upload process first created it
                 report.note(f"bucket {cfg.bucket} does not exist yet: nothing to reconcile there "

@@ -73,7 +73,8 @@ _BY_CODE = {
 }
 
 
-def _translate(e: Exception, op: str, key: str | None) -> S3Error:
+def translate(e: Exception, op: str, key: str | None) -> S3Error:
+    """The S3Error for an exception botocore raised (one of CLIENT_ERRORS) in call `op` on `key`."""
     if isinstance(e, botocore.exceptions.ClientError):
         err = e.response.get("Error", {})
         code = str(err.get("Code") or "Unknown")
@@ -87,10 +88,20 @@ def _translate(e: Exception, op: str, key: str | None) -> S3Error:
         if status == 501 and code in ("501", "Unknown"):
             code = "NotImplemented"
         return _BY_CODE.get(code, S3Error)(code, str(err.get("Message") or e), op=op, key=key, status=status)
+    if isinstance(e, _NOT_SENDABLE) or (isinstance(e, botocore.exceptions.HTTPClientError)
+                                        and isinstance(e.kwargs.get("error"), ValueError)):
+        # botocore (or http.client under it: "Invalid header name b'x-amz-meta-team\n'") refused to
+        # build the request from what it was given: sending it again can never succeed.
+        return S3Error(NOT_SENDABLE, f"the request cannot be sent: {e}", op=op, key=key)
     return S3Error(type(e).__name__, str(e), op=op, key=key)
 
 
-_CATCH = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+# A request botocore refuses to build (a parameter it cannot send): a permanent error (protocol.permanent).
+NOT_SENDABLE = "RequestNotSendable"
+_NOT_SENDABLE = (botocore.exceptions.ParamValidationError, botocore.exceptions.ValidationError)
+# what a botocore call raises: every call made on the client is wrapped in `except CLIENT_ERRORS`
+# and re-raised as translate(...)
+CLIENT_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 # Characters XML 1.0 cannot carry (C0 controls but tab/LF/CR, U+FFFE, U+FFFF) yet an S3 key may
 # hold.  Servers echo keys raw in replies (CreateMultipartUpload's <Key>, and RGW even the
@@ -166,7 +177,7 @@ def same_etag(a: str | None, b: str | None) -> bool:
 
 
 class S3:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, *, probe_prefix: str | None = None):
         self.cfg = cfg
         self.bucket = cfg.bucket
         session = boto3.session.Session(
@@ -189,13 +200,9 @@ class S3:
         # its handler is replaced by one that makes the body parseable, then runs it
         self.client.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
         self.client.meta.events.register_first("before-parse.s3.*", _parseable_then_check_200)
-        # If-None-Match: * is sent unless conditional-writes = "off" or the server answered 501;
-        # whether the server *honours* it, per call, is protocol.Capabilities' business.
-        self.conditional = cfg.conditional_writes != "off"
-        self.capabilities = None  # protocol.Capabilities, once probed
-        # scratch keys of the listing-encoding probe; protocol.ensure_capabilities makes them the
-        # journal's own (probe_key_prefix), so that reconcile aborts one a crash left behind
-        self.probe_prefix: str | None = None
+        # scratch keys of the listing-encoding probe: the journal's own (capabilities.probe_key_prefix),
+        # so that its reconcile aborts one a crash left behind; None: check-config's
+        self.probe_prefix = probe_prefix
         self._listing_encodes: dict[str, bool] = {}  # listing operation -> keys come url-encoded
         # Over plain http botocore signs every body with SHA-256 (x-amz-content-sha256, which
         # the server checks): a Content-MD5 of parts would hash each byte a second time.
@@ -221,8 +228,8 @@ class S3:
         sts = self.session.client("sts", endpoint_url=self.cfg.url or None, config=self._boto_config(self.cfg))
         try:
             return str(sts.get_caller_identity().get("Arn", ""))
-        except _CATCH as e:
-            raise _translate(e, "GetCallerIdentity", None) from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "GetCallerIdentity", None) from None
         finally:
             sts.close()
 
@@ -244,8 +251,8 @@ class S3:
         try:
             r = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata,
                                                     **self._object_args(), **object_args)
-        except _CATCH as e:
-            raise _translate(e, "CreateMultipartUpload", key) from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "CreateMultipartUpload", key) from None
         return r["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, part: int, body: FileBody) -> str:
@@ -255,52 +262,50 @@ class S3:
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part, Body=f,
                     ContentLength=body.size, **body.integrity_args(),
                 )
-        except _CATCH as e:
-            raise _translate(e, "UploadPart", key) from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "UploadPart", key) from None
         return r["ETag"]
 
-    def complete(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
-        args: dict[str, Any] = {}
-        if self.conditional:
-            args["IfNoneMatch"] = "*"
+    def complete(self, key: str, upload_id: str, parts: list[tuple[int, str]], *, if_none_match: bool) -> str:
+        """if_none_match: send If-None-Match: * (whether the server honours it is the caller's
+        business: spoolup.capabilities); a server that does not implement it answers
+        NotImplementedByServer."""
+        args: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
         try:
             r = self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}, **args,
             )
-        except _CATCH as e:
-            err = _translate(e, "CompleteMultipartUpload", key)
-            if isinstance(err, NotImplementedByServer) and self.conditional and self.cfg.conditional_writes == "auto":
-                self.conditional = False  # the server does not do conditional writes: HEAD checks remain
-                return self.complete(key, upload_id, parts)
-            raise err from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "CompleteMultipartUpload", key) from None
         return r.get("ETag", "")
 
-    def put(self, key: str, body: FileBody, metadata: dict[str, str], object_args: dict[str, str]) -> str:
-        args: dict[str, Any] = {}
-        if self.conditional:
-            args["IfNoneMatch"] = "*"
+    def put(self, key: str, body: FileBody, metadata: dict[str, str], object_args: dict[str, str], *,
+            if_none_match: bool) -> str:
+        args: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
         try:
             with open(body.path, "rb") as f:
                 r = self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=f, ContentLength=body.size, ContentMD5=body.content_md5,
                     Metadata=metadata, **self._object_args(), **object_args, **args,
                 )
-        except _CATCH as e:
-            err = _translate(e, "PutObject", key)
-            if isinstance(err, NotImplementedByServer) and self.conditional and self.cfg.conditional_writes == "auto":
-                self.conditional = False  # the store ignores If-None-Match: look before writing
-                if self.head(key) is not None:
-                    raise PreconditionFailed("PreconditionFailed", "the key exists", op="PutObject", key=key) from None
-                return self.put(key, body, metadata, object_args)
-            raise err from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "PutObject", key) from None
         return r["ETag"]
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> str:
+        """A small object of spoolup's own (the capability probe's scratch object)."""
+        args: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **args)["ETag"]
+        except CLIENT_ERRORS as e:
+            raise translate(e, "PutObject", key) from None
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except _CATCH as e:
-            err = _translate(e, "AbortMultipartUpload", key)
+        except CLIENT_ERRORS as e:
+            err = translate(e, "AbortMultipartUpload", key)
             if not isinstance(err, NoSuchUpload):
                 raise err from None
 
@@ -313,9 +318,9 @@ class S3:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404 or e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise _translate(e, "HeadObject", key) from None
+            raise translate(e, "HeadObject", key) from None
         except botocore.exceptions.BotoCoreError as e:
-            raise _translate(e, "HeadObject", key) from None
+            raise translate(e, "HeadObject", key) from None
         return {"etag": r.get("ETag"), "size": r.get("ContentLength"), "metadata": r.get("Metadata", {})}
 
     def list_keys(self, prefix: str) -> set[str]:
@@ -330,8 +335,8 @@ class S3:
                 if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
                     return keys
                 args["ContinuationToken"] = page["NextContinuationToken"]
-        except _CATCH as e:
-            raise _translate(e, "ListObjectsV2", prefix) from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "ListObjectsV2", prefix) from None
 
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
         """(key, upload id) of the multipart uploads in progress under `prefix`.  Requested
@@ -349,8 +354,8 @@ class S3:
                 if not page.get("IsTruncated") or not uploads:
                     return out
                 args["KeyMarker"], args["UploadIdMarker"] = uploads[-1]
-        except _CATCH as e:
-            raise _translate(e, "ListMultipartUploads", prefix) from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "ListMultipartUploads", prefix) from None
 
     def _encoded(self, op: str, page: dict, listed: list[str]) -> bool:
         """Are the keys of this listing url-encoded?  AWS says so (EncodingType); RGW encodes
@@ -391,8 +396,8 @@ class S3:
             for page in self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
                 for p in page.get("Parts", []) or []:
                     out[p["PartNumber"]] = (p["ETag"], p["Size"])
-        except _CATCH as e:
-            err = _translate(e, "ListParts", key)
+        except CLIENT_ERRORS as e:
+            err = translate(e, "ListParts", key)
             if err.code == "NoSuchKey" and err.status == 404:
                 raise NoSuchUpload("NoSuchUpload", f"the upload does not exist (the server said {err.code})",
                                    op="ListParts", key=key, status=404) from None
@@ -409,8 +414,8 @@ class S3:
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
-        except _CATCH as e:
-            raise _translate(e, "DeleteObject", key) from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "DeleteObject", key) from None
 
     def bucket_exists(self) -> bool:
         """HeadBucket: True if the bucket is there, False if it does not exist; an S3Error in
@@ -421,9 +426,9 @@ class S3:
             self.client.head_bucket(Bucket=self.bucket)
             return True
         except botocore.exceptions.ClientError as e:
-            err = _translate(e, "HeadBucket", None)
+            err = translate(e, "HeadBucket", None)
         except botocore.exceptions.BotoCoreError as e:
-            raise _translate(e, "HeadBucket", None) from None
+            raise translate(e, "HeadBucket", None) from None
         if err.status == 404 or err.code in ("404", "NoSuchBucket"):
             return False
         if err.code.isdigit():
@@ -437,7 +442,7 @@ class S3:
         try:
             self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
         except botocore.exceptions.ClientError as e:
-            why = _translate(e, "ListObjectsV2", None)
+            why = translate(e, "ListObjectsV2", None)
             if not why.code.isdigit():
                 return S3Error(why.code, why.detail, op="HeadBucket", status=head_error.status)
         except botocore.exceptions.BotoCoreError:
@@ -461,9 +466,9 @@ class S3:
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("BucketAlreadyOwnedByYou",):
                 return False
-            raise _translate(e, "CreateBucket", None) from None
+            raise translate(e, "CreateBucket", None) from None
         except botocore.exceptions.BotoCoreError as e:
-            raise _translate(e, "CreateBucket", None) from None
+            raise translate(e, "CreateBucket", None) from None
         return True
 
     def close(self) -> None:

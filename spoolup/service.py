@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import signal
 import sqlite3
@@ -57,7 +58,7 @@ def prepare_state_dir(cfg: Config, log) -> None:
                     "Check spool-dir if that is not what you expect", spool_dir=str(cfg.spool_dir))
 
 
-class UploadProcess:
+class UploadSupervisor:
     """The child upload process, restarted with backoff when it dies."""
 
     def __init__(self, cfg: Config, log):
@@ -155,7 +156,7 @@ class Service:
         self.signals = 0
         self.lock = StateLock(cfg.state_dir)
         self.journal: Journal | None = None
-        self.uploader = UploadProcess(cfg, log)
+        self.uploader = UploadSupervisor(cfg, log)
         self.started = time.time()
         self.full_streak = 0  # disk-full failures in a row
         self._mark: dict = {}  # the claims last written to state-id (stateid.update_mark)
@@ -207,7 +208,8 @@ class Service:
                                 max_open=budget["dead_letter_files"])
         self.spool = Spool(self.cfg.spool_dir, self.journal, self.log, fsync=self.cfg.fsync,
                            object_key=self.cfg.object_key if self.cfg.format == "lines" else None,
-                           retry_max=self.cfg.quarantine_retry, max_open=budget["spool_files"])
+                           retry_max=self.cfg.quarantine_retry, max_open=budget["spool_files"],
+                           key_room=self.cfg.key_room)
         self.ingest = Ingest(self.cfg, self.journal, self.spool, self.store, self.dead, self.log,
                              notify=self.uploader.wake)
         self.spool.clock = Clock.start(self.journal.state("clock"), time.time(), time.monotonic(), self.log)
@@ -235,6 +237,7 @@ class Service:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        logs.ignore_signals()  # SIGUSR1, SIGUSR2, ...: logged, never a silent death
 
     def _on_hup(self, _signum, _frame) -> None:
         logs.reopen()
@@ -260,7 +263,11 @@ class Service:
         every object, wait until all are uploaded, and return."""
         cfg, journal, ingest, spool = self.cfg, self.journal, self.ingest, self.spool
         watcher = Watcher(cfg.spool_dir, self.log)
-        last = {"scan": 0.0, "expire": 0.0, "reap": 0.0, "beat": 0.0, "prune": time.time()}
+        # every timer on the monotonic clock: a wall-clock step (NTP, an operator) must not hold
+        # up (backwards) or bunch (forwards) scans, flush-grace expiry, reaping and pruning; `now`
+        # (wall time) is what they are given, as it is what the journal's timestamps are in
+        last = {"scan": -math.inf, "expire": -math.inf, "reap": -math.inf, "beat": -math.inf,
+                "prune": time.monotonic()}
         drain_state: DrainState | None = None
         progress = DrainProgress(self.log) if drain else None
         deadline = time.monotonic() + drain_timeout if drain_timeout else None
@@ -273,10 +280,10 @@ class Service:
                     now = time.time()
                     mono = time.monotonic()
                     spool.clock.tick(now, mono, self.log)
-                    if watcher.structure_changed or now - last["scan"] >= cfg.poll_interval:
+                    if watcher.structure_changed or mono - last["scan"] >= cfg.poll_interval:
                         watcher.structure_changed = False
                         spool.rescan(now)
-                        last["scan"] = now
+                        last["scan"] = mono
                     if drain and drain_state is None:
                         drain_state = self._start_drain([])
                     elif not drain:
@@ -291,9 +298,9 @@ class Service:
                         metrics.ingested(ingest.stats)
                         self.full_streak = 0
                     logs.handle_reopen()
-                    if now - last["expire"] >= EXPIRE_EVERY:
+                    if mono - last["expire"] >= EXPIRE_EVERY:
                         ingest.expire(now)
-                        last["expire"] = now
+                        last["expire"] = mono
                     if drain_state is not None:
                         finished = self._drain_step(drain_state, consumed, now)
                         if progress is not None:
@@ -305,12 +312,12 @@ class Service:
                             journal.finish_requests(drain_state.request_ids, "ok")
                             self.log.info("drain request done", requests=drain_state.request_ids)
                             drain_state = None
-                    if now - last["reap"] >= REAP_EVERY:
+                    if mono - last["reap"] >= REAP_EVERY:
                         self._reap(now)
-                        last["reap"] = now
-                    if now - last["prune"] >= PRUNE_EVERY:
+                        last["reap"] = mono
+                    if mono - last["prune"] >= PRUNE_EVERY:
                         self._prune_history()
-                        last["prune"] = now
+                        last["prune"] = mono
                     self.uploader.supervise(journal)
                     if mono - last["beat"] >= HEARTBEAT_EVERY:
                         journal.heartbeat("ingest", os.getpid(), self.started,

@@ -144,12 +144,13 @@ class Spool:
     """The live sources of one spool directory."""
 
     def __init__(self, spool_dir: Path, journal: Journal, log, *, object_key: str | None, fsync: bool = True,
-                 retry_max: float = 300.0, max_open: int = 512):
+                 retry_max: float = 300.0, max_open: int = 512, key_room: int = 0):
         self.dir = spool_dir
         self.journal = journal
         self.log = log
         self.fsync = fsync  # sync a directory after moving a file aside or deleting it (before the journal says so)
         self.object_key = object_key  # lines format: template over {path}/{dir}/{name}
+        self.key_room = key_room  # bytes a final key adds to the rendered one at most (Config.key_room)
         self.retry_max = retry_max  # longest delay between retries of a quarantined entry
         self.max_open = max_open  # descriptors kept open for spool files (LRU)
         self._open: OrderedDict[int, Source] = OrderedDict()  # sources holding a descriptor, least recent first
@@ -176,7 +177,8 @@ class Spool:
             elif e.source_id is not None:
                 self._release(e, "its spool file is no longer tracked", gone=True)
                 continue
-            if e.reason == "invalid-key" and src is not None and not keys.key_problem(src.key or ""):
+            if e.reason == "invalid-key" and src is not None and not keys.final_key_problem(src.key or "",
+                                                                                             self.key_room):
                 self._release(e, "the object key is valid now")
 
     def revert(self) -> None:
@@ -256,7 +258,7 @@ class Spool:
             src.size = entry.st.st_size
             new.append(src)
             if src.key is not None:
-                problem = keys.key_problem(src.key)
+                problem = keys.final_key_problem(src.key, self.key_room)
                 if problem:
                     self.quarantine(src.path, "invalid-key", f"object key {src.key!r} rendered from "
                                     f"{keys.printable(entry.path)!r} {problem}; the file stays in the spool",

@@ -14,6 +14,7 @@ from typing import Any
 from spoolup import __version__, health, keys, lock, statespace
 from spoolup import form as forms
 from spoolup.config import Config
+from spoolup.deadletter import REMOVED_STATE
 from spoolup.journal import CAPABILITIES_META, QUARANTINE_META, STOPPED, Journal, ObjectState, stored_version
 from spoolup.spool import scan
 
@@ -21,15 +22,46 @@ SCHEMA_VERSION = 1
 LIVENESS_SECONDS = 10.0  # a process whose heartbeat is older is reported dead
 
 
-def collect(cfg: Config) -> dict[str, Any]:
+def _open(cfg: Config) -> Journal:
     if not cfg.journal_path.exists() or stored_version(cfg.journal_path) == 0:
-        journal = Journal.in_memory()  # never ran with this state dir (or it is being created): all zero
-    else:
-        journal = Journal.open_readonly(cfg.journal_path)
+        return Journal.in_memory()  # never ran with this state dir (or it is being created): all zero
+    return Journal.open_readonly(cfg.journal_path)
+
+
+def collect(cfg: Config) -> dict[str, Any]:
+    journal = _open(cfg)
     try:
         return _collect(cfg, journal)
     finally:
         journal.close()
+
+
+def processes(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Only `service.processes` of collect() (each process's liveness), without the rest:
+    what the liveness probe (/healthz, spoolup/probes.py) reads, cheaply and often."""
+    journal = _open(cfg)
+    try:
+        return _processes(cfg, journal, time.time())
+    finally:
+        journal.close()
+
+
+def _processes(cfg: Config, j: Journal, now: float) -> dict[str, dict[str, Any]]:
+    """Alive: a heartbeat within LIVENESS_SECONDS and the pid exists.  While the state dir's
+    filesystem has less than the journal's reserve free, a heartbeat may not be journaled
+    (the upload process logs "heartbeat not journaled"; the main process's fails with its
+    batch): then the pid alone says it, rather than calling a waiting service dead (and
+    having /healthz restart it, which frees no space)."""
+    full = _journal_full(cfg)
+    out = {}
+    for p in j.processes():
+        alive = (now - p["seen"] < LIVENESS_SECONDS or (full and p["info"] != STOPPED)) and _pid_alive(p["pid"])
+        stopped = not alive and p["info"] == STOPPED
+        out[p["name"]] = {"pid": p["pid"], "alive": alive, "last_seen_seconds": round(now - p["seen"], 3),
+                          "started": p["started"], "info": p["info"],
+                          "state": "alive" if alive else "stopped" if stopped else "dead",
+                          "stopped_at": p["seen"] if stopped else None}
+    return out
 
 
 def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
@@ -43,21 +75,16 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
     backlog, with_backlog, attention = _sources(cfg, j)
     sources = [{k: v for k, v in a.items() if k != "source_id"} for a in attention]
 
+    removed = (j.state(REMOVED_STATE) or {}).get("bytes") or {}  # by the operator (deadletter.py)
     dead = [
         {"path": r["path"], "records": r["records"], "bytes": r["bytes"], "last_at": r["last_at"],
-         "last_reason": r["last_reason"]}
+         "last_reason": r["last_reason"], "removed_bytes": removed.get(str(r["source_id"]), 0)}
         for r in j.dead_letters()
     ]
     err = j.last_error()
-    processes = {}
-    for p in j.processes():
-        alive = now - p["seen"] < LIVENESS_SECONDS and _pid_alive(p["pid"])
-        stopped = not alive and p["info"] == STOPPED
-        processes[p["name"]] = {"pid": p["pid"], "alive": alive, "last_seen_seconds": round(now - p["seen"], 3),
-                                "started": p["started"], "info": p["info"],
-                                "state": "alive" if alive else "stopped" if stopped else "dead",
-                                "stopped_at": p["seen"] if stopped else None}
+    processes = _processes(cfg, j, now)
     counters = j.counters()
+    space = statespace.report(cfg, len(open_objects))
     return {
         "schema_version": SCHEMA_VERSION,
         "spoolup_version": __version__,
@@ -67,7 +94,8 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "spool_dir": str(cfg.spool_dir),
         "state_dir": str(cfg.state_dir),
         "open_objects": open_objects,
-        "closed_objects_pending": {"count": closed[0], "bytes": closed[1]},
+        "closed_objects_pending": {"count": closed[0], "bytes": closed[1],
+                                   "oldest_age_seconds": round(now - closed[2], 3) if closed[2] else None},
         "completed_objects": {"count": done[0], "bytes": done[1]},
         "pending_parts": {"count": sealed[0], "bytes": sealed[1], "cap": cfg.max_pending_uploads},
         "backlog_bytes": backlog,
@@ -76,16 +104,27 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "sources_with_backlog": with_backlog,
         "leases": {"state": "unknown", "reason": None, "since": None, **(j.state("leases") or {})},
         "dead_letters": {"records": sum(d["records"] for d in dead), "bytes": sum(d["bytes"] for d in dead),
-                         "files": dead},
-        "last_error": None if err is None else {
-            "time": err["at"], "age_seconds": round(now - err["at"], 3), "process": err["process"],
-            "operation": err["op"], "code": err["code"], "message": err["message"], "key": err["key"],
-        },
+                         "removed_bytes": sum(d["removed_bytes"] for d in dead), "files": dead},
+        "last_error": _last_error(err, space, now),
         "counters": counters,
         "s3_health": _s3_health(j, processes.get("upload"), now),
-        "state_dir_space": statespace.report(cfg, len(open_objects)),
+        "state_dir_space": space,
         **_s3_protocol(j),
     }
+
+
+def _last_error(err: Any, space: dict | None, now: float) -> dict[str, Any] | None:
+    """The newest journaled error; while the state dir is low on space, that condition as
+    measured now, unless the journaled error already says so: a filesystem that a foreign file
+    fills to the last byte takes no journal write (ingest's record of it fails), yet status
+    must name it."""
+    if space is not None and space["low"] and (err is None or err["code"] != space["code"]):
+        return {"time": now, "age_seconds": 0.0, "process": "ingest", "operation": "space", "code": space["code"],
+                "message": space["advice"], "key": None}
+    if err is None:
+        return None
+    return {"time": err["at"], "age_seconds": round(now - err["at"], 3), "process": err["process"],
+            "operation": err["op"], "code": err["code"], "message": err["message"], "key": err["key"]}
 
 
 def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
@@ -212,13 +251,21 @@ def needing_attention(j: Journal, live: dict | None = None) -> list[dict[str, An
 
 def _s3_protocol(j: Journal) -> dict[str, Any]:
     """What the upload process detected about the server, and the objects S3 refuses
-    (both journaled by the upload process; see spoolup/protocol.py)."""
+    (both journaled by the upload process; see spoolup/capabilities.py and spoolup/coordinator.py)."""
     try:
         caps = json.loads(j.meta(CAPABILITIES_META) or "null")
         quarantined = json.loads(j.meta(QUARANTINE_META) or "[]")
     except ValueError:
         caps, quarantined = None, []
     return {"s3_capabilities": caps, "quarantined_objects": quarantined}
+
+
+def _journal_full(cfg: Config) -> bool:
+    """Too little free space in the state dir's filesystem for the journal to grow for sure."""
+    try:
+        return statespace.free_bytes(cfg)[1] < statespace.RESERVE
+    except OSError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -265,6 +312,9 @@ def _clock(t: float | None, now: float) -> str:
 
 
 def _process(name: str, p: dict[str, Any], now: float) -> str:
+    if p["state"] == "alive" and p["last_seen_seconds"] >= LIVENESS_SECONDS:
+        return (f"{name} pid {p['pid']} alive (no heartbeat journaled for {_age(p['last_seen_seconds'])}: "
+                "state dir full)")
     if p["state"] == "alive":
         return f"{name} pid {p['pid']} alive"
     if p["state"] == "stopped":
@@ -361,6 +411,9 @@ def render(st: dict[str, Any]) -> str:
         out.append("")
         out.append(f"dead letters: {dl['records']} records ({human_bytes(dl['bytes'])}) in {len(dl['files'])} file(s) "
                    f"under {st['state_dir']}/dead-letter")
+        if dl.get("removed_bytes"):
+            out.append(f"  {human_bytes(dl['removed_bytes'])} of them removed since (dead-letter files deleted), "
+                       f"{human_bytes(dl['bytes'] - dl['removed_bytes'])} on disk")
     caps = st.get("s3_capabilities")
     if caps:
         out.append("")

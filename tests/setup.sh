@@ -4,7 +4,8 @@
 #   strace          the durability test watches syncs
 #   ceph-*, radosgw the S3-facing tests run against Ceph RGW as well as moto
 #                   (tests/localrgw.py builds a throw-away cluster on loopback)
-#   .[test]         moto server, pytest, pytest-xdist, ...
+#   .[test]         moto server, pytest, pytest-xdist, ... at the versions CI tested
+#                   (constraints.txt); SPOOLUP_NEWEST=1: the newest releases instead
 # The Ceph packages' scripts would start system daemons: a policy-rc.d that
 # refuses every start is in place during the install (and removed afterwards,
 # unless it was there before).  The tests start their own daemons, and stop them.
@@ -18,4 +19,8 @@ if [ ! -e "$POLICY" ]; then
 fi
 apt-get install -y syslog-ng-core strace
 apt-get install -y --no-install-recommends ceph-mon ceph-osd ceph-mgr radosgw ceph-common
-pip install '.[test]'
+if [ "${SPOOLUP_NEWEST:-}" = 1 ]; then
+    pip install -U '.[test]'
+else
+    pip install -c constraints.txt '.[test]'
+fi

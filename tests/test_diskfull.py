@@ -110,7 +110,8 @@ def fill(directory: Path) -> Path:
 
 
 def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_state_dir):
-    """The journal itself cannot grow either: both processes hit SQLITE_FULL/ENOSPC."""
+    """The journal itself cannot grow either: both processes hit SQLITE_FULL/ENOSPC.  Status
+    still names the cause (issue 18 item 8: last_error was null, as nothing could journal it)."""
     subprocess.run(["mount", "-o", "remount,size=32m", str(tiny_state_dir)], check=True)
     sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5, "flush-grace-period": "2s"},
                       state_dir=tiny_state_dir)
@@ -129,6 +130,10 @@ def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_stat
         # (the journal cannot record an error now: status reads the filesystem itself)
         space = wait_for(lambda: (s := sp.status()["state_dir_space"])["low"] and s, 60, what="the lack of space in status")
         assert "something else fills the filesystem" in space["advice"] and "Free space there" in space["advice"]
+        err = sp.status()["last_error"]
+        assert err is not None and err["code"] == "StateDirFull" and err["process"] == "ingest", err
+        assert "something else fills the filesystem" in err["message"]
+        assert space["code"] == "StateDirFull" and space["own_bytes"] < space["total_bytes"] // 4, space
         time.sleep(3)
         assert p.poll() is None, sp.log_text()[-3000:]
         assert integrity(tiny_state_dir / "journal.sqlite") == "ok"
@@ -140,7 +145,9 @@ def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_stat
 
 
 def test_a_rollback_that_fails_restarts_from_the_journal(make_spoolup, s3, tiny_state_dir):
-    """The disk fills in the middle of a batch (a record longer than the free space), and the
+    """The disk fills in the middle of a batch (after a record written to a chunk file, a record
+    longer than max-record-size, copied to its dead-letter file, takes more than the free space:
+    ingest takes a record for a chunk file only when there is room for it), and the
     rollback that follows fails as well: its truncation of the chunk files is refused (EPERM
     here: the chunk files were made immutable, `chattr +i`, which spoolup's open descriptors
     still write through; no Linux filesystem at hand refuses a shrinking truncate with
@@ -148,10 +155,12 @@ def test_a_rollback_that_fails_restarts_from_the_journal(make_spoolup, s3, tiny_
     lengths, a block's zero padding taken for data -- but try the rollback again until it
     succeeds, and then ship every record exactly once."""
     subprocess.run(["mount", "-o", "remount,size=6m", str(tiny_state_dir)], check=True)
-    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5}, state_dir=tiny_state_dir)
+    sp = make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5, "max-record-size": "1MiB"},
+                      state_dir=tiny_state_dir)
     first = {name: data[: data.index(b"\n", len(data) // 8) + 1] for name, data in FILES.items()}
-    long_record = b"L" * (8 << 20) + b"\n"  # more than the state dir holds
-    files = {name: first[name] + (long_record if name == "a.log" else b"") + data[len(first[name]):]
+    record = b"a record for the chunk file before the long one\n"
+    long_record = b"L" * (8 << 20) + b"\n"  # more than the state dir holds: a dead letter
+    files = {name: first[name] + (record if name == "a.log" else b"") + data[len(first[name]):]
              for name, data in FILES.items()}
     for name, data in first.items():
         write(sp.spool / name, data)
@@ -161,7 +170,7 @@ def test_a_rollback_that_fails_restarts_from_the_journal(make_spoolup, s3, tiny_
         wait_for(lambda: consumed(sp) == sum(map(len, first.values())), 60, what="the first records journaled")
         immutable = [str(f) for f in chunks.iterdir()]
         subprocess.run(["chattr", "+i", *immutable], check=True)
-        write(sp.spool / "a.log", long_record, "ab")
+        write(sp.spool / "a.log", record + long_record, "ab")
         wait_for(lambda: "could not go back to the journaled state" in sp.log_text() or None, 60,
                  what="the failed rollback in the log")
         subprocess.run(["chattr", "-i", *immutable], check=True)

@@ -1,4 +1,4 @@
-"""The README's option table and contrib/spoolup.toml.example come from the option table in config.py."""
+"""The README's option table and contrib/spoolup.toml.example come from the option table in spoolup/config/options.py."""
 
 from pathlib import Path
 
@@ -39,7 +39,39 @@ def test_readme_test_command_is_what_ci_runs():
     for package in ("syslog-ng-core", "strace", "ceph-mon", "ceph-osd", "ceph-mgr", "radosgw", "ceph-common",
                     "'.[test]'"):
         assert package in setup, package
-    assert "pip install '.[demo]' && spoolup demo" in readme
+    # the versions CI tested (issue 18 item 5), and a documented way to test the newest releases
+    assert "pip install -c constraints.txt '.[test]'" in setup
+    assert "SPOOLUP_NEWEST" in setup and "pip install -U '.[test]'" in setup
+    assert "SPOOLUP_NEWEST=1 bash tests/setup.sh" in readme
+    assert "pip install -c constraints.txt '.[demo]' && spoolup demo" in readme
+
+
+def test_constraints_pin_every_declared_dependency():
+    """constraints.txt holds the versions CI tested: every requirement of the package and of its
+    test, demo and bench extras is pinned there (==), to a version its specifier accepts."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version and " " not in version, f"not pinned: {line!r}"
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"])
+    for extra in ("test", "demo", "bench"):
+        declared += project["optional-dependencies"][extra]
+    for text in declared:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (text, pins[name])
+    tox = (ROOT / "tox.ini").read_text()
+    assert "-c {toxinidir}/constraints.txt" in tox and "[testenv:newest]" in tox
 
 
 def test_readme_minimal_config_says_when_objects_appear():

@@ -22,9 +22,10 @@ from collections import Counter
 
 import pytest
 
-from crashkit import assert_exact, noisy_lines, query, write
+from crashkit import ask, assert_exact, noisy_lines, rows, write
 from faultproxy import WRITES
 from helpers import get, list_keys, pending_uploads, syslog_lines, wait_for
+from spoolup.journal import Journal
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -118,7 +119,7 @@ def test_service_rides_out_the_fault(make_spoolup, s3, proxy, fault):
     # a CreateMultipartUpload whose reply is lost (and retried by botocore) leaves an upload
     # nobody knows the id of: holding no part, never aborted (only ids the journal created are)
     assert_exact(s3, sp.bucket, FILES, empty_orphans=fault in ("reply-beyond-timeout", "reply-lost"))
-    assert query(sp, "SELECT count(*) FROM objects WHERE state != 'done'") == [(0,)]
+    assert ask(sp, Journal.pending_objects) == 0
 
 
 def test_backoff_spaces_out_the_attempts_of_one_call(make_spoolup, s3, proxy):
@@ -131,7 +132,7 @@ def test_backoff_spaces_out_the_attempts_of_one_call(make_spoolup, s3, proxy):
     try:
         def failures():
             try:
-                return [at for (at,) in query(sp, "SELECT at FROM errors WHERE op = 'UploadPart' ORDER BY id")]
+                return [e["at"] for e in rows(sp, "errors", "op = ?", ("UploadPart",), select="at", order_by="id")]
             except sqlite3.OperationalError:
                 return []  # no journal yet
 
@@ -198,3 +199,32 @@ def test_lost_reply_of_create_leaves_only_an_empty_upload_never_aborted(make_spo
     assert_exact(s3, sp.bucket, {"big.log": FILES["big.log"]}, empty_orphans=True)
     (orphan,) = pending_uploads(s3, sp.bucket)
     assert orphan[0] == "big.log"
+
+
+def test_a_key_found_taken_by_a_pending_upload_is_never_claimed_again(make_spoolup, s3, proxy):
+    """An upload appears at the claimed key after the claim's (cached) listing of pending
+    uploads: a foreign writer, or the orphans of a Create whose replies were all lost.  The
+    start step sees it (KeyTaken) and the object moves on -- once.  The claim that follows used
+    to read the same cached listing, which did not hold the key, took it again, met it again:
+    a claim/KeyTaken loop of a ListObjects and a ListMultipartUploads every few milliseconds
+    until the cache expired (issue 18 item 5: 29-37 listings in 5 s once botocore retried a
+    lost reply quickly)."""
+    sp = make(make_spoolup, proxy)
+    foreign = []
+
+    def appear(req):  # the start step's per-key listing: an upload at the key, just before it
+        if req.query.get("prefix") == ["big.log"] and not foreign:
+            foreign.append(s3.create_multipart_upload(Bucket=sp.bucket, Key="big.log")["UploadId"])
+
+    proxy.add("ListMultipartUploads", action="hook", hook=appear)
+    write(sp.spool / "big.log", FILES["big.log"])
+    r = sp.drain(timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert foreign, "the upload appeared at the claimed key"
+    per_key = Counter(r.query.get("prefix", [""])[0] for r in proxy.requests("ListMultipartUploads"))
+    assert per_key["big.log"] == 1, per_key
+    assert len(rows(sp, "errors", "code = ?", ("KeyTaken",))) == 1
+    assert pending_uploads(s3, sp.bucket) == [("big.log", foreign[0])], "the foreign upload is left alone"
+    s3.abort_multipart_upload(Bucket=sp.bucket, Key="big.log", UploadId=foreign[0])
+    layout = assert_exact(s3, sp.bucket, {"big.log": FILES["big.log"]})
+    assert layout["big.log"] == ["big.log-1"]

@@ -96,6 +96,7 @@ def test_the_graph_sees_function_level_imports():
     assert "spoolup.status" in graph["spoolup.metrics"]  # imported inside JournalCollector.collect
     assert "spoolup.journal" in graph["spoolup.status"]
     assert "spoolup.journal.store" in graph["spoolup.journal"]  # the journal package's modules are in it
+    assert "spoolup.config.values" in graph["spoolup.config.options"]  # modules of subpackages are nodes too
 
 
 def test_cycle_finder_finds_a_cycle():

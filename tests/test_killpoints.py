@@ -1,4 +1,4 @@
-"""Kill points: for each invariant of docs/DESIGN.md ("Delivery guarantee"), spoolup
+"""Kill points: for each invariant of docs/DESIGN.md ("Delivery invariants"), spoolup
 is SIGKILLed exactly between two steps of it (SPOOLUP_CRASH_AT, spoolup/crash.py),
 restarted, and the bucket must then hold every spool byte exactly once: each key's
 objects concatenated in index order equal the spool file, no duplicate or stray

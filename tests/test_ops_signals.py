@@ -187,3 +187,32 @@ def test_sighup_reopens_the_log_file_in_both_processes(make_spoolup, s3):
     assert sp.stop(p) == 0
     assert event(sp, "spoolup stopped", "run", text=lines(log)) is not None
     assert get(s3, sp.bucket, "after-hup.log") == data
+
+
+IGNORED = ("SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR")
+
+
+def test_other_signals_are_logged_and_ignored_by_both_processes(make_spoolup, s3):
+    """Issue 18, item 10: SIGUSR1 ended the main process (exit -10), silently.  Each signal an
+    operator may send that means nothing to spoolup is logged by the process that got it and
+    ignored; the service keeps shipping and stops cleanly."""
+    sp = make_spoolup(**{"object-key": "{name}", "flush-grace-period": "1s"})
+    p = start(sp)
+    wait_for(lambda: event(sp, "upload process started", "upload"), 60, what="both processes up")
+    upload_pid = event(sp, "upload process started", "run")["pid"]  # the main process says which
+    assert upload_pid != p.pid and not pid_gone(upload_pid)
+    for name in IGNORED:
+        os.kill(p.pid, getattr(signal, name))
+        os.kill(upload_pid, getattr(signal, name))
+    for process in ("run", "upload"):
+        for name in IGNORED:
+            wait_for(lambda: any(e.get("event") == "signal received and ignored" and e.get("signal") == name
+                                 and e.get("process") == process for e in events(sp.log_text())), 60,
+                     what=f"the {process} process to log {name}")
+    data = syslog_lines(10)
+    (sp.spool / "after.log").write_bytes(data)
+    wait_for(lambda: "after.log" in list_keys(s3, sp.bucket), 60, what="the object")
+    assert get(s3, sp.bucket, "after.log") == data
+    assert p.poll() is None and not pid_gone(upload_pid), "an ignored signal must not stop either process"
+    assert event(sp, "upload process exited; restarting it") is None
+    assert sp.stop(p) == 0

@@ -192,7 +192,10 @@ def test_open_objects_say_what_they_will_be_and_when_they_complete(make_spoolup,
         assert list_keys(s3, sp.bucket) == []  # nothing in the bucket yet, as status says
 
         table = sp.cmd("status", check=True).stdout
-        at = time.strftime("%H:%M:%S", time.localtime(big_obj["completes"]["grace_at"]))
+        grace_at = big_obj["completes"]["grace_at"]
+        same_day = time.strftime("%Y%m%d", time.localtime(grace_at)) == time.strftime("%Y%m%d")
+        # the table shows the time alone today, with the date when it falls on another day (near midnight)
+        at = time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(grace_at))
         assert (f"  logs/big.log-{ts}: {len(big) / MiB:.1f}MiB, 60000 records, 2 parts (10.0MiB) uploaded") in table
         assert f"completes at {at} (flush-grace-period after the last record), at 5.0TiB (max-object-size) " \
                "or on a newer timestamp" in table

@@ -5,7 +5,10 @@ leases (F_SETLEASE) need CAP_LEASE, and a wall clock that can step.
   step larger than spool-reap never makes a busy file idle, within a run or across a
   restart; checked deterministically;
 * a real run as a user without capabilities: the lease is refused (EACCES), the log says
-  so once and `status` reports it; with CAP_LEASE (as the unit gives) leases work.
+  so once and `status` reports it; with CAP_LEASE (as the unit gives) leases work;
+* a real run whose wall clock steps backwards (tests/wallclock): the service's timers
+  (scan, flush-grace expiry, reaping, pruning) run on the monotonic clock, so the step
+  stalls none of them.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import content_of, syslog_lines
+import pytest
+
+from crashkit import assert_exact, write
+from helpers import content_of, syslog_lines, wait_for
 from spoolup import idle
 from test_ops_status import validate
 
@@ -135,3 +142,54 @@ def test_lease_taken_with_cap_lease_as_the_unit_gives(make_user_spoolup, s3):
     st, log, _ = _reap_run(make_user_spoolup, s3, ("lease",))
     assert st["leases"]["state"] == "ok", st["leases"]
     assert "write leases unavailable" not in log
+
+
+WALLCLOCK = Path(__file__).resolve().parent / "wallclock"  # its sitecustomize shifts time.time()
+
+
+def with_wall_clock(sp, shift_file: Path) -> None:
+    """Every process of `sp` (run, its upload process, status) sees the wall clock shifted by
+    the seconds in shift_file (tests/wallclock/sitecustomize.py)."""
+    env = sp.env
+
+    def shifted(crash_at=None):
+        e = env(crash_at)
+        e["PYTHONPATH"] = os.pathsep.join(filter(None, (str(WALLCLOCK), e.get("PYTHONPATH"))))
+        e["WALLCLOCK_SHIFT_FILE"] = str(shift_file)
+        return e
+
+    sp.env = shifted
+
+
+def set_shift(shift_file: Path, seconds: float) -> None:
+    tmp = shift_file.with_suffix(".tmp")
+    tmp.write_text(str(seconds))
+    os.replace(tmp, shift_file)  # (read whole or not at all)
+
+
+@pytest.mark.s3_servers("moto", "rgw")
+def test_backward_wall_clock_step_stalls_neither_expiry_nor_reaping(make_spoolup, s3, tmp_path):
+    """The machine's clock runs an hour ahead; NTP steps it back while spoolup runs (issue 19
+    item 5).  Service.run kept its scan, expire, reap and prune timers on wall time: after the
+    step, flush-grace expiry and reaping waited for the hour to pass again."""
+    shift = tmp_path / "wall-clock-shift"
+    set_shift(shift, 3600.0)  # an hour ahead (S3 refuses or accepts its requests: nothing to ship yet)
+    sp = make_spoolup(**{"object-key": "{name}", "flush-grace-period": "1s", "spool-reap": "1s",
+                         "retry-max-delay": 1})
+    with_wall_clock(sp, shift)
+    p = sp.start()
+    try:
+        # one turn of the loop ran (the heartbeat follows expiry and reaping): the timers are set
+        wait_for(lambda: "ingest" in sp.status()["service"]["processes"] or None, 60, what="the service's loop")
+        set_shift(shift, 0.0)  # NTP steps the wall clock back to the right time
+        wait_for(lambda: "wall clock stepped" in sp.log_text() or None, 30, what="the step seen by the service")
+        data = syslog_lines(50, host="after-the-step")
+        write(sp.spool / "a.log", data)
+        # flush-grace-period (1 s) expires it: completed in the bucket, not an hour later
+        wait_for(lambda: content_of(s3, sp.bucket, "a.log") == data or None, 60, what="a.log completed")
+        # shipped and idle for spool-reap (1 s): reaped, not an hour later
+        wait_for(lambda: not (sp.spool / "a.log").exists() or None, 60, what="a.log reaped")
+    finally:
+        code = sp.stop(p)
+    assert code == 0, sp.log_text()[-3000:]
+    assert_exact(s3, sp.bucket, {"a.log": data})

@@ -239,7 +239,8 @@ def test_spool_file_replaced_under_its_journaled_offset(make_spoolup, s3):
 # what each migration after the first added, undone (newest first)
 UNDO = {2: ["DROP INDEX requests_open"], 3: ["ALTER TABLE objects DROP COLUMN key_suffix"],
         4: ["DROP TABLE quarantine"], 5: ["ALTER TABLE objects DROP COLUMN form"],
-        6: ["ALTER TABLE sources DROP COLUMN tail", "ALTER TABLE sources DROP COLUMN btime"]}
+        6: ["ALTER TABLE sources DROP COLUMN tail", "ALTER TABLE sources DROP COLUMN btime"],
+        7: ["ALTER TABLE objects DROP COLUMN claim_gen"]}
 LATEST = schema_version()
 MIGRATED = (f"migrate the journal from schema version 1 to {LATEST} "
             f"({', '.join(name for n, name, _ in migrations() if n > 1)})")

@@ -128,7 +128,8 @@ class Objects(Store):
     def claim(self, object_id: int, idx: int, final_key: str, mode: UploadMode) -> None:
         with self.transaction():
             self._conn.execute(
-                "UPDATE objects SET idx = ?, final_key = ?, mode = ? WHERE id = ? AND idx IS NULL",
+                "UPDATE objects SET idx = ?, final_key = ?, mode = ?, claim_gen = claim_gen + 1 "
+                "WHERE id = ? AND idx IS NULL",
                 (idx, final_key, mode, object_id),
             )
             # counted in the claim's own transaction: the state dir's high-water mark
@@ -155,7 +156,8 @@ class Objects(Store):
             ).fetchall() if row else []
             ids = [object_id] + [r[0] for r in later]
             self._conn.executemany(
-                "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL WHERE id = ?",
+                "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL, "
+                "claim_gen = claim_gen + 1 WHERE id = ?",
                 [(i,) for i in ids],
             )
             self._conn.executemany(
@@ -182,7 +184,8 @@ class Objects(Store):
     def reset_upload(self, object_id: int) -> None:
         """The multipart upload is gone (aborted outside spoolup): start a new one, re-upload every part."""
         with self.transaction():
-            self._conn.execute("UPDATE objects SET upload_id = NULL WHERE id = ?", (object_id,))
+            self._conn.execute("UPDATE objects SET upload_id = NULL, claim_gen = claim_gen + 1 WHERE id = ?",
+                               (object_id,))
             self._conn.execute(
                 f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? AND state = '{UPLOADED}'",
                 (object_id,),
@@ -272,6 +275,95 @@ class Objects(Store):
                 (older_than,),
             )
         return cur.rowcount
+
+
+
+    # -- compare-and-set verbs (upload-cas) ------------------------------------
+    # The upload coordinator journals a worker's result only if the object is still in the
+    # state the result was computed for (spoolup/work.py Basis: its claim_gen, final key and
+    # upload id); each verb says whether it applied.  claim_gen is bumped by claim, unclaim
+    # and reset_upload, so a result computed before any of them no longer matches.
+
+    _SAME_CLAIM = f"id = ? AND claim_gen = ? AND state != '{DONE}'"
+
+    def claim_if(self, object_id: int, claim_gen: int, prev_idx: int | None, idx: int, final_key: str,
+                 mode: UploadMode) -> bool:
+        """Claim `idx` if the object is unclaimed at `claim_gen`, every earlier object of its
+        (key, ts) is claimed, the highest of their indexes is still `prev_idx` (the claim was
+        computed after it), and no other object of the key holds `idx`: index order stays
+        record order even when a KeyTaken moved the earlier objects meanwhile."""
+        with self.transaction():
+            cur = self._conn.execute(
+                "UPDATE objects SET idx = ?, final_key = ?, mode = ?, claim_gen = claim_gen + 1 "
+                f"WHERE {self._SAME_CLAIM} AND idx IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = objects.key AND p.ts = objects.ts "
+                "AND p.id < objects.id AND p.idx IS NULL) "
+                "AND (SELECT max(p.idx) FROM objects p WHERE p.key = objects.key AND p.ts = objects.ts "
+                "AND p.id < objects.id) IS ? "
+                "AND NOT EXISTS (SELECT 1 FROM objects q WHERE q.key = objects.key AND q.ts = objects.ts "
+                "AND q.idx = ? AND q.id != objects.id)",
+                (idx, final_key, mode, object_id, claim_gen, prev_idx, idx),
+            )
+            if cur.rowcount:
+                self._conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('claims', '1') "
+                    "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                )
+        return cur.rowcount > 0
+
+    def set_upload_id_if(self, object_id: int, claim_gen: int, upload_id: str) -> bool:
+        """Journal a new upload id if the claim it was created for still holds (invariant 4)."""
+        with self.transaction():
+            cur = self._conn.execute(
+                f"UPDATE objects SET upload_id = ? WHERE {self._SAME_CLAIM} AND upload_id IS NULL "
+                f"AND mode = '{MULTIPART}'", (upload_id, object_id, claim_gen))
+        return cur.rowcount > 0
+
+    def record_part_if(self, object_id: int, claim_gen: int, upload_id: str | None, part: int, etag: str,
+                       md5: str) -> bool:
+        """Journal an uploaded part if it was sent to the object's current upload (invariant 2)."""
+        with self.transaction():
+            cur = self._conn.execute(
+                f"UPDATE chunks SET state = '{UPLOADED}', etag = ?, md5 = ? WHERE object_id = ? AND part = ? "
+                f"AND state = '{SEALED}' AND EXISTS (SELECT 1 FROM objects o WHERE o.id = chunks.object_id "
+                f"AND o.claim_gen = ? AND o.upload_id IS ? AND o.state != '{DONE}')",
+                (etag, md5, object_id, part, claim_gen, upload_id))
+        return cur.rowcount > 0
+
+    def complete_if(self, object_id: int, claim_gen: int, etag: str | None) -> bool:
+        """complete() if the object still has the claim it was completed at (invariant 3)."""
+        with self.transaction():
+            if self._conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND idx IS NOT NULL",
+                                  (object_id, claim_gen)).fetchone() is None:
+                return False
+            self.complete(object_id, etag)
+        return True
+
+    def unclaim_if(self, object_id: int, claim_gen: int) -> list[tuple[str, str]] | None:
+        """unclaim() if the object still has that claim; None if it does not."""
+        with self.transaction():
+            if self._conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND idx IS NOT NULL",
+                                  (object_id, claim_gen)).fetchone() is None:
+                return None
+            return self.unclaim(object_id)
+
+    def reset_upload_if(self, object_id: int, claim_gen: int, upload_id: str | None) -> bool:
+        """reset_upload() if the object still has that claim and upload."""
+        with self.transaction():
+            if self._conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND upload_id IS ?",
+                                  (object_id, claim_gen, upload_id)).fetchone() is None:
+                return False
+            self.reset_upload(object_id)
+        return True
+
+    def reseal_parts_if(self, object_id: int, claim_gen: int, upload_id: str | None, parts: Iterable[int]) -> bool:
+        """reseal_parts() if the object still has that claim and upload."""
+        with self.transaction():
+            if self._conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND upload_id IS ?",
+                                  (object_id, claim_gen, upload_id)).fetchone() is None:
+                return False
+            self.reseal_parts(object_id, parts)
+        return True
 
 
 _EARLIER_DONE = ("NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id "

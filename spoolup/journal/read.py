@@ -40,11 +40,11 @@ class Read(Store):
         """Is any object closed and waiting for its upload?"""
         return self._conn.execute(f"SELECT 1 FROM objects WHERE state = '{CLOSED}' LIMIT 1").fetchone() is not None
 
-    def object_totals(self, state: ObjectState) -> tuple[int, int]:
-        """(count, record bytes) of the objects in `state`."""
+    def object_totals(self, state: ObjectState) -> tuple[int, int, float | None]:
+        """(count, record bytes, earliest closed_at) of the objects in `state`."""
         row = self._conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE state = ?", (state,)).fetchone()
-        return row[0], row[1]
+            "SELECT count(*), coalesce(sum(size), 0), min(closed_at) FROM objects WHERE state = ?", (state,)).fetchone()
+        return row[0], row[1], row[2]
 
     def sealed_totals(self) -> tuple[int, int]:
         """(count, stored bytes) of the sealed parts waiting for their upload."""

@@ -92,6 +92,7 @@ class ObjectRow:
     etag: str | None = None
     key_suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
     form: str | None = None  # the options it was started with (JSON, spoolup/form.py)
+    claim_gen: int = 0  # version of its claim: bumped by claim, unclaim, reset_upload (spoolup/work.py)
 
     def __post_init__(self):
         self.state = ObjectState(self.state)

@@ -31,8 +31,8 @@ KEEP_SOURCES = 1000  # spool files done with (reaped, gone) that the journal rem
 MAX_ERRORS_KEPT = 500
 STOPPED = "stopped"  # the info of a process's last heartbeat when it stopped cleanly
 # meta keys the upload process writes and `spoolup status` reads (JSON)
-CAPABILITIES_META = "s3-capabilities"  # the last capability probe's result (protocol.Capabilities)
-QUARANTINE_META = "quarantined-objects"  # the objects S3 refuses (upload.Uploader.quarantined)
+CAPABILITIES_META = "s3-capabilities"  # the last capability probe's result (capabilities.Capabilities)
+QUARANTINE_META = "quarantined-objects"  # the objects quarantined (coordinator.Uploader.quarantined)
 
 
 # Observers of write transactions, called with the seconds each took (BEGIN IMMEDIATE to the
@@ -61,8 +61,12 @@ class JournalError(Exception):
 
 
 def _migrations_dir():
-    """migrations/ as installed (the package spoolup.migrations), or beside the package
-    in a source checkout (when `python -m spoolup` runs from the repository)."""
+    """migrations/ beside the package in a source checkout (when `python -m spoolup` runs from
+    the repository -- also a git worktree whose editable install maps spoolup.migrations to
+    another checkout), else as installed (the package spoolup.migrations)."""
+    checkout = Path(__file__).resolve().parent.parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations" / "0001_initial.sql").is_file():
+        return checkout / "migrations"
     try:
         return importlib.resources.files("spoolup.migrations")
     except ModuleNotFoundError:
@@ -206,6 +210,19 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
 
+    def shrink_wal(self, above: int) -> bool:
+        """Give back the WAL's disk space when its file holds more than `above` bytes: the WAL
+        keeps the size of its longest run between checkpoints (megabytes), which a small state
+        dir needs for chunk files (statespace).  A checkpoint that truncates it; False when it
+        could not (a transaction of ours is open, or another process's holds it)."""
+        try:
+            if self._conn.in_transaction or os.stat(f"{self.path}-wal").st_size <= above:
+                return False
+            busy, _frames, _done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except (OSError, sqlite3.Error):
+            return False
+        return not busy
+
     def user_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
@@ -282,6 +299,19 @@ class Store:
             elapsed = time.perf_counter() - started
             for hook in _commit_hooks:
                 hook(elapsed)
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: what the block writes is undone if it raises (the rest of the
+        transaction stays), so one result that fails to apply does not lose the others."""
+        self._conn.execute("SAVEPOINT one_result")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK TO one_result")
+            self._conn.execute("RELEASE one_result")
+            raise
+        self._conn.execute("RELEASE one_result")
 
     def meta(self, name: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()

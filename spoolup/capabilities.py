@@ -1,0 +1,284 @@
+"""What the S3 server honours: the capability probe and the immutable value it yields.
+
+Whether If-None-Match: * is honoured, separately for PutObject and for
+CompleteMultipartUpload, is probed on a scratch key of spoolup's own when the upload
+process starts (a journaled probe of the same endpoint younger than REPROBE_AFTER is
+reused).  Where it is not honoured, a HEAD right before the write stands in.  With
+conditional-writes = "auto" the probe runs beside the first uploads (CapabilityProbe),
+which meanwhile assume nothing (Capabilities.unknown: a HEAD before every write); with
+"on" it runs before any write, since the server may have to be refused.
+
+The finding is one frozen Capabilities value.  The thread that owns the journal (the
+upload coordinator) hands it to the protocol (Protocol.caps); neither the probe's thread
+nor the workers write it, and the S3 client holds none of it: If-None-Match is an argument
+of each call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from spoolup import keys
+from spoolup.config import Config
+from spoolup.form import Form
+from spoolup.journal import CAPABILITIES_META, Journal
+from spoolup.s3 import S3, FileBody, NotImplementedByServer, PreconditionFailed, S3Error
+
+REPROBE_AFTER = 3600.0  # seconds a journaled probe is trusted across restarts
+
+HONOURED, IGNORED, NOT_IMPLEMENTED, OFF = "honoured", "ignored", "not-implemented", "off"
+UNKNOWN = "unknown"  # not probed yet: assume nothing (a HEAD before every write)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """Whether the server honours If-None-Match: * on PutObject and on CompleteMultipartUpload."""
+    put_if_none_match: str
+    complete_if_none_match: str
+    probed_at: float
+    endpoint: str
+
+    @classmethod
+    def unknown(cls, cfg: Config) -> "Capabilities":
+        """Before the probe has found out: If-None-Match sent (unless conditional-writes = "off"),
+        and a HEAD right before every write."""
+        v = OFF if cfg.conditional_writes == "off" else UNKNOWN
+        return cls(v, v, 0.0, cfg.url)
+
+    @property
+    def send_condition(self) -> bool:
+        """Send If-None-Match: * at all: not with conditional-writes = "off", nor to a server
+        that answered 501 to it."""
+        return OFF not in (self.put_if_none_match, self.complete_if_none_match) and \
+            NOT_IMPLEMENTED not in (self.put_if_none_match, self.complete_if_none_match)
+
+    @property
+    def put_conditional(self) -> bool:
+        return self.put_if_none_match == HONOURED
+
+    @property
+    def complete_conditional(self) -> bool:
+        return self.complete_if_none_match == HONOURED
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Capabilities | None":
+        try:
+            return cls(**json.loads(text)) if text else None
+        except (TypeError, ValueError):
+            return None
+
+    def describe(self) -> list[str]:
+        def how(call: str, v: str) -> str:
+            if v == HONOURED:
+                return f"{call}: If-None-Match: * honoured (the server refuses to overwrite)"
+            if v == OFF:
+                return f"{call}: conditional writes off (HEAD right before the write)"
+            return f"{call}: If-None-Match: * {v} by the server (spoolup does a HEAD right before the write)"
+        return [how("PutObject", self.put_if_none_match), how("CompleteMultipartUpload", self.complete_if_none_match)]
+
+    def refusal(self, cfg: Config) -> str | None:
+        """With conditional-writes = "on": why this server cannot be used (None: it can)."""
+        if cfg.conditional_writes != "on":
+            return None
+        bad = [c for c, v in (("PutObject", self.put_if_none_match),
+                              ("CompleteMultipartUpload", self.complete_if_none_match)) if v != HONOURED]
+        if not bad:
+            return None
+        return (f"conditional-writes = \"on\", but the server at {self.endpoint or 'AWS'} does not honour "
+                f"If-None-Match: * on {' and '.join(bad)} (it would overwrite an object someone else wrote "
+                "at the key). Set conditional-writes = \"auto\" (spoolup then checks with a HEAD right before "
+                "each such write) or use a server that honours it")
+
+
+def probe_key_prefix(cfg: Config, owner: str = "") -> str:
+    """Scratch keys of the probe start with this; `owner` (a journal id) makes them this
+    journal's, so that its reconcile may abort a probe upload a crash left behind."""
+    return f"{keys.static_prefix(cfg.object_key)}.spoolup-probe-{owner[:16] or 'check'}-"
+
+
+def probe_capabilities(cfg: Config, s3: S3, owner: str = "") -> Capabilities:
+    """Find out, on a scratch key of spoolup's own under the key template's static prefix, what
+    the server does with If-None-Match: * on PutObject and on CompleteMultipartUpload (it
+    honours it: 412; ignores it: 200 and overwrites the scratch object; or 501).  About eight
+    small requests (once an hour at most: recent_probe); the scratch object is deleted."""
+    if cfg.conditional_writes == "off":
+        return Capabilities(OFF, OFF, time.time(), cfg.url)
+    key = probe_key_prefix(cfg, owner) + uuid.uuid4().hex[:12]
+    return _probe(cfg, s3, key)
+
+
+def _probe(cfg: Config, s3: S3, key: str) -> Capabilities:
+    body = _scratch(cfg)
+    probing: list[str] = []
+    try:
+        s3.put_bytes(key, b"spoolup capability probe\n")
+        put = _conditional_outcome(lambda: s3.put_bytes(key, b"x\n", if_none_match=True))
+        upload_id = s3.create_multipart(key, {}, Form.of_config(cfg).object_args())
+        probing.append(upload_id)
+        try:
+            etag = s3.upload_part(key, upload_id, 1, body)
+            complete = _conditional_outcome(lambda: s3.complete(key, upload_id, [(1, etag)], if_none_match=True))
+        finally:
+            try:
+                s3.abort(key, upload_id)  # (already completed where the condition was ignored)
+            except S3Error:
+                pass
+    finally:
+        _clean_probe(s3, key, probing)
+        body.path.unlink(missing_ok=True)
+    return Capabilities(put, complete, time.time(), cfg.url)
+
+
+def _clean_probe(s3: S3, key: str, upload_ids: list[str]) -> None:
+    """Best effort: the scratch object deleted, the probe's upload gone.  (A Complete that a
+    loaded RGW answers 500 while it goes on completing is retried by botocore; the abort that
+    follows can find the upload still in progress: it is aborted again until it is gone.)"""
+    for attempt in range(3):
+        try:
+            s3.delete(key)
+            left = [u for k, u in s3.list_uploads(key) if k == key and u in upload_ids]
+        except S3Error:
+            left = upload_ids
+        if not left:
+            return
+        for upload_id in left:
+            try:
+                s3.abort(key, upload_id)
+            except S3Error:
+                pass
+        time.sleep(0.5 * (attempt + 1))
+
+
+def _scratch(cfg: Config) -> FileBody:
+    fd, name = tempfile.mkstemp(prefix="spoolup-probe-")  # (check-config may run before any state dir)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"spoolup capability probe part\n")
+    return FileBody.of(Path(name))
+
+
+def _conditional_outcome(call) -> str:
+    try:
+        call()
+    except PreconditionFailed:
+        return HONOURED
+    except NotImplementedByServer:
+        return NOT_IMPLEMENTED
+    return IGNORED
+
+
+def ensure_capabilities(cfg: Config, s3: S3, journal: Journal | None = None, *,
+                        wait: bool = True) -> Capabilities | None:
+    """Probe the server (at most once per REPROBE_AFTER: a younger journaled probe of the same
+    endpoint is reused), act on it and journal it; raises CapabilityRefused
+    when conditional-writes = "on" and the server does not honour it.  With `wait` false and
+    conditional-writes = "auto", a probe still to be made is not made here: None, and the
+    caller runs a CapabilityProbe beside its uploads.  The caller hands what it returns to
+    the protocol (Protocol.caps)."""
+    owner = journal.journal_id if journal is not None else ""
+    caps = recent_probe(cfg, journal)
+    if caps is None:
+        if not wait and cfg.conditional_writes == "auto":
+            return None
+        caps = probe_capabilities(cfg, s3, owner)
+        if journal is not None:
+            journal_capabilities(journal, caps)
+    refusal = caps.refusal(cfg)
+    if refusal:
+        raise CapabilityRefused(refusal)
+    return caps
+
+
+def journal_capabilities(journal: Journal, caps: Capabilities) -> None:
+    with journal.transaction():
+        journal.set_meta(CAPABILITIES_META, caps.to_json())
+
+
+class CapabilityProbe:
+    """The probe of what the server honours, off the upload path (conditional-writes = "auto"):
+    a thread of its own, started after reconcile, beside the first uploads.  Until it ends the
+    steps assume nothing -- a HEAD right before every PutObject and Complete, If-None-Match
+    sent all the same -- which is what they do on a server that honours nothing, so no write
+    waits for it.  The thread that owns the journal takes its finding (`poll`), journals it
+    and hands it to the protocol.  A probe that fails (S3 down) is tried again with backoff until it succeeds
+    or the process stops; `join` gives it the time of a stop to end, so that its scratch
+    object is not left behind (a crash can leave one: reconcile removes it)."""
+
+    def __init__(self, cfg: Config, s3: S3, owner: str, stop: threading.Event):
+        self.cfg, self.s3, self.owner, self.stop = cfg, s3, owner, stop
+        self._events: list[tuple[str, Any]] = []  # ("found", Capabilities) | ("failed", (S3Error, retry_in))
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="capability-probe", daemon=True)
+
+    def start(self) -> "CapabilityProbe":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                caps = probe_capabilities(self.cfg, self.s3, self.owner)
+            except Exception as e:  # (S3Error; anything else is reported the same way, not lost with the thread)
+                if not isinstance(e, S3Error):
+                    e = S3Error(type(e).__name__, str(e), op="capability probe")
+                attempt += 1
+                delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(attempt, 10))
+                with self._lock:
+                    self._events.append(("failed", (e, delay)))
+                self.stop.wait(delay)
+                continue
+            with self._lock:
+                self._events.append(("found", caps))
+            return
+
+    def poll(self) -> list[tuple[str, Any]]:
+        """What happened since the last poll (for the journal's thread to journal and log)."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def keep(self, events: list[tuple[str, Any]]) -> None:
+        """Events polled but not journaled (the journal refused): polled again next time."""
+        with self._lock:
+            self._events[:0] = events
+
+    @property
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._events)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(max(0.0, timeout))
+
+
+def recent_probe(cfg: Config, journal: Journal | None) -> Capabilities | None:
+    """The journaled probe of this endpoint, when it is younger than REPROBE_AFTER and was made
+    under the same conditional-writes setting: a restart (a crash loop, a drain after a run)
+    need not probe again.  None: probe."""
+    if journal is None:
+        return None
+    caps = Capabilities.from_json(journal.meta(CAPABILITIES_META))
+    if caps is None or caps.endpoint != cfg.url:
+        return None
+    if (caps.put_if_none_match == OFF) != (cfg.conditional_writes == "off"):
+        return None
+    return caps if 0 <= time.time() - caps.probed_at < REPROBE_AFTER else None
+
+
+class CapabilityRefused(Exception):
+    """conditional-writes = "on" and the server does not honour it: spoolup will not write there."""

@@ -1,0 +1,115 @@
+"""Configuration checks across options (key template and length, credentials, encryption,
+compression level, nested directories), the unknown-option hint and check-config's warnings.
+Every problem is a ConfigError naming the option; the CLI turns it into exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spoolup import keys
+from spoolup.config.options import OPTIONS_BY_NAME
+from spoolup.config.values import COMPRESSION_SUFFIXES
+
+if TYPE_CHECKING:
+    from spoolup.config.loader import Config
+
+
+def _resolved(path: Path) -> Path:
+    """The path with every symlink of its existing part followed (a loop: as written)."""
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError):
+        return path
+
+
+class ConfigError(Exception):
+    """A configuration problem; `option` names the offending option."""
+
+    def __init__(self, option: str | None, message: str):
+        self.option = option
+        self.message = message
+        super().__init__(f"option '{option}': {message}" if option else message)
+
+
+def unknown_option(name: str) -> str:
+    """The message for an option that does not exist: the likely one it was meant to be."""
+    import difflib
+
+    ratio = {o: difflib.SequenceMatcher(None, name, o).ratio() for o in OPTIONS_BY_NAME}
+    best = max(ratio.values())
+    close = sorted((o for o, r in ratio.items() if r >= 0.6 and r >= best - 0.15), key=lambda o: -ratio[o])[:3]
+    if close:
+        return f"unknown option; did you mean {' or '.join(repr(c) for c in close)}?"
+    return ("unknown option; every option is in the README's configuration reference and in "
+            "contrib/spoolup.toml.example")
+
+
+def check_cross_option(v: dict[str, Any]) -> None:
+    try:
+        keys.check_template(v["object-key"], v["format"])
+    except ValueError as e:
+        raise ConfigError("object-key", str(e)) from None
+    if v["format"] == "lines" and v["object-key-timestamp"]:
+        try:
+            keys.check_strftime(v["object-key-timestamp"])
+        except ValueError as e:
+            raise ConfigError("object-key-timestamp", str(e)) from None
+    if v["format"] == "envelope" and v["object-key-timestamp"]:
+        raise ConfigError("object-key-timestamp", "with format = \"envelope\" each record carries its rendered "
+                          "timestamp (the spoolup() block's object-key-timestamp() in syslog-ng): leave it out here")
+    if v["format"] == "envelope" and v["object-key-suffix"]:
+        raise ConfigError("object-key-suffix", "with format = \"envelope\" each record carries its suffix (the "
+                          "spoolup() block's object-key-suffix() in syslog-ng): leave it out here")
+    _check_key_length(v)
+    if bool(v["access-key"]) != bool(v["secret-key"]):
+        missing = "secret-key" if v["access-key"] else "access-key"
+        raise ConfigError(missing, "access-key and secret-key go together: give both, or neither to use boto3's credential chain")
+    if v["kms-key"] and not v["server-side-encryption"].startswith("aws:kms"):
+        raise ConfigError("kms-key", "needs server-side-encryption = \"aws:kms\" (or \"aws:kms:dsse\")")
+    if v["compression"] != "zstd" and not 0 <= v["compresslevel"] <= 9:
+        raise ConfigError("compresslevel", f"expected 0 to 9 (gzip; 1 to 22 with zstd); got {v['compresslevel']}")
+    if v["compression"] == "zstd" and not 1 <= v["compresslevel"] <= 22:
+        raise ConfigError("compresslevel", f"expected 1 to 22 for zstd; got {v['compresslevel']}")
+    spool, state = v["spool-dir"], v["state-dir"]
+    # compared as resolved (symlinks followed, as far as the paths exist): a state-dir that
+    # reaches into spool-dir through a link would have spoolup ship its own journal
+    real_spool, real_state = _resolved(spool), _resolved(state)
+    if real_spool == real_state or real_state.is_relative_to(real_spool):
+        via = "" if state.is_relative_to(spool) else f" (it resolves to {real_state}, inside {real_spool})"
+        raise ConfigError("state-dir", f"must not be inside spool-dir ({spool}){via}: spoolup would ship its own "
+                                       "journal")
+    if real_spool.is_relative_to(real_state):
+        via = "" if spool.is_relative_to(state) else f" (it resolves to {real_spool}, inside {real_state})"
+        raise ConfigError("spool-dir", f"must not be inside state-dir ({state}){via}")
+    if spool.exists() and not spool.is_dir():
+        raise ConfigError("spool-dir", f"{spool} exists and is not a directory")
+    if state.exists() and not state.is_dir():
+        raise ConfigError("state-dir", f"{state} exists and is not a directory")
+
+
+def _check_key_length(v: dict[str, Any]) -> None:
+    """Refuse a configuration where no file (lines) or no record (envelope) could get a key S3
+    accepts: the shortest key the template renders, with the longest timestamp, index and
+    suffixes its objects can get, is over S3's 1024 bytes.  Names the option that tips it over."""
+    compressed = COMPRESSION_SUFFIXES[v["compression"]]
+    shortest = len(keys.shortest_render(v["object-key"]).encode("utf-8", "surrogatepass"))
+    ts_bytes = keys.timestamp_bytes(v["object-key-timestamp"]) if v["format"] == "lines" else 0
+    steps = (("object-key", keys.key_room(0, compressed)),
+             ("object-key-timestamp", keys.key_room(ts_bytes, compressed)),
+             ("object-key-suffix", keys.key_room(ts_bytes, v["object-key-suffix"] + compressed)))
+    for option, room in steps:
+        if shortest + room > keys.MAX_KEY_BYTES:
+            raise ConfigError(option, f"no object key could fit: the shortest key object-key renders takes {shortest} "
+                              f"bytes, and timestamp, index and suffixes add up to {room} more; S3 allows "
+                              f"{keys.MAX_KEY_BYTES} bytes")
+
+
+def warnings(cfg: Config) -> list[str]:
+    """What check-config points out about a valid configuration."""
+    out = []
+    if cfg.format == "lines" and cfg.object_key_timestamp:
+        problem = keys.timestamp_sort_problem(cfg.object_key_timestamp)
+        if problem:
+            out.append(f"object-key-timestamp: {problem}")
+    return out

@@ -1,0 +1,419 @@
+"""The upload coordinator: schedules the object protocol's calls on a worker pool and journals
+their results, each only if the object is still in the state it was computed for.
+
+One thread (the upload process's main thread) owns the journal; a bounded pool of
+`upload-threads` workers does the S3 calls of the object protocol (spoolup/protocol.py:
+claim, start, part, complete) and returns typed results (spoolup/work.py), which the
+coordinator journals with a compare-and-set: a result whose basis no longer holds (a KeyTaken
+moved the object, its upload vanished) is dropped, and what its call created that is
+provably spoolup's own (an upload our worker just created) is cleaned up.
+
+The scheduler looks past every task that is in flight or waiting out its backoff, takes
+parts round-robin across objects, and gives an object whose calls keep failing one call in
+flight at a time: one failing object never delays the others.  An object completes only
+after the earlier objects of its key (and timestamp), so index order is record order.
+Failures are retried with exponential backoff; an error S3 gives for the request itself
+(EntityTooLarge, AccessDenied, ...) or any unexpected exception while working on one object
+quarantines that object: reported, retried only slowly, and the rest goes on.  Only a
+journal that cannot be written stops the process.  Chunk files are deleted only once their
+object is done.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Protocol as Interface
+
+from spoolup import crash, metrics
+from spoolup.chunks import remove_chunk_files
+from spoolup.config import Config
+from spoolup.health import S3Health
+from spoolup.journal import QUARANTINE_META, Journal, ObjectState, UploadMode
+from spoolup.protocol import Protocol, permanent
+from spoolup.s3 import S3, S3Error
+from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Kind, PartDone, PartsMismatch, Result,
+                          Started, Task, UploadGone)
+
+PRUNE_EVERY = 3600.0
+PRUNE_AFTER = 7 * 86400.0
+QUARANTINE_RETRY = 600.0  # seconds between attempts of an object S3 refuses (or that failed unexpectedly)
+
+Action = Callable[[], None]  # what runs once harvest's transaction has committed
+
+
+class Executor(Interface):
+    """What the coordinator needs of its worker pool (a ThreadPoolExecutor; tests inject one
+    that holds each task until the test releases it, to choose the order of results)."""
+
+    def submit(self, fn: Callable, /, *args) -> Future: ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
+
+def journal_broken(e: BaseException) -> bool:
+    """An error of the journal itself (it cannot be written: disk full, I/O, locked), which
+    stops the process -- as opposed to a bug in handling one object's result."""
+    return isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.IntegrityError)
+
+
+class Uploader:
+    def __init__(self, cfg: Config, journal: Journal, s3: S3, log, *, process: str = "upload",
+                 executor: Executor | None = None):
+        self.cfg = cfg
+        self.journal = journal
+        self.log = log
+        self.process = process
+        self.work = Protocol(cfg, s3, cfg.chunk_dir, journal.journal_id)
+        self.pool: Executor = executor or ThreadPoolExecutor(max_workers=cfg.upload_threads,
+                                                             thread_name_prefix="upload")
+        self.inflight: dict[Task, Future] = {}
+        self.failures: dict[Task, Failure] = {}
+        self.cleanups: dict[Task, tuple[Callable, tuple]] = {}  # ABORT/DISCARD tasks not yet done
+        self.vanished: dict[int, int] = {}  # object id -> uploads lost in a row (NoSuchUpload)
+        self.wake = threading.Event()
+        self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0, "stale": 0}
+        self._last_prune = 0.0
+        self.health = S3Health(journal, process)
+        self.quarantined: dict[int, dict] = {}  # object id -> why it is quarantined (journal meta, for status)
+        try:
+            self._save_quarantine()  # a new upload process starts with none: each is found again
+        except sqlite3.OperationalError as e:  # (a full state dir: the next save writes the whole list)
+            log.warning("cannot journal this; going on", what="the quarantined objects", error=str(e))
+
+    # -- scheduling --------------------------------------------------------------
+
+    def _submit(self, task: Task, fn: Callable, *args) -> None:
+        if task in self.inflight:
+            return
+        failure = self.failures.get(task)
+        if failure is not None and time.monotonic() < failure.not_before:
+            return
+        if self._room() <= 0:
+            return
+        if failure is not None:
+            metrics.upload_retry()
+        future = self.pool.submit(fn, *args)
+        future.add_done_callback(lambda _f: self.wake.set())
+        self.inflight[task] = future
+
+    def _room(self) -> int:
+        return self.cfg.upload_threads * 2 - len(self.inflight)
+
+    def _waiting(self, kind: Kind) -> set[Task]:
+        """Tasks of a kind that cannot be submitted now: in flight, or waiting out a backoff.
+        The journal's queries leave them out, so they never fill a window for the others."""
+        now = time.monotonic()
+        busy = {t for t in self.inflight if t.kind is kind}
+        return busy | {t for t, f in self.failures.items() if t.kind is kind and now < f.not_before}
+
+    def _waiting_ids(self, kind: Kind) -> set[int]:
+        return {t.object_id for t in self._waiting(kind)}
+
+    def schedule(self) -> None:
+        """Submit what is ready, finishing started objects first (cleanups, complete, parts,
+        start) and claiming new ones last: objects complete early and steadily, and the S3
+        work per object is the same in any order."""
+        j = self.journal
+        for task, (fn, args) in list(self.cleanups.items()):
+            self._submit(task, fn, *args)
+        for obj in j.completable(skip=self._waiting_ids(Kind.COMPLETE)):
+            if self._room() <= 0:
+                return
+            self._submit(Task(Kind.COMPLETE, obj.id), self.work.complete, obj, j.chunks_of(obj.id))
+        # an object whose calls keep failing gets one call in flight at a time: the others keep
+        # the rest of the pool (with few threads its retries would otherwise fill every slot)
+        failing = {t.object_id for t, f in self.failures.items() if f.attempts}
+        busy = {t.object_id for t in self.inflight}
+        skip = {(t.object_id, t.part) for t in self._waiting(Kind.PART)}
+        for obj, chunk in j.parts_to_upload(limit=self.cfg.upload_threads * 4, skip=skip):
+            if self._room() <= 0:
+                return
+            if obj.id in failing and obj.id in busy:
+                continue
+            busy.add(obj.id)
+            task = Task(Kind.PART, obj.id, chunk.part)
+            failure = self.failures.get(task)
+            self._submit(task, self.work.part, obj, chunk, failure.attempts if failure else 0)
+        for obj in j.to_start(skip=self._waiting_ids(Kind.START)):
+            if self._room() <= 0:
+                return
+            chunks = j.chunks_of(obj.id) if obj.mode == UploadMode.SINGLE else []
+            size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
+            self._submit(Task(Kind.START, obj.id), self.work.start, obj, size)
+        for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8,
+                                                            skip=self._waiting_ids(Kind.CLAIM)):
+            if self._room() <= 0:
+                return
+            in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
+            mode = UploadMode.SINGLE if obj.state == ObjectState.CLOSED and n_chunks == 1 else UploadMode.MULTIPART
+            self._submit(Task(Kind.CLAIM, obj.id), self.work.claim, obj, prev, in_use, mode)
+
+    def _cleanup(self, task: Task, fn: Callable, *args) -> Action:
+        """A cleanup call (of something spoolup's own), submitted once the round is committed."""
+        def submit() -> None:
+            self.cleanups[task] = (fn, args)
+            self._submit(task, fn, *args)
+        return submit
+
+    # -- harvesting ----------------------------------------------------------------
+
+    def harvest(self) -> int:
+        """Journal the results of finished tasks, all in one transaction; returns how many
+        finished.  What must follow the commit (crash points of the tests, deleting the
+        chunk files of completed objects, cleanups) runs after it.  A result that cannot be
+        applied (a bug, an odd value) quarantines its object, not the round."""
+        finished = [(t, f) for t, f in self.inflight.items() if f.done()]
+        if not finished:
+            return 0
+        after: list[Action] = []
+        succeeded = False
+        parts = 0
+        with self.journal.transaction():
+            for task, future in finished:
+                del self.inflight[task]
+                try:
+                    result = future.result()
+                except S3Error as e:
+                    self._failed(task, e, remote=not e.code.startswith("Local"))
+                    continue
+                except Exception as e:  # noqa: BLE001 - a bug or a local I/O error: this object only
+                    self._unexpected(task, e, "in its S3 call")
+                    continue
+                succeeded = True
+                if task.kind in (Kind.ABORT, Kind.DISCARD):
+                    self.cleanups.pop(task, None)
+                if self.failures.pop(task, None) is not None:
+                    self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
+                    self._release(task)
+                try:
+                    with self.journal.savepoint():
+                        after += self._apply(result)
+                except Exception as e:  # noqa: BLE001 - this object's, unless the journal itself broke
+                    if journal_broken(e):
+                        raise
+                    self._unexpected(task, e, "journaling its result")
+                    continue
+                parts += isinstance(result, PartDone)
+            if succeeded:
+                self.health.ok()
+        if parts:
+            self.stats["parts"] += parts
+            crash.point("after-record-part")
+        for action in after:
+            action()
+        return len(finished)
+
+    def _stale(self, result: Result, basis: Basis, why: str) -> list[Action]:
+        """A result computed for a state of the object that no longer holds: dropped."""
+        self.stats["stale"] += 1
+        self.log.info("result no longer applies; dropped", result=type(result).__name__, object=basis.object_id,
+                      key=basis.final_key, why=why)
+        return []
+
+    def _apply(self, result: Result) -> list[Action]:
+        """Journal one result if its basis still holds; returns what must run after the commit."""
+        j = self.journal
+        match result:
+            case Claimed(basis=b, idx=idx, final_key=key, mode=mode, prev_idx=prev):
+                if not j.claim_if(b.object_id, b.claim_gen, prev, idx, key, mode):
+                    return self._stale(result, b, "the object or the ones before it were claimed again")
+                self.log.debug("index claimed", object=b.object_id, key=key, mode=mode)
+                return [lambda: crash.point("after-claim")]
+            case Started(basis=b, upload_id=upload_id):
+                if not j.set_upload_id_if(b.object_id, b.claim_gen, upload_id):
+                    # our worker created that upload for a claim the object no longer has
+                    self._stale(result, b, "the object gave up the key it was started at")
+                    return [self._cleanup(Task(Kind.ABORT, b.object_id, upload_id=upload_id),
+                                          self.work.abort_unused, b.final_key, upload_id)]
+                return []
+            case PartDone(basis=b, part=part, etag=etag, md5=md5):
+                if not j.record_part_if(b.object_id, b.claim_gen, b.upload_id, part, etag, md5):
+                    return self._stale(result, b, "the part was sent to an upload the object no longer has")
+                return []
+            case Done(basis=b):
+                return self._done(result, b)
+            case KeyTaken(basis=b):
+                return self._key_taken(result, b)
+            case UploadGone(basis=b):
+                return self._upload_gone(result, b)
+            case PartsMismatch(basis=b, parts=bad):
+                if not j.reseal_parts_if(b.object_id, b.claim_gen, b.upload_id, bad):
+                    return self._stale(result, b, "the object no longer has that upload")
+                self.log.warning("S3 does not hold some parts as journaled; uploading them again",
+                                 object=b.object_id, parts=list(bad))
+                return []
+            case CleanedUp(what=what):
+                self.log.info("cleaned up", what=what)
+                return []
+            case _:
+                raise TypeError(f"unknown result {result!r}")
+
+    def _done(self, result: Done, b: Basis) -> list[Action]:
+        j = self.journal
+        if not j.complete_if(b.object_id, b.claim_gen, result.etag):
+            # the object is ours at a key the journal gave up meanwhile: it is written again at
+            # its new claim, so this copy goes (only if its metadata says it is this object)
+            self._stale(result, b, "the object gave up the key it was completed at")
+            return [self._cleanup(Task(Kind.DISCARD, b.object_id), self.work.discard, b.final_key, b.object_id)]
+        self.vanished.pop(b.object_id, None)
+        self.stats["objects"] += 1
+        obj = j.object(b.object_id)
+        oid = b.object_id
+        parts = j.last_part(oid)
+        # seconds: from its close (it was complete on the spoolup side) to complete in the bucket
+        self.log.info("object completed", key=obj.final_key, bytes=obj.size, parts=parts,
+                      seconds=round(time.time() - (obj.closed_at or obj.created), 3), records=obj.records,
+                      how=result.how, close_reason=obj.close_reason)
+        # counted once journaled: a scrape never sees it uploaded and still pending in the journal
+        return [metrics.object_uploaded, lambda: crash.point("after-object-done"),
+                lambda: remove_chunk_files(self.cfg.chunk_dir, oid, parts)]
+
+    def _key_taken(self, result: KeyTaken, b: Basis) -> list[Action]:
+        j = self.journal
+        later = j.unclaim_if(b.object_id, b.claim_gen)
+        if later is None:
+            return self._stale(result, b, "the object no longer has that claim")
+        self.log.warning("object key already taken by someone else; using the next free index",
+                         key=b.final_key, object=b.object_id)
+        j.record_error(self.process, "claim", "KeyTaken", f"{b.final_key} exists and is not spoolup's: "
+                       "moved to the next free index", b.final_key)
+        # later objects of the key claim again after this one (record order); the uploads they
+        # had are this journal's own, unused now: aborted (retried until S3 says so)
+        return [self._cleanup(Task(Kind.ABORT, b.object_id, upload_id=upload_id), self.work.abort_unused,
+                              key, upload_id) for key, upload_id in later]
+
+    def _upload_gone(self, result: UploadGone, b: Basis) -> list[Action]:
+        j = self.journal
+        if not j.reset_upload_if(b.object_id, b.claim_gen, b.upload_id):
+            return self._stale(result, b, "the object no longer has that upload")
+        # the next CreateMultipartUpload waits, with a delay growing while the uploads keep
+        # vanishing: a store that answers NoSuchUpload to everything must not be hammered
+        # with Create/UploadPart/Abort rounds
+        n = self.vanished[b.object_id] = self.vanished.get(b.object_id, 0) + 1
+        delay = self._backoff(n)
+        self.failures[Task(Kind.START, b.object_id)] = Failure(n, time.monotonic() + delay)
+        self.log.warning("multipart upload vanished; starting it again from the local chunks",
+                         object=b.object_id, retry_in=round(delay, 2))
+        j.record_error(self.process, "upload", "NoSuchUpload", "multipart upload vanished; re-uploading "
+                       "every part from local chunks", b.final_key)
+        return []
+
+    # -- failures and quarantine -------------------------------------------------------
+
+    def _backoff(self, attempts: int) -> float:
+        """Seconds to wait after the attempts-th failure in a row: exponential, jittered,
+        at most retry-max-delay."""
+        return min(self.cfg.retry_max_delay, 0.25 * 2 ** min(attempts, 20)) * random.uniform(0.5, 1.0)
+
+    def _failed(self, task: Task, e: S3Error, *, remote: bool = True) -> None:
+        """A task failed: retry it later.  remote: S3 failed (not a local chunk file or a bug),
+        which makes the upload process's S3 health "failing"."""
+        previous = self.failures.get(task)
+        attempts = (previous.attempts if previous else 0) + 1
+        self.stats["errors"] += 1
+        self.stats["retries"] += 1
+        metrics.upload_error(e.code, e.op or task.kind.value)
+        if permanent(e):
+            # S3 refuses the request itself (EntityTooLarge, AccessDenied, a damaged local chunk...):
+            # sending it again at once cannot help.  The object is quarantined: said at error level
+            # (again every 10th attempt), in status and the metrics, and tried again only every
+            # QUARANTINE_RETRY seconds, so it resumes by itself once the cause is gone.
+            self._quarantine(task, e.op or task.kind.value, e.code, e.detail)
+            delay = self._quarantine_delay()
+            if attempts == 1 or attempts % 10 == 0:
+                self.log.error("S3 refuses this object's request; object quarantined, retried slowly",
+                               task=task.kind.value, object=task.object_id, code=e.code, error=str(e),
+                               attempt=attempts, retry_in=round(delay, 2))
+        else:
+            delay = self._backoff(attempts)
+            self.log.warning("S3 call failed; will retry", task=task.kind.value, object=task.object_id, code=e.code,
+                             error=str(e), attempt=attempts, retry_in=round(delay, 2))
+        self.failures[task] = Failure(attempts, time.monotonic() + delay)
+        self._journal_error(e.op or task.kind.value, e, remote=remote)
+
+    def _unexpected(self, task: Task, e: Exception, where: str) -> None:
+        """Any other exception while working on one object (a bug, an odd reply, a chunk file
+        that cannot be read): that object is quarantined and tried again slowly; the rest goes on."""
+        previous = self.failures.get(task)
+        attempts = (previous.attempts if previous else 0) + 1
+        self.stats["errors"] += 1
+        code = type(e).__name__
+        metrics.upload_error(code, task.kind.value)
+        self._quarantine(task, task.kind.value, code, str(e))
+        delay = self._quarantine_delay()
+        self.failures[task] = Failure(attempts, time.monotonic() + delay)
+        if attempts == 1 or attempts % 10 == 0:
+            self.log.error(f"unexpected error {where}; object quarantined, retried slowly", task=task.kind.value,
+                           object=task.object_id, code=code, error=str(e), attempt=attempts,
+                           retry_in=round(delay, 2), exc_info=e)
+        self._journal_error(task.kind.value, S3Error(code, str(e), op=task.kind.value), remote=False)
+
+    def _quarantine_delay(self) -> float:
+        return max(QUARANTINE_RETRY, self.cfg.retry_max_delay)
+
+    def _journal_error(self, op: str, e: S3Error, *, remote: bool) -> None:
+        try:
+            with self.journal.savepoint():
+                self.journal.record_error(self.process, op, e.code, e.detail, e.key)
+                if remote:
+                    self.health.failed(op, e.code, e.detail)
+        except sqlite3.Error as err:
+            if journal_broken(err):
+                raise
+            self.log.warning("cannot journal this; going on", what="an error", error=str(err))
+
+    def _quarantine(self, task: Task, op: str, code: str, message: str) -> None:
+        """Journal the object as quarantined (status reads it: one source of truth)."""
+        oid = task.object_id
+        if oid in self.quarantined:
+            return
+        obj = self.journal.object(oid)
+        self.quarantined[oid] = {"object_id": oid, "key": (obj.final_key or obj.key) if obj else None,
+                                 "operation": op, "code": code, "message": message, "since": time.time()}
+        self._save_quarantine()
+
+    def _release(self, task: Task) -> None:
+        if self.quarantined.pop(task.object_id, None) is not None:
+            self.log.info("quarantined object accepted by S3 again", object=task.object_id)
+            self._save_quarantine()
+
+    def _save_quarantine(self) -> None:
+        """(Joins harvest's transaction when called from it.)"""
+        with self.journal.transaction():
+            self.journal.set_meta(QUARANTINE_META, json.dumps(sorted(self.quarantined.values(),
+                                                                     key=lambda q: q["object_id"])))
+
+    # -- running ---------------------------------------------------------------------
+
+    def step(self, timeout: float) -> None:
+        self.harvest()
+        self.schedule()
+        self.wake.wait(timeout)
+        self.wake.clear()
+
+    def busy(self) -> bool:
+        return bool(self.inflight)
+
+    def finish_inflight(self, timeout: float) -> None:
+        """Let in-flight calls finish (up to `timeout`) and journal their results."""
+        deadline = time.monotonic() + timeout
+        while self.inflight and time.monotonic() < deadline:
+            self.wake.wait(min(0.2, max(deadline - time.monotonic(), 0)))
+            self.wake.clear()
+            self.harvest()
+
+    def housekeeping(self) -> None:
+        now = time.time()
+        if now - self._last_prune > PRUNE_EVERY:
+            self._last_prune = now
+            pruned = self.journal.prune_done(now - PRUNE_AFTER)
+            if pruned:
+                self.log.info("forgot old completed objects", objects=pruned)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
