@@ -22,7 +22,6 @@ object is done.
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import threading
 import time
@@ -30,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol as Interface
 
 from spoolup import crash, metrics
+from spoolup.backoff import backoff
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
@@ -308,7 +308,7 @@ class Uploader:
     def _backoff(self, attempts: int) -> float:
         """Seconds to wait after the attempts-th failure in a row: exponential, jittered,
         at most retry-max-delay."""
-        return min(self.cfg.retry_max_delay, 0.25 * 2 ** min(attempts, 20)) * random.uniform(0.5, 1.0)
+        return backoff(attempts, base=0.5, cap=self.cfg.retry_max_delay)
 
     def _failed(self, task: Task, e: S3Error, *, remote: bool = True) -> None:
         """A task failed: retry it later.  remote: S3 failed (not a local chunk file or a bug),

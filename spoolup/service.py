@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from spoolup import keys, logs, metrics, recover, stateid, statespace, systemd
+from spoolup.backoff import backoff
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
@@ -100,7 +101,7 @@ class UploadSupervisor:
         if self.next_start == 0.0:
             self.restarts += 1
             metrics.upload_restarted()
-            delay = min(30.0, 0.5 * 2 ** min(self.restarts - 1, 6))
+            delay = backoff(self.restarts, base=0.5, cap=30.0, jitter=False)
             self.next_start = now + delay
             self.log.error("upload process exited; restarting it", code=code, restart_in=delay)
             with contextlib.suppress(Exception):
@@ -371,7 +372,7 @@ class Service:
         `status`, and try again later, with a growing delay.  The backlog waits in the spool;
         nothing journaled is lost, and the service resumes by itself when space returns."""
         self.full_streak += 1
-        delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(self.full_streak - 1, 10))
+        delay = backoff(self.full_streak, base=0.5, cap=self.cfg.retry_max_delay, jitter=False)
         message = (f"no space left on the filesystem of the state dir {self.cfg.state_dir} ({e}); ingest "
                    f"pauses and retries (the backlog waits in the spool, nothing journaled is lost). Free "
                    f"space there; spoolup resumes by itself")
@@ -393,7 +394,7 @@ class Service:
         the sync after it; e.g. EIO from a device that ran out of space): nothing is read or
         committed until it succeeds; try again with the same growing delay."""
         self.full_streak += 1
-        delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(self.full_streak - 1, 10))
+        delay = backoff(self.full_streak, base=0.5, cap=self.cfg.retry_max_delay, jitter=False)
         self.log.error("disk full: could not go back to the journaled state yet; retrying", error=str(e),
                        retry_in=delay)
         self._pause(delay)

@@ -19,6 +19,7 @@ import threading
 import time
 
 from spoolup import crash, logs, metrics, recover, reconcile
+from spoolup.backoff import backoff
 from spoolup.capabilities import (UNKNOWN, CapabilityProbe, CapabilityRefused, Capabilities, ensure_capabilities,
                                   journal_capabilities, probe_key_prefix)
 from spoolup.config import Config
@@ -170,7 +171,7 @@ class UploadProcess:
         while not self.stop.is_set():
             if attempt:
                 metrics.upload_retry()
-            delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(attempt + 1, 10))
+            delay = backoff(attempt + 1, base=1.0, cap=cfg.retry_max_delay, jitter=False)
             try:
                 if s3.ensure_bucket():
                     log.info("bucket did not exist; created it", bucket=cfg.bucket)
@@ -245,7 +246,7 @@ class UploadProcess:
                 if not disk_full(e):
                     raise
                 full += 1
-                delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(full - 1, 10))
+                delay = backoff(full, base=0.5, cap=self.cfg.retry_max_delay, jitter=False)
                 self.log.error("state dir disk full: cannot journal upload results; retrying", error=str(e),
                                retry_in=delay)
                 self.stop.wait(delay)
