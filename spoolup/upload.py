@@ -209,8 +209,10 @@ class UploadProcess:
                 log.warning("cannot reconcile with S3 yet; retrying", error=str(e), retry_in=delay)
                 metrics.upload_error(e.code, e.op or "recover")
                 self._record(e.op or "recover", e.code, e.detail, e.key)
-                with contextlib.suppress(sqlite3.OperationalError):
+                try:
                     up.health.failed(e.op or "recover", e.code, e.detail)
+                except sqlite3.OperationalError as err:
+                    log.warning("cannot journal this; going on", what="the S3 health", error=str(err))
                 self.pause(delay)
 
     def _record(self, op: str, code: str, message: str, key: str | None = None) -> None:
