@@ -23,7 +23,7 @@ from spoolup.backoff import backoff
 from spoolup.capabilities import (UNKNOWN, CapabilityProbe, CapabilityRefused, Capabilities, ensure_capabilities,
                                   journal_capabilities, probe_key_prefix)
 from spoolup.config import Config
-from spoolup.coordinator import QUARANTINE_RETRY, Uploader
+from spoolup.coordinator import REFUSED_RETRY, Uploader
 from spoolup.journal import Journal, disk_full
 from spoolup.s3 import S3, S3Error
 
@@ -192,9 +192,9 @@ class UploadProcess:
                 # (checked again slowly: the server or the configuration may change)
                 attempt += 1
                 log.error("conditional-writes refused by the server; not uploading", error=str(e),
-                          retry_in=QUARANTINE_RETRY)
+                          retry_in=REFUSED_RETRY)
                 self._record("conditional-writes", "ConditionalWritesUnsupported", str(e))
-                self.pause(QUARANTINE_RETRY)
+                self.pause(REFUSED_RETRY)
             except sqlite3.OperationalError as e:
                 # the journal cannot take reconcile's results or the health (the state dir's disk is
                 # full): as in the loop, wait and go on once there is space -- reconciling again is
