@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from spoolup import keys
+from spoolup.backoff import backoff
 from spoolup.config import Config
 from spoolup.form import Form
 from spoolup.journal import CAPABILITIES_META, Journal
@@ -233,7 +234,7 @@ class CapabilityProbe:
                 if not isinstance(e, S3Error):
                     e = S3Error(type(e).__name__, str(e), op="capability probe")
                 attempt += 1
-                delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(attempt, 10))
+                delay = backoff(attempt, base=1.0, cap=self.cfg.retry_max_delay, jitter=False)
                 with self._lock:
                     self._events.append(("failed", (e, delay)))
                 self.stop.wait(delay)

@@ -14,7 +14,8 @@ flight at a time: one failing object never delays the others.  An object complet
 after the earlier objects of its key (and timestamp), so index order is record order.
 Failures are retried with exponential backoff; an error S3 gives for the request itself
 (EntityTooLarge, AccessDenied, ...) or any unexpected exception while working on one object
-quarantines that object: reported, retried only slowly, and the rest goes on.  Only a
+makes it a refused object ("quarantined" in status and the logs): reported, retried only
+slowly, and the rest goes on.  Only a
 journal that cannot be written stops the process.  Chunk files are deleted only once their
 object is done.
 """
@@ -22,7 +23,6 @@ object is done.
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import threading
 import time
@@ -30,10 +30,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol as Interface
 
 from spoolup import crash, metrics
+from spoolup.backoff import backoff
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
-from spoolup.journal import QUARANTINE_META, Journal, ObjectState, UploadMode
+from spoolup.journal import REFUSED_OBJECTS_META, Journal, ObjectState, UploadMode
 from spoolup.protocol import Protocol, permanent
 from spoolup.s3 import S3, S3Error
 from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Kind, PartDone, PartsMismatch, Result,
@@ -41,7 +42,7 @@ from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Ki
 
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
-QUARANTINE_RETRY = 600.0  # seconds between attempts of an object S3 refuses (or that failed unexpectedly)
+REFUSED_RETRY = 600.0  # seconds between attempts of an object S3 refuses (or that failed unexpectedly)
 
 Action = Callable[[], None]  # what runs once harvest's transaction has committed
 
@@ -79,11 +80,14 @@ class Uploader:
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0, "stale": 0}
         self._last_prune = 0.0
         self.health = S3Health(journal, process)
-        self.quarantined: dict[int, dict] = {}  # object id -> why it is quarantined (journal meta, for status)
+        # The refused objects: S3 refuses their request, or working on them failed unexpectedly.
+        # (Not the spool entries of spoolup/quarantine.py.  The public names -- status's
+        # quarantined_objects, the metric, the log messages -- say "quarantined" for both.)
+        self.refused: dict[int, dict] = {}  # object id -> why it is refused (journal meta, for status)
         try:
-            self._save_quarantine()  # a new upload process starts with none: each is found again
+            self._save_refused()  # a new upload process starts with none: each is found again
         except sqlite3.OperationalError as e:  # (a full state dir: the next save writes the whole list)
-            log.warning("cannot journal this; going on", what="the quarantined objects", error=str(e))
+            log.warning("cannot journal this; going on", what="the refused objects", error=str(e))
 
     # -- scheduling --------------------------------------------------------------
 
@@ -166,7 +170,7 @@ class Uploader:
         """Journal the results of finished tasks, all in one transaction; returns how many
         finished.  What must follow the commit (crash points of the tests, deleting the
         chunk files of completed objects, cleanups) runs after it.  A result that cannot be
-        applied (a bug, an odd value) quarantines its object, not the round."""
+        applied (a bug, an odd value) refuses its object, not the round."""
         finished = [(t, f) for t, f in self.inflight.items() if f.done()]
         if not finished:
             return 0
@@ -303,12 +307,12 @@ class Uploader:
                        "every part from local chunks", b.final_key)
         return []
 
-    # -- failures and quarantine -------------------------------------------------------
+    # -- failures and refused objects ----------------------------------------------------
 
     def _backoff(self, attempts: int) -> float:
         """Seconds to wait after the attempts-th failure in a row: exponential, jittered,
         at most retry-max-delay."""
-        return min(self.cfg.retry_max_delay, 0.25 * 2 ** min(attempts, 20)) * random.uniform(0.5, 1.0)
+        return backoff(attempts, base=0.5, cap=self.cfg.retry_max_delay)
 
     def _failed(self, task: Task, e: S3Error, *, remote: bool = True) -> None:
         """A task failed: retry it later.  remote: S3 failed (not a local chunk file or a bug),
@@ -320,11 +324,11 @@ class Uploader:
         metrics.upload_error(e.code, e.op or task.kind.value)
         if permanent(e):
             # S3 refuses the request itself (EntityTooLarge, AccessDenied, a damaged local chunk...):
-            # sending it again at once cannot help.  The object is quarantined: said at error level
+            # sending it again at once cannot help.  The object is refused: said at error level
             # (again every 10th attempt), in status and the metrics, and tried again only every
-            # QUARANTINE_RETRY seconds, so it resumes by itself once the cause is gone.
-            self._quarantine(task, e.op or task.kind.value, e.code, e.detail)
-            delay = self._quarantine_delay()
+            # REFUSED_RETRY seconds, so it resumes by itself once the cause is gone.
+            self._refuse(task, e.op or task.kind.value, e.code, e.detail)
+            delay = self._refused_delay()
             if attempts == 1 or attempts % 10 == 0:
                 self.log.error("S3 refuses this object's request; object quarantined, retried slowly",
                                task=task.kind.value, object=task.object_id, code=e.code, error=str(e),
@@ -338,14 +342,14 @@ class Uploader:
 
     def _unexpected(self, task: Task, e: Exception, where: str) -> None:
         """Any other exception while working on one object (a bug, an odd reply, a chunk file
-        that cannot be read): that object is quarantined and tried again slowly; the rest goes on."""
+        that cannot be read): that object is refused and tried again slowly; the rest goes on."""
         previous = self.failures.get(task)
         attempts = (previous.attempts if previous else 0) + 1
         self.stats["errors"] += 1
         code = type(e).__name__
         metrics.upload_error(code, task.kind.value)
-        self._quarantine(task, task.kind.value, code, str(e))
-        delay = self._quarantine_delay()
+        self._refuse(task, task.kind.value, code, str(e))
+        delay = self._refused_delay()
         self.failures[task] = Failure(attempts, time.monotonic() + delay)
         if attempts == 1 or attempts % 10 == 0:
             self.log.error(f"unexpected error {where}; object quarantined, retried slowly", task=task.kind.value,
@@ -353,8 +357,8 @@ class Uploader:
                            retry_in=round(delay, 2), exc_info=e)
         self._journal_error(task.kind.value, S3Error(code, str(e), op=task.kind.value), remote=False)
 
-    def _quarantine_delay(self) -> float:
-        return max(QUARANTINE_RETRY, self.cfg.retry_max_delay)
+    def _refused_delay(self) -> float:
+        return max(REFUSED_RETRY, self.cfg.retry_max_delay)
 
     def _journal_error(self, op: str, e: S3Error, *, remote: bool) -> None:
         try:
@@ -367,25 +371,25 @@ class Uploader:
                 raise
             self.log.warning("cannot journal this; going on", what="an error", error=str(err))
 
-    def _quarantine(self, task: Task, op: str, code: str, message: str) -> None:
-        """Journal the object as quarantined (status reads it: one source of truth)."""
+    def _refuse(self, task: Task, op: str, code: str, message: str) -> None:
+        """Journal the object as refused (status reads it as quarantined_objects: one source of truth)."""
         oid = task.object_id
-        if oid in self.quarantined:
+        if oid in self.refused:
             return
         obj = self.journal.object(oid)
-        self.quarantined[oid] = {"object_id": oid, "key": (obj.final_key or obj.key) if obj else None,
+        self.refused[oid] = {"object_id": oid, "key": (obj.final_key or obj.key) if obj else None,
                                  "operation": op, "code": code, "message": message, "since": time.time()}
-        self._save_quarantine()
+        self._save_refused()
 
     def _release(self, task: Task) -> None:
-        if self.quarantined.pop(task.object_id, None) is not None:
-            self.log.info("quarantined object accepted by S3 again", object=task.object_id)
-            self._save_quarantine()
+        if self.refused.pop(task.object_id, None) is not None:
+            self.log.info("refused object accepted by S3 again", object=task.object_id)
+            self._save_refused()
 
-    def _save_quarantine(self) -> None:
+    def _save_refused(self) -> None:
         """(Joins harvest's transaction when called from it.)"""
         with self.journal.transaction():
-            self.journal.set_meta(QUARANTINE_META, json.dumps(sorted(self.quarantined.values(),
+            self.journal.set_meta(REFUSED_OBJECTS_META, json.dumps(sorted(self.refused.values(),
                                                                      key=lambda q: q["object_id"])))
 
     # -- running ---------------------------------------------------------------------

@@ -69,7 +69,7 @@ def compressed_suffixes(key_suffix: str = "") -> tuple[str, ...]:
 
 
 def permanent(e: S3Error) -> bool:
-    """An error that retrying the same request cannot fix (quarantine, don't hammer)."""
+    """An error that retrying the same request cannot fix (its object is refused and retried slowly, not hammered)."""
     return e.code in PERMANENT_CODES
 
 

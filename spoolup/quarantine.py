@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from spoolup.backoff import backoff
+
 
 @dataclass(frozen=True)
 class Reason:
@@ -50,8 +52,7 @@ def next_retry(reason: str, attempts: int, now: float, max_delay: float) -> floa
     next start).  The delay starts at FIRST_RETRY and doubles, up to max_delay."""
     if not REASONS[reason].retry:
         return None
-    delay = min(max_delay, FIRST_RETRY * 2.0 ** min(max(attempts - 1, 0), 30))
-    return now + delay
+    return now + backoff(attempts, base=FIRST_RETRY, cap=max_delay, jitter=False)
 
 
 def due(retry_at: float | None, now: float) -> bool:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from spoolup import keys, logs, metrics, recover, stateid, statespace, systemd
+from spoolup.backoff import backoff
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
@@ -100,11 +101,13 @@ class UploadSupervisor:
         if self.next_start == 0.0:
             self.restarts += 1
             metrics.upload_restarted()
-            delay = min(30.0, 0.5 * 2 ** min(self.restarts - 1, 6))
+            delay = backoff(self.restarts, base=0.5, cap=30.0, jitter=False)
             self.next_start = now + delay
             self.log.error("upload process exited; restarting it", code=code, restart_in=delay)
-            with contextlib.suppress(Exception):
+            try:
                 journal.record_error("ingest", "supervise", f"exit {code}", f"upload process exited with {code}; restarted")
+            except sqlite3.Error as e:  # (a full state dir: the log above says it)
+                self.log.warning("cannot journal this; going on", what="an error", error=str(e))
         if now >= self.next_start:
             self.next_start = 0.0
             with contextlib.suppress(OSError):
@@ -248,11 +251,15 @@ class Service:
         for thing in ("store", "dead", "spool"):
             obj = getattr(self, thing, None)
             if obj is not None:
-                with contextlib.suppress(Exception):
+                try:
                     obj.close()
+                except OSError as e:  # (closing descriptors; what they wrote is synced and journaled already)
+                    self.log.warning("cannot close at stop; going on", what=thing, error=str(e))
         if self.journal is not None:
-            with contextlib.suppress(Exception):
+            try:
                 stateid.update_mark(self.cfg, self.journal, self._mark)
+            except (OSError, sqlite3.Error) as e:  # (the next start raises the mark from the journal)
+                self.log.warning("cannot journal this; going on", what="the claims mark", error=str(e))
             self.journal.close()
         self.lock.release()
 
@@ -361,8 +368,10 @@ class Service:
                 self.log.error("state dir disk full at stop: the last batch is read again at the next start",
                                error=str(e))
             self.uploader.stop(cfg.shutdown_timeout + 5.0)
-            with contextlib.suppress(Exception):
+            try:
                 journal.stopped("ingest", os.getpid(), self.started)
+            except sqlite3.Error as e:
+                self.log.warning("cannot journal this; going on", what="the stop", error=str(e))
             self.log.info("spoolup stopped", bytes=ingest.stats["bytes"], records=ingest.stats["records"])
 
     def _disk_full(self, e: Exception) -> None:
@@ -371,7 +380,7 @@ class Service:
         `status`, and try again later, with a growing delay.  The backlog waits in the spool;
         nothing journaled is lost, and the service resumes by itself when space returns."""
         self.full_streak += 1
-        delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(self.full_streak - 1, 10))
+        delay = backoff(self.full_streak, base=0.5, cap=self.cfg.retry_max_delay, jitter=False)
         message = (f"no space left on the filesystem of the state dir {self.cfg.state_dir} ({e}); ingest "
                    f"pauses and retries (the backlog waits in the spool, nothing journaled is lost). Free "
                    f"space there; spoolup resumes by itself")
@@ -384,8 +393,10 @@ class Service:
             self.ingest.rollback()
         except (OSError, sqlite3.Error) as again:
             self.log.error("disk full: could not go back to the journaled state yet; retrying", error=str(again))
-        with contextlib.suppress(Exception):
+        try:
             self.journal.record_error("ingest", "write", "ENOSPC", message)
+        except sqlite3.Error as e:  # (likely, the disk being full: the log above says it all)
+            self.log.warning("cannot journal this; going on", what="an error", error=str(e))
         self._pause(delay)
 
     def _not_restored(self, e: Exception) -> None:
@@ -393,7 +404,7 @@ class Service:
         the sync after it; e.g. EIO from a device that ran out of space): nothing is read or
         committed until it succeeds; try again with the same growing delay."""
         self.full_streak += 1
-        delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(self.full_streak - 1, 10))
+        delay = backoff(self.full_streak, base=0.5, cap=self.cfg.retry_max_delay, jitter=False)
         self.log.error("disk full: could not go back to the journaled state yet; retrying", error=str(e),
                        retry_in=delay)
         self._pause(delay)

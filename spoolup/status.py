@@ -15,7 +15,7 @@ from spoolup import __version__, health, keys, lock, statespace
 from spoolup import form as forms
 from spoolup.config import Config
 from spoolup.deadletter import REMOVED_STATE
-from spoolup.journal import CAPABILITIES_META, QUARANTINE_META, STOPPED, Journal, ObjectState, stored_version
+from spoolup.journal import CAPABILITIES_META, REFUSED_OBJECTS_META, STOPPED, Journal, ObjectState, stored_version
 from spoolup.spool import scan
 
 SCHEMA_VERSION = 1
@@ -254,10 +254,10 @@ def _s3_protocol(j: Journal) -> dict[str, Any]:
     (both journaled by the upload process; see spoolup/capabilities.py and spoolup/coordinator.py)."""
     try:
         caps = json.loads(j.meta(CAPABILITIES_META) or "null")
-        quarantined = json.loads(j.meta(QUARANTINE_META) or "[]")
+        refused = json.loads(j.meta(REFUSED_OBJECTS_META) or "[]")
     except ValueError:
-        caps, quarantined = None, []
-    return {"s3_capabilities": caps, "quarantined_objects": quarantined}
+        caps, refused = None, []
+    return {"s3_capabilities": caps, "quarantined_objects": refused}  # (the public name of the refused objects)
 
 
 def _journal_full(cfg: Config) -> bool:

@@ -19,10 +19,11 @@ import threading
 import time
 
 from spoolup import crash, logs, metrics, recover, reconcile
+from spoolup.backoff import backoff
 from spoolup.capabilities import (UNKNOWN, CapabilityProbe, CapabilityRefused, Capabilities, ensure_capabilities,
                                   journal_capabilities, probe_key_prefix)
 from spoolup.config import Config
-from spoolup.coordinator import QUARANTINE_RETRY, Uploader
+from spoolup.coordinator import REFUSED_RETRY, Uploader
 from spoolup.journal import Journal, disk_full
 from spoolup.s3 import S3, S3Error
 
@@ -170,7 +171,7 @@ class UploadProcess:
         while not self.stop.is_set():
             if attempt:
                 metrics.upload_retry()
-            delay = min(cfg.retry_max_delay, 0.5 * 2 ** min(attempt + 1, 10))
+            delay = backoff(attempt + 1, base=1.0, cap=cfg.retry_max_delay, jitter=False)
             try:
                 if s3.ensure_bucket():
                     log.info("bucket did not exist; created it", bucket=cfg.bucket)
@@ -191,9 +192,9 @@ class UploadProcess:
                 # (checked again slowly: the server or the configuration may change)
                 attempt += 1
                 log.error("conditional-writes refused by the server; not uploading", error=str(e),
-                          retry_in=QUARANTINE_RETRY)
+                          retry_in=REFUSED_RETRY)
                 self._record("conditional-writes", "ConditionalWritesUnsupported", str(e))
-                self.pause(QUARANTINE_RETRY)
+                self.pause(REFUSED_RETRY)
             except sqlite3.OperationalError as e:
                 # the journal cannot take reconcile's results or the health (the state dir's disk is
                 # full): as in the loop, wait and go on once there is space -- reconciling again is
@@ -208,8 +209,10 @@ class UploadProcess:
                 log.warning("cannot reconcile with S3 yet; retrying", error=str(e), retry_in=delay)
                 metrics.upload_error(e.code, e.op or "recover")
                 self._record(e.op or "recover", e.code, e.detail, e.key)
-                with contextlib.suppress(sqlite3.OperationalError):
+                try:
                     up.health.failed(e.op or "recover", e.code, e.detail)
+                except sqlite3.OperationalError as err:
+                    log.warning("cannot journal this; going on", what="the S3 health", error=str(err))
                 self.pause(delay)
 
     def _record(self, op: str, code: str, message: str, key: str | None = None) -> None:
@@ -245,7 +248,7 @@ class UploadProcess:
                 if not disk_full(e):
                     raise
                 full += 1
-                delay = min(self.cfg.retry_max_delay, 0.5 * 2 ** min(full - 1, 10))
+                delay = backoff(full, base=0.5, cap=self.cfg.retry_max_delay, jitter=False)
                 self.log.error("state dir disk full: cannot journal upload results; retrying", error=str(e),
                                retry_in=delay)
                 self.stop.wait(delay)

@@ -30,7 +30,7 @@ from spoolup.journal.store import (
     CAPABILITIES_META,
     KEEP_SOURCES,
     MAX_ERRORS_KEPT,
-    QUARANTINE_META,
+    REFUSED_OBJECTS_META,
     STOPPED,
     JournalError,
     add_commit_hook,
@@ -48,7 +48,7 @@ class Journal(Objects, Sources, Read):
 
 
 __all__ = [
-    "CAPABILITIES_META", "KEEP_SOURCES", "LIVE_SOURCE_STATES", "MAX_ERRORS_KEPT", "QUARANTINE_META", "STOPPED",
+    "CAPABILITIES_META", "KEEP_SOURCES", "LIVE_SOURCE_STATES", "MAX_ERRORS_KEPT", "REFUSED_OBJECTS_META", "STOPPED",
     "Batch", "ChunkRow", "ChunkState", "Journal", "JournalError", "ObjectRow", "ObjectState", "SourceRow",
     "SourceState", "UnfinishedChunk", "UploadMode", "add_commit_hook", "db_path", "disk_full", "fs_path",
     "migrations", "peek", "remove_commit_hook", "schema_version", "stored_version",

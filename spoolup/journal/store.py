@@ -32,7 +32,7 @@ MAX_ERRORS_KEPT = 500
 STOPPED = "stopped"  # the info of a process's last heartbeat when it stopped cleanly
 # meta keys the upload process writes and `spoolup status` reads (JSON)
 CAPABILITIES_META = "s3-capabilities"  # the last capability probe's result (capabilities.Capabilities)
-QUARANTINE_META = "quarantined-objects"  # the objects quarantined (coordinator.Uploader.quarantined)
+REFUSED_OBJECTS_META = "quarantined-objects"  # the refused objects (coordinator.Uploader.refused; key predates the name)
 
 
 # Observers of write transactions, called with the seconds each took (BEGIN IMMEDIATE to the
