@@ -295,12 +295,15 @@ class ForeignWriter(threading.Thread):
             Bucket=self.bucket, Prefix=PREFIX) for u in page.get("Uploads", []) or []
             if u["UploadId"] not in self.uploads and KEY_RE.match(k := u["Key"])]
         how = "any"
-        if theirs and self.rnd.random() < 0.7:
-            m = KEY_RE.match(self.rnd.choice(theirs))
-            step = self.rnd.choice((0, 0, 1, 1, 2))
-            idx, aim = int(m["idx"] or 0) + step, "at-upload" if not step else "after-upload"
-            key = f"{PREFIX}{m['name']}-{m['ts']}" + (f"-{idx}" if idx else "")
-            how = "put" if not step else how
+        beside = []  # (key, steps past an upload in progress) it has not aimed at yet
+        for m in map(KEY_RE.match, theirs):
+            for step in (0, 0, 1, 1, 2):
+                i = int(m["idx"] or 0) + step
+                if (k := f"{PREFIX}{m['name']}-{m['ts']}" + (f"-{i}" if i else "")) not in self.tried:
+                    beside.append((k, step))
+        if beside and self.rnd.random() < 0.7:
+            key, step = self.rnd.choice(beside)
+            aim, how = ("at-upload", "put") if not step else ("after-upload", how)
             self.hurry_until = max(self.hurry_until, time.monotonic() + 1)  # spoolup is busy there: come back soon
         elif time.monotonic() < self.hurry_until:
             return None  # watching for an upload
@@ -625,6 +628,7 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
         r = subprocess.run([*cmd, "drain", "--config", str(config), "--timeout", str(drain_timeout)], env=env,
                            capture_output=True, text=True)
         figures["drain_exit"] = r.returncode
+        (workdir / "drain.out").write_text(r.stdout + r.stderr)
         if r.returncode != 0:
             say(f"final drain failed ({r.returncode}):\n{r.stderr[-4000:]}")
         figures.update(verify(s3_url, bucket, writer, spool, compression, keys, foreign))
