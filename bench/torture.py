@@ -276,7 +276,8 @@ class ForeignWriter(threading.Thread):
             return
         key, how = target
         if how == "put" or self.rnd.random() < 0.5:
-            self.put_at(key)
+            if self.put_at(key) and how == "put":
+                self.counts["put-at-upload"] += 1  # that upload's Complete finds the key taken
         else:
             self.start_upload(key)
 
@@ -342,10 +343,10 @@ class ForeignWriter(threading.Thread):
                 return False
             raise
 
-    def put_at(self, key: str) -> None:
+    def put_at(self, key: str) -> bool:
         if not self.conditional["put"] and self.exists(key):
             self.counts["refused"] += 1
-            return
+            return False
         body = self.unsure[key] = self.body(key)
         try:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=body,
@@ -356,11 +357,12 @@ class ForeignWriter(threading.Thread):
             self.note("put", key, f"HTTP {_status(e)}")
             if _status(e) == 412:
                 self.counts["refused"] += 1
-                return
+                return False
             raise
         self.written[key] = self.unsure.pop(key)
         self.counts["puts"] += 1
         self.note("put", key, "done")
+        return True
 
     def start_upload(self, key: str) -> None:
         try:
@@ -632,6 +634,9 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
         if r.returncode != 0:
             say(f"final drain failed ({r.returncode}):\n{r.stderr[-4000:]}")
         figures.update(verify(s3_url, bucket, writer, spool, compression, keys, foreign))
+        with contextlib.suppress(OSError):  # how often spoolup met a taken key (informative)
+            figures["key_taken_warnings"] = (workdir / "spoolup.log").read_text(errors="replace").count(
+                "object key already taken")
     finally:
         writer.stop.set()
         if foreign is not None:
@@ -799,6 +804,7 @@ def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects:
         "foreign_refused": foreign.counts["refused"], "foreign_errors": foreign.counts["errors"],
         "foreign_last_error": foreign.last_error,
         "foreign_aims": {k[4:]: n for k, n in sorted(foreign.counts.items()) if k.startswith("aim-")},
+        "foreign_puts_at_uploads": foreign.counts["put-at-upload"],
         "foreign_pending_uploads": sum(1 for u in foreign.uploads if u in pending),
         "foreign_empty_uploads_gone": sum(1 for u in foreign.empty if u not in pending),
         "foreign_conditional": dict(foreign.conditional),
