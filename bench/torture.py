@@ -21,10 +21,11 @@ is explained by the bucket (`index_gaps`: see races()).  Between-cycles hooks (C
 are where further cycle kinds go.
 
 Prints cycles, records, lost, duplicated (and more); exit 0 only when nothing is
-lost, duplicated, reordered, pending, left behind, overwritten or skipped unexplained.  `--json` prints the figures as JSON (the
-test tests/test_torture.py runs it so).  Without `--s3-url` a moto server is
-started on a free loopback port, or with `--server rgw` a throw-away Ceph RGW
-(tests/localrgw.py: needs the Ceph packages of tests/setup.sh).
+lost, duplicated, reordered, pending, left behind, overwritten or skipped unexplained.
+`--json` prints the figures as JSON (the test tests/test_torture.py runs it so).
+Without `--s3-url` a moto server is started on a free loopback port, or with
+`--server rgw` a throw-away Ceph RGW (tests/localrgw.py: needs the Ceph packages of
+tests/setup.sh).
 """
 
 from __future__ import annotations
@@ -181,9 +182,12 @@ class ForeignWriter(threading.Thread):
     leaves pending; now and then it leaves an upload empty, as a writer killed right after its
     CreateMultipartUpload does, and never touches it again.
 
-    It never overwrites anything: its writes are conditional (If-None-Match: *), or, on a
-    server that does not honour that (probed once on a scratch key outside the torture's
-    prefix), preceded by a HEAD.  No request is retried by botocore, so every upload it
+    It never overwrites anything: its writes are conditional (If-None-Match: *).  Where the
+    server does not honour that (probed once on a scratch key outside the torture's prefix)
+    it does not make that call at all: no PUT (uploads instead), or an upload aborted
+    instead of completed (Ceph RGW ignores it on Complete).  A HEAD first would leave an
+    instant in which it could overwrite spoolup's object, and the torture would blame
+    spoolup for the records this writer destroyed.  No request is retried by botocore, so every upload it
     creates has its id here; a request whose reply is lost is kept as `unsure`.  verify()
     reads all this: which objects and uploads are foreign, which keys it held at some moment
     (they explain an index spoolup skipped), and that its objects keep their bytes."""
@@ -275,7 +279,9 @@ class ForeignWriter(threading.Thread):
         if target is None:
             return
         key, how = target
-        if how == "put" or self.rnd.random() < 0.5:
+        if not self.conditional["put"]:  # see the class's docstring
+            self.start_upload(key)
+        elif how == "put" or self.rnd.random() < 0.5:
             if self.put_at(key) and how == "put":
                 self.counts["put-at-upload"] += 1  # that upload's Complete finds the key taken
         else:
@@ -334,23 +340,10 @@ class ForeignWriter(threading.Thread):
         self.counts["bodies"] += 1
         return b"%s%s n=%d %s\n" % (FOREIGN, key.encode(), self.counts["bodies"], self.rnd.randbytes(16).hex().encode())
 
-    def exists(self, key: str) -> bool:
-        try:
-            self.s3.head_object(Bucket=self.bucket, Key=key)
-            return True
-        except ClientError as e:
-            if _status(e) == 404:
-                return False
-            raise
-
     def put_at(self, key: str) -> bool:
-        if not self.conditional["put"] and self.exists(key):
-            self.counts["refused"] += 1
-            return False
         body = self.unsure[key] = self.body(key)
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body,
-                               **({"IfNoneMatch": "*"} if self.conditional["put"] else {}))
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as e:
             if _status(e) < 500:  # a definite no
                 del self.unsure[key]
@@ -383,7 +376,7 @@ class ForeignWriter(threading.Thread):
 
     def complete_upload(self, upload_id: str) -> None:
         key, (body, etag) = self.uploads[upload_id], self.parts[upload_id]
-        if not self.conditional["complete"] and self.exists(key):
+        if not self.conditional["complete"]:  # see the class's docstring
             self.abort(upload_id)
             return
         self.settled.add(upload_id)
@@ -391,8 +384,7 @@ class ForeignWriter(threading.Thread):
         try:
             self.s3.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
-                **({"IfNoneMatch": "*"} if self.conditional["complete"] else {}))
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}, IfNoneMatch="*")
         except ClientError as e:
             self.note("complete", key, f"{upload_id} HTTP {_status(e)}")
             if _status(e) < 500:
@@ -408,7 +400,7 @@ class ForeignWriter(threading.Thread):
         self.note("complete", key, f"{upload_id} done")
 
     def abort(self, upload_id: str) -> None:
-        """Its own upload, whose key someone else took meanwhile."""
+        """Its own upload, whose key someone else took meanwhile (or that it may not complete)."""
         self.counts["refused"] += 1
         self.settled.add(upload_id)
         self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.uploads[upload_id], UploadId=upload_id)
@@ -879,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
                   "objects", "multipart_objects", "bytes", "kills_main", "kills_upload", "kills_both",
                   "unexpected_exits", "stuck_upload_processes", "leftover_uploads", "index_gaps", "key_races",
                   "foreign_objects", "foreign_uploads", "foreign_pending_uploads", "foreign_overwritten",
-                  "foreign_uploads_vanished", "duration_seconds", "seed", "server", "machine"):
+                  "foreign_uploads_vanished", "key_taken_warnings", "duration_seconds", "seed", "server", "machine"):
             print(f"{k}: {figures.get(k)}")
         for line in figures.get("problems", []):
             print(f"problem: {line}")
