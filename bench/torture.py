@@ -199,6 +199,7 @@ class ForeignWriter(threading.Thread):
         self.bucket, self.names, self.rnd, self.suffix, self.pause = bucket, names, rnd, suffix, pause
         self.stop = threading.Event()
         self.written: dict[str, bytes] = {}  # key -> bytes of an object it wrote (put, or a completed upload)
+        self.written_at: dict[str, float] = {}  # key -> when that write's reply came (time.time())
         self.unsure: dict[str, bytes] = {}  # key -> bytes of a write whose reply never came
         self.uploads: dict[str, str] = {}  # upload id -> key: every upload it created
         self.parts: dict[str, tuple[bytes, str]] = {}  # upload id -> (its one part, ETag)
@@ -353,6 +354,7 @@ class ForeignWriter(threading.Thread):
                 return False
             raise
         self.written[key] = self.unsure.pop(key)
+        self.written_at[key] = time.time()
         self.counts["puts"] += 1
         self.note("put", key, "done")
         return True
@@ -396,6 +398,7 @@ class ForeignWriter(threading.Thread):
                 self.settled.discard(upload_id)  # not completed: verify() says whether it still exists
             raise
         self.written[key] = self.unsure.pop(key)
+        self.written_at[key] = time.time()
         self.counts["completed"] += 1
         self.note("complete", key, f"{upload_id} done")
 
@@ -625,7 +628,7 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
         (workdir / "drain.out").write_text(r.stdout + r.stderr)
         if r.returncode != 0:
             say(f"final drain failed ({r.returncode}):\n{r.stderr[-4000:]}")
-        figures.update(verify(s3_url, bucket, writer, spool, compression, keys, foreign))
+        figures.update(verify(s3_url, bucket, writer, spool, compression, keys, foreign, workdir / "spoolup.log"))
         with contextlib.suppress(OSError):  # how often spoolup met a taken key (informative)
             figures["key_taken_warnings"] = (workdir / "spoolup.log").read_text(errors="replace").count(
                 "object key already taken")
@@ -651,7 +654,8 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
 
 
 def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str = "none",
-           keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY), foreign: ForeignWriter | None = None) -> dict:
+           keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY), foreign: ForeignWriter | None = None,
+           log: Path | None = None) -> dict:
     s3 = s3_client(url, keys, max_pool_connections=16)
     objects: list[dict] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -659,7 +663,9 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
     all_uploads = [u for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket)
                    for u in page.get("Uploads", []) or []]
     foreign_ids = set(foreign.uploads) if foreign else set()
-    uploads = [u for u in all_uploads if u["UploadId"] not in foreign_ids]  # spoolup's, left behind
+    # an upload at a key where the foreign writer's Create got no reply may be its own: not counted
+    unknown = [u for u in all_uploads if u["UploadId"] not in foreign_ids and foreign and u["Key"] in foreign.create_lost]
+    uploads = [u for u in all_uploads if u["UploadId"] not in foreign_ids and u not in unknown]  # spoolup's, left
     leftover = [u["Key"] for u in uploads]
     # a kill between CreateMultipartUpload and journaling its id leaves an upload spoolup cannot
     # tell from another writer's, so it never aborts it: it holds no part.  Any with parts is a bug.
@@ -746,17 +752,38 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
         "lost": lost, "duplicated": duplicated, "out_of_order": out_of_order, "byte_mismatches": mismatches,
         "empty_objects": empty, "stray_objects": len(strays), "pending_uploads": len(uploads),
         "empty_orphan_uploads": len(empty_orphans), "leftover_uploads": len(leftover),
+        "uploads_of_unknown_writer": len(unknown),
         "spool_files_left": len(list(spool.iterdir())),
     }
     for key in leftover[:10]:
         problems.append(f"upload left behind at {key}")
-    figures.update(races(foreign, raw, foreign_objects, all_uploads, ours, problems))
+    figures.update(races(foreign, raw, foreign_objects, all_uploads, ours, problems, completions(log)))
     figures["problems"] = problems
     return figures
 
 
+def completions(log: Path | None) -> dict[str, list[float]]:
+    """key -> when spoolup logged it completed there ("object completed", time.time() scale)."""
+    out: dict[str, list[float]] = {}
+    if log is None or not log.exists():
+        return out
+    import datetime
+
+    for line in log.read_text(errors="replace").splitlines():
+        if '"object completed"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                e = json.loads(line)
+                when = datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+                out.setdefault(e["key"], []).append(when)
+    return out
+
+
+RACE_WINDOW = 2.0  # seconds: a write of spoolup's that ends this soon after a foreign one was in flight with it
+
+
 def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects: set[str], all_uploads: list[dict],
-          ours: dict[tuple[str, str], set[int]], problems: list[str]) -> dict:
+          ours: dict[tuple[str, str], set[int]], problems: list[str],
+          completed: dict[str, list[float]] | None = None) -> dict:
     """The key races' figures: what the foreign writer did and whether it was respected (its
     objects keep their bytes, its uploads are never taken away), and index gaps.
 
@@ -764,7 +791,16 @@ def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects:
     those the bucket holds.  So each index below spoolup's highest one of a key+timestamp
     must be explained by the bucket: spoolup's object, a foreign object, a key the foreign
     writer held at some moment (an upload it later completed elsewhere or aborted, a write
-    whose reply it lost), or an upload still pending there.  Any other is a gap."""
+    whose reply it lost), or an upload still pending there.  Any other is a gap.
+
+    A foreign object replaced by spoolup's own, whose write spoolup logged as completed at
+    that key within RACE_WINDOW after the foreign write ended, was replaced by a write that
+    was in flight with it: only an atomic conditional write protects it there.  moto checks
+    If-None-Match before it assembles the parts and stores the object (not atomic), Ceph
+    RGW ignores it on Complete (spoolup HEADs right before: docs/operations.md), so these
+    are counted apart (foreign_overwritten_in_flight), not as spoolup's failures.  Any
+    other replacement (such as spoolup completing an upload at a key its journal gave up,
+    issue 18 item 2) is foreign_overwritten."""
     pending = {u["UploadId"] for u in all_uploads}
     explained: dict[tuple[str, str], set[int]] = {}
     for key in [*foreign_objects, *(u["Key"] for u in all_uploads), *(foreign.held_keys() if foreign else ())]:
@@ -778,8 +814,20 @@ def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects:
             problems.append(f"{PREFIX}{name}-{ts}: index gap {holes[:10]} (spoolup's indexes {sorted(idxs)[:20]})")
     if foreign is None:
         return {"index_gaps": gaps, "foreign_objects": 0, "foreign_uploads": 0, "foreign_pending_uploads": 0,
-                "foreign_overwritten": 0, "foreign_uploads_vanished": 0}
-    overwritten = [k for k, body in foreign.written.items() if raw.get(k) != body]
+                "foreign_overwritten": 0, "foreign_uploads_vanished": 0, "foreign_overwritten_in_flight": 0}
+    completed = completed or {}
+    replaced = [k for k, body in foreign.written.items() if raw.get(k) != body]
+    in_flight = [k for k in replaced if k in raw and not raw[k].startswith(FOREIGN)
+                 and any(0 <= t - foreign.written_at[k] <= RACE_WINDOW for t in completed.get(k, ()))]
+    overwritten = [k for k in replaced if k not in in_flight]
+    # the other way round (rarer: a foreign PUT is small, its check and store are close):
+    # spoolup's object at a key replaced by a foreign write in flight with it; its records
+    # then count as lost, and this says why
+    lost_in_flight = [k for k in foreign_objects if any(abs(t - foreign.written_at.get(k, -1e9)) <= RACE_WINDOW
+                                                        for t in completed.get(k, ()))]
+    for key in lost_in_flight[:10]:
+        problems.append(f"spoolup's object at {key} was replaced by a foreign write in flight with it (the "
+                        "server's If-None-Match check is not atomic): its records count as lost")
     for key in overwritten[:10]:
         problems.append(f"foreign object {key} " + ("is gone" if key not in raw else "was overwritten"))
     odd = [k for k in foreign_objects if raw[k] not in (foreign.written.get(k), foreign.unsure.get(k))]
@@ -801,6 +849,7 @@ def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects:
         "foreign_empty_uploads_gone": sum(1 for u in foreign.empty if u not in pending),
         "foreign_conditional": dict(foreign.conditional),
         "foreign_overwritten": len(overwritten) + len(odd), "foreign_uploads_vanished": len(vanished),
+        "foreign_overwritten_in_flight": len(in_flight), "spoolup_overwritten_in_flight": len(lost_in_flight),
     }
 
 
