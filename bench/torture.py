@@ -920,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
                   "objects", "multipart_objects", "bytes", "kills_main", "kills_upload", "kills_both",
                   "unexpected_exits", "stuck_upload_processes", "leftover_uploads", "index_gaps", "key_races",
                   "foreign_objects", "foreign_uploads", "foreign_pending_uploads", "foreign_overwritten",
-                  "foreign_uploads_vanished", "key_taken_warnings", "duration_seconds", "seed", "server", "machine"):
+                  "foreign_uploads_vanished", "foreign_overwritten_in_flight", "key_taken_warnings", "duration_seconds", "seed", "server", "machine"):
             print(f"{k}: {figures.get(k)}")
         for line in figures.get("problems", []):
             print(f"problem: {line}")
