@@ -193,7 +193,7 @@ class ForeignWriter(threading.Thread):
     (they explain an index spoolup skipped), and that its objects keep their bytes."""
 
     def __init__(self, url: str, bucket: str, keys: tuple[str, str], names: list[str], rnd: random.Random,
-                 suffix: str = "", pause: tuple[float, float] = (0.05, 0.6), busy: threading.Event | None = None):
+                 suffix: str = "", pause: tuple[float, float] = (0.05, 0.4), busy: threading.Event | None = None):
         super().__init__(name="foreign-writer", daemon=True)
         self.s3 = s3_client(url, keys, retries={"max_attempts": 1}, read_timeout=60, connect_timeout=10)
         self.bucket, self.names, self.rnd, self.suffix, self.pause = bucket, names, rnd, suffix, pause
@@ -879,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--secret-key", default=SECRET_KEY)
     ap.add_argument("--max-life", type=float, default=3.5, help="longest life of a `spoolup run`, seconds")
     ap.add_argument("--big-every", type=float,
-                    help="mean seconds between bursts > chunk-size (default 12; 5 with --key-races: more multipart "
+                    help="mean seconds between bursts > chunk-size (default 12; 3 with --key-races: more multipart "
                          "objects, whose uploads and the claimed objects after them are what the races aim at)")
     ap.add_argument("--compression", choices=("none", "gzip", "zstd"), default="none")
     ap.add_argument("--state-dir", help="state dir (e.g. on another filesystem: a ramfs); default: in the work directory")
@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Ceph RGW up at {s3_url} in {rgw.startup_seconds:.1f}s", file=sys.stderr, flush=True)
         figures = torture(args.cycles, seed=args.seed, workdir=workdir, s3_url=s3_url, files=args.files,
                           max_life=args.max_life,
-                          big_every=args.big_every or (5.0 if args.key_races else 12.0), quiet=args.json,
+                          big_every=args.big_every or (3.0 if args.key_races else 12.0), quiet=args.json,
                           compression=args.compression, state_dir=Path(args.state_dir) if args.state_dir else None,
                           keys=keys, user=args.user, key_races=args.key_races, drain_timeout=args.drain_timeout)
     if not args.dir and figures["ok"]:
