@@ -325,7 +325,8 @@ class ForeignWriter(threading.Thread):
                 held = [o["Key"] for page in self.s3.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=prefix) for o in page.get("Contents", [])]
                 held += [k for k in theirs if k.startswith(prefix)]
-                idxs = [int(m["idx"] or 0) for m in map(KEY_RE.match, held) if m and m["name"] == name and m["ts"] == ts]
+                idxs = [int(m["idx"] or 0) for m in map(KEY_RE.match, held)
+                        if m and m["name"] == name and m["ts"] == ts]
                 idx = (max(idxs) + 1 if idxs else 0) + self.rnd.choice((0, 0, 0, 1, 2))
                 key, aim = prefix + (f"-{idx}" if idx else ""), "next-index"
         if key in self.tried:
@@ -664,7 +665,8 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
                    for u in page.get("Uploads", []) or []]
     foreign_ids = set(foreign.uploads) if foreign else set()
     # an upload at a key where the foreign writer's Create got no reply may be its own: not counted
-    unknown = [u for u in all_uploads if u["UploadId"] not in foreign_ids and foreign and u["Key"] in foreign.create_lost]
+    unknown = [u for u in all_uploads
+               if u["UploadId"] not in foreign_ids and foreign and u["Key"] in foreign.create_lost]
     uploads = [u for u in all_uploads if u["UploadId"] not in foreign_ids and u not in unknown]  # spoolup's, left
     leftover = [u["Key"] for u in uploads]
     # a kill between CreateMultipartUpload and journaling its id leaves an upload spoolup cannot
@@ -920,7 +922,8 @@ def main(argv: list[str] | None = None) -> int:
                   "objects", "multipart_objects", "bytes", "kills_main", "kills_upload", "kills_both",
                   "unexpected_exits", "stuck_upload_processes", "leftover_uploads", "index_gaps", "key_races",
                   "foreign_objects", "foreign_uploads", "foreign_pending_uploads", "foreign_overwritten",
-                  "foreign_uploads_vanished", "foreign_overwritten_in_flight", "key_taken_warnings", "duration_seconds", "seed", "server", "machine"):
+                  "foreign_uploads_vanished", "foreign_overwritten_in_flight", "key_taken_warnings",
+                  "duration_seconds", "seed", "server", "machine"):
             print(f"{k}: {figures.get(k)}")
         for line in figures.get("problems", []):
             print(f"problem: {line}")
