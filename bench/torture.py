@@ -199,7 +199,7 @@ class ForeignWriter(threading.Thread):
         self.bucket, self.names, self.rnd, self.suffix, self.pause = bucket, names, rnd, suffix, pause
         self.stop = threading.Event()
         self.written: dict[str, bytes] = {}  # key -> bytes of an object it wrote (put, or a completed upload)
-        self.written_at: dict[str, float] = {}  # key -> when that write's reply came (time.time())
+        self.written_at: dict[str, tuple[float, float]] = {}  # key -> when that write was sent, its reply came
         self.unsure: dict[str, bytes] = {}  # key -> bytes of a write whose reply never came
         self.uploads: dict[str, str] = {}  # upload id -> key: every upload it created
         self.parts: dict[str, tuple[bytes, str]] = {}  # upload id -> (its one part, ETag)
@@ -344,6 +344,7 @@ class ForeignWriter(threading.Thread):
 
     def put_at(self, key: str) -> bool:
         body = self.unsure[key] = self.body(key)
+        sent = time.time()
         try:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as e:
@@ -355,7 +356,7 @@ class ForeignWriter(threading.Thread):
                 return False
             raise
         self.written[key] = self.unsure.pop(key)
-        self.written_at[key] = time.time()
+        self.written_at[key] = (sent, time.time())
         self.counts["puts"] += 1
         self.note("put", key, "done")
         return True
@@ -384,6 +385,7 @@ class ForeignWriter(threading.Thread):
             return
         self.settled.add(upload_id)
         self.unsure[key] = body
+        sent = time.time()
         try:
             self.s3.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
@@ -399,7 +401,7 @@ class ForeignWriter(threading.Thread):
                 self.settled.discard(upload_id)  # not completed: verify() says whether it still exists
             raise
         self.written[key] = self.unsure.pop(key)
-        self.written_at[key] = time.time()
+        self.written_at[key] = (sent, time.time())
         self.counts["completed"] += 1
         self.note("complete", key, f"{upload_id} done")
 
@@ -796,8 +798,10 @@ def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects:
     whose reply it lost), or an upload still pending there.  Any other is a gap.
 
     A foreign object replaced by spoolup's own, whose write spoolup logged as completed at
-    that key within RACE_WINDOW after the foreign write ended, was replaced by a write that
-    was in flight with it: only an atomic conditional write protects it there.  moto checks
+    that key after the foreign write was sent and at most RACE_WINDOW after its reply, was
+    replaced by a write that was in flight with it (a write of spoolup's that started after
+    the foreign one ended would have found the key taken): only an atomic conditional
+    write protects it there.  moto checks
     If-None-Match before it assembles the parts and stores the object (not atomic), Ceph
     RGW ignores it on Complete (spoolup HEADs right before: docs/operations.md), so these
     are counted apart (foreign_overwritten_in_flight), not as spoolup's failures.  Any
@@ -819,14 +823,16 @@ def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects:
                 "foreign_overwritten": 0, "foreign_uploads_vanished": 0, "foreign_overwritten_in_flight": 0}
     completed = completed or {}
     replaced = [k for k, body in foreign.written.items() if raw.get(k) != body]
-    in_flight = [k for k in replaced if k in raw and not raw[k].startswith(FOREIGN)
-                 and any(0 <= t - foreign.written_at[k] <= RACE_WINDOW for t in completed.get(k, ()))]
+    def overlaps(key: str, slack: float) -> bool:
+        sent, replied = foreign.written_at.get(key, (-1e9, -1e9))
+        return any(sent - slack <= t <= replied + RACE_WINDOW for t in completed.get(key, ()))
+
+    in_flight = [k for k in replaced if k in raw and not raw[k].startswith(FOREIGN) and overlaps(k, 0)]
     overwritten = [k for k in replaced if k not in in_flight]
     # the other way round (rarer: a foreign PUT is small, its check and store are close):
     # spoolup's object at a key replaced by a foreign write in flight with it; its records
     # then count as lost, and this says why
-    lost_in_flight = [k for k in foreign_objects if any(abs(t - foreign.written_at.get(k, -1e9)) <= RACE_WINDOW
-                                                        for t in completed.get(k, ()))]
+    lost_in_flight = [k for k in foreign_objects if overlaps(k, RACE_WINDOW)]
     for key in lost_in_flight[:10]:
         problems.append(f"spoolup's object at {key} was replaced by a foreign write in flight with it (the "
                         "server's If-None-Match check is not atomic): its records count as lost")
