@@ -215,6 +215,7 @@ class ForeignWriter(threading.Thread):
         self.journal: list[str] = []  # what it did, when (foreign.log in the work directory)
         self.busy = busy or threading.Event()  # set when spoolup gets a multipart object to ship
         self.hurry_until = 0.0
+        self.at_uploads: set[str] = set()  # keys it PUT an object at while an upload was in progress there
 
     # -- what verify() needs
 
@@ -285,6 +286,7 @@ class ForeignWriter(threading.Thread):
         elif how == "put" or self.rnd.random() < 0.5:
             if self.put_at(key) and how == "put":
                 self.counts["put-at-upload"] += 1  # that upload's Complete finds the key taken
+                self.at_uploads.add(key)
         else:
             self.start_upload(key)
 
@@ -779,6 +781,10 @@ def completions(log: Path | None) -> dict[str, list[float]]:
                 e = json.loads(line)
                 when = datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
                 out.setdefault(e["key"], []).append(when)
+        elif "had succeeded but was not journaled" in line:
+            # a Complete in flight when the process was killed, found by reconcile: its time is unknown
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                out.setdefault(json.loads(line)["action"].split(": ", 1)[0], []).append(float("nan"))
     return out
 
 
@@ -798,8 +804,9 @@ def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects:
     whose reply it lost), or an upload still pending there.  Any other is a gap.
 
     A foreign object replaced by spoolup's own, whose write spoolup logged as completed at
-    that key after the foreign write was sent and at most RACE_WINDOW after its reply, was
-    replaced by a write that was in flight with it (a write of spoolup's that started after
+    that key after the foreign write was sent and at most RACE_WINDOW after its reply (or,
+    for a PUT at the key of an upload in progress, whose Complete reconcile found done after
+    a kill, at an unknown time), was replaced by a write that was in flight with it (a write of spoolup's that started after
     the foreign one ended would have found the key taken): only an atomic conditional
     write protects it there.  moto checks
     If-None-Match before it assembles the parts and stores the object (not atomic), Ceph
@@ -825,7 +832,8 @@ def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects:
     replaced = [k for k, body in foreign.written.items() if raw.get(k) != body]
     def overlaps(key: str, slack: float) -> bool:
         sent, replied = foreign.written_at.get(key, (-1e9, -1e9))
-        return any(sent - slack <= t <= replied + RACE_WINDOW for t in completed.get(key, ()))
+        return any(sent - slack <= t <= replied + RACE_WINDOW or (t != t and key in foreign.at_uploads)
+                   for t in completed.get(key, ()))
 
     in_flight = [k for k in replaced if k in raw and not raw[k].startswith(FOREIGN) and overlaps(k, 0)]
     overwritten = [k for k in replaced if k not in in_flight]
