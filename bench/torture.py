@@ -11,11 +11,21 @@ the next run), or both at once.  At the end the writer stops, `spoolup drain`
 ships the rest, and every record is checked: present exactly once, in order per
 key, in completed objects, byte for byte, and no multipart upload is left pending.
 
+With `--key-races` a second writer (ForeignWriter, its own S3 client) races spoolup for
+its next keys meanwhile: it PUTs objects and starts multipart uploads (completed later,
+or left pending, some empty) at the next indexes of what the bucket holds and at the
+bare key of the next minute's timestamp.  Then the check also says: every foreign
+object still holds its exact bytes, no foreign upload was taken away, no upload but
+the foreign writer's own is left (`leftover_uploads`), and every index spoolup skipped
+is explained by the bucket (`index_gaps`: see races()).  Between-cycles hooks (Cycle)
+are where further cycle kinds go.
+
 Prints cycles, records, lost, duplicated (and more); exit 0 only when nothing is
-lost, duplicated, reordered or pending.  `--json` prints the figures as JSON (the
-test tests/test_torture.py runs it so).  Without `--s3-url` a moto server is
-started on a free loopback port, or with `--server rgw` a throw-away Ceph RGW
-(tests/localrgw.py: needs the Ceph packages of tests/setup.sh).
+lost, duplicated, reordered, pending, left behind, overwritten or skipped unexplained.
+`--json` prints the figures as JSON (the test tests/test_torture.py runs it so).
+Without `--s3-url` a moto server is started on a free loopback port, or with
+`--server rgw` a throw-away Ceph RGW (tests/localrgw.py: needs the Ceph packages of
+tests/setup.sh).
 """
 
 from __future__ import annotations
@@ -40,10 +50,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout this script belongs to
 
@@ -59,6 +72,7 @@ ACCESS_KEY = "torture"
 SECRET_KEY = "torture-secret-0123456789"
 MiB = 1 << 20
 PREFIX = "torture/"
+TS_FORMAT = "%Y%m%d%H%M"  # object-key-timestamp
 KEY_RE = re.compile(r"^torture/(?P<name>[^/]+?)-(?P<ts>\d{12})(?:-(?P<idx>\d+))?(?:\.gz|\.zst)?$")
 RECORD_RE = re.compile(rb"^(?P<name>\S+) seq=(?P<seq>\d+) ")
 
@@ -84,6 +98,7 @@ class Writer(threading.Thread):
         self.bytes = {n: 0 for n in names}
         self.bursts = 0
         self.big_bursts = 0
+        self.big = threading.Event()  # set at each burst > chunk-size (the foreign writer watches it)
         self.error: BaseException | None = None
         self._pool = rnd.randbytes(1 << 16).hex().encode()  # padding source
 
@@ -133,10 +148,270 @@ class Writer(threading.Thread):
                     self.stop.wait(0.05)
                     continue
                 self.append(name, data)
+                if len(data) > 5 * MiB:
+                    self.big.set()
                 self.bursts += 1
                 self.stop.wait(self.rnd.uniform(0.0, 0.06))
         except BaseException as e:  # noqa: BLE001 - reported by the driver
             self.error = e
+
+
+# ---------------------------------------------------------------------------
+# key races: a second writer at the keys spoolup is about to claim
+
+
+FOREIGN = b"FOREIGN "  # a foreign object's body starts so; spoolup's records start with their file's name
+
+
+def s3_client(url: str, keys: tuple[str, str], **config):
+    return boto3.client("s3", endpoint_url=url, aws_access_key_id=keys[0], aws_secret_access_key=keys[1],
+                        region_name="us-east-1",
+                        config=BotoConfig(s3={"addressing_style": "path"}, **config))
+
+
+def _status(e: ClientError) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+class ForeignWriter(threading.Thread):
+    """Another writer of the bucket (another agent, syslog-ng's s3()) racing spoolup for the
+    keys it claims next.  At random moments it looks at what the bucket holds for one of the
+    torture's keys and takes a key spoolup is about to claim: the next index of the current
+    timestamp (or one or two past it), or the bare key of the next minute's timestamp.  There
+    it PUTs an object, or starts a multipart upload with one part that it completes later or
+    leaves pending; now and then it leaves an upload empty, as a writer killed right after its
+    CreateMultipartUpload does, and never touches it again.
+
+    It never overwrites anything: its writes are conditional (If-None-Match: *).  Where the
+    server does not honour that (probed once on a scratch key outside the torture's prefix)
+    it does not make that call at all: no PUT (uploads instead), or an upload aborted
+    instead of completed (Ceph RGW ignores it on Complete).  A HEAD first would leave an
+    instant in which it could overwrite spoolup's object, and the torture would blame
+    spoolup for the records this writer destroyed.  No request is retried by botocore, so every upload it
+    creates has its id here; a request whose reply is lost is kept as `unsure`.  verify()
+    reads all this: which objects and uploads are foreign, which keys it held at some moment
+    (they explain an index spoolup skipped), and that its objects keep their bytes."""
+
+    def __init__(self, url: str, bucket: str, keys: tuple[str, str], names: list[str], rnd: random.Random,
+                 suffix: str = "", pause: tuple[float, float] = (0.05, 0.4), busy: threading.Event | None = None):
+        super().__init__(name="foreign-writer", daemon=True)
+        self.s3 = s3_client(url, keys, retries={"max_attempts": 1}, read_timeout=60, connect_timeout=10)
+        self.bucket, self.names, self.rnd, self.suffix, self.pause = bucket, names, rnd, suffix, pause
+        self.stop = threading.Event()
+        self.written: dict[str, bytes] = {}  # key -> bytes of an object it wrote (put, or a completed upload)
+        self.written_at: dict[str, tuple[float, float]] = {}  # key -> when that write was sent, its reply came
+        self.unsure: dict[str, bytes] = {}  # key -> bytes of a write whose reply never came
+        self.uploads: dict[str, str] = {}  # upload id -> key: every upload it created
+        self.parts: dict[str, tuple[bytes, str]] = {}  # upload id -> (its one part, ETag)
+        self.open: list[str] = []  # uploads with a part, neither completed nor aborted by it (yet)
+        self.empty: list[str] = []  # uploads it left empty, for good
+        self.settled: set[str] = set()  # uploads it completed or aborted, or whose Complete reply it lost
+        self.create_lost: set[str] = set()  # keys where a CreateMultipartUpload reply was lost
+        self.tried: set[str] = set()  # keys (without suffix) it aimed at: each at most once
+        self.counts: collections.Counter = collections.Counter()
+        self.conditional = {"put": False, "complete": False}
+        self.error: BaseException | None = None
+        self.last_error = ""
+        self.journal: list[str] = []  # what it did, when (foreign.log in the work directory)
+        self.busy = busy or threading.Event()  # set when spoolup gets a multipart object to ship
+        self.hurry_until = 0.0
+        self.at_uploads: set[str] = set()  # keys it PUT an object at while an upload was in progress there
+
+    # -- what verify() needs
+
+    def held_keys(self) -> set[str]:
+        """Keys it held at some moment (an object, or an upload in progress), or may have."""
+        return set(self.written) | set(self.unsure) | set(self.uploads.values()) | self.create_lost
+
+    # -- the thread
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():  # spoolup creates the bucket
+                try:
+                    self.s3.head_bucket(Bucket=self.bucket)
+                    break
+                except (ClientError, BotoCoreError):
+                    self.stop.wait(0.2)
+            if self.stop.is_set():
+                return
+            self.probe()
+            while not self.stop.wait(self.rnd.uniform(0.01, 0.05) if time.monotonic() < self.hurry_until
+                                     else self.rnd.uniform(*self.pause)):
+                if self.busy.is_set():  # a multipart upload is coming: watch for it closely for a while
+                    self.busy.clear()
+                    self.hurry_until = time.monotonic() + 3
+                try:
+                    self.act()
+                except (ClientError, BotoCoreError) as e:
+                    self.counts["errors"] += 1
+                    self.last_error = repr(e)
+        except BaseException as e:  # noqa: BLE001 - reported by the driver
+            self.error = e
+
+    def probe(self) -> None:
+        """Does the server refuse If-None-Match: * writes at a key that holds an object?"""
+        key = f"foreign-probe-{self.rnd.randrange(1 << 32):08x}"
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"probe")
+        self.conditional["put"] = self._refused(lambda: self.s3.put_object(
+            Bucket=self.bucket, Key=key, Body=b"probe", IfNoneMatch="*"))
+        upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        etag = self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x")["ETag"]
+        self.conditional["complete"] = self._refused(lambda: self.s3.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, IfNoneMatch="*",
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}))
+        with contextlib.suppress(ClientError):
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    @staticmethod
+    def _refused(write: Callable[[], object]) -> bool:
+        try:
+            write()
+        except ClientError as e:
+            if _status(e) == 412:
+                return True
+        return False
+
+    def act(self) -> None:
+        if self.open and self.rnd.random() < 0.3:
+            self.complete_upload(self.open.pop(self.rnd.randrange(len(self.open))))
+            return
+        target = self.target()
+        if target is None:
+            return
+        key, how = target
+        if not self.conditional["put"]:  # see the class's docstring
+            self.start_upload(key)
+        elif how == "put" or self.rnd.random() < 0.5:
+            if self.put_at(key) and how == "put":
+                self.counts["put-at-upload"] += 1  # that upload's Complete finds the key taken
+                self.at_uploads.add(key)
+        else:
+            self.start_upload(key)
+
+    def target(self) -> tuple[str, str] | None:
+        """A key spoolup is about to claim, or has claimed and not completed yet, and how to
+        take it ("put" or "any"); None: one it aimed at before.  Three kinds:
+        - beside an upload in progress that is not its own (spoolup's, while its object is
+          being uploaded): its very key (a PUT, so that spoolup's Complete finds the key
+          taken), or the next index or the one after (where spoolup's next objects of the
+          key wait, claimed, for this one to complete);
+        - the bare key of the next minute's timestamp;
+        - the next index after what the bucket holds for the current timestamp, or one or
+          two past it."""
+        now = time.time()
+        theirs = [k for page in self.s3.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=PREFIX) for u in page.get("Uploads", []) or []
+            if u["UploadId"] not in self.uploads and KEY_RE.match(k := u["Key"])]
+        how = "any"
+        beside = []  # (key, steps past an upload in progress) it has not aimed at yet
+        for m in map(KEY_RE.match, theirs):
+            for step in (0, 0, 1, 1, 2):
+                i = int(m["idx"] or 0) + step
+                if (k := f"{PREFIX}{m['name']}-{m['ts']}" + (f"-{i}" if i else "")) not in self.tried:
+                    beside.append((k, step))
+        if beside and self.rnd.random() < 0.7:
+            key, step = self.rnd.choice(beside)
+            aim, how = ("at-upload", "put") if not step else ("after-upload", how)
+            self.hurry_until = max(self.hurry_until, time.monotonic() + 1)  # spoolup is busy there: come back soon
+        elif time.monotonic() < self.hurry_until:
+            return None  # watching for an upload
+        else:
+            name = self.rnd.choice(self.names)
+            if self.rnd.random() < 0.25:
+                key, aim = f"{PREFIX}{name}-{time.strftime(TS_FORMAT, time.localtime(now + 60))}", "next-minute"
+            else:
+                ts = time.strftime(TS_FORMAT, time.localtime(now))
+                prefix = f"{PREFIX}{name}-{ts}"
+                held = [o["Key"] for page in self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=prefix) for o in page.get("Contents", [])]
+                held += [k for k in theirs if k.startswith(prefix)]
+                idxs = [int(m["idx"] or 0) for m in map(KEY_RE.match, held)
+                        if m and m["name"] == name and m["ts"] == ts]
+                idx = (max(idxs) + 1 if idxs else 0) + self.rnd.choice((0, 0, 0, 1, 2))
+                key, aim = prefix + (f"-{idx}" if idx else ""), "next-index"
+        if key in self.tried:
+            return None
+        self.tried.add(key)
+        self.counts[f"aim-{aim}"] += 1
+        return key + (self.rnd.choice(("", self.suffix)) if self.suffix else ""), how
+
+    def note(self, what: str, key: str, outcome: str = "") -> None:
+        self.journal.append(f"{time.time():.3f} {what} {key} {outcome}".rstrip())
+
+    def body(self, key: str) -> bytes:
+        self.counts["bodies"] += 1
+        return b"%s%s n=%d %s\n" % (FOREIGN, key.encode(), self.counts["bodies"], self.rnd.randbytes(16).hex().encode())
+
+    def put_at(self, key: str) -> bool:
+        body = self.unsure[key] = self.body(key)
+        sent = time.time()
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as e:
+            if _status(e) < 500:  # a definite no
+                del self.unsure[key]
+            self.note("put", key, f"HTTP {_status(e)}")
+            if _status(e) == 412:
+                self.counts["refused"] += 1
+                return False
+            raise
+        self.written[key] = self.unsure.pop(key)
+        self.written_at[key] = (sent, time.time())
+        self.counts["puts"] += 1
+        self.note("put", key, "done")
+        return True
+
+    def start_upload(self, key: str) -> None:
+        try:
+            upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        except BotoCoreError:
+            self.create_lost.add(key)
+            raise
+        self.uploads[upload_id] = key
+        if self.rnd.random() < 0.2:
+            self.empty.append(upload_id)
+            self.note("create", key, f"{upload_id} left empty")
+            return
+        body = self.body(key)
+        etag = self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body)["ETag"]
+        self.parts[upload_id] = (body, etag)
+        self.open.append(upload_id)
+        self.note("create", key, f"{upload_id} with a part")
+
+    def complete_upload(self, upload_id: str) -> None:
+        key, (body, etag) = self.uploads[upload_id], self.parts[upload_id]
+        if not self.conditional["complete"]:  # see the class's docstring
+            self.abort(upload_id)
+            return
+        self.settled.add(upload_id)
+        self.unsure[key] = body
+        sent = time.time()
+        try:
+            self.s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}, IfNoneMatch="*")
+        except ClientError as e:
+            self.note("complete", key, f"{upload_id} HTTP {_status(e)}")
+            if _status(e) < 500:
+                del self.unsure[key]
+            if _status(e) == 412:
+                self.abort(upload_id)
+                return
+            if _status(e) < 500:
+                self.settled.discard(upload_id)  # not completed: verify() says whether it still exists
+            raise
+        self.written[key] = self.unsure.pop(key)
+        self.written_at[key] = (sent, time.time())
+        self.counts["completed"] += 1
+        self.note("complete", key, f"{upload_id} done")
+
+    def abort(self, upload_id: str) -> None:
+        """Its own upload, whose key someone else took meanwhile (or that it may not complete)."""
+        self.counts["refused"] += 1
+        self.settled.add(upload_id)
+        self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.uploads[upload_id], UploadId=upload_id)
 
 
 # ---------------------------------------------------------------------------
@@ -220,7 +495,7 @@ def write_config(path: Path, url: str, bucket: str, spool: Path, state: Path, lo
     options = {
         "url": url, "bucket": bucket, "access-key": keys[0], "secret-key": keys[1], "region": "us-east-1",
         "spool-dir": str(spool), "state-dir": str(state), "log-format": "json", "log-file": str(log_file),
-        "object-key": PREFIX + "{name}", "object-key-timestamp": "%Y%m%d%H%M",
+        "object-key": PREFIX + "{name}", "object-key-timestamp": TS_FORMAT,
         "chunk-size": "5MiB", "max-object-size": "6MiB", "flush-grace-period": "1s", "spool-reap": "2s",
         "poll-interval": 0.2, "shutdown-timeout": 2, "retry-max-delay": 1, "s3-timeout": 10,
         "upload-threads": 4, "compression": compression, "compresslevel": 1 if compression == "gzip" else 3,
@@ -228,10 +503,31 @@ def write_config(path: Path, url: str, bucket: str, spool: Path, state: Path, lo
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items()))
 
 
+@dataclass
+class Cycle:
+    """What a between-cycles hook may act on.  A hook runs after each cycle's `spoolup run`
+    was killed and reaped, before the next one starts: the place for cycle kinds that change
+    what the next run finds (issue 22: delete the state dir, or restore one backed up at an
+    earlier cycle).  The killed run's upload process may still be finishing (it stops on its
+    own after its parent's death): a hook that touches the state dir calls settle() first."""
+    number: int
+    rnd: random.Random  # the hook's own: the torture's draws stay as they were for a seed
+    workdir: Path
+    state: Path
+    config: Path
+    cmd: list[str]
+    env: dict[str, str]
+    figures: dict  # a hook counts what it did here (it is printed with --json)
+    say: Callable[..., None]
+    settle: Callable[[], None]  # wait until no upload process of a killed run is left
+
+
 def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files: int = 4,
             min_life: float = 0.4, max_life: float = 3.5, big_every: float = 12.0, quiet: bool = False,
             compression: str = "none", state_dir: Path | None = None,
-            keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY), user: str | None = None) -> dict:
+            keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY), user: str | None = None,
+            key_races: bool = False, drain_timeout: float = 600,
+            between_cycles: Sequence[Callable[[Cycle], None]] = ()) -> dict:
     rnd = random.Random(seed)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     become_subreaper()
@@ -261,13 +557,27 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
         cmd = [*u.prefix(), *cmd]
     names = [f"f{i}.log" for i in range(files)]
     writer = Writer(spool, names, random.Random(seed + 1), big_every)
-    figures = {"cycles": 0, "kills_main": 0, "kills_upload": 0, "kills_both": 0, "unexpected_exits": 0}
+    foreign = None
+    if key_races:
+        suffix = {"gzip": ".gz", "zstd": ".zst"}.get(compression, "")
+        foreign = ForeignWriter(s3_url, bucket, keys, names, random.Random(seed + 2), suffix, busy=writer.big)
+    figures = {"cycles": 0, "kills_main": 0, "kills_upload": 0, "kills_both": 0, "unexpected_exits": 0,
+               "key_races": key_races}
     orphans: dict[int, float] = {}  # upload processes of killed services -> when orphaned
     stuck: list[int] = []
+
+    def settle(limit: float = 60) -> None:
+        deadline = time.monotonic() + limit
+        while orphans and time.monotonic() < deadline:
+            reap(orphans, stuck)
+            time.sleep(0.1)
+
     started = time.monotonic()
     run_log = open(workdir / "run.out", "ab")
     try:
         writer.start()
+        if foreign is not None:
+            foreign.start()
         for cycle in range(cycles):
             p = subprocess.Popen([*cmd, "run", "--config", str(config)], env=env, stdout=run_log, stderr=run_log)
             life = rnd.uniform(min_life, max_life)
@@ -295,30 +605,42 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
             p.wait()
             orphans.update({kid: time.monotonic() for kid in kids})
             reap(orphans, stuck)
+            for hook in between_cycles:
+                hook(Cycle(cycle, random.Random(seed * 1000 + cycle), workdir, state, config, cmd, env, figures,
+                           say, settle))
             figures["cycles"] += 1
             if writer.error:
                 raise RuntimeError(f"the writer failed: {writer.error!r}")
+            if foreign is not None and foreign.error:
+                raise RuntimeError(f"the foreign writer failed: {foreign.error!r}")
             if not quiet and (cycle + 1) % 10 == 0:
                 say(f"cycle {cycle + 1}/{cycles}: {sum(writer.seq.values())} records written, "
                     f"{time.monotonic() - started:.0f}s")
         writer.stop.set()
         writer.join()
-        deadline = time.monotonic() + 60
-        while orphans and time.monotonic() < deadline:
-            reap(orphans, stuck)
-            time.sleep(0.1)
+        if foreign is not None:  # what it left pending stays pending through the drain
+            foreign.stop.set()
+            foreign.join()
+            (workdir / "foreign.log").write_text("".join(line + "\n" for line in foreign.journal))
+        settle()
         figures["stuck_upload_processes"] = len(stuck)
         if stuck:
             say(f"upload processes that did not stop after their service was killed: {stuck}")
         figures["tortured_seconds"] = round(time.monotonic() - started, 1)
-        r = subprocess.run([*cmd, "drain", "--config", str(config), "--timeout", "600"], env=env,
+        r = subprocess.run([*cmd, "drain", "--config", str(config), "--timeout", str(drain_timeout)], env=env,
                            capture_output=True, text=True)
         figures["drain_exit"] = r.returncode
+        (workdir / "drain.out").write_text(r.stdout + r.stderr)
         if r.returncode != 0:
             say(f"final drain failed ({r.returncode}):\n{r.stderr[-4000:]}")
-        figures.update(verify(s3_url, bucket, writer, spool, compression, keys))
+        figures.update(verify(s3_url, bucket, writer, spool, compression, keys, foreign, workdir / "spoolup.log"))
+        with contextlib.suppress(OSError):  # how often spoolup met a taken key (informative)
+            figures["key_taken_warnings"] = (workdir / "spoolup.log").read_text(errors="replace").count(
+                "object key already taken")
     finally:
         writer.stop.set()
+        if foreign is not None:
+            foreign.stop.set()
         for pid in orphans:
             kill(pid)
         if moto is not None:
@@ -328,19 +650,29 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
     figures["ok"] = (figures["drain_exit"] == 0 and figures["lost"] == 0 and figures["duplicated"] == 0
                      and figures["out_of_order"] == 0 and figures["pending_uploads"] == 0
                      and figures["byte_mismatches"] == 0 and figures["unexpected_exits"] == 0
-                     and figures["stuck_upload_processes"] == 0)
+                     and figures["stuck_upload_processes"] == 0 and figures["index_gaps"] == 0
+                     and figures["foreign_overwritten"] == 0 and figures["foreign_uploads_vanished"] == 0
+                     # without key races, an empty upload left by a kill between Create and its journal
+                     # entry is tolerated (issue 18 item 4); with them, every upload left is counted
+                     and (not key_races or figures["leftover_uploads"] == 0))
     return figures
 
 
 def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str = "none",
-           keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY)) -> dict:
-    s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id=keys[0], aws_secret_access_key=keys[1],
-                      region_name="us-east-1",
-                      config=BotoConfig(s3={"addressing_style": "path"}, max_pool_connections=16))
+           keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY), foreign: ForeignWriter | None = None,
+           log: Path | None = None) -> dict:
+    s3 = s3_client(url, keys, max_pool_connections=16)
     objects: list[dict] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         objects.extend(page.get("Contents", []))
-    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) or []
+    all_uploads = [u for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket)
+                   for u in page.get("Uploads", []) or []]
+    foreign_ids = set(foreign.uploads) if foreign else set()
+    # an upload at a key where the foreign writer's Create got no reply may be its own: not counted
+    unknown = [u for u in all_uploads
+               if u["UploadId"] not in foreign_ids and foreign and u["Key"] in foreign.create_lost]
+    uploads = [u for u in all_uploads if u["UploadId"] not in foreign_ids and u not in unknown]  # spoolup's, left
+    leftover = [u["Key"] for u in uploads]
     # a kill between CreateMultipartUpload and journaling its id leaves an upload spoolup cannot
     # tell from another writer's, so it never aborts it: it holds no part.  Any with parts is a bug.
     empty_orphans = [u for u in uploads
@@ -356,7 +688,9 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
         per_name.setdefault(m["name"], []).append((m["ts"], int(m["idx"] or 0), o["Key"]))
 
     def fetch(key: str) -> bytes:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def decode(body: bytes) -> bytes:
         if compression == "gzip":
             import gzip
 
@@ -371,16 +705,26 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
 
     lost = duplicated = out_of_order = mismatches = empty = 0
     problems: list[str] = []  # where, for a failed run
+    raw: dict[str, bytes] = {}  # every object of the torture's keys, as stored
+    foreign_objects: set[str] = set()
+    ours: dict[tuple[str, str], set[int]] = {}  # (name, ts) -> spoolup's indexes
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for name in writer.names:
-            keys = [k for _, _, k in sorted(per_name.get(name, []))]
-            bodies = list(pool.map(fetch, keys))
+            listed = [k for _, _, k in sorted(per_name.get(name, []))]  # index order
+            raw.update(zip(listed, pool.map(fetch, listed)))
+            # a foreign object is not spoolup's: its bytes are checked below, not as records
+            foreign_objects.update(k for k in listed if raw[k].startswith(FOREIGN))
+            mine = [k for k in listed if k not in foreign_objects]
+            for k in mine:
+                m = KEY_RE.match(k)
+                ours.setdefault((name, m["ts"]), set()).add(int(m["idx"] or 0))
+            bodies = [decode(raw[k]) for k in mine]
             empty += sum(1 for b in bodies if not b)
             data = b"".join(bodies)
             if hashlib.sha256(data).digest() != writer.hash[name].digest() or len(data) != writer.bytes[name]:
                 mismatches += 1
             seqs, where = [], []
-            for key, body in zip(keys, bodies):
+            for key, body in zip(mine, bodies):
                 for line in body.splitlines():
                     m = RECORD_RE.match(line)
                     if m and m["name"].decode() == name:
@@ -390,7 +734,10 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
             missing = sorted(set(range(writer.seq[name])) - seen)
             lost += len(missing)
             duplicated += len(seqs) - len(seen)
-            out_of_order += sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a)
+            disorder = [(where[i], where[i + 1]) for i, (a, b) in enumerate(zip(seqs, seqs[1:])) if b <= a]
+            out_of_order += len(disorder)
+            for before, after in sorted(set(disorder))[:5]:
+                problems.append(f"{name}: records of {after} come before records of {before}")
             if missing:
                 ranges, start = [], missing[0]
                 for a, b in zip(missing, missing[1:] + [None]):
@@ -404,14 +751,121 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
             if len(seqs) != len(seen):
                 dups = sorted(q for q, n in collections.Counter(seqs).items() if n > 1)[:5]
                 problems.append(f"{name}: {len(seqs) - len(seen)} duplicated, e.g. seq {dups}")
-    heads_multipart = sum(1 for o in objects if "-" in o.get("ETag", "").strip('"'))
-    return {
+    figures = {
         "records": sum(writer.seq.values()), "bytes": sum(writer.bytes.values()), "objects": len(objects),
-        "multipart_objects": heads_multipart, "big_bursts": writer.big_bursts,
+        "multipart_objects": sum(1 for o in objects if "-" in o.get("ETag", "").strip('"')),
+        "big_bursts": writer.big_bursts,
         "lost": lost, "duplicated": duplicated, "out_of_order": out_of_order, "byte_mismatches": mismatches,
         "empty_objects": empty, "stray_objects": len(strays), "pending_uploads": len(uploads),
-        "empty_orphan_uploads": len(empty_orphans),
-        "spool_files_left": len(list(spool.iterdir())), "problems": problems,
+        "empty_orphan_uploads": len(empty_orphans), "leftover_uploads": len(leftover),
+        "uploads_of_unknown_writer": len(unknown),
+        "spool_files_left": len(list(spool.iterdir())),
+    }
+    for key in leftover[:10]:
+        problems.append(f"upload left behind at {key}")
+    figures.update(races(foreign, raw, foreign_objects, all_uploads, ours, problems, completions(log)))
+    figures["problems"] = problems
+    return figures
+
+
+def completions(log: Path | None) -> dict[str, list[float]]:
+    """key -> when spoolup logged it completed there ("object completed", time.time() scale)."""
+    out: dict[str, list[float]] = {}
+    if log is None or not log.exists():
+        return out
+    import datetime
+
+    for line in log.read_text(errors="replace").splitlines():
+        if '"object completed"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                e = json.loads(line)
+                when = datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+                out.setdefault(e["key"], []).append(when)
+        elif "had succeeded but was not journaled" in line:
+            # a Complete in flight when the process was killed, found by reconcile: its time is unknown
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                out.setdefault(json.loads(line)["action"].split(": ", 1)[0], []).append(float("nan"))
+    return out
+
+
+RACE_WINDOW = 2.0  # seconds: a write of spoolup's that ends this soon after a foreign one was in flight with it
+
+
+def races(foreign: ForeignWriter | None, raw: dict[str, bytes], foreign_objects: set[str], all_uploads: list[dict],
+          ours: dict[tuple[str, str], set[int]], problems: list[str],
+          completed: dict[str, list[float]] | None = None) -> dict:
+    """The key races' figures: what the foreign writer did and whether it was respected (its
+    objects keep their bytes, its uploads are never taken away), and index gaps.
+
+    s3() numbering: a key+timestamp's objects take indexes from the bare key up, skipping
+    those the bucket holds.  So each index below spoolup's highest one of a key+timestamp
+    must be explained by the bucket: spoolup's object, a foreign object, a key the foreign
+    writer held at some moment (an upload it later completed elsewhere or aborted, a write
+    whose reply it lost), or an upload still pending there.  Any other is a gap.
+
+    A foreign object replaced by spoolup's own, whose write spoolup logged as completed at
+    that key after the foreign write was sent and at most RACE_WINDOW after its reply (or,
+    for a PUT at the key of an upload in progress, whose Complete reconcile found done after
+    a kill, at an unknown time), was replaced by a write that was in flight with it (a write of spoolup's that started after
+    the foreign one ended would have found the key taken): only an atomic conditional
+    write protects it there.  moto checks
+    If-None-Match before it assembles the parts and stores the object (not atomic), Ceph
+    RGW ignores it on Complete (spoolup HEADs right before: docs/operations.md), so these
+    are counted apart (foreign_overwritten_in_flight), not as spoolup's failures.  Any
+    other replacement (such as spoolup completing an upload at a key its journal gave up,
+    issue 18 item 2) is foreign_overwritten."""
+    pending = {u["UploadId"] for u in all_uploads}
+    explained: dict[tuple[str, str], set[int]] = {}
+    for key in [*foreign_objects, *(u["Key"] for u in all_uploads), *(foreign.held_keys() if foreign else ())]:
+        if m := KEY_RE.match(key):
+            explained.setdefault((m["name"], m["ts"]), set()).add(int(m["idx"] or 0))
+    gaps = 0
+    for (name, ts), idxs in sorted(ours.items()):
+        holes = [i for i in range(max(idxs)) if i not in idxs and i not in explained.get((name, ts), ())]
+        gaps += len(holes)
+        if holes:
+            problems.append(f"{PREFIX}{name}-{ts}: index gap {holes[:10]} (spoolup's indexes {sorted(idxs)[:20]})")
+    if foreign is None:
+        return {"index_gaps": gaps, "foreign_objects": 0, "foreign_uploads": 0, "foreign_pending_uploads": 0,
+                "foreign_overwritten": 0, "foreign_uploads_vanished": 0, "foreign_overwritten_in_flight": 0}
+    completed = completed or {}
+    replaced = [k for k, body in foreign.written.items() if raw.get(k) != body]
+    def overlaps(key: str, slack: float) -> bool:
+        sent, replied = foreign.written_at.get(key, (-1e9, -1e9))
+        return any(sent - slack <= t <= replied + RACE_WINDOW or (t != t and key in foreign.at_uploads)
+                   for t in completed.get(key, ()))
+
+    in_flight = [k for k in replaced if k in raw and not raw[k].startswith(FOREIGN) and overlaps(k, 0)]
+    overwritten = [k for k in replaced if k not in in_flight]
+    # the other way round (rarer: a foreign PUT is small, its check and store are close):
+    # spoolup's object at a key replaced by a foreign write in flight with it; its records
+    # then count as lost, and this says why
+    lost_in_flight = [k for k in foreign_objects if overlaps(k, RACE_WINDOW)]
+    for key in lost_in_flight[:10]:
+        problems.append(f"spoolup's object at {key} was replaced by a foreign write in flight with it (the "
+                        "server's If-None-Match check is not atomic): its records count as lost")
+    for key in overwritten[:10]:
+        problems.append(f"foreign object {key} " + ("is gone" if key not in raw else "was overwritten"))
+    odd = [k for k in foreign_objects if raw[k] not in (foreign.written.get(k), foreign.unsure.get(k))]
+    for key in odd[:10]:
+        problems.append(f"foreign object {key} holds bytes the foreign writer did not write there")
+    # an upload with a part, neither completed nor aborted by the foreign writer, must still be there;
+    # one it left empty may be gone (an empty upload at a claimed key may be adopted: issue 18 item 4)
+    vanished = [u for u in foreign.parts if u not in foreign.settled and u not in pending]
+    for upload_id in vanished[:10]:
+        problems.append(f"foreign upload at {foreign.uploads[upload_id]} (with a part) was taken away")
+    return {
+        "index_gaps": gaps, "foreign_objects": len(foreign_objects), "foreign_uploads": len(foreign.uploads),
+        "foreign_puts": foreign.counts["puts"], "foreign_completed": foreign.counts["completed"],
+        "foreign_refused": foreign.counts["refused"], "foreign_errors": foreign.counts["errors"],
+        "foreign_last_error": foreign.last_error,
+        "foreign_aims": {k[4:]: n for k, n in sorted(foreign.counts.items()) if k.startswith("aim-")},
+        "foreign_puts_at_uploads": foreign.counts["put-at-upload"],
+        "foreign_pending_uploads": sum(1 for u in foreign.uploads if u in pending),
+        "foreign_empty_uploads_gone": sum(1 for u in foreign.empty if u not in pending),
+        "foreign_conditional": dict(foreign.conditional),
+        "foreign_overwritten": len(overwritten) + len(odd), "foreign_uploads_vanished": len(vanished),
+        "foreign_overwritten_in_flight": len(in_flight), "spoolup_overwritten_in_flight": len(lost_in_flight),
     }
 
 
@@ -440,10 +894,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--access-key", default=ACCESS_KEY, help="the S3 keys (with --s3-url, or for the RGW user)")
     ap.add_argument("--secret-key", default=SECRET_KEY)
     ap.add_argument("--max-life", type=float, default=3.5, help="longest life of a `spoolup run`, seconds")
-    ap.add_argument("--big-every", type=float, default=12.0, help="mean seconds between bursts > chunk-size")
+    ap.add_argument("--big-every", type=float,
+                    help="mean seconds between bursts > chunk-size (default 12; 3 with --key-races: more multipart "
+                         "objects, whose uploads and the claimed objects after them are what the races aim at)")
     ap.add_argument("--compression", choices=("none", "gzip", "zstd"), default="none")
     ap.add_argument("--state-dir", help="state dir (e.g. on another filesystem: a ramfs); default: in the work directory")
     ap.add_argument("--user", help="run spoolup as this unprivileged user (created if missing; needs root)")
+    ap.add_argument("--key-races", action="store_true",
+                    help="a second writer puts objects and starts uploads at the keys spoolup is about to claim")
+    ap.add_argument("--drain-timeout", type=float, default=600, help="seconds the final `spoolup drain` may take")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spoolup-torture-"))
@@ -460,9 +919,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(f"Ceph RGW up at {s3_url} in {rgw.startup_seconds:.1f}s", file=sys.stderr, flush=True)
         figures = torture(args.cycles, seed=args.seed, workdir=workdir, s3_url=s3_url, files=args.files,
-                          max_life=args.max_life, big_every=args.big_every, quiet=args.json,
+                          max_life=args.max_life,
+                          big_every=args.big_every or (3.0 if args.key_races else 12.0), quiet=args.json,
                           compression=args.compression, state_dir=Path(args.state_dir) if args.state_dir else None,
-                          keys=keys, user=args.user)
+                          keys=keys, user=args.user, key_races=args.key_races, drain_timeout=args.drain_timeout)
     if not args.dir and figures["ok"]:
         shutil.rmtree(workdir, ignore_errors=True)
     figures["seed"] = args.seed
@@ -474,7 +934,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for k in ("cycles", "records", "lost", "duplicated", "out_of_order", "byte_mismatches", "pending_uploads",
                   "objects", "multipart_objects", "bytes", "kills_main", "kills_upload", "kills_both",
-                  "unexpected_exits", "stuck_upload_processes", "duration_seconds", "seed", "server", "machine"):
+                  "unexpected_exits", "stuck_upload_processes", "leftover_uploads", "index_gaps", "key_races",
+                  "foreign_objects", "foreign_uploads", "foreign_pending_uploads", "foreign_overwritten",
+                  "foreign_uploads_vanished", "foreign_overwritten_in_flight", "key_taken_warnings",
+                  "duration_seconds", "seed", "server", "machine"):
             print(f"{k}: {figures.get(k)}")
         for line in figures.get("problems", []):
             print(f"problem: {line}")
