@@ -57,10 +57,10 @@ def test_crash_after_create_multipart_the_object_lands_at_the_bare_key(make_spoo
     drain_crashing(sp, "after-create-multipart", scope="service")
     assert [k for k, _ in stream_uploads(s3, sp.bucket)] == ["big.log"], "the crash left the unjournaled upload"
     r = drained(sp)
-    assert "adopted the empty upload" in r.stderr, r.stderr[-3000:]
     layout = assert_exact(s3, sp.bucket, {"big.log": BIG})
     assert layout["big.log"] == ["big.log"]
     assert pending_uploads(s3, sp.bucket) == []
+    assert "adopted the empty upload" in r.stderr, r.stderr[-3000:]
     assert query(sp, "SELECT count(*) FROM errors WHERE code = 'KeyTaken'") == [(0,)]
 
 
