@@ -21,7 +21,11 @@ import pytest
 
 from crashkit import assert_exact, drain_crashing, noisy_lines, query, spoolup_cmd, write
 from faultproxy import PROBE_KEY
-from helpers import list_keys, pending_uploads, wait_for
+from helpers import get, list_keys, pending_uploads
+from spoolup.work import Failure, Kind, Task
+from uploadkit import HeldExecutor, Rig, drive, lines, settle
+
+MiB = 1024 * 1024
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -127,6 +131,40 @@ def test_a_foreign_upload_holding_a_part_is_never_adopted(make_spoolup, s3):
     s3.abort_multipart_upload(Bucket=sp.bucket, Key="big.log", UploadId=theirs)
     layout = assert_exact(s3, sp.bucket, {"big.log": BIG})
     assert layout["big.log"] == ["big.log-1"]
+
+
+def test_a_key_taken_after_failed_starts_keeps_the_backoff(make_spoolup, s3, bucket, proxy):
+    """The object's Create replies are lost (its start fails), then the key turns out taken by
+    someone else's upload holding a part.  That KeyTaken used to count as a success: the
+    failures were forgotten and the next claim ran at once, so under lost replies the object
+    walked from index to index without any backoff.  Now its next claim waits as the next
+    attempt would (attempts carried over), and its own orphans are aborted, theirs left."""
+    rig = Rig(make_spoolup, url=proxy.url, **{"s3-timeout": 1.5})
+    parts = [lines(5 * MiB, "a"), lines(3000, "a-tail")]
+    a = rig.add("big.log", parts)
+    up = rig.uploader(HeldExecutor())
+    j = rig.journal
+    settle(up)  # claim
+    assert j.object(a).final_key == "big.log"
+    proxy.add("CreateMultipartUpload", action="reset-after")
+    settle(up)  # start: every reply of the Create lost
+    start = Task(Kind.START, a)
+    assert up.failures[start].attempts == 1
+    proxy.clear()
+    assert pending_uploads(s3, bucket), "the lost Creates took effect"
+    theirs = s3.create_multipart_upload(Bucket=bucket, Key="big.log")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="big.log", UploadId=theirs, PartNumber=1, Body=b"theirs\n")
+    up.failures[start] = Failure(1, 0.0)  # (its backoff over: the test does not wait it out)
+    settle(up)  # start again: KeyTaken
+    assert j.object(a).idx is None, "the object gave up the key"
+    claim = up.failures.get(Task(Kind.CLAIM, a))
+    assert claim is not None and claim.attempts == 2, "a KeyTaken after a failed start reset the backoff"
+    assert pending_uploads(s3, bucket) == [("big.log", theirs)], "our orphans aborted, theirs left alone"
+    up.failures[Task(Kind.CLAIM, a)] = Failure(2, 0.0)
+    drive(up, lambda: j.object(a).state == "done", what="done")
+    assert j.object(a).final_key == "big.log-1"
+    assert get(s3, bucket, "big.log-1") == b"".join(parts)
+    assert pending_uploads(s3, bucket) == [("big.log", theirs)]
 
 
 # ---------------------------------------------------------------------------
