@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -106,6 +107,55 @@ def probe_key_prefix(cfg: Config, owner: str = "") -> str:
     """Scratch keys of the probe start with this; `owner` (a journal id) makes them this
     journal's, so that its reconcile may abort a probe upload a crash left behind."""
     return f"{keys.static_prefix(cfg.object_key)}.spoolup-probe-{owner[:16] or 'check'}-"
+
+
+PROBE_MAX_AGE = 3600.0  # seconds: far longer than a probe takes (about ten small requests)
+PROBE_NAME = re.compile(r"\.spoolup-probe-[^/]{1,16}-[0-9a-f]{12}(-a b)?")  # (-a b: the listing-encoding probe)
+
+
+def probe_max_age() -> float:
+    """PROBE_MAX_AGE; the tests lower it (SPOOLUP_TEST_PROBE_MAX_AGE) rather than wait an hour."""
+    override = os.environ.get("SPOOLUP_TEST_PROBE_MAX_AGE")
+    return float(override) if override else PROBE_MAX_AGE
+
+
+def is_probe_scratch(cfg: Config, key: str) -> bool:
+    """Is `key` named as the scratch key of a probe of spoolup's (of any journal, or of
+    check-config) under this object-key's static prefix?"""
+    prefix = keys.static_prefix(cfg.object_key)
+    return key.startswith(prefix) and PROBE_NAME.fullmatch(key[len(prefix):]) is not None
+
+
+def stale_probe_scratch(cfg: Config, s3: S3, now: float | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Scratch objects and uploads of probes that a crash (a killed check-config, a service
+    whose journal was replaced) cut short: named as probe scratch (is_probe_scratch) and older
+    than a probe can take (probe_max_age, by the server's LastModified / Initiated against this
+    host's clock).  An upload whose scratch object is younger is a probe still running (moto
+    gives every upload the same Initiated, in 2010): left alone."""
+    prefix = keys.static_prefix(cfg.object_key) + ".spoolup-probe-"
+    cutoff = (time.time() if now is None else now) - probe_max_age()
+    objects = {k: t for k, t in s3.list_objects(prefix).items() if is_probe_scratch(cfg, k)}
+    uploads = [(k, u) for k, u, t in s3.list_uploads_initiated(prefix)
+               if is_probe_scratch(cfg, k) and t <= cutoff and objects.get(k, 0.0) <= cutoff]
+    return sorted(k for k, t in objects.items() if t <= cutoff), uploads
+
+
+def remove_stale_probes(cfg: Config, s3: S3, *, dry_run: bool = False) -> list[str]:
+    """Abort and delete stale_probe_scratch (whatever journal or check-config made it); returns
+    what was (dry_run: would be) done.  Nothing else under the prefix is touched."""
+    stale_keys, stale_uploads = stale_probe_scratch(cfg, s3)
+    done = []
+    for key, upload_id in stale_uploads:
+        done.append(f"abort the upload of an interrupted capability probe at {key} (older than "
+                    f"{probe_max_age():g} s)")
+        if not dry_run:
+            s3.abort(key, upload_id)
+    for key in stale_keys:
+        done.append(f"remove the scratch object of an interrupted capability probe at {key} (older than "
+                    f"{probe_max_age():g} s)")
+        if not dry_run:
+            s3.delete(key)
+    return done
 
 
 def probe_capabilities(cfg: Config, s3: S3, owner: str = "") -> Capabilities:

@@ -264,6 +264,11 @@ def cmd_check_config(cfg, args) -> int:
             print(f"# bucket {cfg.bucket}: reachable")
             from spoolup import capabilities
 
+            try:  # what an earlier check-config (or service) killed during its probe left behind
+                for what in capabilities.remove_stale_probes(cfg, s3):
+                    print(f"# {what}")
+            except S3Error as e:
+                print(f"# warning: cannot remove the scratch of interrupted capability probes: {e}")
             caps = capabilities.probe_capabilities(cfg, s3)
             print("# S3 capabilities detected (conditional-writes = " + config_mod.toml_value(cfg.conditional_writes)
                   + "):")

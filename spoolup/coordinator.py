@@ -76,6 +76,11 @@ class Uploader:
         self.failures: dict[Task, Failure] = {}
         self.cleanups: dict[Task, tuple[Callable, tuple]] = {}  # ABORT/DISCARD tasks not yet done
         self.vanished: dict[int, int] = {}  # object id -> uploads lost in a row (NoSuchUpload)
+        # (object id, claim_gen) of claims this process journaled and has not started yet: no
+        # Create was sent for them, so any upload at their key is someone else's.  For every
+        # other claim without an upload id (journaled before a restart, or whose start failed) a
+        # Create may have been sent: an empty upload at the key is its orphan, adopted.
+        self.fresh_claims: set[tuple[int, int]] = set()
         self.wake = threading.Event()
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0, "stale": 0}
         self._last_prune = 0.0
@@ -148,7 +153,11 @@ class Uploader:
                 return
             chunks = j.chunks_of(obj.id) if obj.mode == UploadMode.SINGLE else []
             size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
-            self._submit(Task(Kind.START, obj.id), self.work.start, obj, size)
+            claim = (obj.id, obj.claim_gen)
+            task = Task(Kind.START, obj.id)
+            self._submit(task, self.work.start, obj, size, claim not in self.fresh_claims)
+            if task in self.inflight:
+                self.fresh_claims.discard(claim)
         for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8,
                                                             skip=self._waiting_ids(Kind.CLAIM)):
             if self._room() <= 0:
@@ -191,7 +200,15 @@ class Uploader:
                 succeeded = True
                 if task.kind in (Kind.ABORT, Kind.DISCARD):
                     self.cleanups.pop(task, None)
-                if self.failures.pop(task, None) is not None:
+                previous = self.failures.pop(task, None)
+                if previous is not None and isinstance(result, KeyTaken):
+                    # the key turned out taken after this call failed (a lost reply, a server
+                    # failing): not a success that resets the backoff -- the object's next claim
+                    # waits as the next attempt would have, so a walk from index to index under a
+                    # failing server slows down like any retry
+                    n = previous.attempts + 1
+                    self.failures[Task(Kind.CLAIM, task.object_id)] = Failure(n, time.monotonic() + self._backoff(n))
+                elif previous is not None:
                     self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
                     self._release(task)
                 try:
@@ -227,13 +244,19 @@ class Uploader:
                 if not j.claim_if(b.object_id, b.claim_gen, prev, idx, key, mode):
                     return self._stale(result, b, "the object or the ones before it were claimed again")
                 self.log.debug("index claimed", object=b.object_id, key=key, mode=mode)
+                if mode == "multipart":  # (claim_if bumped its claim_gen by one)
+                    self.fresh_claims.add((b.object_id, b.claim_gen + 1))
                 return [lambda: crash.point("after-claim")]
-            case Started(basis=b, upload_id=upload_id):
+            case Started(basis=b, upload_id=upload_id, how=how):
                 if not j.set_upload_id_if(b.object_id, b.claim_gen, upload_id):
-                    # our worker created that upload for a claim the object no longer has
+                    # our worker created (or adopted) that upload for a claim the object no longer has
                     self._stale(result, b, "the object gave up the key it was started at")
                     return [self._cleanup(Task(Kind.ABORT, b.object_id, upload_id=upload_id),
                                           self.work.abort_unused, b.final_key, upload_id)]
+                if how == "adopted":
+                    self.log.info("adopted the empty upload a lost CreateMultipartUpload reply (or a crash before "
+                                  "its id was journaled) left at the claimed key", object=b.object_id,
+                                  key=b.final_key, upload=upload_id[:16])
                 return []
             case PartDone(basis=b, part=part, etag=etag, md5=md5):
                 if not j.record_part_if(b.object_id, b.claim_gen, b.upload_id, part, etag, md5):

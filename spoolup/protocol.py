@@ -5,7 +5,9 @@ completed S3 object.
              index + 1 that the bucket does not hold (objects or pending uploads, with or
              without a compression suffix);
   start      CreateMultipartUpload, its upload id journaled before any part is sent
-             (invariant 4) -- or, for an object that is one complete chunk, one PutObject;
+             (invariant 4); an empty upload at the key once a Create may have been sent for
+             the claim is that Create's orphan, adopted -- or, for an object that is one
+             complete chunk, one PutObject;
   part       UploadPart from the chunk file, ETag journaled after (invariant 2);
   complete   CompleteMultipartUpload, journaled after (invariant 3);
   is_ours    is the object at a key the one this journal wrote?  (spoolup's metadata, or
@@ -159,22 +161,63 @@ class Protocol:
 
     # -- start -------------------------------------------------------------------
 
-    def start(self, obj: ObjectRow, part_size: int | None = None) -> Started | Done | KeyTaken:
+    def start(self, obj: ObjectRow, part_size: int | None = None, adopt: bool = False) -> Started | Done | KeyTaken:
+        """Start the object's upload.  An upload at the key that this journal does not know is
+        someone else's (another agent, syslog-ng's s3()): the key is left to it and the object
+        takes the next index -- unless `adopt`: a Create may have been sent for this claim
+        already (by a process that crashed, or an attempt whose reply was lost), and an upload
+        at the key holding no part is that Create's orphan, adopted (docs/operations.md,
+        "Uploads a lost Create reply leaves").  The coordinator says `adopt` for every attempt
+        but the first one of a claim its own process journaled."""
         key = obj.final_key
         if obj.mode == UploadMode.SINGLE:
             return self.put(obj, part_size)
-        # An upload at the key that this journal does not know is someone else's (another agent,
-        # syslog-ng's s3()) -- or one of ours whose Create reply was lost, which holds no part and
-        # costs nothing.  Never abort it: leave the key to it and take the next index.
-        if any(k == key for k, _ in self.s3.list_uploads(key)):
+        if adopt:
+            found = self.adopt(obj)
+            if found is not None:
+                return found
+        elif any(k == key for k, _ in self.s3.list_uploads(key)):
             self._seen_pending(key)
             return KeyTaken(Basis.of(obj))
         existing = self.s3.head(key)
         if existing is not None and not self.is_ours(existing, obj.id, None):
             return KeyTaken(Basis.of(obj))
-        upload_id = self.s3.create_multipart(key, self.metadata(obj), self.form_of(obj).object_args())
+        upload_id, retried = self.s3.create_upload(key, self.metadata(obj), self.form_of(obj).object_args())
         crash.point("after-create-multipart")
+        if retried:
+            # botocore sent the Create again after a lost reply: the first one may have created an
+            # upload too.  Keep one of them, abort the others (if this fails, the next attempt
+            # lists them again and adopts one)
+            return self.adopt(obj) or Started(Basis.of(obj), upload_id)
         return Started(Basis.of(obj), upload_id)
+
+    def adopt(self, obj: ObjectRow) -> Started | KeyTaken | None:
+        """The uploads at the object's claimed key, once a Create may have been sent for its claim
+        (the claim's listing showed the key free): each holding no part is ours -- a part is sent
+        only to an upload whose id is journaled -- and one is adopted, the others aborted; one
+        holding a part is someone else's (left alone: KeyTaken, after our own are aborted).
+        None: there is none."""
+        key = obj.final_key
+        empty: list[str] = []
+        foreign: list[str] = []
+        for k, upload_id in self.s3.list_uploads(key):
+            if k != key or upload_id == obj.upload_id:
+                continue
+            try:
+                held = self.s3.list_parts(key, upload_id)
+            except NoSuchUpload:
+                continue  # completed or aborted meanwhile
+            (foreign if held else empty).append(upload_id)
+        if not empty and not foreign:
+            return None
+        keep = None if foreign else empty[0]
+        for upload_id in empty:
+            if upload_id != keep:
+                self.s3.abort(key, upload_id)  # ours (an S3Error: the next attempt lists them again)
+        if foreign:
+            self._seen_pending(key)
+            return KeyTaken(Basis.of(obj))
+        return Started(Basis.of(obj), keep, "adopted")
 
     def put(self, obj: ObjectRow, part_size: int | None = None) -> Done | KeyTaken:
         key = obj.final_key

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from spoolup.capabilities import probe_key_prefix
+from spoolup.capabilities import probe_key_prefix, remove_stale_probes
 from spoolup.chunks import part_file, remove_chunk_files
 from spoolup.config import Config
 from spoolup.journal import ChunkState, Journal, ObjectRow, ObjectState, UploadMode
@@ -39,10 +39,13 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
             report.note(f"{obj.final_key}: cannot be checked with S3 now ({e}); the upload process checks it "
                         "again when it gets to it, and every other object ships meanwhile")
 
-    # other uploads under the target prefix the journal does not know are never aborted: they
-    # are someone else's (a concurrent agent or s3() writer) or, at a key spoolup claimed, an
-    # empty one whose Create reply was lost.  spoolup skips their indexes, as s3() does.
+    # other uploads under the target prefix the journal does not know are never aborted here: they
+    # are someone else's (a concurrent agent or s3() writer), skipped as s3() does -- or, at a key
+    # claimed by an object whose upload id is not journaled, an empty one whose Create reply or
+    # journal entry was lost, which the upload process adopts (spoolup/protocol.py, adopt).
     known_ids = journal.upload_ids()
+    starting = {o.final_key for o in journal.claimed_unfinished()
+                if o.mode == UploadMode.MULTIPART and o.upload_id is None}
     ours = probe_key_prefix(cfg, journal.journal_id)
     for key, upload_id in s3.list_uploads(proto.prefix):
         if key.startswith(ours):
@@ -50,6 +53,11 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
             report.did(f"abort the upload of an interrupted capability probe at {key}")
             if not dry_run:
                 s3.abort(key, upload_id)
+        elif upload_id not in known_ids and key in starting:
+            report.note(f"multipart upload {upload_id[:16]}... of {key}: at the key this journal claimed for an object "
+                        "whose upload id is not journaled -- the orphan of its CreateMultipartUpload if it holds no "
+                        "part (a crash or a lost reply), which the upload process adopts; else someone else's, left "
+                        "alone and its index skipped")
         elif upload_id not in known_ids and ".spoolup-probe-" not in key:
             report.note(f"multipart upload {upload_id[:16]}... of {key} is not one this journal created; its index "
                         "is skipped and it is left alone (abort it with `aws s3api abort-multipart-upload` if it "
@@ -60,6 +68,10 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
         report.did(f"remove the scratch object of an interrupted capability probe at {key}")
         if not dry_run:
             s3.delete(key)
+    # the probe scratch of any journal (or of a check-config) that a crash cut short and that is
+    # older than a probe can take: nothing else ever removes it (issue 18 item 9)
+    for what in remove_stale_probes(cfg, s3, dry_run=dry_run):
+        report.did(what)
 
 
 def _reconcile_multipart(cfg: Config, journal: Journal, proto: Protocol, obj: ObjectRow, report: "Report",

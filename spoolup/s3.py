@@ -166,6 +166,15 @@ class FileBody:
         return {"ContentMD5": self.content_md5} if self.md5_hex else {}
 
 
+def _epoch(when: Any) -> float:
+    """A listing's timestamp (botocore gives a datetime) as seconds since the epoch; 0.0 when
+    the server gave none (it then counts as old)."""
+    try:
+        return float(when.timestamp())
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return 0.0
+
+
 def multipart_etag(part_etags: Iterable[str]) -> str:
     """The ETag S3 gives a completed multipart upload: md5 of the parts' binary MD5s, '-', count."""
     digests = [bytes.fromhex(e.strip('"')) for e in part_etags]
@@ -248,12 +257,17 @@ class S3:
 
     def create_multipart(self, key: str, metadata: dict[str, str], object_args: dict[str, str]) -> str:
         """`object_args`: the object's own (Form.object_args: ContentType, Tagging)."""
+        return self.create_upload(key, metadata, object_args)[0]
+
+    def create_upload(self, key: str, metadata: dict[str, str], object_args: dict[str, str]) -> tuple[str, int]:
+        """create_multipart, and how many times botocore sent the request again: a Create whose
+        reply was lost and that botocore retried may have created an upload besides this one."""
         try:
             r = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata,
                                                     **self._object_args(), **object_args)
         except CLIENT_ERRORS as e:
             raise translate(e, "CreateMultipartUpload", key) from None
-        return r["UploadId"]
+        return r["UploadId"], int(r.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
 
     def upload_part(self, key: str, upload_id: str, part: int, body: FileBody) -> str:
         try:
@@ -324,14 +338,19 @@ class S3:
         return {"etag": r.get("ETag"), "size": r.get("ContentLength"), "metadata": r.get("Metadata", {})}
 
     def list_keys(self, prefix: str) -> set[str]:
-        keys: set[str] = set()
+        return set(self.list_objects(prefix))
+
+    def list_objects(self, prefix: str) -> dict[str, float]:
+        """key -> LastModified (seconds since the epoch, by the server's clock) under `prefix`."""
+        keys: dict[str, float] = {}
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "EncodingType": "url"}
         try:
             while True:
                 page = self.client.list_objects_v2(**args)
-                listed = [o["Key"] for o in page.get("Contents", []) or []]
+                contents = page.get("Contents", []) or []
+                listed = [o["Key"] for o in contents]
                 encoded = self._encoded("ListObjectsV2", page, listed)
-                keys.update(restore_key(k, encoded) for k in listed)
+                keys.update((restore_key(o["Key"], encoded), _epoch(o.get("LastModified"))) for o in contents)
                 if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
                     return keys
                 args["ContinuationToken"] = page["NextContinuationToken"]
@@ -339,21 +358,26 @@ class S3:
             raise translate(e, "ListObjectsV2", prefix) from None
 
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
-        """(key, upload id) of the multipart uploads in progress under `prefix`.  Requested
-        url-encoded; paged by the last key and upload id seen, not by the server's
-        NextKeyMarker, which RGW sends raw (not url-encoded)."""
-        out: list[tuple[str, str]] = []
+        """(key, upload id) of the multipart uploads in progress under `prefix`."""
+        return [(k, u) for k, u, _ in self.list_uploads_initiated(prefix)]
+
+    def list_uploads_initiated(self, prefix: str) -> list[tuple[str, str, float]]:
+        """(key, upload id, Initiated) of the multipart uploads in progress under `prefix`
+        (Initiated: seconds since the epoch by the server's clock; moto says 2010 for every
+        upload).  Requested url-encoded; paged by the last key and upload id seen, not by the
+        server's NextKeyMarker, which RGW sends raw (not url-encoded)."""
+        out: list[tuple[str, str, float]] = []
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "EncodingType": "url"}
         try:
             while True:
                 page = self.client.list_multipart_uploads(**args)
                 listed = page.get("Uploads", []) or []
                 encoded = self._encoded("ListMultipartUploads", page, [u["Key"] for u in listed])
-                uploads = [(restore_key(u["Key"], encoded), u["UploadId"]) for u in listed]
+                uploads = [(restore_key(u["Key"], encoded), u["UploadId"], _epoch(u.get("Initiated"))) for u in listed]
                 out.extend(uploads)
                 if not page.get("IsTruncated") or not uploads:
                     return out
-                args["KeyMarker"], args["UploadIdMarker"] = uploads[-1]
+                args["KeyMarker"], args["UploadIdMarker"] = uploads[-1][:2]
         except CLIENT_ERRORS as e:
             raise translate(e, "ListMultipartUploads", prefix) from None
 

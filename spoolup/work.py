@@ -71,7 +71,8 @@ class Claimed:
 @dataclass(frozen=True, slots=True)
 class Started:
     basis: Basis
-    upload_id: str  # created by this worker: spoolup's own
+    upload_id: str  # created (or adopted) by this worker: spoolup's own
+    how: str = "created"  # or "adopted": the orphan of a Create whose reply or journal entry was lost
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,9 +255,9 @@ def assert_exact(s3, bucket: str, expected: dict[str, bytes], *, suffix: str = "
                  foreign: dict[str, bytes] | None = None, empty_orphans: bool = False) -> dict[str, list[str]]:
     """Each base key's objects, concatenated in index order, are exactly its spool bytes;
     no object is empty, none is there that should not be, no multipart upload is pending --
-    with `empty_orphans`, except uploads holding no part: those a crash (or a lost reply)
-    left between CreateMultipartUpload and the journaling of its id, which spoolup never
-    aborts (it aborts only the upload ids its journal holds).  Returns base -> keys."""
+    with `empty_orphans`, except uploads holding no part (a test's own, at a key spoolup
+    does not claim: spoolup adopts or aborts only the empty uploads at keys it claimed after
+    its Create may have been sent, docs/operations.md).  Returns base -> keys."""
     foreign = foreign or {}
     layout: dict[str, list[str]] = {}
     ours: list[str] = []

@@ -89,7 +89,7 @@ UPLOAD_POINTS = [
     # (point, shape): invariant
     ("after-claim", "single"),  # 4/5: index journaled, nothing created yet
     ("after-claim", "multipart"),
-    ("after-create-multipart", "multipart"),  # 4: upload created, id not journaled -> left alone, next index
+    ("after-create-multipart", "multipart"),  # 4: upload created, id not journaled -> adopted, same index
     ("after-upload-part", "multipart"),  # 2: part in S3, ETag not journaled
     ("after-upload-part:2", "multipart"),
     ("after-record-part", "multipart"),  # 2: ETag journaled
@@ -118,10 +118,12 @@ def test_upload_killed_with_the_service(make_spoolup, s3, point, shape):
         assert pending_uploads(s3, sp.bucket), "the crash left the upload the journal does not know"
     # The service dies at once: whichever object reaches the point first, another object's
     # CreateMultipartUpload may be answered and its id not yet journaled (a.log's "after-object-done"
-    # while big.log's upload is being created).  spoolup aborts only the upload ids its journal
-    # holds (issue 12.3), so such an upload stays behind empty and the object takes the next index;
-    # an upload holding any part still fails the check.
-    layout = restart_and_check(sp, s3, files, suffix, empty_orphans=True)
+    # while big.log's upload is being created).  Such an upload holds no part and is at the key
+    # the journal claimed for the object: the restarted process adopts it (issue 18 item 4), so
+    # none is left behind and every object keeps its index.
+    layout = restart_and_check(sp, s3, files, suffix)
+    if name == "after-create-multipart":
+        assert layout["big.log"] == ["big.log"], layout
     # an object completed before the crash is neither written again nor duplicated
     for key, etag in before.items():
         assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag, f"{key} was written again"
@@ -141,8 +143,9 @@ def test_upload_process_killed_and_restarted_by_the_service(make_spoolup, s3, po
     r = drain_crashing(sp, point, scope="process")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "upload process exited; restarting it" in r.stderr
-    layout = assert_exact(s3, sp.bucket, files, suffix=suffix, empty_orphans=point == "after-create-multipart")
+    layout = assert_exact(s3, sp.bucket, files, suffix=suffix)
     assert all(len(keys) == 1 for keys in layout.values()), layout
+    assert layout["big.log"] == ["big.log"], layout
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,229 @@
+"""Uploads and scratch objects a crash or a lost reply leaves behind (issue 18 items 4 and 9).
+
+* A crash between CreateMultipartUpload and the journaling of its id, or a Create whose
+  replies are lost, leaves an empty upload at the claimed key.  spoolup adopts it (or aborts
+  the extra ones): the object lands at the key s3() would give it, no upload is left behind,
+  and a foreign upload is still never touched (docs/operations.md, "Uploads a lost Create
+  reply leaves").
+* A check-config killed during its capability probe leaves the probe's scratch object and
+  upload: reconcile and the next check-config remove probe scratch older than a probe can
+  take, whatever journal made it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+
+import pytest
+
+from crashkit import assert_exact, drain_crashing, noisy_lines, rows, spoolup_cmd, write
+from faultproxy import PROBE_KEY
+from helpers import get, list_keys, pending_uploads
+from spoolup.work import Failure, Kind, Task
+from uploadkit import HeldExecutor, Rig, drive, lines, settle
+
+MiB = 1024 * 1024
+
+pytestmark = pytest.mark.s3_servers("moto", "rgw")
+
+BIG = noisy_lines(30_000, seed=21)  # ~7.4 MiB: a multipart upload of 5 MiB + the rest
+SMALL = noisy_lines(300, seed=22, tag="s")
+
+
+def spoolup_at(make_spoolup, **options):
+    return make_spoolup(**{"object-key": "{name}", "shutdown-timeout": 5, **options})
+
+
+def drained(sp, timeout: float = 180):
+    r = sp.drain(timeout=timeout)
+    assert r.returncode == 0, f"drain exited {r.returncode}\n{r.stdout}\n{r.stderr[-4000:]}"
+    return r
+
+
+def stream_uploads(s3, bucket):
+    """Pending uploads of the stream (the crash may also cut short the capability probe)."""
+    return sorted(u for u in pending_uploads(s3, bucket) if PROBE_KEY not in u[0])
+
+
+# ---------------------------------------------------------------------------
+# item 4: the orphan of a Create
+
+
+def test_crash_after_create_multipart_the_object_lands_at_the_bare_key(make_spoolup, s3):
+    """SIGKILL right after CreateMultipartUpload took effect, before its id is journaled.  The
+    empty upload used to count as someone else's: left pending for good, and the object moved
+    to big.log-1 (the bare key never appeared)."""
+    sp = spoolup_at(make_spoolup)
+    write(sp.spool / "big.log", BIG)
+    drain_crashing(sp, "after-create-multipart", scope="service")
+    assert [k for k, _ in stream_uploads(s3, sp.bucket)] == ["big.log"], "the crash left the unjournaled upload"
+    r = drained(sp)
+    layout = assert_exact(s3, sp.bucket, {"big.log": BIG})
+    assert layout["big.log"] == ["big.log"]
+    assert pending_uploads(s3, sp.bucket) == []
+    assert "adopted the empty upload" in r.stderr, r.stderr[-3000:]
+    assert rows(sp, "errors", "code = ?", ("KeyTaken",)) == []
+
+
+def test_lost_create_replies_leave_no_upload_and_end(make_spoolup, s3, proxy):
+    """Every CreateMultipartUpload takes effect and its reply is lost (botocore sends each
+    call up to 4 times), for six requests.  The object used to walk to the next index at each attempt
+    (KeyTaken on its own orphans, counted as a success: no backoff), leaving every orphan
+    behind.  Now the second attempt adopts one orphan and aborts the others: no Create more."""
+    sp = spoolup_at(make_spoolup, url=proxy.url, **{"retry-max-delay": 1.0, "s3-timeout": 1.5})
+    proxy.add("CreateMultipartUpload", action="reset-after", times=6)
+    write(sp.spool / "big.log", BIG)
+    drained(sp)
+    creates = proxy.count("CreateMultipartUpload")
+    # one call (botocore sends it at most 4 times): the next attempt adopts what it left
+    assert 2 <= creates <= 4, f"{creates} CreateMultipartUpload: the orphans of the first call are adopted"
+    layout = assert_exact(s3, sp.bucket, {"big.log": BIG})
+    assert layout["big.log"] == ["big.log"]
+    assert pending_uploads(s3, sp.bucket) == []
+    assert rows(sp, "errors", "code = ?", ("KeyTaken",)) == []
+
+
+def test_a_create_retried_by_botocore_leaves_no_second_upload(make_spoolup, s3, proxy):
+    """One Create reply is lost; botocore sends the call again and gets a second upload id.
+    The first upload used to stay pending for good."""
+    sp = spoolup_at(make_spoolup, url=proxy.url)
+    proxy.add("CreateMultipartUpload", action="reset-after", times=1)
+    write(sp.spool / "big.log", BIG)
+    drained(sp)
+    assert proxy.count("CreateMultipartUpload") == 2, "the lost reply was retried by botocore"
+    layout = assert_exact(s3, sp.bucket, {"big.log": BIG})
+    assert layout["big.log"] == ["big.log"]
+    assert pending_uploads(s3, sp.bucket) == []
+
+
+def test_a_foreign_empty_upload_before_the_claim_is_left_alone(make_spoolup, s3):
+    """An empty upload someone else started at the key before spoolup claimed it is not an
+    orphan of spoolup's: never adopted nor aborted, its index skipped -- also when a crash
+    after a Create of spoolup's makes the restarted process look for orphans."""
+    sp = spoolup_at(make_spoolup)
+    s3.create_bucket(Bucket=sp.bucket)
+    theirs = s3.create_multipart_upload(Bucket=sp.bucket, Key="big.log")["UploadId"]
+    write(sp.spool / "big.log", BIG)
+    drain_crashing(sp, "after-create-multipart", scope="service")
+    assert [r["final_key"] for r in rows(sp, "objects")] == ["big.log-1"]
+    drained(sp)
+    assert pending_uploads(s3, sp.bucket) == [("big.log", theirs)], "their upload is alive"
+    s3.abort_multipart_upload(Bucket=sp.bucket, Key="big.log", UploadId=theirs)
+    layout = assert_exact(s3, sp.bucket, {"big.log": BIG})
+    assert layout["big.log"] == ["big.log-1"]
+
+
+def test_a_foreign_upload_holding_a_part_is_never_adopted(make_spoolup, s3):
+    """After a crash between Create and its journal entry, the claimed key holds the orphan and
+    an upload of someone else's with a part: the orphan is aborted (ours), theirs left alone,
+    the object takes the next index."""
+    sp = spoolup_at(make_spoolup)
+    write(sp.spool / "big.log", BIG)
+    drain_crashing(sp, "after-create-multipart", scope="service")
+    (orphan,) = stream_uploads(s3, sp.bucket)
+    theirs = s3.create_multipart_upload(Bucket=sp.bucket, Key="big.log")["UploadId"]
+    s3.upload_part(Bucket=sp.bucket, Key="big.log", UploadId=theirs, PartNumber=1, Body=b"theirs\n")
+    drained(sp)
+    assert pending_uploads(s3, sp.bucket) == [("big.log", theirs)], "only their upload is left"
+    s3.abort_multipart_upload(Bucket=sp.bucket, Key="big.log", UploadId=theirs)
+    layout = assert_exact(s3, sp.bucket, {"big.log": BIG})
+    assert layout["big.log"] == ["big.log-1"]
+
+
+def test_a_key_taken_after_failed_starts_keeps_the_backoff(make_spoolup, s3, bucket, proxy):
+    """The object's Create replies are lost (its start fails), then the key turns out taken by
+    someone else's upload holding a part.  That KeyTaken used to count as a success: the
+    failures were forgotten and the next claim ran at once, so under lost replies the object
+    walked from index to index without any backoff.  Now its next claim waits as the next
+    attempt would (attempts carried over), and its own orphans are aborted, theirs left."""
+    rig = Rig(make_spoolup, url=proxy.url, **{"s3-timeout": 1.5})
+    parts = [lines(5 * MiB, "a"), lines(3000, "a-tail")]
+    a = rig.add("big.log", parts)
+    up = rig.uploader(HeldExecutor())
+    j = rig.journal
+    settle(up)  # claim
+    assert j.object(a).final_key == "big.log"
+    proxy.add("CreateMultipartUpload", action="reset-after")
+    settle(up)  # start: every reply of the Create lost
+    start = Task(Kind.START, a)
+    assert up.failures[start].attempts == 1
+    proxy.clear()
+    assert pending_uploads(s3, bucket), "the lost Creates took effect"
+    theirs = s3.create_multipart_upload(Bucket=bucket, Key="big.log")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="big.log", UploadId=theirs, PartNumber=1, Body=b"theirs\n")
+    up.failures[start] = Failure(1, 0.0)  # (its backoff over: the test does not wait it out)
+    settle(up)  # start again: KeyTaken
+    assert j.object(a).idx is None, "the object gave up the key"
+    claim = up.failures.get(Task(Kind.CLAIM, a))
+    assert claim is not None and claim.attempts == 2, "a KeyTaken after a failed start reset the backoff"
+    assert pending_uploads(s3, bucket) == [("big.log", theirs)], "our orphans aborted, theirs left alone"
+    up.failures[Task(Kind.CLAIM, a)] = Failure(2, 0.0)
+    drive(up, lambda: j.object(a).state == "done", what="done")
+    assert j.object(a).final_key == "big.log-1"
+    assert get(s3, bucket, "big.log-1") == b"".join(parts)
+    assert pending_uploads(s3, bucket) == [("big.log", theirs)]
+
+
+# ---------------------------------------------------------------------------
+# item 9: a check-config killed during its probe
+
+
+def killed_check_config(sp, proxy):
+    """`spoolup check-config` SIGKILLed while its probe's Complete is held by the proxy."""
+    held, gate = threading.Event(), threading.Event()
+
+    def hold_then_drop(req):
+        held.set()
+        gate.wait(120)
+        raise ConnectionAbortedError("dropped by the test: never forwarded")
+
+    proxy.add("CompleteMultipartUpload", action="hook", hook=hold_then_drop, key=PROBE_KEY)
+    p = subprocess.Popen(sp.argv("check-config"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=sp.env())
+    try:
+        assert held.wait(60), "the probe reached its Complete"
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    finally:
+        proxy.clear()
+        gate.set()
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=30)
+
+
+def probe_scratch(s3, bucket):
+    return ([k for k in list_keys(s3, bucket) if PROBE_KEY in k and not k.endswith("notes.txt")],
+            [k for k, _ in pending_uploads(s3, bucket) if PROBE_KEY in k])
+
+
+@pytest.mark.parametrize("cleaner", ["recover", "check-config", "drain"])
+def test_a_killed_check_config_leaves_nothing_once_stale(make_spoolup, s3, proxy, cleaner):
+    sp = spoolup_at(make_spoolup, url=proxy.url)
+    not_a_probe = ".spoolup-probe-check-notes.txt"  # named like one, but not a probe's scratch key
+    s3.create_bucket(Bucket=sp.bucket)
+    s3.put_object(Bucket=sp.bucket, Key=not_a_probe, Body=b"an operator's\n")
+    killed_check_config(sp, proxy)
+    keys, uploads = probe_scratch(s3, sp.bucket)
+    assert [k for k in keys if ".spoolup-probe-check-" in k] and uploads, "the kill left the probe's scratch"
+    assert all(".spoolup-probe-check-" in k for k in keys + uploads), (keys, uploads)
+    # younger than a probe can take (1 h): a probe that may still run is left alone
+    write(sp.spool / "a.log", SMALL)
+    drained(sp)
+    assert probe_scratch(s3, sp.bucket) == (keys, uploads)
+    env = {**sp.env(), "SPOOLUP_TEST_PROBE_MAX_AGE": "0"}
+    if cleaner == "drain":
+        write(sp.spool / "b.log", SMALL)
+        r = spoolup_cmd(sp, "drain", env=env, timeout=180)
+    else:
+        r = spoolup_cmd(sp, cleaner, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    said = r.stdout + r.stderr
+    assert "abort the upload of an interrupted capability probe" in said, said[-3000:]
+    assert "remove the scratch object of an interrupted capability probe" in said, said[-3000:]
+    assert probe_scratch(s3, sp.bucket) == ([], [])
+    assert pending_uploads(s3, sp.bucket) == []
+    shipped = ["a.log", "b.log"] if cleaner == "drain" else ["a.log"]
+    assert sorted(list_keys(s3, sp.bucket)) == sorted([not_a_probe, *shipped])
+    assert s3.get_object(Bucket=sp.bucket, Key=not_a_probe)["Body"].read() == b"an operator's\n"
