@@ -43,7 +43,7 @@ from spoolup.capabilities import HONOURED, Capabilities
 from spoolup.chunks import Codec, part_file
 from spoolup.config import Config
 from spoolup.form import Form
-from spoolup.journal import ChunkRow, ObjectRow
+from spoolup.journal import ChunkRow, ObjectRow, UploadMode
 from spoolup.s3 import NOT_SENDABLE, S3, FileBody, InvalidPart, NoSuchUpload, NotImplementedByServer, PreconditionFailed, S3Error
 from spoolup.s3 import multipart_etag, same_etag
 from spoolup.work import Basis, CleanedUp, Claimed, Done, KeyTaken, PartDone, PartsMismatch, Started, UploadGone
