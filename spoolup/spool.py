@@ -22,7 +22,6 @@ import signal
 import stat
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from spoolup.idle import Clock
 from spoolup.files import fsync_dir
 from spoolup.identity import HEAD_BYTES
 from spoolup.journal import Journal, SourceRow, SourceState
+from spoolup.lru import LRU
 from spoolup.quarantine import Entry
 
 REAPING = ".spoolup-reaping-"  # a shipped spool file's name between the two steps of its deletion
@@ -152,8 +152,7 @@ class Spool:
         self.object_key = object_key  # lines format: template over {path}/{dir}/{name}
         self.key_room = key_room  # bytes a final key adds to the rendered one at most (Config.key_room)
         self.retry_max = retry_max  # longest delay between retries of a quarantined entry
-        self.max_open = max_open  # descriptors kept open for spool files (LRU)
-        self._open: OrderedDict[int, Source] = OrderedDict()  # sources holding a descriptor, least recent first
+        self._open: LRU[int, Source] = LRU(max_open, lambda _id, old: self.close_fd(old))  # sources holding a descriptor
         self.sources: dict[int, Source] = {}
         self.by_inode: dict[tuple[int, int], Source] = {}
         self.quarantined: dict[str, Entry] = {}  # by path: the journal's quarantine rows
@@ -422,7 +421,7 @@ class Spool:
         this file (the next rescan sorts that out) or it cannot be read (quarantined).  At most
         max_open are kept: the least recently used is closed (and opened again when it grows)."""
         if src.fd is not None:
-            self._open.move_to_end(src.id)
+            self._open.get(src.id)  # (the most recently used now)
             return src.fd
         path = self.dir / src.path
         try:
@@ -449,10 +448,7 @@ class Spool:
         if src.head and src.changed is None and os.pread(fd, len(src.head), 0) != src.head:
             src.changed = "its first bytes changed"
         src.fd = fd
-        self._open[src.id] = src
-        while len(self._open) > self.max_open:
-            _, old = self._open.popitem(last=False)
-            self.close_fd(old)
+        self._open.put(src.id, src)
         self.cleared(src, "unreadable", "read-error")
         return fd
 
