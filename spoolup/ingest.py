@@ -23,7 +23,8 @@ from spoolup.config import Config
 from spoolup.deadletter import REMOVED_STATE, DeadLetters
 from spoolup.form import Form
 from spoolup.journal import Batch, ChunkState, Journal, ObjectRow, ObjectState, SourceState, disk_full
-from spoolup.spool import Source, Spool
+from spoolup.scan import Source
+from spoolup.spool import Spool
 
 BLOCK = 1 << 20  # bytes read from a spool file at a time
 _COMPRESSED_SLICE = 256 << 10  # raw bytes compressed at a time (the part-size rule checks each)
