@@ -1,7 +1,7 @@
 """Ingest: spool records -> open objects' chunk files -> one journal transaction per batch.
 
-Reads each source from its journaled offset in large blocks, takes whole
-records only (up to the last b"\\n"; a partial tail waits), routes them with
+SourceReader (spoolup/reader.py) reads each source from its journaled offset and
+gives whole records to deliver(), which routes them with
 the rotation policy (objects.py) and appends them to the chunk files of their
 objects.  A batch ends after BATCH_BYTES or when nothing more is ready; then
 the chunk files are synced and the batch committed (invariant 1).  At
@@ -16,17 +16,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from spoolup import crash, envelope, identity, objects, statespace
+from spoolup import crash, envelope, objects, reader, statespace
 from spoolup import form as forms
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import REMOVED_STATE, DeadLetters
 from spoolup.form import Form
 from spoolup.journal import Batch, ChunkState, Journal, ObjectRow, ObjectState, SourceState, disk_full
+from spoolup.reader import SourceReader
 from spoolup.scan import Source
 from spoolup.spool import Spool
 
-BLOCK = 1 << 20  # bytes read from a spool file at a time
 _COMPRESSED_SLICE = 256 << 10  # raw bytes compressed at a time (the part-size rule checks each)
 BATCH_BYTES = 16 << 20  # a batch commits after this many bytes (or when nothing more is ready)
 MIN_BATCH_BYTES = 256 << 10  # the smallest batch after a disk-full rollback (see rollback())
@@ -78,6 +78,7 @@ class Ingest:
         self._form_json = self.form.to_json()
         self.space_low = False  # the state dir had no room to ingest at the last pump
         self.waiting: tuple[Source, int, int] | None = None  # a long record without room yet: source, offset, length
+        self.reader = SourceReader(cfg, spool, log, self)  # alone moves a source's offset, scan position and tail
 
     # -- state ---------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class Ingest:
                 break
             if src.state != SourceState.ACTIVE or not self.spool.readable(src, now):
                 continue
-            consumed += self._read(src, now, budget - consumed)
+            consumed += self.reader.read(src, now, budget - consumed)
             if self.batch_bytes >= self.batch_limit:
                 self.flush()
         self.flush()
@@ -174,7 +175,7 @@ class Ingest:
             self._complete_early(now)
         return 0
 
-    def _fits(self, src: Source, n: int) -> bool:
+    def fits(self, src: Source, n: int) -> bool:
         """Room for src's next record, n bytes long (statespace.fits)?  If not, it waits, and so
         does the rest of ingest (else it would take the room as it frees): _room() completes
         objects early until there is room for it."""
@@ -207,206 +208,6 @@ class Ingest:
         self.log.info("completing an object early to free the state dir", object=obj.id, key=obj.key, size=obj.size)
         self._close(obj, "state-dir-space", now)
 
-    def _read(self, src: Source, now: float, budget: int) -> int:
-        """Take the whole records of `src` after its offset.  Each read also re-reads the
-        consumed bytes just before the offset (identity.SAMPLE) and compares them with the
-        journaled digest: a file truncated in place and refilled past the offset since the
-        last look, on this very descriptor too, is restarted from byte 0 (_restart), never
-        read on as if its new bytes continued the old ones.  Bytes known to hold no newline
-        (a record longer than a block, a partial tail) are never searched again."""
-        if src.fd is None and src.offset >= src.size and not src.changed and \
-                (src.offset == 0 or src.mtime == src.checked_mtime):
-            return 0  # nothing new at the last scan: no descriptor taken (they are few: max-open-files)
-        fd = self.spool.fd(src)
-        if fd is None:
-            return 0
-        self.spool.refresh(src)
-        if 0 < src.offset == src.size and src.mtime != src.checked_mtime and src.changed is None:
-            # written to, yet no bigger: truncated and refilled to exactly the consumed size?
-            src.checked_mtime = src.mtime
-            self._pread(src, fd, src.offset, 0)
-        consumed = 0
-        while (consumed < budget and not self.at_cap() and src.state == SourceState.ACTIVE and src.fd is not None
-               and self.spool.readable(src, now)):
-            if src.changed:
-                self._restart(src)
-            if src.offset >= src.size:
-                break
-            if src.scanned <= src.offset:  # the usual case: a block from the offset
-                got = self._pread(src, fd, src.offset, min(BLOCK, src.size - src.offset))
-                if got is None:
-                    continue  # changed under the offset (restarted from 0), or shrank to it
-                buf, pre = got
-                end = buf.rfind(b"\n", pre) + 1 - pre
-                if end <= 0:
-                    src.scanned = src.offset + len(buf) - pre
-                    if src.scanned < src.size:
-                        continue  # a record longer than a block: search on from there
-                    if not self._tail_is_final(src, now):
-                        break
-                    end = len(buf) - pre
-                consumed += self._take(src, buf, pre, end, now)
-                src.scanned = src.offset + len(buf) - pre - end  # (the partial record after it)
-            else:  # a long record: search for its end after what was searched already
-                block = self.spool.pread(src, fd, min(BLOCK, src.size - src.scanned), src.scanned) \
-                    if src.scanned < src.size else b""
-                if block is None:
-                    break  # (an I/O error: quarantined)
-                nl = block.find(b"\n")
-                if nl < 0:
-                    src.scanned += len(block)
-                    if block and src.scanned < src.size:
-                        continue
-                    if src.scanned < src.size or not self._tail_is_final(src, now):
-                        break  # the rest of the file is a partial record: wait for its newline
-                    stop = src.scanned
-                else:
-                    stop = src.scanned + nl + 1
-                if stop - src.offset > self.cfg.max_record_size:
-                    taken = self._oversize(src, fd, stop)
-                    if not taken:
-                        break
-                    consumed += taken
-                    continue
-                if not self._fits(src, stop - src.offset):
-                    break
-                got = self._pread(src, fd, src.offset, stop - src.offset)  # the record, read once
-                if got is None:
-                    continue
-                buf, pre = got
-                end = len(buf) - pre
-                if end < stop - src.offset:
-                    src.scanned = src.offset  # the file changed under us: look again
-                    continue
-                consumed += self._take(src, buf, pre, end, now)
-            if self.batch_bytes >= self.batch_limit:
-                self.flush()
-        return consumed
-
-    def _pread(self, src: Source, fd: int, offset: int, n: int) -> tuple[bytes, int] | None:
-        """n bytes at `offset`, preceded in the same pread by the sample of consumed bytes
-        before it (returns the buffer and the sample's length).  None when the sample is not
-        what was consumed: the source was restarted from byte 0."""
-        start = identity.sample_start(offset)
-        pre = offset - start
-        buf = self.spool.pread(src, fd, pre + n, start)
-        if buf is None:
-            return None  # (an I/O error: quarantined)
-        if src.tail is not None and (len(buf) < pre or identity.digest(memoryview(buf)[:pre]) != src.tail):
-            src.changed = f"the bytes before the journaled offset {offset} changed"
-        elif len(buf) < pre + n:  # shorter than its last stat said: it shrank since
-            self.spool.refresh(src)
-            if src.changed is None and src.fd is not None:
-                src.size = offset + len(buf) - pre
-                if len(buf) > pre:
-                    return buf, pre
-        else:
-            return buf, pre
-        if src.changed:
-            self._restart(src)
-        return None
-
-    def _take(self, src: Source, buf: bytes, pre: int, end: int, now: float) -> int:
-        """Consume buf[pre:pre + end] (whole records) and journal the new offset with its sample.
-        Records end with b"\n", except the unterminated tail of an idle file (_tail_is_final):
-        that record gets a b"\n" (the one byte an object holds that its spool file does not), so
-        that the next record of its object, from another file or from this one if its writer
-        comes back, starts a record of its own instead of being glued onto it."""
-        if src.offset == 0 and src.head is None:
-            self.spool.set_head(src, buf)
-            self.batch.heads[src.id] = src.head
-        data, start, stop = buf, pre, pre + end
-        if end and buf[stop - 1:stop] != b"\n":
-            data, start, stop = bytes(memoryview(buf)[pre:stop]) + b"\n", 0, end + 1
-            self.batch.counters["unterminated_tails"] = self.batch.counters.get("unterminated_tails", 0) + 1
-        if self.cfg.format == "lines":
-            self._lines(src, data, start, stop, now)
-        else:
-            self._envelopes(src, data, start, stop, now)
-        src.offset += end
-        src.scanned = src.offset
-        src.tail = identity.digest(memoryview(buf)[max(0, pre + end - identity.SAMPLE):pre + end])
-        if src.offset == src.size:
-            src.checked_mtime = src.mtime  # (its bytes before the offset are those just read)
-        self.batch_bytes += end
-        self.batch.sources[src.id] = (src.offset, src.size, src.mtime, src.tail)
-        return end
-
-    def _oversize(self, src: Source, fd: int, stop: int) -> int:
-        """A record longer than max-record-size, src.offset to `stop`: never held in memory
-        whole, it is copied in blocks to the spool file's dead-letter file (verbatim, plus a
-        newline if it has none: an idle file's tail), journaled and counted like a bad
-        envelope, exactly once (the dead-letter bytes commit with the offset past them).
-        Returns the bytes consumed (0: the file changed under us; nothing taken)."""
-        n = stop - src.offset
-        got = self._pread(src, fd, src.offset, min(BLOCK, n))  # the first block, with the sample check
-        if got is None:
-            return 0
-        buf, pre = got
-        if src.offset == 0 and src.head is None:
-            self.spool.set_head(src, buf)
-            self.batch.heads[src.id] = src.head
-        seen = {"bytes": 0, "last": b""}
-
-        def pieces():
-            piece, pos = memoryview(buf)[pre:], src.offset
-            while piece:
-                seen["bytes"] += len(piece)
-                seen["last"] = (seen["last"] + bytes(piece[-identity.SAMPLE:]))[-identity.SAMPLE:]
-                yield piece
-                pos += len(piece)
-                if pos >= stop:
-                    return
-                piece = self.spool.pread(src, fd, min(BLOCK, stop - pos), pos) or b""
-
-        reason = f"a record of {n} bytes is longer than max-record-size ({self.cfg.max_record_size} bytes)"
-        written = self.dead.stream(src.id, src.key_path, pieces(), reason)
-        if seen["bytes"] != n:  # shrank or failed while being copied: go back to the journaled state
-            self.log.warning("spool file changed while a long record was copied to its dead-letter file; "
-                             "reading it again", source=src.id, path=src.path)
-            self.rollback()
-            return 0
-        path, records, nbytes, _ = self.batch.dead_letters.get(src.id, (src.path, 0, 0, ""))
-        self.batch.dead_letters[src.id] = (src.path, records + 1, nbytes + written, reason)
-        self.batch.counters["dead_letter_records"] = self.batch.counters.get("dead_letter_records", 0) + 1
-        self.batch.counters["oversize_records"] = self.batch.counters.get("oversize_records", 0) + 1
-        src.offset = src.scanned = stop
-        src.tail = identity.digest(seen["last"])
-        self.batch_bytes += n
-        self.batch.sources[src.id] = (src.offset, src.size, src.mtime, src.tail)
-        return n
-
-    def _restart(self, src: Source) -> None:
-        """The source's content under its journaled offset is not what was consumed: it was
-        truncated (or rewritten) in place, e.g. by logrotate's copytruncate.  Everything
-        journaled from it is safe; its content now is new, and is shipped from byte 0, once:
-        the offset goes back to 0 in the same transaction as whatever the batch took from
-        it before, and each later batch journals the new offset with its new sample."""
-        why, src.changed = src.changed, None
-        old = src.offset
-        src.offset = src.scanned = 0
-        src.head = src.tail = None
-        self.batch.sources[src.id] = (0, src.size, src.mtime, None)
-        self.batch.heads[src.id] = None
-        self.batch.counters["spool_truncations"] = self.batch.counters.get("spool_truncations", 0) + 1
-        message = (f"spool file {src.path} was truncated or rewritten in place ({why}); everything journaled "
-                   f"from it (the first {old} bytes) is shipped; its content now ({src.size} bytes) is shipped from "
-                   f"byte 0. Bytes written to it after the last read and before the truncation were not read "
-                   f"here (logrotate's copytruncate keeps them in its copy)")
-        self.log.warning("spool file truncated; shipping its new content from byte 0", source=src.id,
-                         path=src.path, reason=why, journaled_offset=old, size=src.size)
-        self.flush()
-        self.journal.record_error("ingest", "spool-truncated", None, message)
-
-    def _tail_is_final(self, src: Source, now: float) -> bool:
-        """A partial last record of a file idle for spool-reap: its writer died mid-record.
-        It is taken as a final record, never stranded, with a b"\n" appended (see _take)."""
-        if self.spool.idle(src, now) < self.cfg.spool_reap_seconds:
-            return False
-        self.log.warning("taking the unterminated tail of an idle spool file as a final record",
-                         source=src.id, path=src.path, offset=src.offset, bytes=src.size - src.offset)
-        return True
-
     def _timestamp(self, now: float) -> str:
         tpl = self.cfg.object_key_timestamp
         if not tpl:
@@ -415,6 +216,13 @@ class Ingest:
         if self._ts_cache[0] != second:
             self._ts_cache = (second, time.strftime(tpl, time.localtime(now)))
         return self._ts_cache[1]
+
+    def deliver(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
+        """Whole records data[start:end] of `src` (from SourceReader): routed to their objects."""
+        if self.cfg.format == "lines":
+            self._lines(src, data, start, end, now)
+        else:
+            self._envelopes(src, data, start, end, now)
 
     def _lines(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
         self._deliver(src, src.key, self._timestamp(now), data, start, end, now, self.cfg.object_key_suffix)
@@ -688,7 +496,7 @@ class Ingest:
             self.log.info("recovery", action=action)
         for problem in report.problems:
             self.log.error("recovery problem", problem=problem)
-        self.spool.revert()
+        reader.revert(self.spool, self.journal)
         self.open.clear()
         self.open_by_key.clear()
         self.newest.clear()

@@ -7,7 +7,7 @@ keeps its source (and key).  A file whose inode now holds another file (birth
 time, or its content under the offset, changed with its path) is a new source,
 shipped from its start; a file whose content under the journaled offset changed
 in place (truncated: logrotate's copytruncate) is shipped again from byte 0
-(ingest does that, see Ingest._restart), logged and counted.  watchdog events say
+(ingest does that: reader.SourceReader.restart), logged and counted.  watchdog events say
 when to look (spoolup/watcher.py); a periodic rescan is the fallback.  Discovery is linear in the
 number of files and journals all the files one scan found in one transaction.
 Finding the files is spoolup/scan.py; deleting shipped ones, spoolup/reaper.py.
@@ -25,7 +25,6 @@ from pathlib import Path
 from spoolup import identity, keys, quarantine
 from spoolup.idle import Clock
 from spoolup.files import fsync_dir
-from spoolup.identity import HEAD_BYTES
 from spoolup.journal import Journal, SourceState
 from spoolup.lru import LRU
 from spoolup.quarantine import Entry
@@ -44,7 +43,8 @@ class Spool:
         self.object_key = object_key  # lines format: template over {path}/{dir}/{name}
         self.key_room = key_room  # bytes a final key adds to the rendered one at most (Config.key_room)
         self.retry_max = retry_max  # longest delay between retries of a quarantined entry
-        self._open: LRU[int, Source] = LRU(max_open, lambda _id, old: self.close_fd(old))  # sources holding a descriptor
+        # sources holding a descriptor: at most max_open, the least recently used is closed
+        self._open: LRU[int, Source] = LRU(max_open, lambda _id, old: self.close_fd(old))
         self.sources: dict[int, Source] = {}
         self.by_inode: dict[tuple[int, int], Source] = {}
         self.quarantined: dict[str, Entry] = {}  # by path: the journal's quarantine rows
@@ -71,15 +71,6 @@ class Spool:
             if e.reason == "invalid-key" and src is not None and not keys.final_key_problem(src.key or "",
                                                                                              self.key_room):
                 self.release(e, "the object key is valid now")
-
-    def revert(self) -> None:
-        """Put the sources' offsets and fingerprints back to what the journal says (the
-        batch that moved them was abandoned)."""
-        heads = self.journal.source_heads()
-        for row in self.journal.live_sources():
-            src = self.sources.get(row.id)
-            if src is not None:
-                src.offset, src.head, src.tail, src.scanned = row.offset, heads.get(row.id), row.tail, row.offset
 
     def _add(self, src: Source) -> None:
         if self.object_key is not None:
@@ -362,9 +353,6 @@ class Spool:
             self.observe(src, os.fstat(src.fd))
         except OSError:
             self.close_fd(src)
-
-    def set_head(self, src: Source, data) -> None:
-        src.head = bytes(data[:HEAD_BYTES])
 
     def close_fd(self, src: Source) -> None:
         self._open.pop(src.id, None)
