@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
 from spoolup.files import ChunkFiles, fsync_dir, fsync_path, write_all
+from spoolup.lru import LRU
 
 _MAX_COMPRESSORS = 64  # live compressors kept in memory at most ...
 _COMPRESSOR_BUDGET = 64 << 20  # ... and at most this much memory for them (zstd's grow with the level)
@@ -99,8 +99,8 @@ class ChunkStore:
         self.codec = codec
         self.fsync = fsync
         self.files = ChunkFiles(directory, fsync=fsync, max_open=max_open)
-        self._live: OrderedDict[tuple[int, int], _Live] = OrderedDict()
-        self._max_live = codec.max_live() if codec.compressed else _MAX_COMPRESSORS
+        self._live: LRU[tuple[int, int], _Live] = LRU(codec.max_live() if codec.compressed else _MAX_COMPRESSORS,
+                                                      self._park)
         self._parked: dict[tuple[int, int], int] = {}  # evicted compressors: .tmp length, members finished
         self._renamed = False
 
@@ -158,7 +158,7 @@ class ChunkStore:
             if self.fsync:
                 os.fsync(live.fd)
             os.close(live.fd)
-            del self._live[(object_id, part)]
+            self._live.pop((object_id, part))
             out_len = live.out_len
         os.replace(self.directory / (name + ".tmp"), self.directory / (name + ".part"))
         self._renamed = True
@@ -204,7 +204,6 @@ class ChunkStore:
         k = (object_id, part)
         live = self._live.get(k)
         if live is not None:
-            self._live.move_to_end(k)
             return live
         parked = self._parked.pop(k, None)
         if parked is None:
@@ -212,12 +211,9 @@ class ChunkStore:
         else:  # evicted before: its members so far stay, the next one starts here
             fd = os.open(self.directory / (chunk_name(object_id, part) + ".tmp"), os.O_WRONLY | os.O_APPEND)
             live = _Live(codec.compressor(), fd, parked)
-        self._live[k] = live
         if codec != self.codec:  # an object of an earlier configuration: its compressors count too
-            self._max_live = min(self._max_live, codec.max_live())
-        while len(self._live) > self._max_live:
-            old_k, old = self._live.popitem(last=False)
-            self._park(old_k, old)
+            self._live.capacity = min(self._live.capacity, codec.max_live())
+        self._live.put(k, live)  # (the least recently used beyond the capacity are parked)
         return live
 
     def _park(self, k: tuple[int, int], live: _Live) -> None:

@@ -247,7 +247,7 @@ def cmd_check_config(cfg, args) -> int:
         print(f"{name} = {text}")
     if cfg.template:
         print("# note: 'template' is applied by syslog-ng's file() destination; spoolup copies records verbatim")
-    from spoolup.spool import spool_dir_problem
+    from spoolup.scan import spool_dir_problem
 
     spool_problem = spool_dir_problem(cfg.spool_dir)
     for warning in ([spool_problem] if spool_problem else []) + config_mod.warnings(cfg):

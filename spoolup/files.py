@@ -8,8 +8,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
-from collections import OrderedDict
 from pathlib import Path
+
+from spoolup.lru import LRU
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _SYNCFS_THRESHOLD = 32  # more dirty files than this: one syncfs() beats many fdatasync()
@@ -54,8 +55,7 @@ class AppendFiles:
     def __init__(self, directory: Path, *, fsync: bool, max_open: int = 256):
         self.directory = directory
         self.fsync = fsync
-        self.max_open = max_open
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fds: LRU[str, int] = LRU(max_open, self._evicted)
         self._dirty: set[str] = set()
         self._new_files = False
 
@@ -67,20 +67,21 @@ class AppendFiles:
     def _fd(self, name: str) -> int:
         fd = self._fds.get(name)
         if fd is not None:
-            self._fds.move_to_end(name)
             return fd
         path = self.directory / name
         if not path.exists():
             self._new_files = True
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._fds[name] = fd
-        while len(self._fds) > self.max_open:
-            old, old_fd = self._fds.popitem(last=False)
-            if old in self._dirty and self.fsync:
-                os.fdatasync(old_fd)
-            self._dirty.discard(old)
-            os.close(old_fd)
+        self._fds.put(name, fd)
         return fd
+
+    def _evicted(self, old: str, old_fd: int) -> None:
+        """A descriptor pushed out of the cache: its appends are made durable first (sync()
+        knows only the descriptors it holds)."""
+        if old in self._dirty and self.fsync:
+            os.fdatasync(old_fd)
+        self._dirty.discard(old)
+        os.close(old_fd)
 
     def sync(self) -> None:
         """Durable: everything appended so far survives a crash of the machine."""
@@ -92,7 +93,7 @@ class AppendFiles:
             syncfs(self.directory)
         else:
             for name in self._dirty:
-                fd = self._fds.get(name)
+                fd = self._fds.peek(name)
                 if fd is not None:
                     os.fdatasync(fd)
             if self._new_files:
@@ -107,7 +108,7 @@ class AppendFiles:
             st = os.stat(self.directory / name)
         except FileNotFoundError:
             return True
-        fd = self._fds.get(name)
+        fd = self._fds.peek(name)
         if fd is None:
             return False
         held = os.fstat(fd)
@@ -170,10 +171,9 @@ class ChunkFiles:
     def __init__(self, directory: Path, *, fsync: bool, max_open: int = 1024, direct: bool = True):
         self.directory = directory
         self.fsync = fsync
-        self.max_open = max_open
         self.direct = direct and hasattr(os, "O_DIRECT")
         self._chunks: dict[str, _Chunk] = {}
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fds: LRU[str, int] = LRU(max_open, self._evicted)
         self._new_files = False  # a file was created since the last sync: its directory entry is not durable
         self._closed_dirty = False  # a file written since the last sync lost its descriptor
         self._buf = None
@@ -321,18 +321,17 @@ class ChunkFiles:
     def _fd(self, name: str) -> int:
         fd = self._fds.get(name)
         if fd is not None:
-            self._fds.move_to_end(name)
             return fd
-        fd = self._fds[name] = self._open_fd(self.directory / name)
-        while len(self._fds) > self.max_open:
-            old = next(iter(self._fds))
-            self._close_fd(old)
+        fd = self._open_fd(self.directory / name)
+        self._fds.put(name, fd)
         return fd
 
     def _close_fd(self, name: str) -> None:
         fd = self._fds.pop(name, None)
-        if fd is None:
-            return
+        if fd is not None:
+            self._evicted(name, fd)
+
+    def _evicted(self, name: str, fd: int) -> None:
         c = self._chunks.get(name)
         if c is not None and c.dirty:
             self._closed_dirty = True  # its writes are made durable by the next sync's syncfs

@@ -1,7 +1,7 @@
 """Ingest: spool records -> open objects' chunk files -> one journal transaction per batch.
 
-Reads each source from its journaled offset in large blocks, takes whole
-records only (up to the last b"\\n"; a partial tail waits), routes them with
+SourceReader (spoolup/reader.py) reads each source from its journaled offset and
+gives whole records to deliver(), which routes them with
 the rotation policy (objects.py) and appends them to the chunk files of their
 objects.  A batch ends after BATCH_BYTES or when nothing more is ready; then
 the chunk files are synced and the batch committed (invariant 1).  At
@@ -13,40 +13,22 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-from spoolup import crash, envelope, identity, objects, statespace
+from spoolup import crash, envelope, objects, reader, statespace
 from spoolup import form as forms
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
 from spoolup.deadletter import REMOVED_STATE, DeadLetters
 from spoolup.form import Form
-from spoolup.journal import Batch, ChunkState, Journal, ObjectRow, ObjectState, SourceState, disk_full
-from spoolup.spool import Source, Spool
+from spoolup.journal import Batch, ChunkState, Journal, SourceState, disk_full
+from spoolup.reader import SourceReader
+from spoolup.router import OpenObject, Router
+from spoolup.scan import Source
+from spoolup.spool import Spool
 
-BLOCK = 1 << 20  # bytes read from a spool file at a time
-_COMPRESSED_SLICE = 256 << 10  # raw bytes compressed at a time (the part-size rule checks each)
 BATCH_BYTES = 16 << 20  # a batch commits after this many bytes (or when nothing more is ready)
 MIN_BATCH_BYTES = 256 << 10  # the smallest batch after a disk-full rollback (see rollback())
-NEWEST_CACHE = 100_000  # keys whose newest timestamp is kept in memory
-
-
-@dataclass
-class OpenObject:
-    id: int
-    key: str
-    ts: str
-    size: int
-    records: int
-    created: float
-    last_write: float
-    part: int = 1  # part number of the chunk being filled
-    chunk_len: int = 0  # raw bytes in that chunk (0: not started)
-    sealed: int = 0  # parts sealed so far
-    sealed_bytes: int = 0  # their stored (compressed) size
-    suffix: str = ""  # object-key-suffix of its final key
-    form: Form | None = None  # the options it was started with (spoolup/form.py)
 
 
 class Ingest:
@@ -59,29 +41,25 @@ class Ingest:
         self.dead = dead
         self.log = log
         self.notify = notify
-        self.max_part = objects.max_part_size()  # (read once: not on the per-read path)
-        self.open: dict[int, OpenObject] = {}
-        self.open_by_key: dict[str, dict[str, OpenObject]] = {}
-        self.newest: dict[str, str | None] = {}
-        self.next_id = 1
         self.batch = Batch()
         self.batch_bytes = 0
         self.batch_limit = BATCH_BYTES  # smaller for a while after the disk was full
         self.sealed_pending = 0
-        self._sealed_in_batch: list[tuple[int, int, Codec]] = []
+        self.sealed_in_batch: list[tuple[int, int, Codec]] = []  # (object, part, codec) sealed by this batch
         self._ts_cache: tuple[int, str] = (-1, "")
         self.stats = {"bytes": 0, "records": 0}
         self._envelope = envelope.Parser(cfg.object_key, cfg.key_suffix)
         self._restored = True  # False from a rollback until the journaled state is back (restore())
         self.form = Form.of_config(cfg)  # the form of the objects this run creates
-        self._form_json = self.form.to_json()
+        self.router = Router(store, self.form, log, self)  # the open objects and the writing into them
         self.space_low = False  # the state dir had no room to ingest at the last pump
         self.waiting: tuple[Source, int, int] | None = None  # a long record without room yet: source, offset, length
+        self.reader = SourceReader(cfg, spool, log, self)  # alone moves a source's offset, scan position and tail
 
     # -- state ---------------------------------------------------------------------
 
     def load(self) -> None:
-        self.next_id = self.journal.max_object_id() + 1
+        self.router.next_id = self.journal.max_object_id() + 1
         for row in self.journal.open_objects():
             obj = OpenObject(row.id, row.key, row.ts, row.size, row.records, row.created, row.last_write,
                              suffix=row.key_suffix, form=forms.parse(row.form, self.form))
@@ -92,7 +70,7 @@ class Ingest:
                     obj.sealed += 1
                     obj.sealed_bytes += chunk.part_size or 0
                     obj.part = chunk.part + 1
-            self._track(obj)
+            self.router.track(obj)
         self.sealed_pending = self.journal.sealed_pending()
         # dead-letter lines of a batch that never committed are read from the spool again
         journaled = self.journal.dead_letter_bytes()
@@ -107,16 +85,14 @@ class Ingest:
         """Dead-letter bytes the operator removed, journaled before a new file takes lines."""
         self.journal.set_state(REMOVED_STATE, {"bytes": {str(k): v for k, v in removed.items()}})
 
-    def _track(self, obj: OpenObject) -> None:
-        self.open[obj.id] = obj
-        self.open_by_key.setdefault(obj.key, {})[obj.ts] = obj
+    @property
+    def open(self) -> dict[int, OpenObject]:
+        """The open objects, by id (Router's)."""
+        return self.router.open
 
-    def _untrack(self, obj: OpenObject) -> None:
-        del self.open[obj.id]
-        by_ts = self.open_by_key[obj.key]
-        del by_ts[obj.ts]
-        if not by_ts:
-            del self.open_by_key[obj.key]
+    @property
+    def next_id(self) -> int:
+        return self.router.next_id
 
     def at_cap(self) -> bool:
         return self.sealed_pending >= self.cfg.max_pending_uploads
@@ -136,7 +112,7 @@ class Ingest:
                 break
             if src.state != SourceState.ACTIVE or not self.spool.readable(src, now):
                 continue
-            consumed += self._read(src, now, budget - consumed)
+            consumed += self.reader.read(src, now, budget - consumed)
             if self.batch_bytes >= self.batch_limit:
                 self.flush()
         self.flush()
@@ -173,7 +149,7 @@ class Ingest:
             self._complete_early(now)
         return 0
 
-    def _fits(self, src: Source, n: int) -> bool:
+    def fits(self, src: Source, n: int) -> bool:
         """Room for src's next record, n bytes long (statespace.fits)?  If not, it waits, and so
         does the rest of ingest (else it would take the room as it frees): _room() completes
         objects early until there is room for it."""
@@ -204,207 +180,7 @@ class Ingest:
         if obj is None or obj.size == 0:
             return
         self.log.info("completing an object early to free the state dir", object=obj.id, key=obj.key, size=obj.size)
-        self._close(obj, "state-dir-space", now)
-
-    def _read(self, src: Source, now: float, budget: int) -> int:
-        """Take the whole records of `src` after its offset.  Each read also re-reads the
-        consumed bytes just before the offset (identity.SAMPLE) and compares them with the
-        journaled digest: a file truncated in place and refilled past the offset since the
-        last look, on this very descriptor too, is restarted from byte 0 (_restart), never
-        read on as if its new bytes continued the old ones.  Bytes known to hold no newline
-        (a record longer than a block, a partial tail) are never searched again."""
-        if src.fd is None and src.offset >= src.size and not src.changed and \
-                (src.offset == 0 or src.mtime == src.checked_mtime):
-            return 0  # nothing new at the last scan: no descriptor taken (they are few: max-open-files)
-        fd = self.spool.fd(src)
-        if fd is None:
-            return 0
-        self.spool.refresh(src)
-        if 0 < src.offset == src.size and src.mtime != src.checked_mtime and src.changed is None:
-            # written to, yet no bigger: truncated and refilled to exactly the consumed size?
-            src.checked_mtime = src.mtime
-            self._pread(src, fd, src.offset, 0)
-        consumed = 0
-        while (consumed < budget and not self.at_cap() and src.state == SourceState.ACTIVE and src.fd is not None
-               and self.spool.readable(src, now)):
-            if src.changed:
-                self._restart(src)
-            if src.offset >= src.size:
-                break
-            if src.scanned <= src.offset:  # the usual case: a block from the offset
-                got = self._pread(src, fd, src.offset, min(BLOCK, src.size - src.offset))
-                if got is None:
-                    continue  # changed under the offset (restarted from 0), or shrank to it
-                buf, pre = got
-                end = buf.rfind(b"\n", pre) + 1 - pre
-                if end <= 0:
-                    src.scanned = src.offset + len(buf) - pre
-                    if src.scanned < src.size:
-                        continue  # a record longer than a block: search on from there
-                    if not self._tail_is_final(src, now):
-                        break
-                    end = len(buf) - pre
-                consumed += self._take(src, buf, pre, end, now)
-                src.scanned = src.offset + len(buf) - pre - end  # (the partial record after it)
-            else:  # a long record: search for its end after what was searched already
-                block = self.spool.pread(src, fd, min(BLOCK, src.size - src.scanned), src.scanned) \
-                    if src.scanned < src.size else b""
-                if block is None:
-                    break  # (an I/O error: quarantined)
-                nl = block.find(b"\n")
-                if nl < 0:
-                    src.scanned += len(block)
-                    if block and src.scanned < src.size:
-                        continue
-                    if src.scanned < src.size or not self._tail_is_final(src, now):
-                        break  # the rest of the file is a partial record: wait for its newline
-                    stop = src.scanned
-                else:
-                    stop = src.scanned + nl + 1
-                if stop - src.offset > self.cfg.max_record_size:
-                    taken = self._oversize(src, fd, stop)
-                    if not taken:
-                        break
-                    consumed += taken
-                    continue
-                if not self._fits(src, stop - src.offset):
-                    break
-                got = self._pread(src, fd, src.offset, stop - src.offset)  # the record, read once
-                if got is None:
-                    continue
-                buf, pre = got
-                end = len(buf) - pre
-                if end < stop - src.offset:
-                    src.scanned = src.offset  # the file changed under us: look again
-                    continue
-                consumed += self._take(src, buf, pre, end, now)
-            if self.batch_bytes >= self.batch_limit:
-                self.flush()
-        return consumed
-
-    def _pread(self, src: Source, fd: int, offset: int, n: int) -> tuple[bytes, int] | None:
-        """n bytes at `offset`, preceded in the same pread by the sample of consumed bytes
-        before it (returns the buffer and the sample's length).  None when the sample is not
-        what was consumed: the source was restarted from byte 0."""
-        start = identity.sample_start(offset)
-        pre = offset - start
-        buf = self.spool.pread(src, fd, pre + n, start)
-        if buf is None:
-            return None  # (an I/O error: quarantined)
-        if src.tail is not None and (len(buf) < pre or identity.digest(memoryview(buf)[:pre]) != src.tail):
-            src.changed = f"the bytes before the journaled offset {offset} changed"
-        elif len(buf) < pre + n:  # shorter than its last stat said: it shrank since
-            self.spool.refresh(src)
-            if src.changed is None and src.fd is not None:
-                src.size = offset + len(buf) - pre
-                if len(buf) > pre:
-                    return buf, pre
-        else:
-            return buf, pre
-        if src.changed:
-            self._restart(src)
-        return None
-
-    def _take(self, src: Source, buf: bytes, pre: int, end: int, now: float) -> int:
-        """Consume buf[pre:pre + end] (whole records) and journal the new offset with its sample.
-        Records end with b"\n", except the unterminated tail of an idle file (_tail_is_final):
-        that record gets a b"\n" (the one byte an object holds that its spool file does not), so
-        that the next record of its object, from another file or from this one if its writer
-        comes back, starts a record of its own instead of being glued onto it."""
-        if src.offset == 0 and src.head is None:
-            self.spool.set_head(src, buf)
-            self.batch.heads[src.id] = src.head
-        data, start, stop = buf, pre, pre + end
-        if end and buf[stop - 1:stop] != b"\n":
-            data, start, stop = bytes(memoryview(buf)[pre:stop]) + b"\n", 0, end + 1
-            self.batch.counters["unterminated_tails"] = self.batch.counters.get("unterminated_tails", 0) + 1
-        if self.cfg.format == "lines":
-            self._lines(src, data, start, stop, now)
-        else:
-            self._envelopes(src, data, start, stop, now)
-        src.offset += end
-        src.scanned = src.offset
-        src.tail = identity.digest(memoryview(buf)[max(0, pre + end - identity.SAMPLE):pre + end])
-        if src.offset == src.size:
-            src.checked_mtime = src.mtime  # (its bytes before the offset are those just read)
-        self.batch_bytes += end
-        self.batch.sources[src.id] = (src.offset, src.size, src.mtime, src.tail)
-        return end
-
-    def _oversize(self, src: Source, fd: int, stop: int) -> int:
-        """A record longer than max-record-size, src.offset to `stop`: never held in memory
-        whole, it is copied in blocks to the spool file's dead-letter file (verbatim, plus a
-        newline if it has none: an idle file's tail), journaled and counted like a bad
-        envelope, exactly once (the dead-letter bytes commit with the offset past them).
-        Returns the bytes consumed (0: the file changed under us; nothing taken)."""
-        n = stop - src.offset
-        got = self._pread(src, fd, src.offset, min(BLOCK, n))  # the first block, with the sample check
-        if got is None:
-            return 0
-        buf, pre = got
-        if src.offset == 0 and src.head is None:
-            self.spool.set_head(src, buf)
-            self.batch.heads[src.id] = src.head
-        seen = {"bytes": 0, "last": b""}
-
-        def pieces():
-            piece, pos = memoryview(buf)[pre:], src.offset
-            while piece:
-                seen["bytes"] += len(piece)
-                seen["last"] = (seen["last"] + bytes(piece[-identity.SAMPLE:]))[-identity.SAMPLE:]
-                yield piece
-                pos += len(piece)
-                if pos >= stop:
-                    return
-                piece = self.spool.pread(src, fd, min(BLOCK, stop - pos), pos) or b""
-
-        reason = f"a record of {n} bytes is longer than max-record-size ({self.cfg.max_record_size} bytes)"
-        written = self.dead.stream(src.id, src.key_path, pieces(), reason)
-        if seen["bytes"] != n:  # shrank or failed while being copied: go back to the journaled state
-            self.log.warning("spool file changed while a long record was copied to its dead-letter file; "
-                             "reading it again", source=src.id, path=src.path)
-            self.rollback()
-            return 0
-        path, records, nbytes, _ = self.batch.dead_letters.get(src.id, (src.path, 0, 0, ""))
-        self.batch.dead_letters[src.id] = (src.path, records + 1, nbytes + written, reason)
-        self.batch.counters["dead_letter_records"] = self.batch.counters.get("dead_letter_records", 0) + 1
-        self.batch.counters["oversize_records"] = self.batch.counters.get("oversize_records", 0) + 1
-        src.offset = src.scanned = stop
-        src.tail = identity.digest(seen["last"])
-        self.batch_bytes += n
-        self.batch.sources[src.id] = (src.offset, src.size, src.mtime, src.tail)
-        return n
-
-    def _restart(self, src: Source) -> None:
-        """The source's content under its journaled offset is not what was consumed: it was
-        truncated (or rewritten) in place, e.g. by logrotate's copytruncate.  Everything
-        journaled from it is safe; its content now is new, and is shipped from byte 0, once:
-        the offset goes back to 0 in the same transaction as whatever the batch took from
-        it before, and each later batch journals the new offset with its new sample."""
-        why, src.changed = src.changed, None
-        old = src.offset
-        src.offset = src.scanned = 0
-        src.head = src.tail = None
-        self.batch.sources[src.id] = (0, src.size, src.mtime, None)
-        self.batch.heads[src.id] = None
-        self.batch.counters["spool_truncations"] = self.batch.counters.get("spool_truncations", 0) + 1
-        message = (f"spool file {src.path} was truncated or rewritten in place ({why}); everything journaled "
-                   f"from it (the first {old} bytes) is shipped; its content now ({src.size} bytes) is shipped from "
-                   f"byte 0. Bytes written to it after the last read and before the truncation were not read "
-                   f"here (logrotate's copytruncate keeps them in its copy)")
-        self.log.warning("spool file truncated; shipping its new content from byte 0", source=src.id,
-                         path=src.path, reason=why, journaled_offset=old, size=src.size)
-        self.flush()
-        self.journal.record_error("ingest", "spool-truncated", None, message)
-
-    def _tail_is_final(self, src: Source, now: float) -> bool:
-        """A partial last record of a file idle for spool-reap: its writer died mid-record.
-        It is taken as a final record, never stranded, with a b"\n" appended (see _take)."""
-        if self.spool.idle(src, now) < self.cfg.spool_reap_seconds:
-            return False
-        self.log.warning("taking the unterminated tail of an idle spool file as a final record",
-                         source=src.id, path=src.path, offset=src.offset, bytes=src.size - src.offset)
-        return True
+        self.router.close(obj, "state-dir-space", now)
 
     def _timestamp(self, now: float) -> str:
         tpl = self.cfg.object_key_timestamp
@@ -415,8 +191,15 @@ class Ingest:
             self._ts_cache = (second, time.strftime(tpl, time.localtime(now)))
         return self._ts_cache[1]
 
+    def deliver(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
+        """Whole records data[start:end] of `src` (from SourceReader): routed to their objects."""
+        if self.cfg.format == "lines":
+            self._lines(src, data, start, end, now)
+        else:
+            self._envelopes(src, data, start, end, now)
+
     def _lines(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
-        self._deliver(src, src.key, self._timestamp(now), data, start, end, now, self.cfg.object_key_suffix)
+        self.router.deliver(src, src.key, self._timestamp(now), data, start, end, now, self.cfg.object_key_suffix)
 
     def _envelopes(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
         """Per record: parse and validate (bad lines go to the dead-letter file).  The good
@@ -443,10 +226,10 @@ class Ingest:
             run: list[bytes] = []
             for rec in records:
                 if rec.ts != run_ts or rec.suffix != run_suffix:
-                    self._deliver_records(src, key, run_ts, run, now, run_suffix)
+                    self.router.deliver_records(src, key, run_ts, run, now, run_suffix)
                     run_ts, run_suffix, run = rec.ts, rec.suffix, []
                 run.append(rec.body)
-            self._deliver_records(src, key, run_ts, run, now, run_suffix)
+            self.router.deliver_records(src, key, run_ts, run, now, run_suffix)
 
     def _dead_letter(self, src: Source, line: bytes, reason: str) -> None:
         self.dead.write(src.id, src.key_path, line, reason)  # key_path: the path it was found at
@@ -454,161 +237,6 @@ class Ingest:
         self.batch.dead_letters[src.id] = (src.path, n + 1, b + len(line) + 1, reason)
         self.batch.counters["dead_letter_records"] = self.batch.counters.get("dead_letter_records", 0) + 1
 
-    # -- routing and writing ---------------------------------------------------------------
-
-    def _deliver(self, src: Source, key: str, ts: str, data: bytes, start: int, end: int, now: float,
-                 suffix: str) -> None:
-        """Whole newline-terminated records data[start:end] of one (key, ts)."""
-        pos = start
-        while pos < end:
-            obj = self._target(key, ts, now, suffix)
-            limit, compressed = obj.form.max_object_size, obj.form.codec.compressed
-            if compressed:  # the stored size is known only once compressed: write in blind runs
-                stop = objects.cut(data, pos, end, objects.blind_bytes(self._stored(obj), limit))
-            else:
-                stop, full = objects.take(obj.size, limit, data, pos, end)
-            self._write(obj, data, pos, stop, now)
-            self.batch.source_objects.add((src.id, obj.id))
-            if compressed:
-                full = self._stored(obj) >= limit
-            if full:
-                self._close(obj, "max-object-size", now)
-            elif objects.full_by_parts(obj.sealed + 1):
-                self._close(obj, "max-parts", now)
-            pos = stop
-
-    def _deliver_records(self, src: Source, key: str, ts: str, records: list[bytes], now: float,
-                         suffix: str) -> None:
-        """Records (each ending in b"\\n", possibly containing more newlines) of one (key, ts)."""
-        i = 0
-        while i < len(records):
-            obj = self._target(key, ts, now, suffix)
-            limit, compressed = obj.form.max_object_size, obj.form.codec.compressed
-            j, size = i, 0
-            if compressed:  # the stored size is known only once compressed: write in blind runs
-                blind = objects.blind_bytes(self._stored(obj), limit)
-                while j < len(records) and size + len(records[j]) <= blind:
-                    size += len(records[j])
-                    j += 1
-                j = max(j, i + 1)
-            else:
-                room = limit - obj.size
-                while j < len(records) and size < room:
-                    size += len(records[j])
-                    j += 1
-            blob = b"".join(records[i:j])
-            self._write(obj, blob, 0, len(blob), now, records=j - i)
-            self.batch.source_objects.add((src.id, obj.id))
-            if (self._stored(obj) if compressed else obj.size) >= limit:
-                self._close(obj, "max-object-size", now)
-            elif objects.full_by_parts(obj.sealed + 1):
-                self._close(obj, "max-parts", now)
-            i = j
-
-    def _target(self, key: str, ts: str, now: float, suffix: str) -> OpenObject:
-        by_ts = self.open_by_key.get(key, {})
-        route = objects.route(self._newest(key), by_ts.keys(), ts)
-        for old_ts in route.close:
-            self._close(by_ts[old_ts], "newer-timestamp", now)
-        self.newest[key] = route.newest
-        if route.reuse:
-            obj = by_ts[ts]
-            if obj.suffix == suffix:
-                return obj
-            # another object-key-suffix for the same key: its records go to an object of their own
-            self._close(obj, "object-key-suffix", now)
-        return self._new_object(key, ts, now, suffix)
-
-    def _newest(self, key: str) -> str | None:
-        if key in self.newest:
-            return self.newest[key]
-        if len(self.newest) >= NEWEST_CACHE:
-            for k in [k for k in self.newest if k not in self.open_by_key][: NEWEST_CACHE // 2]:
-                del self.newest[k]
-        newest = self.journal.newest_ts(key)
-        self.newest[key] = newest
-        return newest
-
-    def _new_object(self, key: str, ts: str, now: float, suffix: str) -> OpenObject:
-        obj = OpenObject(self.next_id, key, ts, 0, 0, now, now, suffix=suffix, form=self.form)
-        self.next_id += 1
-        self._track(obj)
-        self.batch.new_objects.append(ObjectRow(obj.id, key, ts, ObjectState.OPEN, None, None, None, None, 0, 0, now,
-                                                now, key_suffix=suffix, form=self._form_json))
-        self.log.debug("object opened", object=obj.id, key=key, ts=ts)
-        return obj
-
-    def _write(self, obj: OpenObject, data: bytes, start: int, stop: int, now: float, records: int | None = None) -> None:
-        n = stop - start
-        if records is None:
-            records = data.count(b"\n", start, stop) or 1
-        view = memoryview(data)[start:stop]
-        chunk_size, codec = obj.form.chunk_size, obj.form.codec
-        if codec.compressed:
-            # chunk-size is measured after compression, so a part passes it by what the last
-            # write added and the member's tail.  Sealed *before* a slice whose worst case could
-            # take the part past S3's maximum part size: every part stays within it by construction.
-            max_part = self.max_part
-            pos = 0
-            while pos < n:
-                # a slice of whole records (a compressed part never splits one), about
-                # _COMPRESSED_SLICE bytes, or one longer record
-                end = data.rfind(b"\n", start + pos, min(stop, start + pos + _COMPRESSED_SLICE))
-                if end < 0:
-                    end = data.find(b"\n", start + pos + _COMPRESSED_SLICE, stop)
-                k = (end + 1 if end >= 0 else stop) - start - pos
-                if (obj.chunk_len and obj.part < objects.MAX_PARTS
-                        and self.store.part_bound(obj.id, obj.part, k, obj.chunk_len, codec) > max_part):
-                    self._seal(obj)
-                self.store.append(obj.id, obj.part, view[pos:pos + k], obj.chunk_len, codec)
-                obj.chunk_len += k
-                pos += k
-                self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, ChunkState.OPEN, None)
-                if self.store.stored_len(obj.id, obj.part, obj.chunk_len, codec) >= chunk_size \
-                        and obj.part < objects.MAX_PARTS:
-                    self._seal(obj)
-        else:
-            pos = 0
-            while pos < n:
-                if obj.chunk_len >= chunk_size and obj.part < objects.MAX_PARTS:
-                    self._seal(obj)  # an open chunk already that long (journaled before forms were)
-                k = n - pos if obj.part >= objects.MAX_PARTS else min(chunk_size - obj.chunk_len, n - pos)
-                self.store.append(obj.id, obj.part, view[pos:pos + k], obj.chunk_len, codec)
-                obj.chunk_len += k
-                pos += k
-                self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, ChunkState.OPEN, None)
-                if obj.chunk_len >= chunk_size and obj.part < objects.MAX_PARTS:
-                    self._seal(obj)
-        obj.size += n
-        obj.records += records
-        obj.last_write = now
-        self.batch.objects[obj.id] = (obj.size, obj.records, now)
-        self.stats["bytes"] += n
-        self.stats["records"] += records
-
-    def _stored(self, obj: OpenObject) -> int:
-        """The object's stored size: its sealed parts and what its open chunk's compressor
-        has produced so far (what max-object-size is measured on with compression, as s3())."""
-        if obj.chunk_len == 0:
-            return obj.sealed_bytes
-        return obj.sealed_bytes + self.store.stored_len(obj.id, obj.part, obj.chunk_len, obj.form.codec)
-
-    def _seal(self, obj: OpenObject) -> None:
-        part_size = self.store.seal(obj.id, obj.part, obj.chunk_len, obj.form.codec)
-        obj.sealed_bytes += part_size
-        self.batch.chunks[(obj.id, obj.part)] = (obj.chunk_len, ChunkState.SEALED, part_size)
-        self._sealed_in_batch.append((obj.id, obj.part, obj.form.codec))
-        self.sealed_pending += 1
-        obj.sealed += 1
-        obj.part += 1
-        obj.chunk_len = 0
-
-    def _close(self, obj: OpenObject, reason: str, now: float) -> None:
-        if obj.chunk_len > 0:
-            self._seal(obj)
-        self.batch.closed[obj.id] = (reason, now)
-        self._untrack(obj)
-        self.log.debug("object closed", object=obj.id, key=obj.key, ts=obj.ts, reason=reason, size=obj.size)
 
     # -- rotation by time, drain -----------------------------------------------------------
 
@@ -617,7 +245,7 @@ class Ingest:
         self._ready()
         stale = objects.expired(list(self.open.values()), now, self.cfg.grace_seconds)
         for obj in stale:
-            self._close(obj, "flush-grace-period", now)
+            self.router.close(obj, "flush-grace-period", now)
         if stale:
             self.flush()
         return len(stale)
@@ -626,7 +254,7 @@ class Ingest:
         self._ready()
         n = len(self.open)
         for obj in list(self.open.values()):
-            self._close(obj, reason, now)
+            self.router.close(obj, reason, now)
         self.flush()
         return n
 
@@ -644,13 +272,13 @@ class Ingest:
         crash.point("after-batch-commit")
         if self.batch.dead_letters:
             self.dead.committed()
-        for oid, part, codec in self._sealed_in_batch:
+        for oid, part, codec in self.sealed_in_batch:
             self.store.sealed_committed(oid, part, codec)
-        if self.batch.closed or self._sealed_in_batch:
+        if self.batch.closed or self.sealed_in_batch:
             self.notify()
         self.batch = Batch()
         self.batch_bytes = 0
-        self._sealed_in_batch = []
+        self.sealed_in_batch = []
         self.batch_limit = min(self.batch_limit * 2, BATCH_BYTES)
 
     def rollback(self) -> None:
@@ -665,10 +293,8 @@ class Ingest:
         self._restored = False
         self.batch = Batch()
         self.batch_bytes = 0
-        self._sealed_in_batch = []
-        self.open.clear()
-        self.open_by_key.clear()
-        self.newest.clear()
+        self.sealed_in_batch = []
+        self.router.clear()
         self.store.discard()
         self.dead.discard()
         self.batch_limit = max(self.batch_limit // 4, MIN_BATCH_BYTES)
@@ -687,10 +313,8 @@ class Ingest:
             self.log.info("recovery", action=action)
         for problem in report.problems:
             self.log.error("recovery problem", problem=problem)
-        self.spool.revert()
-        self.open.clear()
-        self.open_by_key.clear()
-        self.newest.clear()
+        reader.revert(self.spool, self.journal)
+        self.router.clear()
         self.load()
         self._restored = True
 

@@ -18,7 +18,7 @@ from spoolup.config import Config
 from spoolup.form import Form
 from spoolup.files import syncfs
 from spoolup.journal import ChunkState, Journal, ObjectState, SourceState
-from spoolup.spool import scan
+from spoolup.scan import scan
 
 
 @dataclass

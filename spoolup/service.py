@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from spoolup import keys, logs, metrics, recover, stateid, statespace, systemd
@@ -32,7 +33,9 @@ from spoolup.journal import Journal, JournalError, disk_full
 from spoolup.idle import Clock
 from spoolup.lock import StateLock
 from spoolup.progress import DrainProgress, unshipped_bytes
-from spoolup.spool import DATA_POLL, REAPING, Spool, Watcher
+from spoolup.reaper import REAPING, Reap, try_reap
+from spoolup.spool import Spool
+from spoolup.watcher import DATA_POLL, Watcher
 
 HEARTBEAT_EVERY = 2.0
 SMALL_BATCH = 1 << 20  # a pump that read less than this ...
@@ -163,6 +166,7 @@ class Service:
         self.started = time.time()
         self.full_streak = 0  # disk-full failures in a row
         self._mark: dict = {}  # the claims last written to state-id (stateid.update_mark)
+        self.reaps: Counter[Reap] = Counter()  # reaper.try_reap()'s outcomes so far
 
     # -- setup -----------------------------------------------------------------
 
@@ -465,8 +469,6 @@ class Service:
 
     def _reap(self, now: float) -> None:
         """Delete spool files whose bytes are all in completed objects (invariant 6)."""
-        from spoolup import crash
-
         moved = []
         for src in list(self.spool.active()):
             if src.offset < src.size or self.spool.idle(src, now) < self.cfg.spool_reap_seconds:
@@ -475,15 +477,31 @@ class Service:
                 continue
             if self.journal.source_pending_objects(src.id):
                 continue
-            if not self.spool.try_reap(src, now, self.cfg.spool_reap_seconds, crash.point) and \
-                    os.path.basename(src.path).startswith(REAPING):
+            if self._try_reap(src, now) is not Reap.DELETED and os.path.basename(src.path).startswith(REAPING):
                 moved.append(src)
         if moved:
-            # moved aside (see Spool.try_reap): an open of the old path that was under way has
+            # moved aside (see reaper.try_reap): an open of the old path that was under way has
             # completed by now, and holds the file open; the others are deleted
             time.sleep(REAP_SETTLE)
             for src in moved:
-                self.spool.try_reap(src, time.time(), self.cfg.spool_reap_seconds, crash.point)
+                self._try_reap(src, time.time())
+
+    def _try_reap(self, src, now: float) -> Reap:
+        """One reaper.try_reap(), logged and counted by its outcome (self.reaps)."""
+        from spoolup import crash
+
+        path = src.path
+        outcome = try_reap(self.spool, src, now, self.cfg.spool_reap_seconds, crash.point)
+        self.reaps[outcome] += 1
+        if outcome is Reap.DELETED:
+            self.log.info("spool file shipped and deleted", source=src.id, path=keys.printable(src.key_path),
+                          bytes=src.offset)
+        elif outcome is Reap.MOVED_ASIDE:
+            self.log.debug("shipped spool file moved aside to be deleted", source=src.id, path=path, to=src.path)
+        elif outcome is not Reap.NOT_READY:
+            self.log.debug("shipped spool file not deleted", source=src.id, path=keys.printable(path),
+                           outcome=outcome.value)
+        return outcome
 
 
 FD_RESERVE = 64  # descriptors left for the journal, sockets, pipes, inotify, Python itself

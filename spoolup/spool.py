@@ -7,137 +7,28 @@ keeps its source (and key).  A file whose inode now holds another file (birth
 time, or its content under the offset, changed with its path) is a new source,
 shipped from its start; a file whose content under the journaled offset changed
 in place (truncated: logrotate's copytruncate) is shipped again from byte 0
-(ingest does that, see Ingest._restart), logged and counted.  watchdog events say
-when to look; a periodic rescan is the fallback.  Discovery is linear in the
+(ingest does that: reader.SourceReader.restart), logged and counted.  watchdog events say
+when to look (spoolup/watcher.py); a periodic rescan is the fallback.  Discovery is linear in the
 number of files and journals all the files one scan found in one transaction.
+Finding the files is spoolup/scan.py; deleting shipped ones, spoolup/reaper.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
-import signal
-import stat
-import threading
+import sqlite3
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 from spoolup import identity, keys, quarantine
 from spoolup.idle import Clock
 from spoolup.files import fsync_dir
-from spoolup.identity import HEAD_BYTES
-from spoolup.journal import Journal, SourceRow, SourceState
+from spoolup.journal import Journal, SourceState
+from spoolup.lru import LRU
 from spoolup.quarantine import Entry
-
-REAPING = ".spoolup-reaping-"  # a shipped spool file's name between the two steps of its deletion
-
-
-@dataclass
-class Source(SourceRow):
-    """A live spool file: its journal row plus what ingest keeps in memory."""
-
-    head: bytes | None = None  # first bytes: tells a reused inode from this file
-    fd: int | None = None
-    key: str | None = None  # rendered object-key (lines format)
-    missing: int = 0  # consecutive rescans that did not find it
-    partial_logged: bool = False
-    quarantine: Entry | None = None  # why it is not read (or not deleted) for now
-    scanned: int = 0  # bytes from offset up to here hold no newline (never searched twice)
-    changed: str | None = None  # why its content under the offset is not what was consumed (ingest restarts it)
-    verified: bool = False  # its birth time was compared since it was loaded from the journal
-    checked_mtime: float | None = None  # mtime when the bytes before a fully read file's offset were compared
-
-    @property
-    def backlog(self) -> int:
-        return max(self.size - self.offset, 0)
-
-    @classmethod
-    def from_row(cls, row: SourceRow, head: bytes | None) -> "Source":
-        return cls(**vars(row), head=head, scanned=row.offset)
-
-
-@dataclass
-class ScanEntry:
-    path: str
-    st: os.stat_result
-
-
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link (spoolup follows no links)"))
-
-
-def kind(mode: int) -> str:
-    return next((text for test, text in _KINDS if test(mode)), "not a regular file")
-
-
-class NotRegular(OSError):
-    """The path holds something other than a regular file (FIFO, socket, device, link)."""
-
-
-def open_regular(path: Path | str) -> int:
-    """A read descriptor for a regular file, never blocking: O_NONBLOCK (a FIFO would block
-    open() until a writer comes), O_NOFOLLOW (no links: ELOOP), and fstat must say S_ISREG."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise NotRegular(errno.EINVAL, kind(st.st_mode), str(path))
-    return fd
-
-
-def scan(spool_dir: Path) -> tuple[dict[tuple[int, int], ScanEntry], dict[str, tuple[str, str]]]:
-    """Every regular file under spool_dir, by (dev, ino); plus the entries it cannot ship:
-    path -> (quarantine reason, what it is) for links, FIFOs, sockets, devices and
-    directories it may not list."""
-    found: dict[tuple[int, int], ScanEntry] = {}
-    odd: dict[str, tuple[str, str]] = {}
-    stack = [(spool_dir, "")]
-    while stack:
-        directory, rel = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            odd[rel or "."] = ("unreadable-directory", f"cannot list the directory: {e.strerror}")
-            continue
-        for entry in entries:
-            relpath = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((Path(entry.path), relpath))
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode):
-                    found[(st.st_dev, st.st_ino)] = ScanEntry(relpath, st)
-                else:
-                    odd[relpath] = ("not-a-regular-file", kind(st.st_mode))
-            except FileNotFoundError:
-                continue
-    return found, odd
-
-
-def spool_dir_problem(spool_dir: Path) -> str | None:
-    """What looks wrong with a spool dir before spoolup runs (a mistyped spool-dir is the
-    usual cause): it does not exist, or holds no file at all."""
-    if not spool_dir.exists():
-        return (f"spool-dir {spool_dir} does not exist: `spoolup run` creates it, but nothing will ship until "
-                "syslog-ng writes there. Is it the directory of syslog-ng's file() destination?")
-    if not spool_dir.is_dir():
-        return f"spool-dir {spool_dir} is not a directory"
-    found, _skipped = scan(spool_dir)
-    if not found:
-        return (f"spool-dir {spool_dir} holds no files yet: nothing ships until syslog-ng writes there. "
-                "Is it the directory of syslog-ng's file() destination?")
-    return None
+from spoolup.scan import NotRegular, ScanEntry, Source, open_regular, scan
 
 
 class Spool:
@@ -152,8 +43,8 @@ class Spool:
         self.object_key = object_key  # lines format: template over {path}/{dir}/{name}
         self.key_room = key_room  # bytes a final key adds to the rendered one at most (Config.key_room)
         self.retry_max = retry_max  # longest delay between retries of a quarantined entry
-        self.max_open = max_open  # descriptors kept open for spool files (LRU)
-        self._open: OrderedDict[int, Source] = OrderedDict()  # sources holding a descriptor, least recent first
+        # sources holding a descriptor: at most max_open, the least recently used is closed
+        self._open: LRU[int, Source] = LRU(max_open, lambda _id, old: self.close_fd(old))
         self.sources: dict[int, Source] = {}
         self.by_inode: dict[tuple[int, int], Source] = {}
         self.quarantined: dict[str, Entry] = {}  # by path: the journal's quarantine rows
@@ -175,20 +66,11 @@ class Spool:
             if src is not None:
                 src.quarantine = e
             elif e.source_id is not None:
-                self._release(e, "its spool file is no longer tracked", gone=True)
+                self.release(e, "its spool file is no longer tracked", gone=True)
                 continue
             if e.reason == "invalid-key" and src is not None and not keys.final_key_problem(src.key or "",
                                                                                              self.key_room):
-                self._release(e, "the object key is valid now")
-
-    def revert(self) -> None:
-        """Put the sources' offsets and fingerprints back to what the journal says (the
-        batch that moved them was abandoned)."""
-        heads = self.journal.source_heads()
-        for row in self.journal.live_sources():
-            src = self.sources.get(row.id)
-            if src is not None:
-                src.offset, src.head, src.tail, src.scanned = row.offset, heads.get(row.id), row.tail, row.offset
+                self.release(e, "the object key is valid now")
 
     def _add(self, src: Source) -> None:
         if self.object_key is not None:
@@ -202,7 +84,7 @@ class Spool:
         if self.by_inode.get((src.dev, src.ino)) is src:
             del self.by_inode[(src.dev, src.ino)]
 
-    def _sync_dir(self, directory: Path) -> None:
+    def sync_dir(self, directory: Path) -> None:
         if self.fsync:
             fsync_dir(directory)
 
@@ -217,7 +99,7 @@ class Spool:
                 self.quarantine(path, reason, what)  # (still there at its retry: one more attempt)
         for e in list(self.quarantined.values()):
             if e.source_id is None and e.path not in odd:
-                self._release(e, "the entry is gone from the spool", gone=True)
+                self.release(e, "the entry is gone from the spool", gone=True)
         fresh: list[tuple[tuple[int, int], ScanEntry]] = []
         for ident, entry in found.items():
             src = self.by_inode.get(ident)
@@ -297,13 +179,13 @@ class Spool:
         except OSError:
             return None
         try:
-            return self._content_changed(src, fd)
+            return self.content_changed(src, fd)
         except OSError:
             return None
         finally:
             os.close(fd)
 
-    def _content_changed(self, src: Source, fd: int) -> str | None:
+    def content_changed(self, src: Source, fd: int) -> str | None:
         """Why the bytes before the offset are not those consumed, or None."""
         if src.head and os.pread(fd, len(src.head), 0) != src.head:
             return "its first bytes changed"
@@ -336,7 +218,7 @@ class Spool:
             self.log.info("spool file gone", source=src.id, path=keys.printable(src.path))
         self.journal.set_source(src.id, state=SourceState.GONE, error=error)
         if src.quarantine is not None:
-            self._release(src.quarantine, "its spool file is gone", gone=True)
+            self.release(src.quarantine, "its spool file is gone", gone=True)
         self._drop(src)
 
     def observe(self, src: Source, st: os.stat_result) -> None:
@@ -374,8 +256,10 @@ class Spool:
             self.log.warning("spool entry quarantined", path=keys.printable(path), reason=reason, error=message,
                              what_to_do=e.rule.what_to_do, source=e.source_id,
                              retry_in=None if e.next_retry is None else round(e.next_retry - now, 3))
-            with contextlib.suppress(Exception):
+            try:
                 self.journal.record_error("ingest", "quarantine", reason, f"{keys.printable(path)}: {message}")
+            except sqlite3.Error as err:  # (the quarantine row is journaled: status shows the entry)
+                self.log.warning("cannot journal this; going on", what="an error", error=str(err))
         if src is not None:
             src.quarantine = e
             if e.rule.stops_reading:
@@ -386,9 +270,9 @@ class Spool:
         """`src` just did what its quarantine (one of `reasons`) prevented: it resumes."""
         e = src.quarantine
         if e is not None and e.reason in reasons:
-            self._release(e, "the cause is gone")
+            self.release(e, "the cause is gone")
 
-    def _release(self, e: Entry, because: str, *, gone: bool = False) -> None:
+    def release(self, e: Entry, because: str, *, gone: bool = False) -> None:
         self.quarantined.pop(e.path, None)
         self.journal.clear_quarantine(e.path)
         src = self.sources.get(e.source_id) if e.source_id is not None else None
@@ -422,7 +306,7 @@ class Spool:
         this file (the next rescan sorts that out) or it cannot be read (quarantined).  At most
         max_open are kept: the least recently used is closed (and opened again when it grows)."""
         if src.fd is not None:
-            self._open.move_to_end(src.id)
+            self._open.get(src.id)  # (the most recently used now)
             return src.fd
         path = self.dir / src.path
         try:
@@ -449,10 +333,7 @@ class Spool:
         if src.head and src.changed is None and os.pread(fd, len(src.head), 0) != src.head:
             src.changed = "its first bytes changed"
         src.fd = fd
-        self._open[src.id] = src
-        while len(self._open) > self.max_open:
-            _, old = self._open.popitem(last=False)
-            self.close_fd(old)
+        self._open.put(src.id, src)
         self.cleared(src, "unreadable", "read-error")
         return fd
 
@@ -472,9 +353,6 @@ class Spool:
             self.observe(src, os.fstat(src.fd))
         except OSError:
             self.close_fd(src)
-
-    def set_head(self, src: Source, data) -> None:
-        src.head = bytes(data[:HEAD_BYTES])
 
     def close_fd(self, src: Source) -> None:
         self._open.pop(src.id, None)
@@ -496,200 +374,11 @@ class Spool:
         """Quarantined entries whose bytes (if any) are not shipped while they are quarantined."""
         return [e for e in self.quarantined.values() if e.rule.blocks_shipping]
 
-    # -- reaping (invariant 6) ---------------------------------------------------------
-
-    def try_reap(self, src: Source, now: float, idle_seconds: float, crash_point) -> bool:
-        """Delete a fully shipped spool file whose writer has closed it.  The
-        caller checked that every object holding its bytes is done.  True once
-        the file is deleted and journaled as reaped.
-
-        Two steps, because a writer may be opening the file by its path at the
-        very moment it is deleted (syslog-ng reopens a file it closed after
-        time-reap() when a new message comes): such a writer would write into a
-        deleted inode, and its records would be lost.  So the first step renames
-        the file to a reaping name (REAPING + source id) in its directory: new
-        opens of the path now create a new file, and an open already under way
-        still finds the file, which stays in the spool and is read like any
-        other.  A second call (the caller makes it a moment later) deletes it if
-        it is still fully shipped and idle and no one has it open, then journals
-        the source as reaped.  A crash after the delete and before the journal leaves
-        a journaled source whose file is gone with every byte consumed: the next
-        scan forgets it quietly.  (Journaling first would leave a file the journal
-        no longer tracks, read again from its start.)"""
-        if src.state != SourceState.ACTIVE or src.offset < src.size or self.idle(src, now) < idle_seconds:
-            return False
-        self.close_fd(src)
-        path = self.dir / src.path
-        try:
-            fd = open_regular(path)
-        except (FileNotFoundError, NotRegular):
-            return False
-        except OSError as e:
-            self.quarantine(src.path, "unreadable", f"cannot open it to check that it is closed: {e.strerror}",
-                            src=src)
-            return False
-        keep_fd = False
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (src.dev, src.ino) or st.st_size != src.offset or src.changed:
-                return False
-            changed = self._content_changed(src, fd)
-            if changed:  # truncated and refilled to exactly the consumed size: not shipped, never deleted
-                src.changed = changed
-                return False
-            lease, why = _take_lease(fd)
-            self._lease_state(lease, why)
-            if lease is False:
-                return False
-            if not path.name.startswith(REAPING):
-                # (the journal keeps the spool path: after a crash here, the scan finds the
-                # file under its reaping name by its inode, as any renamed file)
-                reaping = path.with_name(f"{REAPING}{src.id}")
-                try:
-                    os.rename(path, reaping)
-                except OSError as e:
-                    if e.errno == errno.ENOENT:
-                        return False
-                    self._cannot_delete(src, f"renaming it aside to delete it failed: {e.strerror}")
-                    return False
-                self._sync_dir(reaping.parent)
-                old, src.path = src.path, str(reaping.relative_to(self.dir))
-                self.log.debug("shipped spool file moved aside to be deleted", source=src.id, path=old, to=src.path)
-                return False
-            crash_point("before-reap-unlink")
-            try:
-                os.unlink(path)
-            except OSError as e:
-                if e.errno == errno.ENOENT:
-                    return False
-                self._cannot_delete(src, f"deleting it failed: {e.strerror}")
-                return False
-            self._sync_dir(path.parent)  # durable before the journal says reaped: a file back after a power
-            #                              loss would be a new, unknown file, read again from its start
-            crash_point("after-reap-unlink")
-            if lease and fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK:
-                # someone opened it while we held the lease: whatever it writes goes to the
-                # deleted inode, which we keep reading through this descriptor
-                self.log.warning("a writer opened a spool file while it was being deleted; reading on from the "
-                                 "deleted file until it is idle again", source=src.id, path=src.path)
-                src.fd, keep_fd = fd, True
-                return False
-            self.journal.mark_reaped(src.id)
-            if src.quarantine is not None:
-                self._release(src.quarantine, "deleted")
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-            if not keep_fd:
-                os.close(fd)
-        self.log.info("spool file shipped and deleted", source=src.id, path=keys.printable(src.key_path),
-                      bytes=src.offset)
+    def reaped(self, src: Source) -> None:
+        """`src` is deleted and journaled as reaped (spoolup/reaper.py): forget it."""
         self.sources.pop(src.id, None)
         self.by_inode.pop((src.dev, src.ino), None)
-        return True
-
 
     def idle(self, src: Source, now: float) -> float:
         """Seconds `src` has been idle (spoolup/idle.py: never decided by a wall-clock step)."""
         return self.clock.idle(src.mtime, now, time.monotonic())
-
-    def _lease_state(self, lease: bool | None, why: str | None) -> None:
-        """Say once, in the log and in the journal (for status), when write leases cannot be taken."""
-        state = "unavailable" if lease is None else "ok"
-        if state == self.leases["state"]:
-            return
-        self.leases = {"state": state, "reason": why, "since": time.time()}
-        if state == "unavailable":
-            self.log.warning("write leases unavailable: whether a writer still has a spool file open cannot be "
-                             "checked before deleting it; the idle time (spool-reap) alone decides. Give spoolup "
-                             "CAP_LEASE (the shipped unit does) or run it as the spool files' owner", reason=why)
-        else:
-            self.log.info("write leases available again: deletions check that no writer has the file open")
-        with contextlib.suppress(Exception):
-            self.journal.set_state("leases", self.leases)
-
-    def _cannot_delete(self, src: Source, what: str) -> None:
-        self.quarantine(src.path, "cannot-delete", f"{what} (every byte of it is shipped)", src=src)
-
-
-def _take_lease(fd: int) -> tuple[bool | None, str | None]:
-    """A write lease is granted only when no other descriptor has the file open:
-    the writer (syslog-ng) has really closed it.  True: we hold the lease; False:
-    someone has the file open; None: leases are not available here (neither the
-    owner nor CAP_LEASE: EACCES; NFS), and the idle time alone decides, as DESIGN
-    says.  The second value says why leases are not available.
-
-    A writer opening the file while we hold the lease makes the kernel send SIGIO,
-    whose default action terminates the process: it is ignored (we give the lease
-    up within microseconds anyway).  Signal dispositions can only be set from the
-    main thread; elsewhere no lease is taken."""
-    if signal.getsignal(signal.SIGIO) is signal.SIG_DFL:
-        if threading.current_thread() is not threading.main_thread():
-            return None, "not the main thread"
-        signal.signal(signal.SIGIO, signal.SIG_IGN)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        return True, None
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EBUSY):
-            return False, None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            return None, (f"F_SETLEASE: {e.strerror}: spoolup (uid {os.geteuid()}) neither owns the spool files "
-                          "nor has CAP_LEASE")
-        return None, f"F_SETLEASE: {e.strerror}"
-
-
-DATA_POLL = 0.25  # seconds between looks at the active files for new bytes
-
-
-class Watcher:
-    """watchdog on the spool dir: files created, moved, deleted or closed after
-    writing set `event`.  Appends are not watched: a writer such as syslog-ng
-    appends thousands of times a second, and handling one inotify event per
-    write cost more CPU than all of ingest; active files are looked at every
-    DATA_POLL seconds instead (one fstat each).  Without inotify, polling only."""
-
-    def __init__(self, spool_dir: Path, log):
-        self.event = threading.Event()
-        self.structure_changed = True
-        self.observer = None
-        self.log = log
-        try:
-            from watchdog.events import (
-                DirCreatedEvent,
-                DirDeletedEvent,
-                DirMovedEvent,
-                FileClosedEvent,
-                FileCreatedEvent,
-                FileDeletedEvent,
-                FileMovedEvent,
-                FileSystemEventHandler,
-            )
-            from watchdog.observers import Observer
-
-            watcher = self
-
-            class Handler(FileSystemEventHandler):
-                def on_any_event(self, event):  # noqa: D401 - watchdog's callback
-                    if event.event_type in ("created", "moved", "deleted"):
-                        watcher.structure_changed = True
-                    if event.event_type not in ("opened", "closed_no_write"):
-                        watcher.event.set()
-
-            self.observer = Observer()
-            self.observer.schedule(
-                Handler(), str(spool_dir), recursive=True,
-                event_filter=[FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileDeletedEvent,
-                              DirDeletedEvent, FileClosedEvent],
-            )
-            self.observer.daemon = True
-            self.observer.start()
-        except Exception as e:  # noqa: BLE001 - inotify limits, unsupported fs: poll instead
-            self.observer = None
-            log.warning("watchdog unavailable, polling the spool instead", error=str(e))
-
-    def stop(self) -> None:
-        if self.observer is not None:
-            with contextlib.suppress(Exception):
-                self.observer.stop()
-                self.observer.join(timeout=5)

@@ -16,7 +16,7 @@ from spoolup import form as forms
 from spoolup.config import Config
 from spoolup.deadletter import REMOVED_STATE
 from spoolup.journal import CAPABILITIES_META, REFUSED_OBJECTS_META, STOPPED, Journal, ObjectState, stored_version
-from spoolup.spool import scan
+from spoolup.scan import scan
 
 SCHEMA_VERSION = 1
 LIVENESS_SECONDS = 10.0  # a process whose heartbeat is older is reported dead

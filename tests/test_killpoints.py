@@ -208,7 +208,7 @@ def test_invariant6_a_writer_opening_the_file_during_the_reap_lease_does_not_kil
     path.write_bytes(b"shipped\n")
     script = (
         "import fcntl, os, sys, time\n"
-        "from spoolup.spool import _take_lease\n"
+        "from spoolup.reaper import _take_lease\n"
         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
         "print('leased' if _take_lease(fd)[0] is True else 'no lease', flush=True)\n"
         "deadline = time.monotonic() + 20\n"
