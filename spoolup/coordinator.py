@@ -34,7 +34,7 @@ from spoolup.backoff import backoff
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
-from spoolup.journal import REFUSED_OBJECTS_META, Journal, ObjectState, UploadMode
+from spoolup.journal import REFUSED_OBJECTS_META, Journal, ObjectRow, ObjectState, UploadMode
 from spoolup.protocol import Protocol, permanent
 from spoolup.s3 import S3, S3Error
 from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Kind, PartDone, PartsMismatch, Result,
@@ -81,6 +81,8 @@ class Uploader:
         # other claim without an upload id (journaled before a restart, or whose start failed) a
         # Create may have been sent: an empty upload at the key is its orphan, adopted.
         self.fresh_claims: set[tuple[int, int]] = set()
+        # the object each START task in flight was submitted for (its claim then): see _unsettled
+        self.starting: dict[Task, ObjectRow] = {}
         self.wake = threading.Event()
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0, "stale": 0}
         self._last_prune = 0.0
@@ -158,13 +160,42 @@ class Uploader:
             self._submit(task, self.work.start, obj, size, claim not in self.fresh_claims)
             if task in self.inflight:
                 self.fresh_claims.discard(claim)
+                self.starting.setdefault(task, obj)
+        unsettled = self._unsettled()
         for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8,
                                                             skip=self._waiting_ids(Kind.CLAIM)):
             if self._room() <= 0:
                 return
+            if (obj.key, obj.ts) in unsettled:
+                continue
             in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
             mode = UploadMode.SINGLE if obj.state == ObjectState.CLOSED and n_chunks == 1 else UploadMode.MULTIPART
             self._submit(Task(Kind.CLAIM, obj.id), self.work.claim, obj, prev, in_use, mode)
+
+    def _unsettled(self) -> set[tuple[str, str]]:
+        """The (key, ts) whose final keys may hold, for a moment, an upload or object of this
+        journal's own that no claim owns: a start in flight for a claim its object has given up
+        meanwhile (a KeyTaken of an earlier object unclaimed it: the upload it creates is aborted
+        once its result is harvested), or a cleanup (ABORT/DISCARD) not yet done.  No object of
+        such a (key, ts) claims until they are gone: a claim's listing (or a fresh claim's start)
+        meanwhile takes our own upload for someone else's and skips its index, and once it is
+        aborted the bucket holds nothing that explains the gap in the numbering (issue 18's
+        torture: index 12 skipped for a later object's stale Create, then aborted).  A cleanup
+        that S3 keeps failing holds no claim back (the index is skipped then, the upload still
+        being in the bucket)."""
+        j = self.journal
+        out: set[tuple[str, str]] = set()
+        for obj in self.starting.values():
+            now = j.object(obj.id)
+            if now is None or now.claim_gen != obj.claim_gen:
+                out.add((obj.key, obj.ts))
+        for task in self.cleanups:
+            if task in self.failures:
+                continue
+            obj = j.object(task.object_id)
+            if obj is not None:
+                out.add((obj.key, obj.ts))
+        return out
 
     def _cleanup(self, task: Task, fn: Callable, *args) -> Action:
         """A cleanup call (of something spoolup's own), submitted once the round is committed."""
@@ -189,6 +220,7 @@ class Uploader:
         with self.journal.transaction():
             for task, future in finished:
                 del self.inflight[task]
+                self.starting.pop(task, None)
                 try:
                     result = future.result()
                 except S3Error as e:

@@ -137,6 +137,13 @@ class Protocol:
             stamp, found = self._pending
             self._pending = (stamp, found | {key})
 
+    def _forget_pending(self, key: str) -> None:
+        """Our own upload at `key` is aborted: the claims the cached listing serves must not
+        skip its index for it (a foreign upload there, if any, is found by the start's own listing)."""
+        with self._pending_lock:
+            stamp, found = self._pending
+            self._pending = (stamp, found - {key})
+
     def taken_keys(self, key: str, ts: str) -> set[str]:
         prefix = keys.key_prefix(key, ts)
         if not prefix.startswith(self.prefix):  # an object of an earlier object-key
@@ -353,6 +360,7 @@ class Protocol:
     def abort_unused(self, key: str, upload_id: str) -> CleanedUp:
         """A cleanup task: an upload this journal created and no longer uses."""
         self.abort(key, upload_id)
+        self._forget_pending(key)
         return CleanedUp(f"aborted unused upload {upload_id[:16]}... at {key}")
 
     def discard(self, key: str, object_id: int) -> CleanedUp:
