@@ -393,9 +393,9 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
                      and figures["byte_mismatches"] == 0 and figures["unexpected_exits"] == 0
                      and figures["stuck_upload_processes"] == 0 and figures["index_gaps"] == 0
                      and figures["foreign_overwritten"] == 0 and figures["foreign_uploads_vanished"] == 0
-                     # without key races, an empty upload left by a kill between Create and its journal
-                     # entry is tolerated (issue 18 item 4); with them, every upload left is counted
-                     and (not key_races or figures["leftover_uploads"] == 0))
+                     # every upload left is counted: spoolup adopts or aborts the empty upload a kill
+                     # between Create and its journal entry leaves (issue 18 item 4)
+                     and figures["leftover_uploads"] == 0)
     return figures
 
 
@@ -414,8 +414,8 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
                if u["UploadId"] not in foreign_ids and foreign and u["Key"] in foreign.create_lost]
     uploads = [u for u in all_uploads if u["UploadId"] not in foreign_ids and u not in unknown]  # spoolup's, left
     leftover = [u["Key"] for u in uploads]
-    # a kill between CreateMultipartUpload and journaling its id leaves an upload spoolup cannot
-    # tell from another writer's, so it never aborts it: it holds no part.  Any with parts is a bug.
+    # empty ones are reported apart (empty_orphan_uploads) but count as left behind all the same:
+    # spoolup adopts or aborts the upload a kill between Create and its journal entry leaves
     empty_orphans = [u for u in uploads
                      if not s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")]
     uploads = [u for u in uploads if u not in empty_orphans]

@@ -66,7 +66,6 @@ def run_torture(moto, workdir: Path, state_fs: str, tmp_path: Path, *extra: str)
     assert r.returncode == 0, summary
 
 
-@pytest.mark.xfail(strict=False, reason="issue 18 items 1, 2, 4: fixed in the upload-cas branch")
 def test_kill9_torture_with_key_races(moto, tmp_path):
     """The torture with a foreign writer racing spoolup for its next keys (bench/torture.py
     --key-races): PUTs and multipart uploads (completed, pending, empty) at the next indexes,
