@@ -33,6 +33,16 @@ class Bad(NamedTuple):
 _KEY_CACHE = 65536  # (key, ts) pairs whose validation result is remembered
 
 
+def _optional(doc: dict, name: str) -> str | Bad:
+    """An optional string field: absent or null reads as "" (no timestamp, no suffix)."""
+    value = doc.get(name)
+    if value is None:
+        return ""
+    if type(value) is not str:
+        return Bad(f"field '{name}' is not a string")
+    return value
+
+
 class Parser:
     """Parses envelope lines for one configuration.  Keys repeat across records,
     so the validation of each (key, ts) pair is done once and remembered: per
@@ -51,21 +61,17 @@ class Parser:
         if type(doc) is not dict:
             return Bad("not a JSON object")
         key = doc.get("key")
-        ts = doc.get("ts")
         msg = doc.get("msg")
-        suffix = doc.get("suffix")
         if type(key) is not str:
             return Bad("field 'key' is missing or not a string")
-        if ts is None:
-            ts = ""
-        elif type(ts) is not str:
-            return Bad("field 'ts' is not a string")
+        ts = _optional(doc, "ts")
+        if type(ts) is Bad:
+            return ts
         if type(msg) is not str:
             return Bad("field 'msg' is missing or not a string")
-        if suffix is None:
-            suffix = ""
-        elif type(suffix) is not str:
-            return Bad("field 'suffix' is not a string")
+        suffix = _optional(doc, "suffix")
+        if type(suffix) is Bad:
+            return suffix
         rendered = self._keys.get((key, ts, suffix))
         if rendered is None:
             rendered = self._check_key(key, ts, suffix)

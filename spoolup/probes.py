@@ -46,6 +46,13 @@ def _check(ok: bool, reason: str) -> dict[str, Any]:
     return {"ok": bool(ok), "reason": reason}
 
 
+def _verdict(problems: list[str], fine: str) -> dict[str, Any]:
+    """A check that collects several problems: failed with all of them, or passed with `fine`."""
+    if problems:
+        return _check(False, "; ".join(problems))
+    return _check(True, fine)
+
+
 def _result(checks: dict[str, dict[str, Any]], **extra) -> dict[str, Any]:
     return {"ok": all(c["ok"] for c in checks.values()), "checks": checks, **extra}
 
@@ -145,10 +152,8 @@ def _uploads(st: dict[str, Any], now: float) -> dict[str, Any]:
         o = overdue[0]
         problems.append(f"{len(overdue)} open object(s) still open {status._age(now - o['completes']['grace_at'])} "
                         f"after their flush-grace-period, e.g. {o['expected_key']}")
-    if problems:
-        return _check(False, "; ".join(problems))
-    return _check(True, f"{closed['count']} closed object(s) waiting, none for longer than "
-                        f"{status._age(STALLED_AFTER)}; {st['pending_parts']['count']} part(s) pending")
+    return _verdict(problems, f"{closed['count']} closed object(s) waiting, none for longer than "
+                              f"{status._age(STALLED_AFTER)}; {st['pending_parts']['count']} part(s) pending")
 
 
 def _quarantine(st: dict[str, Any], now: float) -> dict[str, Any]:
@@ -166,9 +171,7 @@ def _quarantine(st: dict[str, Any], now: float) -> dict[str, Any]:
         q = objects[0]
         problems.append(f"{len(objects)} object(s) S3 refuses for longer than {status._age(STALLED_AFTER)}, e.g. "
                         f"{q.get('key')}: {q.get('operation')} {q.get('code')}: {q.get('message')}")
-    if problems:
-        return _check(False, "; ".join(problems))
-    return _check(True, "nothing quarantined for longer than " + status._age(STALLED_AFTER))
+    return _verdict(problems, "nothing quarantined for longer than " + status._age(STALLED_AFTER))
 
 
 # ---------------------------------------------------------------------------

@@ -12,12 +12,14 @@ import gzip
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import sqlite_utils
 
+from faultproxy import PROBE_KEY
 from helpers import Spoolup, get, list_keys, objects_of, pending_uploads, wait_for
 from spoolup.journal import Journal
 
@@ -317,11 +319,12 @@ def umount(mnt: Path) -> None:
 
 
 def fill_filesystem(directory: Path, leave: int = 0) -> Path:
-    """Fill the filesystem of `directory` with one file, then give `leave` bytes back."""
+    """Fill the filesystem of `directory` to its last byte with one foreign file (as something
+    else filling the disk does), then give `leave` bytes back."""
     filler = directory / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        for block in (1 << 20, 64 << 10, 4 << 10, 512):
+        for block in (1 << 20, 64 << 10, 4 << 10, 512, 1):  # big writes, then smaller, to the last byte
             try:
                 while True:
                     os.write(fd, b"\xff" * block)
@@ -332,3 +335,27 @@ def fill_filesystem(directory: Path, leave: int = 0) -> Path:
     size = filler.stat().st_size
     os.truncate(filler, max(size - leave, 0))
     return filler
+
+
+# ---------------------------------------------------------------------------
+# a capability probe cut short
+
+
+@contextlib.contextmanager
+def probe_complete_held(proxy) -> Iterator[threading.Event]:
+    """The capability probe's CompleteMultipartUpload held by the fault proxy, never forwarded,
+    so that a kill lands while the probe is under way: yields an event set once the Complete is
+    held.  On exit the proxy's rules are cleared and the held request is dropped."""
+    held, gate = threading.Event(), threading.Event()
+
+    def hold_then_drop(req):
+        held.set()
+        gate.wait(120)
+        raise ConnectionAbortedError("dropped by the test: never forwarded")
+
+    proxy.add("CompleteMultipartUpload", action="hook", hook=hold_then_drop, key=PROBE_KEY)
+    try:
+        yield held
+    finally:
+        proxy.clear()
+        gate.set()

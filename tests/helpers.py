@@ -350,6 +350,26 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def start_running(sp: Spoolup) -> subprocess.Popen:
+    """`spoolup run`, returned once it holds the state dir (so that a drain asks it)."""
+    proc = sp.start()
+    wait_for(lambda: proc.poll() is not None or sp.status()["service"]["running"], 60, what="spoolup run")
+    assert proc.poll() is None, sp.log_text()
+    return proc
+
+
+def log_events(text: str, event: str) -> list[dict]:
+    """The JSON log lines of `text` (a log file, a stderr) whose event is `event`; a line that
+    starts like JSON but is not fails the test."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)
+            if doc.get("event") == event:
+                out.append(doc)
+    return out
+
+
 def syslog_lines(n: int, *, host: str = "web01", start: int = 0, width: int = 0) -> bytes:
     """n syslog-like records with sequence numbers (optionally padded to about `width` bytes)."""
     out = []

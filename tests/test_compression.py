@@ -18,18 +18,13 @@ import zlib
 import pytest
 import zstandard
 
+from crashkit import write
 from helpers import etag, get, list_keys, multipart_etag, syslog_lines, wait_for
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
 MiB = 1024 * 1024
 PART = 5 * MiB
-
-
-def write(path, data: bytes, mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, mode) as f:
-        f.write(data)
 
 
 def noisy_lines(seed: int, size: int) -> bytes:

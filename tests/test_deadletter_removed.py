@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import get, wait_for
+from crashkit import write
+from helpers import get, start_running, wait_for
 from spoolup.status import human_bytes
-from test_envelope import body, env, start_running, write
+from test_envelope import body, env, running_past_a_dead_letter
 
 
 def bad(tag: str, n: int) -> bytes:
@@ -61,13 +62,8 @@ def test_dead_letters_stay_exactly_once_after_a_deletion_and_a_crash(make_spoolu
     """Deleted while the service runs, then the service dies around the next batch's commit:
     the restart neither loses nor repeats a line of the new file."""
     sp = make_spoolup(format="envelope")
-    path = sp.spool / "x.jsonl"
-    write(path, env("k", "one") + b"bad one\n")
-    proc = start_running(sp)
-    try:
-        wait_for(lambda: sp.status()["dead_letters"]["records"] == 1, 60, what="the first dead letter")
-    finally:
-        assert sp.stop(proc) == 0
+    with running_past_a_dead_letter(sp) as path:
+        pass
     (name,) = dead_files(sp)
     proc = start_running(sp)  # the service holds the file's descriptor from here on
     try:
@@ -90,18 +86,12 @@ def test_dead_letters_stay_exactly_once_after_a_deletion_and_a_crash(make_spoolu
 @pytest.mark.parametrize("crash_at", ["after-chunk-sync", "after-batch-commit"])
 def test_deleted_while_running_then_crash_keeps_exactly_once(make_spoolup, s3, crash_at):
     sp = make_spoolup(format="envelope")
-    path = sp.spool / "x.jsonl"
-    write(path, env("k", "one") + b"bad one\n")
-    proc = start_running(sp)
-    try:
-        wait_for(lambda: sp.status()["dead_letters"]["records"] == 1, 60, what="the first dead letter")
+    with running_past_a_dead_letter(sp) as path:
         (name,) = dead_files(sp)
         (sp.state / "dead-letter" / name).unlink()
         write(path, b"bad two\n", "ab")
         wait_for(lambda: sp.status()["dead_letters"]["records"] == 2, 60, what="the second dead letter")
         assert dead_files(sp) == {name: b"bad two\n"}
-    finally:
-        assert sp.stop(proc) == 0
     write(path, b"bad three\n" + env("k", "two"), "ab")
     proc = sp.start(crash_at=crash_at)
     assert proc.wait(60) == -9, sp.log_text()[-3000:]

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from crashkit import assert_exact, noisy_lines, write
-from crashkit import consumed
+from crashkit import assert_exact, consumed, fill_filesystem, noisy_lines, write
 from helpers import mounted, syslog_lines, wait_for
 
 FILES = {
@@ -93,22 +92,6 @@ def assert_recovered(sp, p, code: int, s3, state_dir: Path, expected: dict[str, 
     assert "Traceback" not in sp.log_text()
 
 
-def fill(directory: Path) -> Path:
-    """Take every free byte of a filesystem (a filler file written until ENOSPC)."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for size in (1 << 20, 64 << 10, 4096, 1):  # big writes, then smaller, to the last byte
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
-    return filler
-
-
 def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_state_dir):
     """The journal itself cannot grow either: both processes hit SQLITE_FULL/ENOSPC.  Status
     still names the cause (issue 18 item 8: last_error was null, as nothing could journal it)."""
@@ -122,7 +105,7 @@ def test_disk_filled_by_something_else_while_running(make_spoolup, s3, tiny_stat
     p = sp.start()
     try:
         wait_for(lambda: sp.status()["completed_objects"]["count"] == len(FILES), 60, what="first objects")
-        filler = fill(tiny_state_dir)
+        filler = fill_filesystem(tiny_state_dir)
         for name, data in FILES.items():
             write(sp.spool / name, data[len(first[name]):], "ab")
         wait_for(lambda: "state dir disk full" in (log := sp.log_text()) or "state dir low on space" in log, 60,

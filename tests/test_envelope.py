@@ -7,14 +7,15 @@ and compares the bucket's bytes with what the records say the objects must hold.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 
 import pytest
 
-from crashkit import rows
-from helpers import get, list_keys, wait_for
+from crashkit import rows, write
+from helpers import get, list_keys, log_events, start_running, wait_for
 
 KiB = 1024
 
@@ -27,37 +28,27 @@ def env(key, msg, ts=None, **extra) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
-def write(path, data: bytes, mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, mode) as f:
-        f.write(data)
-
-
 def body(*msgs: str) -> bytes:
     return b"".join(m.encode("utf-8") + b"\n" for m in msgs)
+
+
+@contextlib.contextmanager
+def running_past_a_dead_letter(sp):
+    """A running service that has dead-lettered the bad line of x.jsonl (after one good
+    record for "k"); yields the spool file's path and stops the service on exit."""
+    path = sp.spool / "x.jsonl"
+    write(path, env("k", "one") + b"bad one\n")
+    proc = start_running(sp)
+    try:
+        wait_for(lambda: sp.status()["dead_letters"]["records"] == 1, 60, what="the first dead letter")
+        yield path
+    finally:
+        assert sp.stop(proc) == 0
 
 
 def journal_objects(sp) -> dict[str, tuple[str, int]]:
     """final key -> (close reason, records), read from the journal (read-only)."""
     return {o["final_key"]: (o["close_reason"], o["records"]) for o in rows(sp, "objects")}
-
-
-def start_running(sp):
-    """`spoolup run`, returned once it holds the state dir (so that a drain asks it)."""
-    proc = sp.start()
-    wait_for(lambda: proc.poll() is not None or sp.status()["service"]["running"], 60, what="spoolup run")
-    assert proc.poll() is None, sp.log_text()
-    return proc
-
-
-def log_events(text: str, event: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            doc = json.loads(line)
-            if doc.get("event") == event:
-                out.append(doc)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -368,13 +359,8 @@ def test_dead_letter_files_rotate_and_keep_every_line(tmp_path):
 @pytest.mark.parametrize("crash_at", ["after-chunk-sync", "after-batch-commit"])
 def test_dead_letters_are_exactly_once_across_a_crash(make_spoolup, s3, crash_at):
     sp = make_spoolup(format="envelope", **{"object-key": "{key}"})
-    path = sp.spool / "x.jsonl"
-    write(path, env("k", "one") + b"bad one\n")
-    proc = start_running(sp)
-    try:
-        wait_for(lambda: sp.status()["dead_letters"]["records"] == 1, 60, what="the first dead letter")
-    finally:
-        assert sp.stop(proc) == 0
+    with running_past_a_dead_letter(sp) as path:
+        pass
     # the next batch writes (and syncs) its dead letters; the process dies before or right
     # after the commit; the restart must neither lose nor repeat a line
     write(path, b"bad two\n" + env("k", "two") + b"bad three\n", "ab")

@@ -8,6 +8,7 @@ service can do its job, each check with a reason, from the same figures as `stat
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -18,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from crashkit import assert_exact, write
+from crashkit import assert_exact, fill_filesystem, write
 from helpers import ACCESS_KEY, SECRET_KEY, free_port, mounted, syslog_lines, wait_for
 from test_ops_metrics import scrape
 
@@ -61,6 +62,20 @@ def upload_pid(run: subprocess.Popen) -> int:
     return children[0]
 
 
+@contextlib.contextmanager
+def past_the_first_object(sp):
+    """sp running once the object of first.log (500 lines) completed: yields its process and
+    first.log's bytes; stops the service on exit."""
+    first = syslog_lines(500)
+    write(sp.spool / "first.log", first)
+    p = sp.start()
+    try:
+        wait_for(lambda: sp.status()["completed_objects"]["count"] == 1, 60, what="the first object")
+        yield p, first
+    finally:
+        assert sp.stop(p) == 0
+
+
 def test_healthy_service_is_live_and_ready(make_spoolup, s3):
     port = free_port()
     sp = make_spoolup(**{"object-key": "{name}", "flush-grace-period": "1s", "metrics-listen": f"127.0.0.1:{port}"})
@@ -93,11 +108,7 @@ def test_s3_unreachable_is_not_ready_but_alive(make_spoolup, s3, proxy):
     port = free_port()
     sp = make_spoolup(**{"url": proxy.url, "object-key": "{name}", "flush-grace-period": "1s", "s3-timeout": 2,
                          "metrics-listen": f"127.0.0.1:{port}"})
-    first = syslog_lines(500)
-    write(sp.spool / "first.log", first)
-    p = sp.start()
-    try:
-        wait_for(lambda: sp.status()["completed_objects"]["count"] == 1, 60, what="the first object")
+    with past_the_first_object(sp) as (p, first):
         wait_for(answers(port, "/readyz", 200), 30, what="ready while S3 answers")
         proxy.add(action="reset")  # S3 unreachable: every connection dropped
         later = syslog_lines(500, start=1000)
@@ -117,18 +128,12 @@ def test_s3_unreachable_is_not_ready_but_alive(make_spoolup, s3, proxy):
         wait_for(answers(port, "/readyz", 200), 60, what="ready again once S3 answers")
         wait_for(lambda: sp.status()["completed_objects"]["count"] == 2, 60, what="the object held back")
         assert_exact(s3, sp.bucket, {"first.log": first, "later.log": later})
-    finally:
-        assert sp.stop(p) == 0
 
 
 def test_killed_upload_process_is_not_alive_until_restarted(make_spoolup, s3):
     port = free_port()
     sp = make_spoolup(**{"object-key": "{name}", "flush-grace-period": "1s", "metrics-listen": f"127.0.0.1:{port}"})
-    first = syslog_lines(500)
-    write(sp.spool / "first.log", first)
-    p = sp.start()
-    try:
-        wait_for(lambda: sp.status()["completed_objects"]["count"] == 1, 60, what="the first object")
+    with past_the_first_object(sp) as (p, first):
         wait_for(answers(port, "/healthz", 200), 30, what="alive")
         killed = upload_pid(p)
         # While the configuration file is away, every upload process the service restarts exits at
@@ -156,24 +161,6 @@ def test_killed_upload_process_is_not_alive_until_restarted(make_spoolup, s3):
         wait_for(lambda: sp.status()["completed_objects"]["count"] == 2, 60, what="an object from the new process")
         assert_exact(s3, sp.bucket, {"first.log": first, "later.log": later})
         wait_for(answers(port, "/readyz", 200), 30, what="ready")
-    finally:
-        assert sp.stop(p) == 0
-
-
-def fill(directory) -> object:
-    """Take every free byte of a filesystem with a foreign file (as tests/test_diskfull.py does)."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for size in (1 << 20, 64 << 10, 4096, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_state_dir_full_is_not_ready(make_spoolup, s3, tmp_path):
@@ -181,13 +168,9 @@ def test_state_dir_full_is_not_ready(make_spoolup, s3, tmp_path):
     with mounted("tmpfs", tmp_path / "tiny-state", "size=32m,mode=0700") as state:
         sp = make_spoolup(**{"object-key": "{name}", "flush-grace-period": "1s", "shutdown-timeout": 5,
                              "metrics-listen": f"127.0.0.1:{port}"}, state_dir=state)
-        first = syslog_lines(500)
-        write(sp.spool / "first.log", first)
-        p = sp.start()
-        try:
-            wait_for(lambda: sp.status()["completed_objects"]["count"] == 1, 60, what="the first object")
+        with past_the_first_object(sp) as (p, first):
             wait_for(answers(port, "/readyz", 200), 30, what="ready")
-            filler = fill(state)
+            filler = fill_filesystem(state)
             later = syslog_lines(20_000, start=1000)
             write(sp.spool / "later.log", later)  # records keep coming: they wait in the spool
             ready = wait_for(answers(port, "/readyz", 503), 60, what="/readyz 503 with the state dir full")
@@ -206,8 +189,6 @@ def test_state_dir_full_is_not_ready(make_spoolup, s3, tmp_path):
             wait_for(answers(port, "/readyz", 200), 60, what="ready again with space")
             wait_for(lambda: sp.status()["completed_objects"]["count"] == 2, 60, what="the next object")
             assert_exact(s3, sp.bucket, {"first.log": first, "later.log": later})
-        finally:
-            assert sp.stop(p) == 0
 
 
 def test_every_readiness_check_is_documented():

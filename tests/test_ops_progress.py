@@ -4,27 +4,16 @@ JSON events otherwise."""
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import select
 import subprocess
 import sys
 
-from helpers import get, syslog_lines
+from helpers import get, log_events, syslog_lines
 from spoolup.status import human_bytes  # the same units as the progress line
 
 MiB = 1024 * 1024
-
-
-def events(stderr: str, name: str) -> list[dict]:
-    out = []
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            e = json.loads(line)
-            if e.get("event") == name:
-                out.append(e)
-    return out
 
 
 def spool_two_files(sp) -> dict[str, bytes]:
@@ -39,7 +28,7 @@ def test_each_completed_object_is_logged_with_key_bytes_parts_seconds(make_spool
     files = spool_two_files(sp)
     r = sp.drain()
     assert r.returncode == 0, r.stderr[-3000:]
-    done = {e["key"]: e for e in events(r.stderr, "object completed")}
+    done = {e["key"]: e for e in log_events(r.stderr, "object completed")}
     assert set(done) == set(files)
     assert done["big.log"]["level"] == "info"
     assert (done["big.log"]["bytes"], done["big.log"]["parts"]) == (len(files["big.log"]), 3)
@@ -54,7 +43,7 @@ def test_drain_without_a_terminal_reports_progress_as_json_events(make_spoolup, 
     total = sum(len(d) for d in files.values())
     r = sp.drain()
     assert r.returncode == 0, r.stderr[-3000:]
-    progress = events(r.stderr, "drain progress")
+    progress = log_events(r.stderr, "drain progress")
     assert progress and progress[-1]["done"] is True
     last = progress[-1]
     assert last["shipped_bytes"] == last["total_bytes"] == total
@@ -116,7 +105,7 @@ def test_drain_through_a_running_service_reports_progress_too(make_spoolup, s3):
         r = sp.drain()
         assert r.returncode == 0, r.stderr[-3000:]
         assert "drained by the running service" in r.stdout
-        progress = events(r.stderr, "drain progress")
+        progress = log_events(r.stderr, "drain progress")
         assert progress and progress[-1]["done"] is True
         assert progress[-1]["shipped_bytes"] == progress[-1]["total_bytes"] > 0
         assert all(get(s3, sp.bucket, k) == v for k, v in files.items())

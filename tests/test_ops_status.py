@@ -161,8 +161,6 @@ def test_open_objects_say_what_they_will_be_and_when_they_complete(make_spoolup,
     s3()), the bucket stays empty for an hour; status says so, per object."""
     import time
 
-    from helpers import content_of  # noqa: F401 - (kept beside the other readers)
-
     sp = make_spoolup(**{"object-key": "logs/{path}", "object-key-timestamp": "%Y%m%d%H"})
     big = syslog_lines(60_000, width=200)  # ~12 MiB: two 5 MiB parts are uploaded while it stays open
     (sp.spool / "big.log").write_bytes(big)

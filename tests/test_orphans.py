@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 
 import pytest
 
-from crashkit import assert_exact, drain_crashing, noisy_lines, rows, spoolup_cmd, write
+from crashkit import assert_exact, drain_crashing, noisy_lines, probe_complete_held, rows, spoolup_cmd, write
 from faultproxy import PROBE_KEY
 from helpers import get, list_keys, pending_uploads
 from spoolup.work import Failure, Kind, Task
@@ -172,25 +171,16 @@ def test_a_key_taken_after_failed_starts_keeps_the_backoff(make_spoolup, s3, buc
 
 def killed_check_config(sp, proxy):
     """`spoolup check-config` SIGKILLed while its probe's Complete is held by the proxy."""
-    held, gate = threading.Event(), threading.Event()
-
-    def hold_then_drop(req):
-        held.set()
-        gate.wait(120)
-        raise ConnectionAbortedError("dropped by the test: never forwarded")
-
-    proxy.add("CompleteMultipartUpload", action="hook", hook=hold_then_drop, key=PROBE_KEY)
-    p = subprocess.Popen(sp.argv("check-config"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=sp.env())
-    try:
-        assert held.wait(60), "the probe reached its Complete"
-        p.send_signal(signal.SIGKILL)
-        p.wait(30)
-    finally:
-        proxy.clear()
-        gate.set()
-        if p.poll() is None:
-            p.kill()
-        p.communicate(timeout=30)
+    with probe_complete_held(proxy) as held:
+        p = subprocess.Popen(sp.argv("check-config"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=sp.env())
+        try:
+            assert held.wait(60), "the probe reached its Complete"
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
 
 
 def probe_scratch(s3, bucket):

@@ -14,19 +14,13 @@ import time
 
 import pytest
 
-from crashkit import consumed
+from crashkit import consumed, write
 from helpers import (STATE_FILESYSTEMS, content_of, etag, get, list_keys, multipart_etag, objects_of,  # noqa: F401
                      pending_uploads, syslog_lines, wait_for)
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
 MiB = 1024 * 1024
-
-
-def write(path, data: bytes, mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, mode) as f:
-        f.write(data)
 
 
 def random_lines(rnd: random.Random, total: int, max_len: int = 2000) -> bytes:

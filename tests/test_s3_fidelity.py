@@ -13,13 +13,8 @@ import sys
 
 import pytest
 
+from crashkit import write
 from helpers import get, list_keys, syslog_lines, toml
-
-
-def write(path, data: bytes, mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, mode) as f:
-        f.write(data)
 
 
 # ---------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from collections import Counter
 
 import pytest
 
-from crashkit import (assert_exact, drain_crashing, journaled_upload, noisy_lines, rows, spoolup_cmd,
-                      wait_upload_process_gone, write)
+from crashkit import (assert_exact, drain_crashing, journaled_upload, noisy_lines, probe_complete_held, rows,
+                      spoolup_cmd, wait_upload_process_gone, write)
 from faultproxy import PROBE_KEY
 from helpers import get, list_keys, objects_of, pending_uploads, wait_for
 
@@ -220,24 +220,13 @@ def test_a_probe_a_crash_cut_short_leaves_nothing_after_recover(make_spoolup, s3
     its upload stay in the bucket.  `recover` (and the next start's reconcile) removes both:
     they are this journal's own (the probe key carries the journal id)."""
     sp = spoolup_at(make_spoolup, url=proxy.url, **{"flush-grace-period": "1s"})
-    held, gate = threading.Event(), threading.Event()
-
-    def hold_then_drop(req):
-        held.set()
-        gate.wait(120)
-        raise ConnectionAbortedError("dropped by the test: never forwarded")
-
-    proxy.add("CompleteMultipartUpload", action="hook", hook=hold_then_drop, key=PROBE_KEY)
     write(sp.spool / "a.log", SMALL)
-    p = sp.start()
-    try:
+    with probe_complete_held(proxy) as held:
+        p = sp.start()
         assert held.wait(60), "the probe reached its Complete"
         p.kill()
         p.wait(30)
         wait_upload_process_gone(sp)
-    finally:
-        proxy.clear()
-        gate.set()
     left = [k for k in list_keys(s3, sp.bucket) if PROBE_KEY in k]
     assert left and [k for k, _ in pending_uploads(s3, sp.bucket) if PROBE_KEY in k], \
         "the crash left the probe's scratch object and upload"

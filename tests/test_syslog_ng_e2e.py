@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from crashkit import rows
-from helpers import free_port, get, list_keys, wait_for
+from helpers import free_port, get, list_keys, start_running, wait_for
 from sng import SHIPPED_CONF, SyslogNg, count_lines, finish, loggen, require, syntax_check, tcp_source
 
 pytestmark = pytest.mark.e2e
@@ -31,13 +31,6 @@ LOGGEN_MSG = re.compile(rb"^seq: (\d{10}), thread: (\d{4}), runid: \d+, stamp: \
 @pytest.fixture(autouse=True)
 def _needs_syslog_ng():
     require("syslog-ng", "loggen")
-
-
-def start_running(sp):
-    proc = sp.start()
-    wait_for(lambda: proc.poll() is not None or sp.status()["service"]["running"], 60, what="spoolup run")
-    assert proc.poll() is None, sp.log_text()
-    return proc
 
 
 def host_sources(hosts: dict[str, int], destinations: str) -> str:
@@ -54,6 +47,22 @@ def wait_for_lines(directory, expected: int, sng: SyslogNg) -> None:
     wait_for(lambda: count_lines(directory) >= expected, 120, interval=0.5,
              what=f"{expected} lines from syslog-ng in {directory}\n{sng.log_text()[-2000:]}")
     assert count_lines(directory) == expected
+
+
+def send_and_drain(sng: SyslogNg, port: int, lines: list[bytes], ref, sp) -> None:
+    """Start sng, send `lines` (one syslog message each) over one connection to its TCP source
+    on `port`, wait until both the reference file() in `ref` and the spool hold every one, stop
+    sng, then drain the spool."""
+    try:
+        sng.start([port])
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            for line in lines:
+                c.sendall(line)
+        wait_for_lines(ref, len(lines), sng)
+        wait_for_lines(sp.spool, len(lines), sng)
+    finally:
+        sng.stop()
+    sp.drain(check=True)
 
 
 # ---------------------------------------------------------------------------
@@ -137,17 +146,8 @@ log {{ source(s_in); destination(d_spool); destination(d_ref); flags(flow-contro
         '{"json": "inside", "n": [1, 2]}',
         "$(not a template) ${NOR_THIS} `nor this`",
     ]
-    try:
-        sng.start([port])
-        with socket.create_connection(("127.0.0.1", port)) as c:
-            for i, msg in enumerate(messages):
-                prog = "app" if i % 2 else "db"
-                c.sendall(f"<13>Nov 25 12:00:{i:02d} web01 {prog}[42]: {msg}\n".encode())
-        wait_for_lines(ref, len(messages), sng)
-        wait_for_lines(sp.spool, len(messages), sng)
-    finally:
-        sng.stop()
-    sp.drain(check=True)
+    send_and_drain(sng, port, [f"<13>Nov 25 12:00:{i:02d} web01 {'app' if i % 2 else 'db'}[42]: {msg}\n".encode()
+                               for i, msg in enumerate(messages)], ref, sp)
     assert list_keys(s3, sp.bucket) == ["web01/app", "web01/db"]
     for prog in ("app", "db"):
         expected = (ref / f"web01_{prog}.txt").read_bytes()
@@ -169,16 +169,7 @@ destination d_ref {{ file("{ref}/all.txt" create-dirs(yes) template("${{MESSAGE}
 log {{ source(s_in); destination(d_spool); destination(d_ref); flags(flow-control); }};
 """)
     messages = ["small", "B" * 6000, "after the big one", "C" * 3000]
-    try:
-        sng.start([port])
-        with socket.create_connection(("127.0.0.1", port)) as c:
-            for msg in messages:
-                c.sendall(f"<13>Nov 25 12:00:00 web01 app[42]: {msg}\n".encode())
-        wait_for_lines(ref, len(messages), sng)
-        wait_for_lines(sp.spool, len(messages), sng)
-    finally:
-        sng.stop()
-    sp.drain(check=True)
+    send_and_drain(sng, port, [f"<13>Nov 25 12:00:00 web01 app[42]: {msg}\n".encode() for msg in messages], ref, sp)
     year = re.match(rb"^\{.*\"ts\":\"(\d{4})\"", next(sp.spool.iterdir()).read_bytes())[1].decode()
     assert list_keys(s3, sp.bucket) == [f"web01/app-{year}-1.log", f"web01/app-{year}.log"]
     expected = (ref / "all.txt").read_bytes().splitlines(keepends=True)
