@@ -102,11 +102,10 @@ def test_claim_computed_before_a_key_taken_moved_the_earlier_object_is_dropped(m
     shipped(rig, s3, bucket, {a: a_parts, b: b_parts})
 
 
-def test_started_harvested_after_its_object_moved_is_aborted(make_spoolup, s3, bucket):
-    """b's CreateMultipartUpload succeeds at its claimed key; before its result is journaled,
-    the earlier object a meets a foreign object and both move on.  Before, b's upload id was
-    journaled anyway: b kept an upload of a key it no longer had (leaked for good on RGW; on
-    moto the object landed at the old key while the journal said another)."""
+def _b_started_when_a_meets_a_foreign_object(make_spoolup, s3, bucket):
+    """Two objects of KEY: a claims KEY and starts, b claims KEY-1 and its Create runs, its
+    result held; then a foreign object takes KEY, a's Complete meets it (KeyTaken) and both
+    objects give up their keys.  Returns the rig, the executor, the uploader and what shipped."""
     rig = Rig(make_spoolup)
     a_parts = [lines(5 * MiB, "a"), lines(3000, "a-tail")]
     b_parts = [lines(5 * MiB, "b"), lines(2000, "b-tail")]
@@ -117,44 +116,7 @@ def test_started_harvested_after_its_object_moved_is_aborted(make_spoolup, s3, b
     j = rig.journal
     settle(up)  # a claims index 0
     settle(up)  # a starts, b claims index 1
-    assert (j.object(a).upload_id, j.object(b).final_key) != (None, None)
-    assert j.object(b).final_key == f"{KEY}-1"
-    up.schedule()  # a's parts, b's start
-    ex.compute(future_of(up, "start", b))  # b's upload created at KEY-1 -- held
-    s3.put_object(Bucket=bucket, Key=KEY, Body=b"foreign\n")
-    for part in (1, 2):
-        ex.deliver(future_of(up, "part", a, part))
-    up.harvest()
-    up.schedule()  # a's Complete
-    ex.deliver(future_of(up, "complete", a))  # KeyTaken: a and b unclaimed
-    up.harvest()
-    assert j.object(b).idx is None
-    ex.deliver(future_of(up, "start", b))
-    up.harvest()
-    assert j.object(b).upload_id is None, "an upload id journaled for a key the object gave up"
-    drive(up, lambda: j.object(b).state == "done", what="both done")
-    assert get(s3, bucket, KEY) == b"foreign\n"
-    shipped(rig, s3, bucket, {a: a_parts, b: b_parts})
-
-
-def test_no_index_skipped_for_a_later_objects_stale_create(make_spoolup, s3, bucket):
-    """The torture's unexplained index gap (seed 7001): b's Create at its claimed key KEY-1 is
-    on the wire when a meets a foreign object and both give up their keys.  Before, a claimed
-    again at once, found b's upload at KEY-1 (b's stale Create, ours, not yet aborted) and
-    took it for someone else's: index 1 was skipped, then b's upload aborted, and the bucket
-    held nothing at KEY-1 that explained the gap.  The key's objects now claim only once our
-    own transient upload there is gone: a at KEY-1, b at KEY-2."""
-    rig = Rig(make_spoolup)
-    a_parts = [lines(5 * MiB, "a"), lines(3000, "a-tail")]
-    b_parts = [lines(5 * MiB, "b"), lines(2000, "b-tail")]
-    a = rig.add(KEY, a_parts)
-    b = rig.add(KEY, b_parts)
-    ex = HeldExecutor()
-    up = rig.uploader(ex)
-    j = rig.journal
-    settle(up)  # a claims index 0
-    settle(up)  # a starts, b claims index 1
-    assert j.object(b).final_key == f"{KEY}-1"
+    assert j.object(a).upload_id is not None and j.object(b).final_key == f"{KEY}-1"
     up.schedule()  # a's parts, b's start
     ex.compute(future_of(up, "start", b))  # b's upload created at KEY-1 -- its result held
     s3.put_object(Bucket=bucket, Key=KEY, Body=b"foreign\n")
@@ -165,6 +127,33 @@ def test_no_index_skipped_for_a_later_objects_stale_create(make_spoolup, s3, buc
     ex.deliver(future_of(up, "complete", a))  # KeyTaken: a and b unclaimed
     up.harvest()
     assert j.object(a).idx is None and j.object(b).idx is None
+    return rig, ex, up, a, b, {a: a_parts, b: b_parts}
+
+
+def test_started_harvested_after_its_object_moved_is_aborted(make_spoolup, s3, bucket):
+    """b's CreateMultipartUpload succeeds at its claimed key; before its result is journaled,
+    the earlier object a meets a foreign object and both move on.  Before, b's upload id was
+    journaled anyway: b kept an upload of a key it no longer had (leaked for good on RGW; on
+    moto the object landed at the old key while the journal said another)."""
+    rig, ex, up, a, b, expected = _b_started_when_a_meets_a_foreign_object(make_spoolup, s3, bucket)
+    j = rig.journal
+    ex.deliver(future_of(up, "start", b))
+    up.harvest()
+    assert j.object(b).upload_id is None, "an upload id journaled for a key the object gave up"
+    drive(up, lambda: j.object(b).state == "done", what="both done")
+    assert get(s3, bucket, KEY) == b"foreign\n"
+    shipped(rig, s3, bucket, expected)
+
+
+def test_no_index_skipped_for_a_later_objects_stale_create(make_spoolup, s3, bucket):
+    """The torture's unexplained index gap (seed 7001): b's Create at its claimed key KEY-1 is
+    on the wire when a meets a foreign object and both give up their keys.  Before, a claimed
+    again at once, found b's upload at KEY-1 (b's stale Create, ours, not yet aborted) and
+    took it for someone else's: index 1 was skipped, then b's upload aborted, and the bucket
+    held nothing at KEY-1 that explained the gap.  The key's objects now claim only once our
+    own transient upload there is gone: a at KEY-1, b at KEY-2."""
+    rig, ex, up, a, b, expected = _b_started_when_a_meets_a_foreign_object(make_spoolup, s3, bucket)
+    j = rig.journal
     # whatever a is given to do meanwhile (claim, start) finishes before b's stale start does
     for _ in range(3):
         up.schedule()
@@ -177,7 +166,7 @@ def test_no_index_skipped_for_a_later_objects_stale_create(make_spoolup, s3, buc
     drive(up, lambda: j.object(b).state == "done", what="both done")
     assert get(s3, bucket, KEY) == b"foreign\n"
     assert (j.object(a).final_key, j.object(b).final_key) == (f"{KEY}-1", f"{KEY}-2")
-    shipped(rig, s3, bucket, {a: a_parts, b: b_parts})
+    shipped(rig, s3, bucket, expected)
 
 
 def test_part_of_a_vanished_upload_harvested_after_the_restart_is_dropped(make_spoolup, s3, bucket, monkeypatch):
