@@ -283,7 +283,8 @@ def test_unreadable_chunk_quarantines_its_object_and_the_others_ship(make_spoolu
     assert get(s3, bucket, "app/good.log") == b"".join(good_parts)
     quarantined = status.collect(rig.cfg)["quarantined_objects"]
     assert [(q["object_id"], q["code"]) for q in quarantined] == [(bad, "IsADirectoryError")], quarantined
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()  # the log's stream is stderr, or stdout where an earlier test set it so
+    out = captured.out + captured.err
     logged = [line for line in out.splitlines() if "object quarantined" in line]
     assert len(logged) == 1 and "unexpected error" in logged[0], logged
     assert "Traceback" in out and "IsADirectoryError" in out.split(logged[0], 1)[1], out
