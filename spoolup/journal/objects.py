@@ -9,10 +9,10 @@ from typing import Iterable
 
 from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, OPEN, SEALED, SINGLE, UPLOADED, Batch, ChunkRow,
                                   ObjectRow, UploadMode, _ids, _object, db_path)
-from spoolup.journal.store import Store
+from spoolup.journal.ledger import Ledger
 
 
-class Objects(Store):
+class Objects(Ledger):
     """Verbs on the objects and chunks tables (and the batch's other rows)."""
 
     # -- objects and chunks (ingest) -------------------------------------------
@@ -81,6 +81,8 @@ class Objects(Store):
                 )
             if batch.heads:
                 c.executemany("UPDATE sources SET head = ? WHERE id = ?", [(h, sid) for sid, h in batch.heads.items()])
+            if batch.ranges:
+                self._commit_ranges(batch)
             if batch.source_objects:
                 c.executemany(
                     "INSERT OR IGNORE INTO source_objects (source_id, object_id) VALUES (?, ?)",
@@ -128,7 +130,7 @@ class Objects(Store):
     def claim(self, object_id: int, idx: int, final_key: str, mode: UploadMode) -> None:
         with self.transaction():
             self._conn.execute(
-                "UPDATE objects SET idx = ?, final_key = ?, mode = ?, claim_gen = claim_gen + 1 "
+                "UPDATE objects SET idx = ?, final_key = ?, mode = ?, claim_gen = claim_gen + 1, ledger_seq = NULL "
                 "WHERE id = ? AND idx IS NULL",
                 (idx, final_key, mode, object_id),
             )
@@ -157,7 +159,7 @@ class Objects(Store):
             ids = [object_id] + [r[0] for r in later]
             self._conn.executemany(
                 "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL, "
-                "claim_gen = claim_gen + 1 WHERE id = ?",
+                "claim_gen = claim_gen + 1, ledger_seq = NULL WHERE id = ?",
                 [(i,) for i in ids],
             )
             self._conn.executemany(
@@ -184,7 +186,7 @@ class Objects(Store):
     def reset_upload(self, object_id: int) -> None:
         """The multipart upload is gone (aborted outside spoolup): start a new one, re-upload every part."""
         with self.transaction():
-            self._conn.execute("UPDATE objects SET upload_id = NULL, claim_gen = claim_gen + 1 WHERE id = ?",
+            self._conn.execute("UPDATE objects SET upload_id = NULL, claim_gen = claim_gen + 1, ledger_seq = NULL WHERE id = ?",
                                (object_id,))
             self._conn.execute(
                 f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? AND state = '{UPLOADED}'",
@@ -219,6 +221,8 @@ class Objects(Store):
             self._conn.executemany(
                 f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? AND part = ?",
                 [(object_id, p) for p in parts])
+            # its ETag changes: a ledger record written for the old parts no longer describes it
+            self._conn.execute("UPDATE objects SET ledger_seq = NULL WHERE id = ?", (object_id,))
 
     def record_parts(self, parts: Iterable[tuple[int, int, str, str]]) -> None:
         """(object_id, part, etag, md5) of parts whose UploadPart succeeded: invariant 2."""
@@ -265,6 +269,7 @@ class Objects(Store):
                 f"(SELECT id FROM objects WHERE state = '{DONE}' AND done_at < ?)",
                 (older_than,),
             )
+            self._prune_ranges(older_than)
             # keep, for every key, the last object of its newest timestamp: it carries that
             # timestamp (an older one arriving later is backfill, never a new "current" object)
             # and the highest index used for it
@@ -294,7 +299,7 @@ class Objects(Store):
         record order even when a KeyTaken moved the earlier objects meanwhile."""
         with self.transaction():
             cur = self._conn.execute(
-                "UPDATE objects SET idx = ?, final_key = ?, mode = ?, claim_gen = claim_gen + 1 "
+                "UPDATE objects SET idx = ?, final_key = ?, mode = ?, claim_gen = claim_gen + 1, ledger_seq = NULL "
                 f"WHERE {self._SAME_CLAIM} AND idx IS NULL "
                 "AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = objects.key AND p.ts = objects.ts "
                 "AND p.id < objects.id AND p.idx IS NULL) "

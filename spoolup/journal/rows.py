@@ -93,6 +93,9 @@ class ObjectRow:
     key_suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
     form: str | None = None  # the options it was started with (JSON, spoolup/form.py)
     claim_gen: int = 0  # version of its claim: bumped by claim, unclaim, reset_upload (spoolup/work.py)
+    ledger_seq: int | None = None  # the ledger segment recording it at final_key (spoolup/ledger.py)
+    checksum: str | None = None  # "<algorithm>:<value>" of its stored bytes, as its ledger record says
+    origin: str | None = None  # "<journal id>/<object id>" of a done object brought in from the ledger
 
     def __post_init__(self):
         self.state = ObjectState(self.state)
@@ -131,6 +134,9 @@ class Batch:
     dead_letters: dict[int, tuple[str, int, int, str]] = field(default_factory=dict)  # source -> (path, n, bytes, reason)
     counters: dict[str, int] = field(default_factory=dict)
     heads: dict[int, bytes | None] = field(default_factory=dict)  # source -> first bytes (fingerprint)
+    # (object id, source id) -> the spans [start, end) of the source written into the object in
+    # this batch, in order, adjacent ones merged (journal table object_ranges)
+    ranges: dict[tuple[int, int], list[list[int]]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(

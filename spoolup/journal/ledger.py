@@ -1,0 +1,95 @@
+"""The journal's side of the ledger (spoolup/ledger.py is the format): which spool bytes each
+object holds (object_ranges), which bytes beyond a source's offset the bucket already holds
+(skip_ranges), and the ledger segment numbers (meta `ledger_seq`, objects.ledger_seq)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from spoolup.journal.rows import DONE, Batch
+from spoolup.journal.store import Store
+
+LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen
+AGENT_META = "agent_id"  # the agent id the journal writes its ledger under
+
+
+class Ledger(Store):
+    """Verbs on object_ranges, skip_ranges and the ledger's segment numbers."""
+
+    # -- spans of each object (written with the ingest batch) ----------------------------
+
+    def _commit_ranges(self, batch: Batch) -> None:
+        """Inside commit_batch's transaction: the batch's spans, each pair's first one merged
+        into the span it continues (one row per (object, source) in format = "lines")."""
+        c = self._conn
+        for (object_id, source_id), spans in batch.ranges.items():
+            start, end = spans[0]
+            if not c.execute('UPDATE object_ranges SET "end" = ? WHERE object_id = ? AND source_id = ? AND "end" = ?',
+                             (end, object_id, source_id, start)).rowcount:
+                c.execute('INSERT INTO object_ranges (object_id, source_id, start, "end") VALUES (?, ?, ?, ?)',
+                          (object_id, source_id, start, end))
+            if len(spans) > 1:
+                c.executemany('INSERT INTO object_ranges (object_id, source_id, start, "end") VALUES (?, ?, ?, ?)',
+                              [(object_id, source_id, a, b) for a, b in spans[1:]])
+
+    def ranges_of(self, object_id: int) -> dict[int, list[tuple[int, int]]]:
+        """source id -> the object's spans of it, in order."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for r in self._conn.execute('SELECT source_id, start, "end" FROM object_ranges WHERE object_id = ? '
+                                    "ORDER BY source_id, start", (object_id,)):
+            out.setdefault(r[0], []).append((r[1], r[2]))
+        return out
+
+    def ranges_of_source(self, source_id: int) -> list[tuple[int, int, int]]:
+        """(object id, start, end) of every journaled object holding bytes of the source, by start."""
+        return [tuple(r) for r in self._conn.execute(
+            'SELECT object_id, start, "end" FROM object_ranges WHERE source_id = ? ORDER BY start', (source_id,))]
+
+    def _prune_ranges(self, older_than: float) -> None:
+        """Inside prune_done's transaction: the spans of the done objects it forgets."""
+        self._conn.execute(f"DELETE FROM object_ranges WHERE object_id IN "
+                           f"(SELECT id FROM objects WHERE state = '{DONE}' AND done_at < ?)", (older_than,))
+
+    # -- bytes to skip (the bucket holds them already) -----------------------------------
+
+    def skip_ranges(self) -> dict[int, list[tuple[int, int]]]:
+        out: dict[int, list[tuple[int, int]]] = {}
+        for r in self._conn.execute('SELECT source_id, start, "end" FROM skip_ranges ORDER BY source_id, start'):
+            out.setdefault(r[0], []).append((r[1], r[2]))
+        return out
+
+    def set_skip_ranges(self, source_id: int, spans: Iterable[tuple[int, int]]) -> None:
+        with self.transaction():
+            self._conn.execute("DELETE FROM skip_ranges WHERE source_id = ?", (source_id,))
+            self._conn.executemany('INSERT INTO skip_ranges (source_id, start, "end") VALUES (?, ?, ?)',
+                                   [(source_id, a, b) for a, b in spans])
+
+    def _passed_skips(self, source_id: int, offset: int) -> None:
+        """Inside a transaction: the source's skip spans that its offset has passed."""
+        self._conn.execute('DELETE FROM skip_ranges WHERE source_id = ? AND "end" <= ?', (source_id, offset))
+
+    # -- segment numbers -------------------------------------------------------------------
+
+    def ledger_seq(self) -> int:
+        return int(self.meta(LEDGER_SEQ_META) or 0)
+
+    def next_ledger_seq(self) -> int:
+        """Allocate a segment number (journaled before the segment is written, so that no two
+        segments of this journal ever share one, whatever crashes)."""
+        with self.transaction():
+            seq = self.ledger_seq() + 1
+            self.set_meta(LEDGER_SEQ_META, str(seq))
+        return seq
+
+    def saw_ledger_seq(self, seq: int) -> None:
+        """The bucket holds segment `seq` of this agent: never allocate it (or one below) again."""
+        with self.transaction():
+            if seq > self.ledger_seq():
+                self.set_meta(LEDGER_SEQ_META, str(seq))
+
+    def recorded_if(self, object_id: int, claim_gen: int, final_key: str, seq: int, checksum: str | None) -> bool:
+        """Segment `seq` records the object at `final_key`: journaled if its claim still holds."""
+        with self.transaction():
+            return bool(self._conn.execute(
+                f"UPDATE objects SET ledger_seq = ?, checksum = ? WHERE id = ? AND claim_gen = ? AND final_key = ? "
+                f"AND state != '{DONE}'", (seq, checksum, object_id, claim_gen, final_key)).rowcount)
