@@ -130,7 +130,7 @@ def test_bad_values_exit_2_naming_the_option(tmp_path, options, option):
                        capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")})
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert f"option '{option}'" in r.stderr, r.stderr
+    assert f"option '{option}'" in r.stderr and "unknown option" not in r.stderr, r.stderr
 
 
 def test_good_values_parse(tmp_path):
