@@ -15,7 +15,8 @@ from pathlib import Path
 
 from bench import common
 
-FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history", "discovery")
+FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history", "discovery",
+           "bandwidth", "slowdown")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RAW = Path(__file__).resolve().parent / "results.json"
 
@@ -54,6 +55,14 @@ def run_figure(name: str, quick: bool) -> dict:
         from bench import discovery
 
         return discovery.run(files=5_000 if quick else 100_000)
+    if name == "bandwidth":
+        from bench import flow
+
+        return flow.bandwidth(total=(24 if quick else 96) * MiB, cap=(4 if quick else 8) * MiB)
+    if name == "slowdown":
+        from bench import flow
+
+        return flow.slowdown(before=3.0, storm=4.0, after=4.0) if quick else flow.slowdown()
     raise SystemExit(f"unknown figure {name}; known: {', '.join(FIGURES)}")
 
 

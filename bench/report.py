@@ -74,6 +74,19 @@ def figures_markdown(info: dict, r: dict) -> str:
         out.append(f"| 8 | `spoolup run` starting on {d['files']} spool files: all journaled | {d['spoolup_s']:.2f} s "
                    f"(process start included) | `find -type f` of the same tree: {d['find_s']:.2f} s | "
                    f"{d['ratio']:.1f} x find | 100k files in <= 10 s | {'yes' if ok else 'no'} |")
+    if "bandwidth" in r:  # issue 21 item 5
+        b = r["bandwidth"]
+        ok = 0.9 <= b["ratio"] <= 1.1
+        out.append(f"| 9 | `drain` of {b['bytes'] // 2**20} MiB with max-bandwidth = {b['cap_Bps'] // 2**20} MiB/s | "
+                   f"{b['achieved_Bps'] / 2**20:.2f} MiB/s on the wire | the cap | {b['ratio']:.3f} achieved/cap | "
+                   f"0.9 .. 1.1 | {'yes' if ok else 'no'} |")
+    if "slowdown" in r:
+        w = r["slowdown"]
+        cells = "; ".join(f"{k.replace('_', ' ')}: {w[k]['requests_per_s']:.1f} req/s, max {w[k]['max_in_flight']} "
+                          f"in flight" for k in ("before", "storm", "storm_second_half", "after"))
+        ok = w["storm_second_half"]["max_in_flight"] <= 1 < w["after"]["max_in_flight"]
+        out.append(f"| 10 | SlowDown storm to every request ({w['threads']} upload threads) | {cells} | - | - | "
+                   f"1 in flight late in the storm, more after | {'yes' if ok else 'no'} |")
     out += ["", END]
     return "\n".join(out)
 

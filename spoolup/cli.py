@@ -156,6 +156,9 @@ def cmd_run(cfg, args) -> int:
     from spoolup import logs
     from spoolup.service import Service
 
+    from spoolup import objectlock
+
+    objectlock.check_at_start(cfg, logs.get("spoolup.ingest"))
     service = Service(cfg, logs.get("spoolup.ingest"))
     try:
         service.install_signals()  # first: a SIGTERM during start-up (recovery) is a clean stop too
@@ -173,6 +176,9 @@ def cmd_drain(cfg, args) -> int:
     log = logs.get("spoolup.drain")
     if lock.is_held(cfg.state_dir):
         return _drain_via_service(cfg, args, log)
+    from spoolup import objectlock
+
+    objectlock.check_at_start(cfg, log)
     service = Service(cfg, log)
     try:
         service.install_signals()
@@ -262,6 +268,11 @@ def cmd_check_config(cfg, args) -> int:
             print(f"# credentials: {s3.identity()} (role assumed through STS)")
         if s3.bucket_exists():
             print(f"# bucket {cfg.bucket}: reachable")
+            if cfg.object_lock:
+                from spoolup import objectlock
+
+                objectlock.check_bucket(cfg, s3)  # ConfigError: exit 2 naming the option
+                print(f"# bucket {cfg.bucket}: Object Lock enabled")
             from spoolup import capabilities
 
             try:  # what an earlier check-config (or service) killed during its probe left behind

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol as Interface
 
-from spoolup import crash, metrics
+from spoolup import crash, flow, metrics
 from spoolup.backoff import backoff
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
@@ -70,8 +70,10 @@ class Uploader:
         self.log = log
         self.process = process
         self.work = Protocol(cfg, s3, cfg.chunk_dir, journal.journal_id)
+        # its threads' S3 requests take a slot of the adaptive concurrency (spoolup/flow.py)
         self.pool: Executor = executor or ThreadPoolExecutor(max_workers=cfg.upload_threads,
-                                                             thread_name_prefix="upload")
+                                                             thread_name_prefix="upload",
+                                                             initializer=flow.worker_thread)
         self.inflight: dict[Task, Future] = {}
         self.failures: dict[Task, Failure] = {}
         self.cleanups: dict[Task, tuple[Callable, tuple]] = {}  # ABORT/DISCARD tasks not yet done

@@ -16,12 +16,13 @@ that option from the configuration they run under, as they did before.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import urllib.parse
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spoolup.chunks import Codec
 from spoolup.journal import SourceState
@@ -43,19 +44,44 @@ class Form:
     content_type: str = ""  # "": by compression (DEFAULT_CONTENT_TYPES)
     metadata: tuple[tuple[str, str], ...] = ()  # user metadata (x-amz-meta-*), spoolup's own apart
     tags: tuple[tuple[str, str], ...] = ()
+    # Object Lock (WORM): a retention mode with its length in minutes from completion, a legal hold
+    object_lock_mode: str = ""
+    object_lock_retain: float = 0.0
+    object_lock_legal_hold: bool = False
 
     @classmethod
     def of_config(cls, cfg: "Config") -> "Form":
         return cls(cfg.compression, cfg.compresslevel, cfg.chunk_size, cfg.max_object_size,
-                   cfg.content_type, tuple(cfg.metadata.items()), tuple(cfg.tags.items()))
+                   cfg.content_type, tuple(cfg.metadata.items()), tuple(cfg.tags.items()),
+                   cfg.object_lock_mode, cfg.object_lock_retain, cfg.object_lock_legal_hold)
 
-    def object_args(self) -> dict[str, str]:
+    def object_args(self) -> dict[str, Any]:
         """The object's own arguments of PutObject and CreateMultipartUpload.  Content-Encoding
         is never set: a .gz/.zst object is a compressed file, which browsers, curl --compressed
-        and HTTP libraries would otherwise unpack on download (README, "Object options")."""
-        args = {"ContentType": self.content_type or DEFAULT_CONTENT_TYPES[self.compression]}
+        and HTTP libraries would otherwise unpack on download (README, "Object options").
+        Object Lock's retain-until date is counted from now: a PutObject is the object's
+        completion; a multipart object gets it again, from its completion, once completed
+        (Protocol.complete: extending a retention is allowed in either mode)."""
+        args: dict[str, Any] = {"ContentType": self.content_type or DEFAULT_CONTENT_TYPES[self.compression]}
         if self.tags:
             args["Tagging"] = urllib.parse.urlencode(self.tags, quote_via=urllib.parse.quote)
+        args.update(self.lock_args())
+        return args
+
+    @property
+    def object_lock(self) -> bool:
+        return bool(self.object_lock_mode or self.object_lock_legal_hold)
+
+    def retain_until(self) -> datetime.datetime:
+        return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=self.object_lock_retain)
+
+    def lock_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self.object_lock_mode:
+            args["ObjectLockMode"] = self.object_lock_mode
+            args["ObjectLockRetainUntilDate"] = self.retain_until()
+        if self.object_lock_legal_hold:
+            args["ObjectLockLegalHoldStatus"] = "ON"
         return args
 
     @property

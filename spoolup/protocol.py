@@ -281,6 +281,16 @@ class Protocol:
     # -- complete ----------------------------------------------------------------
 
     def complete(self, obj: ObjectRow, parts: list[ChunkRow]) -> Done | KeyTaken | UploadGone | PartsMismatch:
+        """Complete the upload; with Object Lock, then lock the object from its completion (its
+        Create carried a retention counted from the Create): a failure is retried, and the retry
+        finds the object completed and locks it again (object-lock-retain: from completion)."""
+        result = self._complete_upload(obj, parts)
+        form = self.form_of(obj)
+        if isinstance(result, Done) and form.object_lock:
+            self.s3.lock_object(obj.final_key, form.object_lock_mode, form.retain_until(), form.object_lock_legal_hold)
+        return result
+
+    def _complete_upload(self, obj: ObjectRow, parts: list[ChunkRow]) -> Done | KeyTaken | UploadGone | PartsMismatch:
         key = obj.final_key
         listed = [(c.part, c.etag) for c in parts]
         expected = multipart_etag(e for _, e in listed)

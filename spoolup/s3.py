@@ -23,6 +23,7 @@ import botocore.handlers
 from botocore.config import Config as BotoConfig
 from botocore.credentials import DeferredRefreshableCredentials, create_assume_role_refresher
 
+from spoolup import flow
 from spoolup.config import Config
 from spoolup.keys import static_prefix
 from spoolup.logs import redact_text
@@ -216,7 +217,11 @@ class S3:
         # Over plain http botocore signs every body with SHA-256 (x-amz-content-sha256, which
         # the server checks): a Content-MD5 of parts would hash each byte a second time.
         # Over https botocore skips that signature when Content-MD5 is given, so parts carry it.
-        self.part_md5 = not (cfg.url or "https://").startswith("http://")
+        # content-md5 = "always" (or Object Lock, whose buckets require it on each upload) over http too.
+        self.part_md5 = (not (cfg.url or "https://").startswith("http://") or cfg.content_md5 == "always"
+                         or cfg.object_lock)
+        # flow control (spoolup/flow.py): adaptive concurrency for the upload threads, max-bandwidth
+        self.flow = flow.install(self.client, cfg.upload_threads, cfg.max_bandwidth)
 
     @staticmethod
     def _boto_config(cfg: Config) -> BotoConfig:
@@ -314,6 +319,28 @@ class S3:
             return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **args)["ETag"]
         except CLIENT_ERRORS as e:
             raise translate(e, "PutObject", key) from None
+
+    def lock_object(self, key: str, mode: str, until: Any, legal_hold: bool) -> None:
+        """Object Lock on a completed object: its retention (extended: allowed in either mode) and legal hold."""
+        try:
+            if mode:
+                self.client.put_object_retention(Bucket=self.bucket, Key=key,
+                                                 Retention={"Mode": mode, "RetainUntilDate": until})
+            if legal_hold:
+                self.client.put_object_legal_hold(Bucket=self.bucket, Key=key, LegalHold={"Status": "ON"})
+        except CLIENT_ERRORS as e:
+            raise translate(e, "PutObjectRetention" if mode else "PutObjectLegalHold", key) from None
+
+    def object_lock_enabled(self) -> bool:
+        """Has the bucket Object Lock enabled (GetObjectLockConfiguration)?"""
+        try:
+            r = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except CLIENT_ERRORS as e:
+            err = translate(e, "GetObjectLockConfiguration", None)
+            if err.code in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"):
+                return False
+            raise err from None
+        return (r.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
@@ -481,7 +508,7 @@ class S3:
         """True if the bucket had to be created (as s3() does when it is missing)."""
         if self.bucket_exists():
             return False
-        args: dict[str, Any] = {}
+        args: dict[str, Any] = {"ObjectLockEnabledForBucket": True} if self.cfg.object_lock else {}
         region = self.client.meta.region_name
         if region and region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": region}

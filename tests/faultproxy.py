@@ -17,7 +17,10 @@ forever, and act:
   hook          call `hook(request)` first, then forward (e.g. a foreign writer
                 racing spoolup for a key)
 
-Every request is logged with its operation, key, time, and what was done.
+Every request is logged with its operation, key, time, and what was done, and with how many
+requests were in flight at the proxy when it arrived (itself included; a request stops being
+in flight as its answer starts).  `hold(n, timeout)` holds each request until n are in flight
+(or `timeout` passed), so that the concurrency a client allows shows in those counts.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class Request:
     status: int | None = None  # what the client got (None: connection reset / no reply in time)
     headers: dict[str, str] = field(default_factory=dict)
     query: dict[str, list[str]] = field(default_factory=dict)
+    concurrent: int = 0  # requests in flight at the proxy when it arrived, itself included
+    answered: bool = False
 
     @property
     def part(self) -> str | None:
@@ -112,6 +117,9 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.log: list[Request] = []
         self.lock = threading.Lock()
+        self.inflight = 0
+        self.arrived = threading.Condition(self.lock)
+        self._hold: tuple[int, float] | None = None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -127,6 +135,7 @@ class FaultProxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.server.faultproxy = self
         self.thread = threading.Thread(target=self.server.serve_forever, name="faultproxy", daemon=True)
 
     # -- control -------------------------------------------------------------------
@@ -148,6 +157,12 @@ class FaultProxy:
         with self.lock:
             self.rules.append(rule)
         return rule
+
+    def hold(self, n: int | None, timeout: float = 0.0) -> None:
+        """Hold each request until n requests are in flight or `timeout` seconds passed; None: don't."""
+        with self.lock:
+            self._hold = (n, timeout) if n else None
+            self.arrived.notify_all()
 
     def clear(self) -> None:
         with self.lock:
@@ -184,7 +199,25 @@ class FaultProxy:
         req = Request(time.time(), op, key, h.command, rule.action if rule else "forward",
                       headers={k.lower(): v for k, v in h.headers.items()}, query=query)
         with self.lock:
+            self.inflight += 1
+            req.concurrent = self.inflight
             self.log.append(req)
+            self.arrived.notify_all()
+            if self._hold is not None:
+                n, timeout = self._hold
+                self.arrived.wait_for(lambda: self._hold is None or self.inflight >= n, timeout)
+        try:
+            self._serve(h, req, rule, length)
+        finally:
+            self._answered(req)
+
+    def _answered(self, req: Request) -> None:
+        with self.lock:
+            if not req.answered:
+                req.answered = True
+                self.inflight -= 1
+
+    def _serve(self, h: BaseHTTPRequestHandler, req: Request, rule: Rule | None, length: int) -> None:
         if rule is not None and rule.action == "reset":
             h.rfile.read(length // 2)
             _reset(h)
@@ -235,6 +268,9 @@ class FaultProxy:
 
 def _respond(h: BaseHTTPRequestHandler, req: Request, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
     req.status = status
+    proxy = getattr(h.server, "faultproxy", None)
+    if proxy is not None:  # no longer in flight: the client may send its next request once it has the answer
+        proxy._answered(req)
     try:
         h.send_response(status)
         for k, v in headers:

@@ -61,6 +61,12 @@ class Config:
     log_format: str
     log_file: str
     metrics_listen: str
+    # opts-flow (issue 21 items 5, 6)
+    max_bandwidth: int = 0
+    object_lock_mode: str = ""
+    object_lock_retain: float = 0.0
+    object_lock_legal_hold: bool = False
+    content_md5: str = "auto"
     source: Path | None = None
     written: tuple[tuple[str, Any], ...] = ()  # (option, value) as written in the file, for check-config
 
@@ -84,6 +90,11 @@ class Config:
     @property
     def spool_reap_seconds(self) -> float:
         return self.spool_reap * 60.0
+
+    @property
+    def object_lock(self) -> bool:
+        """Does spoolup put Object Lock settings on its objects (the bucket must have Object Lock)?"""
+        return bool(self.object_lock_mode or self.object_lock_legal_hold)
 
     @property
     def journal_path(self) -> Path:

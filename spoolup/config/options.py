@@ -12,6 +12,8 @@ from spoolup.config.values import (CANNED_ACLS, CONDITIONAL_WRITES, FORMATS, GiB
                                    parse_compression, parse_content_type, parse_header_text, parse_listen,
                                    parse_metadata, parse_minutes, parse_path, parse_role, parse_seconds, parse_str,
                                    parse_suffix, parse_tags, parse_url, size_range)
+from spoolup.config.values import (CONTENT_MD5, OBJECT_LOCK_MODES, parse_bandwidth,  # opts-flow
+                                   parse_retain)
 
 SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
 SIZE_OPTIONS = frozenset({"chunk-size", "max-object-size", "max-record-size"})  # byte sizes ("8MiB")
@@ -207,6 +209,42 @@ OPTIONS: tuple[Option, ...] = (
         one_of(CONDITIONAL_WRITES),
         "auto",
         "Send If-None-Match: * on completion: \"auto\" (use when the server supports it), \"on\", \"off\".",
+    ),
+    # --- flow control and Object Lock (issue 21 items 5, 6) ---
+    Option(
+        "max-bandwidth",
+        parse_bandwidth,
+        0,
+        "Cap on upload body bytes per second across all upload threads (\"10MiB\", \"500kB\"; at least 64KiB), "
+        "so a catch-up after an outage cannot saturate a shared link; 0: no cap (as s3()). Fluent Bit and "
+        "Vector have no byte cap of their own (Vector: a throttle transform counts events).",
+    ),
+    Option(
+        "object-lock-mode",
+        one_of(OBJECT_LOCK_MODES, str.upper),
+        "",
+        "S3 Object Lock retention mode of every object: \"GOVERNANCE\" or \"COMPLIANCE\" (with object-lock-retain; "
+        "the bucket must have Object Lock enabled); empty: none (as s3()).",
+    ),
+    Option(
+        "object-lock-retain",
+        parse_retain,
+        0.0,
+        "How long each object is retained from its completion (minutes, or \"30d\", \"12h\"): its "
+        "RetainUntilDate; needs object-lock-mode. 0: none.",
+    ),
+    Option(
+        "object-lock-legal-hold",
+        parse_bool,
+        False,
+        "Put an Object Lock legal hold on every object (the bucket must have Object Lock enabled).",
+    ),
+    Option(
+        "content-md5",
+        one_of(CONTENT_MD5),
+        "auto",
+        "\"auto\": PutObject always carries Content-MD5, parts over https (and with Object Lock options); "
+        "\"always\": parts over http too (buckets with a default Object Lock retention require it).",
     ),
     Option("log-level", one_of(LOG_LEVELS, str.lower), "info", "\"debug\", \"info\", \"warning\" or \"error\"."),
     Option("log-format", one_of(LOG_FORMATS), "auto", "\"auto\" (console on a TTY, else JSON lines), \"json\", \"console\"."),

@@ -71,6 +71,7 @@ def check_cross_option(v: dict[str, Any]) -> None:
         raise ConfigError("compresslevel", f"expected 0 to 9 (gzip; 1 to 22 with zstd); got {v['compresslevel']}")
     if v["compression"] == "zstd" and not 1 <= v["compresslevel"] <= 22:
         raise ConfigError("compresslevel", f"expected 1 to 22 for zstd; got {v['compresslevel']}")
+    _check_object_lock(v)
     spool, state = v["spool-dir"], v["state-dir"]
     # compared as resolved (symlinks followed, as far as the paths exist): a state-dir that
     # reaches into spool-dir through a link would have spoolup ship its own journal
@@ -86,6 +87,15 @@ def check_cross_option(v: dict[str, Any]) -> None:
         raise ConfigError("spool-dir", f"{spool} exists and is not a directory")
     if state.exists() and not state.is_dir():
         raise ConfigError("state-dir", f"{state} exists and is not a directory")
+
+
+def _check_object_lock(v: dict[str, Any]) -> None:
+    """S3 takes a retention mode only with a retain-until date, and the other way round."""
+    if v["object-lock-retain"] and not v["object-lock-mode"]:
+        raise ConfigError("object-lock-retain", "needs object-lock-mode (\"GOVERNANCE\" or \"COMPLIANCE\")")
+    if v["object-lock-mode"] and not v["object-lock-retain"]:
+        raise ConfigError("object-lock-mode", "needs object-lock-retain: how long each object is retained "
+                          "from its completion (e.g. \"365d\")")
 
 
 def _check_key_length(v: dict[str, Any]) -> None:

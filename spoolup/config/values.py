@@ -63,6 +63,9 @@ COMPRESSION_SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}  # the end of
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONDITIONAL_WRITES = ("auto", "on", "off")
+OBJECT_LOCK_MODES = frozenset({"", "GOVERNANCE", "COMPLIANCE"})  # opts-flow
+CONTENT_MD5 = ("auto", "always")
+MIN_BANDWIDTH = 64 * 1024  # bytes/s: below it a 16 KiB read of a body would wait past servers' idle timeouts
 
 
 # --------------------------------------------------------------------------
@@ -136,6 +139,23 @@ def parse_seconds(value: Any) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"must be more than 0 seconds; got {value!r}")
     return float(value)
+
+
+def parse_bandwidth(value: Any) -> int:
+    """Bytes per second as a size ("10MiB", an optional "/s"), 0 for no cap."""
+    if isinstance(value, str) and value.strip().lower().endswith("/s"):
+        value = value.strip()[:-2]
+    n = parse_size(value)
+    if 0 < n < MIN_BANDWIDTH:
+        raise ValueError(f"must be 0 (no cap) or at least 64KiB per second; got {value!r}")
+    return n
+
+
+def parse_retain(value: Any) -> float:
+    """A retention in minutes (as parse_minutes: "30d", "12h"), or 0 / "" for none."""
+    if value in (0, "", "0") and not isinstance(value, bool):
+        return 0.0
+    return parse_minutes(value)
 
 
 def parse_bool(value: Any) -> bool:
