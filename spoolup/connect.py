@@ -109,7 +109,7 @@ def session(cfg: Config) -> boto3.session.Session:
 
 def client(s: boto3.session.Session, cfg: Config, service: str):
     """A client of `service` ("s3" or "sts") with spoolup's connection settings."""
-    endpoint = cfg.url or None if service == "s3" else sts_endpoint(cfg)
+    endpoint = (cfg.url or None) if service == "s3" else sts_endpoint(cfg)
     return s.client(service, endpoint_url=endpoint, config=client_config(cfg), verify=verify(cfg))
 
 
@@ -117,5 +117,5 @@ def credential_source(s: boto3.session.Session) -> str:
     """Where the session's credentials come from, in botocore's words ("explicit", "env",
     "shared-credentials-file", "assume-role-with-web-identity", "sts-assume-role", ...), without
     fetching them; "none" when no source has any."""
-    creds = s._session.get_credentials()
-    return getattr(creds, "method", None) or "none" if creds is not None else "none"
+    creds = s.get_credentials()
+    return (getattr(creds, "method", None) or "unknown") if creds is not None else "none"
