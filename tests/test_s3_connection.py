@@ -200,7 +200,6 @@ def test_addressing_style_on_the_wire(make_spoolup, s3, s3server, style):
 # profile: the shared AWS files
 
 
-@pytest.mark.s3_servers("moto")
 def test_profile_of_the_shared_files_is_used(tmp_path, checking_moto, bucket):
     m = checking_moto
     aws = tmp_path / "aws"
@@ -239,7 +238,6 @@ def test_profile_of_the_shared_files_is_used(tmp_path, checking_moto, bucket):
 # role-external-id and sts-endpoint: AssumeRole as moto's STS receives it
 
 
-@pytest.mark.s3_servers("moto")
 def test_role_is_assumed_at_sts_endpoint_with_the_external_id(tmp_path, auth_moto):
     m = auth_moto
     sts = RecordingProxy(m.port)  # an STS endpoint of its own (a reverse proxy to moto's STS)
@@ -328,7 +326,6 @@ def check_config(tmp_path, *extra: str, env: dict | None = None, **options) -> s
                           capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
 
 
-@pytest.mark.s3_servers("moto")
 @pytest.mark.parametrize("options,named,hint", [
     ({"ca-file": "/nonexistent/ca.pem"}, "ca-file", "does not exist"),
     ({"ca-file": "NOT-PEM"}, "ca-file", "not a PEM bundle"),
@@ -359,7 +356,6 @@ def test_bad_connection_values_exit_2(tmp_path, ca, options, named, hint):
     assert PROXY_PASSWORD not in r.stdout + r.stderr
 
 
-@pytest.mark.s3_servers("moto")
 def test_check_config_prints_the_connection_settings_masked(tmp_path, ca):
     r = check_config(tmp_path, "--no-s3", **{
         "ca-file": str(ca.ca_pem), "proxy": f"http://{PROXY_USER}:{PROXY_PASSWORD}@proxy.example:3128",

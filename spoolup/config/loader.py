@@ -63,13 +63,13 @@ class Config:
     log_file: str
     metrics_listen: str
     # connection settings (issue 21 item 3)
-    ca_file: str = ""
-    tls_verify: bool = True
-    proxy: str = ""
-    addressing_style: str = ""
-    profile: str = ""
-    role_external_id: str = ""
-    sts_endpoint: str = ""
+    ca_file: str
+    tls_verify: bool
+    proxy: str
+    addressing_style: str
+    profile: str
+    role_external_id: str
+    sts_endpoint: str
     source: Path | None = None
     written: tuple[tuple[str, Any], ...] = ()  # (option, value) as written in the file, for check-config
 

@@ -102,10 +102,15 @@ def _check_connection(v: dict[str, Any]) -> None:
     if v["profile"]:
         if v["access-key"]:
             raise ConfigError("profile", "access-key/secret-key and profile both give credentials: give one")
+        import botocore.exceptions
         import botocore.session
 
         core = botocore.session.Session()
-        if v["profile"] not in core.available_profiles:
+        try:
+            profiles = core.available_profiles
+        except botocore.exceptions.BotoCoreError as e:
+            raise ConfigError("profile", f"cannot read the shared AWS config files: {e}") from None
+        if v["profile"] not in profiles:
             files = " and ".join(str(Path(core.get_config_variable(var)).expanduser())
                                  for var in ("config_file", "credentials_file"))
             raise ConfigError("profile", f"no profile named {v['profile']!r} in {files} (AWS_CONFIG_FILE and "
