@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from spoolup import keys
-from spoolup.config.options import MASKED_OPTIONS, OPTIONS, OPTIONS_BY_NAME, REQUIRED, SECRET_OPTIONS, SIZE_OPTIONS, TABLE_OPTIONS
+from spoolup.config.options import (MASKED_OPTIONS, OPTIONS, OPTIONS_BY_NAME, REQUIRED, SECRET_OPTIONS, SIZE_OPTIONS,
+                                    TABLE_OPTIONS)
 from spoolup.config.validate import ConfigError, check_cross_option, unknown_option
 from spoolup.config.values import COMPRESSION_SUFFIXES, format_size, split_proxy, toml_value
 

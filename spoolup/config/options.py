@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from spoolup.config.values import (ADDRESSING_STYLES, CANNED_ACLS, CONDITIONAL_WRITES, FORMATS, GiB, LOG_FORMATS, LOG_LEVELS,
+from spoolup.config.values import ADDRESSING_STYLES  # noqa: I001 - the connection settings' (issue 21 item 3)
+from spoolup.config.values import (CANNED_ACLS, CONDITIONAL_WRITES, FORMATS, GiB, LOG_FORMATS, LOG_LEVELS,
                                    MAX_CHUNK_SIZE, MAX_OBJECT_SIZE, MIN_CHUNK_SIZE, SERVER_SIDE_ENCRYPTIONS,
                                    STORAGE_CLASSES, MiB, int_range, one_of, parse_bool, parse_bucket,
                                    parse_compression, parse_content_type, parse_header_text, parse_listen,
