@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from spoolup.config.values import ADDRESSING_STYLES  # noqa: I001 - the connection settings' (issue 21 item 3)
 from spoolup.config.values import (CANNED_ACLS, CONDITIONAL_WRITES, FORMATS, GiB, LOG_FORMATS, LOG_LEVELS,
                                    MAX_CHUNK_SIZE, MAX_OBJECT_SIZE, MIN_CHUNK_SIZE, SERVER_SIDE_ENCRYPTIONS,
                                    STORAGE_CLASSES, MiB, int_range, one_of, parse_bool, parse_bucket,
                                    parse_compression, parse_content_type, parse_header_text, parse_listen,
                                    parse_metadata, parse_minutes, parse_path, parse_role, parse_seconds, parse_str,
                                    parse_suffix, parse_tags, parse_url, size_range)
-from spoolup.config.values import mask_proxy, parse_ca_file, parse_external_id, parse_profile, parse_proxy
+from spoolup.config.values import (ADDRESSING_STYLES, mask_proxy, parse_ca_file, parse_external_id, parse_profile,
+                                   parse_proxy)
 
 SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
 # options shown with their secret part masked (a proxy URL's user:password@)
