@@ -266,6 +266,11 @@ def cmd_check_config(cfg, args) -> int:
         s3 = S3(cfg)
         if cfg.role:
             print(f"# credentials: {s3.identity()} (role assumed through STS)")
+        else:  # where boto3 found them (botocore's name for the source), without fetching any
+            from spoolup.connect import credential_source
+
+            print(f"# credentials: {credential_source(s3.session)}"
+                  + (f" (profile {cfg.profile})" if cfg.profile else ""))
         if s3.bucket_exists():
             print(f"# bucket {cfg.bucket}: reachable")
             if cfg.object_lock:

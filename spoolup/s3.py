@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import boto3
 import botocore.exceptions
 import botocore.handlers
 from botocore.config import Config as BotoConfig
-from botocore.credentials import DeferredRefreshableCredentials, create_assume_role_refresher
 
 from spoolup import flow
+from spoolup import connect
 from spoolup.config import Config
 from spoolup.keys import static_prefix
 from spoolup.logs import redact_text
@@ -89,6 +88,9 @@ def translate(e: Exception, op: str, key: str | None) -> S3Error:
         if status == 501 and code in ("501", "Unknown"):
             code = "NotImplemented"
         return _BY_CODE.get(code, S3Error)(code, str(err.get("Message") or e), op=op, key=key, status=status)
+    if isinstance(e, botocore.exceptions.SSLError):
+        return S3Error("SSLError", f"{e} (the server's TLS certificate is not trusted: give the CA that signed it "
+                       "with ca-file)", op=op, key=key)
     if isinstance(e, _NOT_SENDABLE) or (isinstance(e, botocore.exceptions.HTTPClientError)
                                         and isinstance(e.kwargs.get("error"), ValueError)):
         # botocore (or http.client under it: "Invalid header name b'x-amz-meta-team\n'") refused to
@@ -190,22 +192,9 @@ class S3:
     def __init__(self, cfg: Config, *, probe_prefix: str | None = None):
         self.cfg = cfg
         self.bucket = cfg.bucket
-        session = boto3.session.Session(
-            aws_access_key_id=cfg.access_key or None,
-            aws_secret_access_key=cfg.secret_key or None,
-            aws_session_token=cfg.session_token or None,
-            region_name=cfg.region or None,
-        )
-        if cfg.role:
-            # as s3(): assume the role through STS, refreshed before it expires.  The static
-            # credentials (or boto3's chain) only ever sign the AssumeRole calls.
-            sts = session.client("sts", endpoint_url=cfg.url or None, config=self._boto_config(cfg))
-            session._session._credentials = DeferredRefreshableCredentials(
-                refresh_using=create_assume_role_refresher(sts, {"RoleArn": cfg.role, "RoleSessionName": "spoolup"}),
-                method="sts-assume-role",
-            )
-        self.session = session
-        self.client = session.client("s3", endpoint_url=cfg.url or None, config=self._boto_config(cfg))
+        # credentials, TLS, proxy and addressing style: spoolup.connect
+        self.session = connect.session(cfg)
+        self.client = connect.client(self.session, cfg, "s3")
         # before botocore's own check of 200 replies, which would call an unparseable one a 500:
         # its handler is replaced by one that makes the body parseable, then runs it
         self.client.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
@@ -225,21 +214,11 @@ class S3:
 
     @staticmethod
     def _boto_config(cfg: Config) -> BotoConfig:
-        return BotoConfig(
-            connect_timeout=cfg.s3_timeout,
-            read_timeout=cfg.s3_timeout,
-            retries={"mode": "standard", "max_attempts": 3},
-            max_pool_connections=cfg.upload_threads + 4,
-            # plain Content-MD5 integrity works with every S3-compatible store
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": "path"} if cfg.url else None,
-            user_agent_extra="spoolup",
-        )
+        return connect.client_config(cfg)
 
     def identity(self) -> str:
         """The ARN S3 calls are made as (with `role`: the assumed role's session), as s3() logs it."""
-        sts = self.session.client("sts", endpoint_url=self.cfg.url or None, config=self._boto_config(self.cfg))
+        sts = connect.client(self.session, self.cfg, "sts")
         try:
             return str(sts.get_caller_identity().get("Arn", ""))
         except CLIENT_ERRORS as e:

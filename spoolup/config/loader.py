@@ -7,14 +7,16 @@ import dataclasses
 import functools
 import os
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spoolup import keys
-from spoolup.config.options import OPTIONS, OPTIONS_BY_NAME, REQUIRED, SECRET_OPTIONS, SIZE_OPTIONS, TABLE_OPTIONS
+from spoolup.config.options import (MASKED_OPTIONS, OPTIONS, OPTIONS_BY_NAME, REQUIRED, SECRET_OPTIONS, SIZE_OPTIONS,
+                                    TABLE_OPTIONS)
 from spoolup.config.validate import ConfigError, check_cross_option, unknown_option
-from spoolup.config.values import COMPRESSION_SUFFIXES, format_size, toml_value
+from spoolup.config.values import COMPRESSION_SUFFIXES, format_size, split_proxy, toml_value
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,14 @@ class Config:
     log_format: str
     log_file: str
     metrics_listen: str
+    # connection settings (issue 21 item 3)
+    ca_file: str
+    tls_verify: bool
+    proxy: str
+    addressing_style: str
+    profile: str
+    role_external_id: str
+    sts_endpoint: str
     # opts-flow (issue 21 items 5, 6)
     max_bandwidth: int = 0
     object_lock_mode: str = ""
@@ -110,7 +120,10 @@ class Config:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.secret_key, self.session_token) if s)
+        proxy_credentials = split_proxy(self.proxy)[1] if self.proxy else ""
+        password = proxy_credentials.partition(":")[2]
+        return tuple(s for s in (self.secret_key, self.session_token, proxy_credentials, password,
+                                 urllib.parse.unquote(password)) if s)
 
     def value(self, name: str) -> Any:
         return getattr(self, OPTIONS_BY_NAME[name].attr)
@@ -122,6 +135,8 @@ class Config:
             v = self.value(opt.name)
             if opt.name in SECRET_OPTIONS and v:
                 v = "********"
+            elif opt.name in MASKED_OPTIONS and v:
+                v = MASKED_OPTIONS[opt.name](v)
             elif isinstance(v, Path):
                 v = str(v)
             out[opt.name] = v
@@ -135,6 +150,8 @@ class Config:
         for opt in OPTIONS:
             if opt.name in SECRET_OPTIONS and self.value(opt.name):
                 out[opt.name] = toml_value("********")
+            elif opt.name in MASKED_OPTIONS and self.value(opt.name):
+                out[opt.name] = toml_value(MASKED_OPTIONS[opt.name](self.value(opt.name)))
             elif opt.name in written:
                 out[opt.name] = toml_value(written[opt.name])
             elif opt.name in SIZE_OPTIONS and opt.default is not REQUIRED:

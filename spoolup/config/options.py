@@ -14,8 +14,12 @@ from spoolup.config.values import (CANNED_ACLS, CONDITIONAL_WRITES, FORMATS, GiB
                                    parse_suffix, parse_tags, parse_url, size_range)
 from spoolup.config.values import (CONTENT_MD5, OBJECT_LOCK_MODES, parse_bandwidth,  # opts-flow
                                    parse_retain)
+from spoolup.config.values import (ADDRESSING_STYLES, mask_proxy, parse_ca_file, parse_external_id, parse_profile,
+                                   parse_proxy)
 
 SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
+# options shown with their secret part masked (a proxy URL's user:password@)
+MASKED_OPTIONS = {"proxy": mask_proxy}
 SIZE_OPTIONS = frozenset({"chunk-size", "max-object-size", "max-record-size"})  # byte sizes ("8MiB")
 
 
@@ -177,6 +181,65 @@ OPTIONS: tuple[Option, ...] = (
         "A fully shipped spool file is deleted after this many idle minutes; must exceed syslog-ng's time-reap().",
     ),
     Option("session-token", parse_header_text, "", "Session token for temporary credentials (never logged)."),
+    # --- connection settings (issue 21 item 3): TLS, proxy, addressing, profile, STS ---
+    Option(
+        "ca-file",
+        parse_ca_file,
+        "",
+        "PEM bundle of the CA certificates S3's TLS certificate must chain to (a private CA: MinIO, Ceph RGW); "
+        "also trusted for STS and an https proxy. Must exist when the config is loaded. Empty: boto3's default "
+        "(AWS_CA_BUNDLE, else certifi's bundle). Peers: Fluent Bit tls.ca_file, Vector tls.ca_file.",
+    ),
+    Option(
+        "tls-verify",
+        parse_bool,
+        True,
+        "false: S3's TLS certificate is not checked at all (logged as a warning at start, and by check-config); "
+        "for tests only, prefer ca-file. Peers: Fluent Bit tls.verify, Vector tls.verify_certificate.",
+    ),
+    Option(
+        "proxy",
+        parse_proxy,
+        "",
+        "HTTP(S) proxy for every S3 and STS request: \"http://host:3128\", or \"http://user:password@host:3128\" "
+        "(credentials masked in check-config and logs). Empty: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the "
+        "environment, as boto3. Peers: Vector proxy.http / proxy.https, Kafka Connect S3 sink s3.proxy.url "
+        "(with s3.proxy.user / s3.proxy.password); Fluent Bit and the OTel awss3exporter: HTTPS_PROXY.",
+    ),
+    Option(
+        "addressing-style",
+        one_of(ADDRESSING_STYLES, str.lower),
+        "",
+        "\"path\" (host/bucket/key), \"virtual\" (bucket.host/key) or \"auto\" (botocore decides: virtual where the "
+        "bucket name allows). Empty: \"path\" with a url (spoolup's behaviour before this option: MinIO and Ceph "
+        "without wildcard DNS need it), \"auto\" on AWS. Peers: Vector force_path_style, OTel awss3exporter "
+        "s3uploader.s3_force_path_style, Kafka Connect S3 sink s3.path.style.access.enabled.",
+    ),
+    Option(
+        "profile",
+        parse_profile,
+        "",
+        "Named profile of the shared AWS config files (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE; "
+        "~/.aws/config and ~/.aws/credentials): its credentials, region and role settings. Must exist; not with "
+        "access-key. Empty: boto3's default (AWS_PROFILE, else \"default\"). Peers: Fluent Bit profile, "
+        "Vector auth.profile.",
+    ),
+    Option(
+        "role-external-id",
+        parse_external_id,
+        "",
+        "ExternalId sent with role's AssumeRole (a trust policy's sts:ExternalId condition; not a secret, "
+        "shown by check-config). Needs role. Peers: Fluent Bit external_id, Vector auth.external_id, Kafka "
+        "Connect S3 sink sts.role.external.id.",
+    ),
+    Option(
+        "sts-endpoint",
+        parse_url,
+        "",
+        "STS endpoint URL where role is assumed (and check-config asks GetCallerIdentity). Empty: url when set, "
+        "else AWS's. Web identity and a profile's role are assumed by boto3's chain (AWS_ENDPOINT_URL_STS). "
+        "Peers: Fluent Bit sts_endpoint.",
+    ),
     Option("poll-interval", parse_seconds, 1.0, "Seconds between spool rescans (watchdog events come sooner)."),
     Option("s3-timeout", parse_seconds, 60.0, "Seconds before an S3 connection or read times out (then retried)."),
     Option("retry-max-delay", parse_seconds, 30.0, "Longest backoff in seconds between retries of a failed S3 call."),

@@ -87,6 +87,35 @@ def check_cross_option(v: dict[str, Any]) -> None:
         raise ConfigError("spool-dir", f"{spool} exists and is not a directory")
     if state.exists() and not state.is_dir():
         raise ConfigError("state-dir", f"{state} exists and is not a directory")
+    _check_connection(v)
+
+
+def _check_connection(v: dict[str, Any]) -> None:
+    """The connection settings (issue 21 item 3) against each other and the shared AWS files."""
+    if v["ca-file"] and not v["tls-verify"]:
+        raise ConfigError("tls-verify", "false turns certificate checks off, yet ca-file names a CA to check "
+                          "against: give one or the other")
+    if v["role-external-id"] and not v["role"]:
+        raise ConfigError("role-external-id", "is sent with role's AssumeRole: it needs role")
+    if v["sts-endpoint"] and not v["role"]:
+        raise ConfigError("sts-endpoint", "is where role is assumed: it needs role (boto3's own STS calls, for "
+                          "web identity or a profile's role, follow AWS_ENDPOINT_URL_STS)")
+    if v["profile"]:
+        if v["access-key"]:
+            raise ConfigError("profile", "access-key/secret-key and profile both give credentials: give one")
+        import botocore.exceptions
+        import botocore.session
+
+        core = botocore.session.Session()
+        try:
+            profiles = core.available_profiles
+        except botocore.exceptions.BotoCoreError as e:
+            raise ConfigError("profile", f"cannot read the shared AWS config files: {e}") from None
+        if v["profile"] not in profiles:
+            files = " and ".join(str(Path(core.get_config_variable(var)).expanduser())
+                                 for var in ("config_file", "credentials_file"))
+            raise ConfigError("profile", f"no profile named {v['profile']!r} in {files} (AWS_CONFIG_FILE and "
+                              "AWS_SHARED_CREDENTIALS_FILE name other files)")
 
 
 def _check_object_lock(v: dict[str, Any]) -> None:
@@ -122,4 +151,7 @@ def warnings(cfg: Config) -> list[str]:
         problem = keys.timestamp_sort_problem(cfg.object_key_timestamp)
         if problem:
             out.append(f"object-key-timestamp: {problem}")
+    if not cfg.tls_verify:
+        out.append("tls-verify: false: S3's TLS certificate is not checked; anyone on the path can read and change "
+                   "the uploads (give the CA with ca-file instead)")
     return out

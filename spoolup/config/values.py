@@ -377,3 +377,86 @@ def format_size(n: int) -> str:
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n}B"
+
+
+# --------------------------------------------------------------------------
+# connection settings (issue 21 item 3): TLS, proxy, addressing style, profile, STS
+
+ADDRESSING_STYLES = ("", "auto", "path", "virtual")
+_EXTERNAL_ID_RE = re.compile(r"[\w+=,.@:/-]{2,1224}")  # STS AssumeRole's ExternalId (fullmatch)
+_PROFILE_RE = re.compile(r"[\w+=,.@:/-]{1,128}")  # fullmatch
+
+
+def parse_ca_file(value: Any) -> str:
+    """A PEM bundle of CA certificates: it must exist and hold at least one certificate that
+    Python's ssl module loads (what botocore's verify= will load on every connection)."""
+    import ssl
+
+    text = parse_str(value).strip()
+    if not text:
+        return ""
+    path = Path(text).expanduser().absolute()
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} does not exist or is not a file (a PEM bundle of CA certificates)")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is not a PEM bundle of CA certificates: {e}") from None
+    return str(path)
+
+
+def split_proxy(url: str) -> tuple[str, str]:
+    """(the proxy URL without user:password@, the user:password part or "")."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=hostport)), userinfo if at else ""
+
+
+def mask_proxy(url: str) -> str:
+    """The proxy URL as check-config, status and logs may show it: credentials masked."""
+    bare, userinfo = split_proxy(url)
+    return bare.replace("://", "://********@", 1) if userinfo else bare
+
+
+def parse_proxy(value: Any) -> str:
+    """An http:// or https:// proxy URL, credentials allowed (http://user:password@host:3128).
+    The value is never echoed: it may hold a password."""
+    import urllib.parse
+
+    text = parse_str(value).strip()
+    if not text:
+        return ""
+    what = ("expected a proxy URL such as \"http://proxy.example:3128\" (with credentials: "
+            "\"http://user:password@proxy.example:3128\"), or \"\" for none (HTTPS_PROXY/HTTP_PROXY then apply)")
+    if _has_control(text) or any(ch.isspace() for ch in text):
+        raise ValueError(f"{what}; the value holds spaces or control characters (not shown: it may hold a password)")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{what}; the value does not parse as a URL (not shown: it may hold a password)") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{what}; it must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"{what}; the URL names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{what}; a proxy URL has no path, query or fragment")
+    del port
+    return text.rstrip("/")
+
+
+def parse_external_id(value: Any) -> str:
+    text = parse_str(value).strip()
+    if text and not _EXTERNAL_ID_RE.fullmatch(text):
+        raise ValueError("expected STS's ExternalId: 2 to 1224 letters, digits and + = , . @ : / - _, or \"\" for none")
+    return text
+
+
+def parse_profile(value: Any) -> str:
+    text = parse_str(value).strip()
+    if text and not _PROFILE_RE.fullmatch(text):
+        raise ValueError(f"expected the name of a profile of the shared AWS config files (letters, digits and "
+                         f"+ = , . @ : / - _), or \"\" for boto3's default; got {value!r}")
+    return text
