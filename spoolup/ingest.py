@@ -12,10 +12,9 @@ stays in the spool.
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Callable
 
-from spoolup import crash, envelope, objects, reader, statespace
+from spoolup import crash, envelope, keytime, objects, reader, statespace
 from spoolup import form as forms
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
@@ -46,7 +45,9 @@ class Ingest:
         self.batch_limit = BATCH_BYTES  # smaller for a while after the disk was full
         self.sealed_pending = 0
         self.sealed_in_batch: list[tuple[int, int, Codec]] = []  # (object, part, codec) sealed by this batch
-        self._ts_cache: tuple[int, str] = (-1, "")
+        # lines: object-key-timestamp and object-key's strftime fields, rendered at ingest time
+        self.keytime = keytime.KeyTime(cfg.object_key if cfg.format == "lines" else "", cfg.key_timezone,
+                                       cfg.object_key_timestamp, cfg.timestamp_zone)
         self.stats = {"bytes": 0, "records": 0}
         self._envelope = envelope.Parser(cfg.object_key, cfg.key_suffix)
         self._restored = True  # False from a rollback until the journaled state is back (restore())
@@ -182,15 +183,6 @@ class Ingest:
         self.log.info("completing an object early to free the state dir", object=obj.id, key=obj.key, size=obj.size)
         self.router.close(obj, "state-dir-space", now)
 
-    def _timestamp(self, now: float) -> str:
-        tpl = self.cfg.object_key_timestamp
-        if not tpl:
-            return ""
-        second = int(now)
-        if self._ts_cache[0] != second:
-            self._ts_cache = (second, time.strftime(tpl, time.localtime(now)))
-        return self._ts_cache[1]
-
     def deliver(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
         """Whole records data[start:end] of `src` (from SourceReader): routed to their objects."""
         if self.cfg.format == "lines":
@@ -199,7 +191,8 @@ class Ingest:
             self._envelopes(src, data, start, end, now)
 
     def _lines(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
-        self.router.deliver(src, src.key, self._timestamp(now), data, start, end, now, self.cfg.object_key_suffix)
+        kt = self.keytime
+        self.router.deliver(src, kt.key(src, now), kt.timestamp(now), data, start, end, now, self.cfg.object_key_suffix)
 
     def _envelopes(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
         """Per record: parse and validate (bad lines go to the dead-letter file).  The good
@@ -241,11 +234,12 @@ class Ingest:
     # -- rotation by time, drain -----------------------------------------------------------
 
     def expire(self, now: float) -> int:
-        """Complete objects without a new record for flush-grace-period."""
+        """Complete objects without a new record for flush-grace-period, or max-object-age after
+        their first record."""
         self._ready()
-        stale = objects.expired(list(self.open.values()), now, self.cfg.grace_seconds)
-        for obj in stale:
-            self.router.close(obj, "flush-grace-period", now)
+        stale = objects.due(list(self.open.values()), now, self.cfg.grace_seconds, self.cfg.max_age_seconds)
+        for obj, reason in stale:
+            self.router.close(obj, reason, now)
         if stale:
             self.flush()
         return len(stale)

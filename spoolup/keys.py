@@ -102,9 +102,16 @@ def check_template(template: str, fmt: str) -> None:
 
 
 def static_prefix(template: str) -> str:
-    """The literal text before the first placeholder: every key spoolup makes starts with it."""
+    """The literal text before the first placeholder or "%": every key spoolup makes starts with
+    it.  A "%" starts a strftime field in a lines object-key ("logs/dt=%Y-%m-%d/{name}": prefix
+    "logs/dt="); pending uploads are listed, and spoolup's own scratch keys made, under this
+    prefix, so it must never hold text a key does not start with.  (In an envelope object-key a
+    "%" is literal text: a prefix stopping there is shorter, and still one of every key.)"""
     out = []
     for literal, field, _spec, _conv in string.Formatter().parse(template):
+        if "%" in literal:
+            out.append(literal[:literal.index("%")])
+            break
         out.append(literal)
         if field is not None:
             break
@@ -159,6 +166,15 @@ def render_lines(template: str, rel_path: str) -> str:
     rel_path = printable(rel_path)
     directory, name = posixpath.split(rel_path)
     return template.format_map({"path": rel_path, "dir": directory, "name": name})
+
+
+def render_lines_parts(parts, fields: tuple[str, ...], rel_path: str) -> str:
+    """render_lines() of a template parsed into `parts` (string.Formatter().parse) whose literal
+    texts are replaced by `fields` (their strftime fields rendered: spoolup/keytime.py)."""
+    rel_path = printable(rel_path)
+    directory, name = posixpath.split(rel_path)
+    values = {"path": rel_path, "dir": directory, "name": name}
+    return "".join(lit + (values[field] if field is not None else "") for lit, (_l, field, _s, _c) in zip(fields, parts))
 
 
 def render_envelope(template: str, key: str) -> str:

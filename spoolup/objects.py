@@ -15,6 +15,9 @@ s3() destination:
 * with compression, "size" is the stored size: the compressed bytes produced so
   far, as s3() counts them (see blind_bytes);
 * an object is completed after flush-grace-period without a new record;
+* with max-object-age (spoolup's addition, Fluent Bit's upload_timeout; off by default, as
+  s3() has none), an object is completed that long after its first record, however busy:
+  the next record goes to the next object (aged, due);
 * an object has at most MAX_PARTS parts.
 
 Indexes (-1, -2, ...) are not chosen here: a completed object is never
@@ -98,11 +101,34 @@ def cut(data: bytes, start: int, end: int, blind: int) -> int:
 
 class Timed(Protocol):
     last_write: float
+    created: float
 
 
 def expired(objects: Iterable[Timed], now: float, grace_seconds: float) -> list:
     """Open objects without a new record for flush-grace-period (s3(): modified_at + grace <= now)."""
     return [o for o in objects if o.last_write + grace_seconds <= now]
+
+
+def aged(created: float, now: float, max_age_seconds: float | None) -> bool:
+    """An object opened (its first record) at `created` is complete by max-object-age at `now`
+    (None: max-object-age off).  Checked both when a record is routed (it then goes to the next
+    object) and by the periodic expiry (an object completes in time even when no record comes):
+    a record arriving at or after created + max_age never lands in the object, so every object's
+    records arrived within max_age of its first one."""
+    return max_age_seconds is not None and created + max_age_seconds <= now
+
+
+def due(objects: Iterable[Timed], now: float, grace_seconds: float,
+        max_age_seconds: float | None = None) -> list[tuple[Timed, str]]:
+    """The open objects to complete at `now`, each with its reason: "flush-grace-period"
+    (expired) or else "max-object-age" (aged)."""
+    out: list[tuple[Timed, str]] = []
+    for o in objects:
+        if o.last_write + grace_seconds <= now:
+            out.append((o, "flush-grace-period"))
+        elif aged(o.created, now, max_age_seconds):
+            out.append((o, "max-object-age"))
+    return out
 
 
 def full_by_parts(sealed_parts: int) -> bool:

@@ -1,5 +1,5 @@
 """Routing: records -> the open object of their key and timestamp (rotation by objects.py's
-pure policy: newer timestamp, max-object-size, max-parts, object-key-suffix) -> its chunk
+pure policy: newer timestamp, max-object-size, max-object-age, max-parts, object-key-suffix) -> its chunk
 files, parts sealed by chunk-size and S3's part-size bound.  What it writes and closes
 goes into Ingest's batch (spoolup/ingest.py), which commits it.
 """
@@ -128,10 +128,12 @@ class Router:
         self.newest[key] = route.newest
         if route.reuse:
             obj = by_ts[ts]
-            if obj.suffix == suffix:
+            if objects.aged(obj.created, now, self.ingest.cfg.max_age_seconds):
+                self.close(obj, "max-object-age", now)  # (before Ingest.expire saw it): the next index
+            elif obj.suffix == suffix:
                 return obj
-            # another object-key-suffix for the same key: its records go to an object of their own
-            self.close(obj, "object-key-suffix", now)
+            else:  # another object-key-suffix for the same key: its records go to an object of their own
+                self.close(obj, "object-key-suffix", now)
         return self._new_object(key, ts, now, suffix)
 
     def _newest(self, key: str) -> str | None:

@@ -168,6 +168,7 @@ def _open_objects(cfg: Config, j: Journal, now: float) -> list[dict[str, Any]]:
                 "size_remaining_bytes": max(form.max_object_size - (stored.get(r.id, 0) if form.codec.compressed
                                                                     else r.size), 0),
                 "on_newer_timestamp": bool(r.ts),
+                "age_at": None if cfg.max_age_seconds is None else round(r.created + cfg.max_age_seconds, 3),
             },
         })
     return out
@@ -342,6 +343,8 @@ def _completes(o: dict[str, Any], now: float) -> str:
     c = o["completes"]
     when = [f"at {_clock(c['grace_at'], now)} (flush-grace-period after the last record)",
             f"at {human_bytes(c['max_object_size'])}{' stored' if c['size_counts'] == 'stored' else ''} (max-object-size)"]
+    if c.get("age_at") is not None:
+        when.insert(1, f"at {_clock(c['age_at'], now)} (max-object-age after the first record)")
     if c["on_newer_timestamp"]:
         when.append("on a newer timestamp")
     return ", ".join(when[:-1]) + " or " + when[-1]
@@ -376,7 +379,8 @@ def render(st: dict[str, Any]) -> str:
             parts = f"{o['parts_uploaded']} part{'' if o['parts_uploaded'] == 1 else 's'}"
             out.append(f"  {o['expected_key']}{'' if o['final_key'] else ' (index claimed at upload)'}: "
                        f"{human_bytes(o['bytes'])}, {o['records']} records, {parts} "
-                       f"({human_bytes(o['bytes_uploaded'])}) uploaded, idle {_age(o['idle_seconds'])}; "
+                       f"({human_bytes(o['bytes_uploaded'])}) uploaded, age {_age(o['age_seconds'])}, "
+                       f"idle {_age(o['idle_seconds'])}; "
                        f"completes {_completes(o, now)}")
         if len(st["open_objects"]) > LIST_AT_MOST:
             out.append(f"  ... and {len(st['open_objects']) - LIST_AT_MOST} more (see --json)")

@@ -37,16 +37,19 @@ class RefObj:
     modified: float = 0.0
     finished: bool = False
     records: list[int] = field(default_factory=list)
+    created: float = 0.0
 
 
-def s3_reference(records, limit, grace):
+def s3_reference(records, limit, grace, max_age=None):
+    """s3()'s algorithm; with max_age, plus a timer completing an object max_age after it was
+    created (its first record), as Fluent Bit's upload_timeout does."""
     objs: list[RefObj] = []
     current: dict[str, RefObj] = {}
     backfill: dict[str, dict[str, RefObj]] = {}
     finished: dict[tuple[str, str], int] = {}  # (key, ts) -> max finished index
 
     def new(key, ts, index):
-        o = RefObj(key, ts, index)
+        o = RefObj(key, ts, index, created=now)
         objs.append(o)
         return o
 
@@ -62,7 +65,7 @@ def s3_reference(records, limit, grace):
     for i, (key, ts, size, dt) in enumerate(records):
         now += dt
         for o in objs:  # the flush timer
-            if not o.finished and o.modified + grace <= now:
+            if not o.finished and (o.modified + grace <= now or (max_age is not None and o.created + max_age <= now)):
                 finish(o)
         if key not in current:
             o = current[key] = new(key, ts, next_index(key, ts))
@@ -99,9 +102,13 @@ class Obj:
     size: int = 0
     last_write: float = 0.0
     records: list[int] = field(default_factory=list)
+    created: float = 0.0
 
 
-def spoolup_policy(records, limit, grace):
+def spoolup_policy(records, limit, grace, max_age=None, expiry_ages=None):
+    """expiry_ages[i]: whether the periodic expiry (Ingest.expire) looked at max-object-age
+    before record i; when it did not (records routed between two expiries), routing does
+    (Router._target).  Either way the same objects must result."""
     objs: list[Obj] = []
     open_: dict[tuple[str, str], Obj] = {}
     newest: dict[str, str] = {}
@@ -113,19 +120,26 @@ def spoolup_policy(records, limit, grace):
     now = 0.0
     for i, (key, ts, size, dt) in enumerate(records):
         now += dt
-        for o in objects.expired(list(open_.values()), now, grace):
-            close(o)
+        if max_age is None:
+            for o in objects.expired(list(open_.values()), now, grace):
+                close(o)
+        else:
+            looked = expiry_ages is None or expiry_ages[i % len(expiry_ages)]
+            for o, _reason in objects.due(list(open_.values()), now, grace, max_age if looked else None):
+                close(o)
         open_ts = {t for (k, t) in open_ if k == key}
         route = objects.route(newest.get(key), open_ts, ts)
         for t in route.close:
             close(open_[(key, t)])
         newest[key] = route.newest
-        if route.reuse:
-            o = open_[(key, ts)]
-        else:
+        o = open_[(key, ts)] if route.reuse else None
+        if o is not None and objects.aged(o.created, now, max_age):
+            close(o)
+            o = None
+        if o is None:
             n = seq.get((key, ts), 0)
             seq[(key, ts)] = n + 1
-            o = open_[(key, ts)] = Obj(key, ts, n)
+            o = open_[(key, ts)] = Obj(key, ts, n, created=now)
             objs.append(o)
         record = b"x" * (size - 1) + b"\n"
         stop, full = objects.take(o.size, limit, record, 0, len(record))
@@ -191,6 +205,51 @@ def test_take_cuts_a_block_exactly_where_per_record_writes_would(lengths, obj_si
     if obj_size >= limit:  # an object is completed as soon as it is full; take() then gives one record
         expect_stop, expect_full = lengths[0], True
     assert (stop, full) == (expect_stop, expect_full)
+
+
+AGES = st.sampled_from([0.5, 1.0, 3.0, 10.0, 30.0])
+EXPIRY_LOOKS = st.lists(st.booleans(), min_size=1, max_size=7)
+
+
+@settings(max_examples=400, deadline=None)
+@given(RECORDS, LIMITS, GRACE, AGES, EXPIRY_LOOKS)
+def test_max_object_age_matches_s3_destination_with_an_age_timer(records, limit, grace, age, looks):
+    """max-object-age: s3()'s rotation plus a timer completing each object max_age after its
+    first record, whether the periodic expiry or the routing of the next record sees it first."""
+    assert spoolup_policy(records, limit, grace, age, looks) == s3_reference(records, limit, grace, age)
+
+
+@settings(max_examples=300, deadline=None)
+@given(RECORDS, LIMITS, AGES, EXPIRY_LOOKS)
+def test_every_object_holds_records_of_less_than_max_object_age(records, limit, age, looks):
+    """However busy (no flush-grace-period expiry), an object's records arrived within
+    max-object-age of its first; every record still lands exactly once, in order."""
+    times, now = [], 0.0
+    for _key, _ts, _size, dt in records:
+        now += dt
+        times.append(now)
+    placed = spoolup_policy(records, limit, 1e9, age, looks)
+    for _key, _ts, _seq, recs in placed:
+        assert times[recs[-1]] - times[recs[0]] < age
+    assert sorted(r for *_, recs in placed for r in recs) == list(range(len(records)))
+    # off (None), nothing changes
+    assert spoolup_policy(records, limit, 1e9, None) == spoolup_policy(records, limit, 1e9, 1e12, looks)
+
+
+def test_aged_and_due_examples():
+    assert not objects.aged(100.0, 1e12, None)  # off
+    assert not objects.aged(100.0, 159.9, 60.0)
+    assert objects.aged(100.0, 160.0, 60.0)  # max-object-age after the first record, to the second
+
+    @dataclass
+    class O:
+        created: float
+        last_write: float
+
+    idle, busy, young = O(0.0, 10.0), O(0.0, 99.0), O(90.0, 99.0)
+    assert objects.due([idle, busy, young], 100.0, 60.0, 100.0) == [(idle, "flush-grace-period"),
+                                                                    (busy, "max-object-age")]
+    assert objects.due([idle, busy, young], 100.0, 60.0) == [(idle, "flush-grace-period")]
 
 
 def test_route_examples():

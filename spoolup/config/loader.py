@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolup import keys
+from spoolup import keys, keytime
 from spoolup.config.options import (MASKED_OPTIONS, OPTIONS, OPTIONS_BY_NAME, REQUIRED, SECRET_OPTIONS, SIZE_OPTIONS,
                                     TABLE_OPTIONS)
 from spoolup.config.validate import ConfigError, check_cross_option, unknown_option
@@ -45,6 +45,8 @@ class Config:
     content_type: str
     metadata: dict
     tags: dict
+    max_object_age: float | None
+    key_timezone: str
     spool_dir: Path
     state_dir: Path
     format: str
@@ -91,7 +93,23 @@ class Config:
         (timestamp, index, object-key-suffix, .gz/.zst); envelope: index and .gz/.zst."""
         if self.format == "envelope":
             return keys.key_room(0, self.key_suffix)
-        return keys.key_room(keys.timestamp_bytes(self.object_key_timestamp), self.object_key_suffix + self.key_suffix)
+        zone = self.timestamp_zone
+        ts_bytes = (keys.timestamp_bytes(self.object_key_timestamp) if zone == "local"
+                    else keytime.longest(self.object_key_timestamp, zone))
+        # the rendered key is checked with its strftime fields as written: room for what they can add
+        return (keys.key_room(ts_bytes, self.object_key_suffix + self.key_suffix)
+                + max(0, keytime.growth(self.object_key, self.key_timezone)[1]))
+
+    @property
+    def max_age_seconds(self) -> float | None:
+        """max-object-age in seconds (None: off)."""
+        return None if self.max_object_age is None else self.max_object_age * 60.0
+
+    @property
+    def timestamp_zone(self) -> str:
+        """The zone object-key-timestamp is rendered in: key-timezone when the file sets it, else
+        local time, as before key-timezone existed (keys already written keep their form)."""
+        return self.key_timezone if any(n == "key-timezone" for n, _ in self.written) else "local"
 
     @property
     def grace_seconds(self) -> float:
@@ -208,8 +226,8 @@ def from_mapping(raw: dict[str, Any], source: Path | None = None) -> Config:
     fmt = values["format"]
     if values["object-key"] is None:
         values["object-key"] = "{path}" if fmt == "lines" else "{key}"
-    check_cross_option(values)
     written = tuple((given.replace("_", "-"), value) for given, value in raw.items())
+    check_cross_option(values, frozenset(n for n, _ in written))
     return Config(**{OPTIONS_BY_NAME[n].attr: v for n, v in values.items()}, source=source, written=written)
 
 

@@ -10,7 +10,7 @@ from spoolup.config.values import (CANNED_ACLS, CONDITIONAL_WRITES, FORMATS, GiB
                                    MAX_CHUNK_SIZE, MAX_OBJECT_SIZE, MIN_CHUNK_SIZE, SERVER_SIDE_ENCRYPTIONS,
                                    STORAGE_CLASSES, MiB, int_range, one_of, parse_bool, parse_bucket,
                                    parse_compression, parse_content_type, parse_header_text, parse_listen,
-                                   parse_metadata, parse_minutes, parse_path, parse_role, parse_seconds, parse_str,
+                                   parse_key_timezone, parse_metadata, parse_minutes, parse_optional_minutes, parse_path, parse_role, parse_seconds, parse_str,
                                    parse_suffix, parse_tags, parse_url, size_range)
 from spoolup.config.values import (CONTENT_MD5, OBJECT_LOCK_MODES, parse_bandwidth,  # opts-flow
                                    parse_retain)
@@ -57,7 +57,8 @@ OPTIONS: tuple[Option, ...] = (
         "object-key",
         parse_str,
         None,
-        "Object key template. lines: {path}, {dir}, {name} of the spool file; envelope: {key}. "
+        "Object key template. lines: {path}, {dir}, {name} of the spool file, and strftime fields rendered at "
+        "ingest in key-timezone (\"logs/dt=%Y-%m-%d/{name}\"; a literal % is %%); envelope: {key}. "
         "Default \"{path}\" (lines) or \"{key}\" (envelope).",
         "s3()",
     ),
@@ -169,6 +170,23 @@ OPTIONS: tuple[Option, ...] = (
         {},
         "Object tags for every object, a table: {retention = \"90d\"}. At most 10; keys up to 128 and values "
         "up to 256 letters, digits, spaces and + - = . _ : / @; no \"aws:\" keys.",
+    ),
+    # --- time: objects that appear in time, time in the key (issue 21) ---
+    Option(
+        "max-object-age",
+        parse_optional_minutes,
+        None,
+        "An object is completed this long after its first record, however busy its file; the next records go to "
+        "the next index. Fluent Bit's upload_timeout (and what flush-grace-period means in s3() of syslog-ng "
+        "4.8.2+). Minutes (fractional allowed) or \"30s\", \"1h\". Empty: off, as in s3() 4.4-4.8.1.",
+    ),
+    Option(
+        "key-timezone",
+        parse_key_timezone,
+        "UTC",
+        "Time zone of the strftime fields of a lines object-key (\"logs/dt=%Y-%m-%d/{name}\"; a literal % is %%), "
+        "rendered at ingest: \"UTC\" (as Fluent Bit's s3_key_format), \"local\" or an IANA name (\"Europe/Berlin\"); "
+        "Vector's and Kafka Connect's timezone. object-key-timestamp follows it only when set, else stays in local time.",
     ),
     Option("spool-dir", parse_path, REQUIRED, "Directory that syslog-ng's file() destination writes into.", required=True),
     Option("state-dir", parse_path, REQUIRED, "Journal, chunk files and dead letters (created 0700).", required=True),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spoolup import keys
+from spoolup import keys, keytime
 from spoolup.config.options import OPTIONS_BY_NAME
 from spoolup.config.values import COMPRESSION_SUFFIXES
 
@@ -45,11 +45,18 @@ def unknown_option(name: str) -> str:
             "contrib/spoolup.toml.example")
 
 
-def check_cross_option(v: dict[str, Any]) -> None:
+def check_cross_option(v: dict[str, Any], written: frozenset[str] = frozenset()) -> None:
+    """`written`: the options the file sets (key-timezone applies to object-key-timestamp only then)."""
     try:
         keys.check_template(v["object-key"], v["format"])
     except ValueError as e:
         raise ConfigError("object-key", str(e)) from None
+    if v["format"] == "lines":
+        for literal in keytime.literals(v["object-key"]):
+            try:
+                keytime.check_fields(literal)
+            except ValueError as e:
+                raise ConfigError("object-key", str(e)) from None
     if v["format"] == "lines" and v["object-key-timestamp"]:
         try:
             keys.check_strftime(v["object-key-timestamp"])
@@ -61,7 +68,7 @@ def check_cross_option(v: dict[str, Any]) -> None:
     if v["format"] == "envelope" and v["object-key-suffix"]:
         raise ConfigError("object-key-suffix", "with format = \"envelope\" each record carries its suffix (the "
                           "spoolup() block's object-key-suffix() in syslog-ng): leave it out here")
-    _check_key_length(v)
+    _check_key_length(v, written)
     if bool(v["access-key"]) != bool(v["secret-key"]):
         missing = "secret-key" if v["access-key"] else "access-key"
         raise ConfigError(missing, "access-key and secret-key go together: give both, or neither to use boto3's credential chain")
@@ -127,13 +134,17 @@ def _check_object_lock(v: dict[str, Any]) -> None:
                           "from its completion (e.g. \"365d\")")
 
 
-def _check_key_length(v: dict[str, Any]) -> None:
+def _check_key_length(v: dict[str, Any], written: frozenset[str]) -> None:
     """Refuse a configuration where no file (lines) or no record (envelope) could get a key S3
     accepts: the shortest key the template renders, with the longest timestamp, index and
     suffixes its objects can get, is over S3's 1024 bytes.  Names the option that tips it over."""
     compressed = COMPRESSION_SUFFIXES[v["compression"]]
     shortest = len(keys.shortest_render(v["object-key"]).encode("utf-8", "surrogatepass"))
-    ts_bytes = keys.timestamp_bytes(v["object-key-timestamp"]) if v["format"] == "lines" else 0
+    ts_bytes = 0
+    if v["format"] == "lines":  # strftime fields in object-key: at their shortest
+        shortest += keytime.growth(v["object-key"], v["key-timezone"])[0]
+        ts_bytes = (keytime.longest(v["object-key-timestamp"], v["key-timezone"]) if "key-timezone" in written
+                    else keys.timestamp_bytes(v["object-key-timestamp"]))
     steps = (("object-key", keys.key_room(0, compressed)),
              ("object-key-timestamp", keys.key_room(ts_bytes, compressed)),
              ("object-key-suffix", keys.key_room(ts_bytes, v["object-key-suffix"] + compressed)))
@@ -154,4 +165,28 @@ def warnings(cfg: Config) -> list[str]:
     if not cfg.tls_verify:
         out.append("tls-verify: false: S3's TLS certificate is not checked; anyone on the path can read and change "
                    "the uploads (give the CA with ca-file instead)")
+    unbounded = unbounded_life(cfg)
+    if unbounded:
+        out.append(f"max-object-age: {unbounded}")
     return out
+
+
+def unbounded_life(cfg: Config) -> str | None:
+    """Why nothing bounds how long an object of a busy spool file stays open (None: something
+    does).  flush-grace-period completes an object only once no record came for that long; a
+    file written continuously keeps one object open -- invisible in the bucket -- until
+    max-object-size, unless time rotates it: object-key-timestamp, a strftime field in
+    object-key, or max-object-age.  lines only: with envelope, time comes with each record
+    (syslog-ng's object-key-timestamp() or a ${R_...} in its object-key()), which the config
+    cannot see."""
+    from spoolup.config.options import OPTIONS_BY_NAME
+
+    if cfg.format != "lines" or cfg.max_object_age is not None or cfg.object_key_timestamp:
+        return None
+    if keytime.has_fields(cfg.object_key) or cfg.max_object_size != OPTIONS_BY_NAME["max-object-size"].default:
+        return None
+    return ("nothing bounds how long an object of a busy spool file stays open: no object-key-timestamp, no time "
+            "field in object-key, no max-object-age, and max-object-size is its default of 5TiB. flush-grace-period "
+            "completes an object only once its file is idle, so a file written continuously keeps one object open, "
+            "invisible in the bucket, until it reaches 5TiB. Set max-object-age (e.g. \"1h\"), or "
+            "object-key-timestamp = \"%Y%m%d%H\"")

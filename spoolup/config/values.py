@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from spoolup import keys
+from spoolup import keys, keytime
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -131,6 +131,18 @@ def parse_minutes(value: Any) -> float:
     if not math.isfinite(minutes) or minutes <= 0:
         raise ValueError(f"must be more than 0 minutes; got {value!r}")
     return minutes
+
+
+def parse_optional_minutes(value: Any) -> float | None:
+    """parse_minutes, or "" for off (None): max-object-age."""
+    if value == "":
+        return None
+    return parse_minutes(value)
+
+
+def parse_key_timezone(value: Any) -> str:
+    """key-timezone: "UTC", "local" or an IANA name (spoolup/keytime.py)."""
+    return keytime.parse_timezone(parse_str(value))
 
 
 def parse_seconds(value: Any) -> float:
@@ -358,6 +370,8 @@ def parse_listen(value: Any) -> str:
 
 def toml_value(value: Any) -> str:
     """A value as it would be written in the TOML config."""
+    if value is None:  # an option that is off (max-object-age): written as ""
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
