@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import common
 
 FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history", "discovery",
-           "bandwidth", "slowdown")
+           "bandwidth", "slowdown", "requests", "claim", "cpu", "delay")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RAW = Path(__file__).resolve().parent / "results.json"
 
@@ -63,6 +63,16 @@ def run_figure(name: str, quick: bool) -> dict:
         from bench import flow
 
         return flow.slowdown(before=3.0, storm=4.0, after=4.0) if quick else flow.slowdown()
+    if name in ("requests", "claim", "cpu", "delay"):  # issue 20 (bench/cost.py)
+        from bench import cost
+
+        if name == "requests":
+            return cost.requests_per_object(keys=100 if quick else 500, one_key_objects=50 if quick else 200)
+        if name == "claim":
+            return cost.claim_after_history(history=300 if quick else 3000)
+        if name == "cpu":
+            return cost.cpu_per_byte(total=(32 if quick else 256) * MiB, rounds=1 if quick else 3)
+        return cost.delayed(total=(16 if quick else 64) * MiB, small=100 if quick else 500, rounds=1 if quick else 2)
     raise SystemExit(f"unknown figure {name}; known: {', '.join(FIGURES)}")
 
 

@@ -97,8 +97,13 @@ def spoolup_config(base: Path, url: str, bucket: str, **extra) -> Path:
 
 
 def spoolup(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spoolup", *args], capture_output=True, text=True,
-                          env=env or os.environ.copy(), **kw)
+    """`python -m spoolup ...`.  Without PYTHONDONTWRITEBYTECODE: with it (set on the bench
+    machine), both spoolup processes compiled every module of spoolup at every start (10 % of
+    a 64 MiB drain's CPU samples), where an installed spoolup -- and the boto3 baseline's
+    modules -- load cached bytecode."""
+    env = dict(env or os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return subprocess.run([sys.executable, "-m", "spoolup", *args], capture_output=True, text=True, env=env, **kw)
 
 
 def wait_for_count(journal: Path, sql: str, n: int, *, timeout: float, interval: float, what: str) -> int:

@@ -87,6 +87,28 @@ def figures_markdown(info: dict, r: dict) -> str:
         ok = w["storm_second_half"]["max_in_flight"] <= 1 < w["after"]["max_in_flight"]
         out.append(f"| 10 | SlowDown storm to every request ({w['threads']} upload threads) | {cells} | - | - | "
                    f"1 in flight late in the storm, more after | {'yes' if ok else 'no'} |")
+    if "requests" in r:
+        q = r["requests"]
+        out.append(f"| 11 | S3 requests per small object, steady state (conditional writes known) | "
+                   f"{q['many_keys']['per_object']:.3f} ({q['many_keys']['objects']} keys, one object each); "
+                   f"{q['one_key']['per_object']:.3f} ({q['one_key']['objects']} objects of one key) | - | "
+                   f"{q['ratio']:.3f} | <= 1.1 | {'yes' if q['ratio'] <= 1.1 else 'no'} |")
+    if "claim" in r:
+        c = r["claim"]
+        out.append(f"| 12 | one claim after {c['history']:,} objects of a key | {c['first_claim']['requests']} request(s), "
+                   f"{c['first_claim']['seconds'] * 1000:.0f} ms (the next claim: {c['next_claim']['requests']}) | - | - | "
+                   f"<= 1 request, flat | {'yes' if c['first_claim']['requests'] <= 1 else 'no'} |")
+    if "cpu" in r:
+        c = r["cpu"]
+        out.append(f"| 13 | CPU per byte shipped, {c['bytes'] // 2**20} MiB in 4 keys | spoolup (both processes) "
+                   f"{c['spoolup_cpu_ns_per_byte']:.2f} ns/B | boto3/s3transfer process {c['boto3_cpu_ns_per_byte']:.2f} ns/B | "
+                   f"{c['ratio']:.2f} | <= 1.2 | {'yes' if c['ratio'] <= 1.2 else 'no'} |")
+    if "delay" in r:
+        d = r["delay"]
+        out.append(f"| 14 | {d['figure']} | big: {min(d['big']['spoolup_s']):.2f} s; small: "
+                   f"{min(d['small']['spoolup_s']):.2f} s | boto3: {min(d['big']['boto3_s']):.2f} s; "
+                   f"{min(d['small']['boto3_s']):.2f} s | {d['big']['ratio']:.2f}; {d['small']['ratio']:.2f} | "
+                   f">= 0.9 both | {'yes' if d['ratio'] >= 0.9 else 'no'} |")
     out += ["", END]
     return "\n".join(out)
 

@@ -3,7 +3,9 @@ completed S3 object.
 
   claim      choose the object's final index: the first one >= the previous object's
              index + 1 that the bucket does not hold (objects or pending uploads, with or
-             without a compression suffix);
+             without a compression suffix), by listings cached per window of indexes
+             (spoolup/claims.py): most claims make no request, and with If-None-Match
+             honoured a single-part object costs one conditional PutObject;
   start      CreateMultipartUpload, its upload id journaled before any part is sent
              (invariant 4); an empty upload at the key once a Create may have been sent for
              the claim is that Create's orphan, adopted -- or, for an object that is one
@@ -42,6 +44,7 @@ from typing import Any
 from spoolup import crash, keys, metrics
 from spoolup import form as forms
 from spoolup.capabilities import HONOURED, Capabilities
+from spoolup.claims import BucketIndexes
 from spoolup.chunks import Codec, part_file
 from spoolup.config import Config
 from spoolup.form import Form
@@ -92,6 +95,7 @@ class Protocol:
         self.prefix = keys.static_prefix(cfg.object_key)
         self._pending: tuple[float, set[str]] = (-PENDING_TTL - 1.0, set())
         self._pending_lock = threading.Lock()
+        self.indexes = BucketIndexes(s3)  # the bucket's keys by windows of indexes (spoolup/claims.py)
 
     # -- is-ours ---------------------------------------------------------------
 
@@ -145,26 +149,41 @@ class Protocol:
             self._pending = (stamp, found - {key})
 
     def taken_keys(self, key: str, ts: str) -> set[str]:
+        """Every key under the (key, ts) prefix, objects and pending uploads: for an object of an
+        earlier object-key (outside the static prefix the cached listings cover)."""
         prefix = keys.key_prefix(key, ts)
-        if not prefix.startswith(self.prefix):  # an object of an earlier object-key
-            return self.s3.list_keys(prefix) | {k for k, _ in self.s3.list_uploads(prefix)}
-        return self.s3.list_keys(prefix) | {k for k in self.pending_upload_keys() if k.startswith(prefix)}
+        return self.s3.list_keys(prefix) | {k for k, _ in self.s3.list_uploads(prefix)}
 
-    def free_indexes(self, obj: ObjectRow, start: int, in_use: set[int], taken: set[str]):
+    def free_indexes(self, obj: ObjectRow, start: int, in_use: set[int], taken: set[str] | None = None):
         """Candidate indexes from `start` on, skipping those spoolup's journal uses and
-        those the bucket holds (objects or pending uploads, with or without a suffix)."""
+        those the bucket holds (objects or pending uploads, with or without a suffix):
+        `taken` when given (a full listing), else the cached windows (spoolup/claims.py) and
+        the cached listing of pending uploads."""
+        variants = compressed_suffixes(obj.key_suffix)
+        pending = self.pending_upload_keys() if taken is None else taken
         idx = start
         while True:
-            if idx not in in_use and not any(keys.final_key(obj.key, obj.ts, idx, sfx) in taken
-                                             for sfx in compressed_suffixes(obj.key_suffix)):
+            if idx not in in_use and not any(keys.final_key(obj.key, obj.ts, idx, sfx) in pending for sfx in variants) \
+                    and (taken is not None or not self.indexes.held(obj.key, obj.ts, idx, variants)):
                 yield idx
             idx += 1
 
     def claim(self, obj: ObjectRow, prev_idx: int | None, in_use: set[int], mode: str) -> Claimed:
+        """The object's index: no request at all once the windows it looks at are listed (the
+        write at the key is the check that counts: spoolup/claims.py)."""
         start = 0 if prev_idx is None else prev_idx + 1
-        idx = next(self.free_indexes(obj, start, in_use, self.taken_keys(obj.key, obj.ts)))
+        if keys.key_prefix(obj.key, obj.ts).startswith(self.prefix):
+            idx = next(self.free_indexes(obj, start, in_use))
+        else:  # an object of an earlier object-key
+            idx = next(self.free_indexes(obj, start, in_use, self.taken_keys(obj.key, obj.ts)))
         suffix = obj.key_suffix + forms.parse(obj.form, self.form).compression_suffix
         return Claimed(Basis.of(obj), idx, keys.final_key(obj.key, obj.ts, idx, suffix), mode, prev_idx)
+
+    def _key_taken(self, obj: ObjectRow) -> KeyTaken:
+        """The claimed key holds someone else's object or upload: remembered, and the window of
+        its index listed again at the next claim (another writer is at work there)."""
+        self.indexes.taken(keys.key_prefix(obj.key, obj.ts), obj.idx, obj.final_key)
+        return KeyTaken(Basis.of(obj))
 
     # -- start -------------------------------------------------------------------
 
@@ -185,10 +204,10 @@ class Protocol:
                 return found
         elif any(k == key for k, _ in self.s3.list_uploads(key)):
             self._seen_pending(key)
-            return KeyTaken(Basis.of(obj))
+            return self._key_taken(obj)
         existing = self.s3.head(key)
         if existing is not None and not self.is_ours(existing, obj.id, None):
-            return KeyTaken(Basis.of(obj))
+            return self._key_taken(obj)
         upload_id, retried = self.s3.create_upload(key, self.metadata(obj), self.form_of(obj).object_args())
         crash.point("after-create-multipart")
         if retried:
@@ -223,7 +242,7 @@ class Protocol:
                 self.s3.abort(key, upload_id)  # ours (an S3Error: the next attempt lists them again)
         if foreign:
             self._seen_pending(key)
-            return KeyTaken(Basis.of(obj))
+            return self._key_taken(obj)
         return Started(Basis.of(obj), keep, "adopted")
 
     def put(self, obj: ObjectRow, part_size: int | None = None) -> Done | KeyTaken:
@@ -238,7 +257,7 @@ class Protocol:
             if existing is not None:
                 if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
                     return Done(Basis.of(obj), existing["etag"], "already in the bucket")
-                return KeyTaken(Basis.of(obj))
+                return self._key_taken(obj)
         args = (key, body, self.metadata(obj), self.form_of(obj).object_args())
         try:
             try:
@@ -254,7 +273,7 @@ class Protocol:
             existing = self.s3.head(key)
             if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
                 return Done(Basis.of(obj), existing["etag"], "already in the bucket")
-            return KeyTaken(Basis.of(obj))
+            return self._key_taken(obj)
         metrics.uploaded(0, body.size)
         crash.point("after-put-object")
         return Done(Basis.of(obj), etag, "put")
@@ -303,7 +322,7 @@ class Protocol:
                 if self.is_ours(head, obj.id, expected):
                     return Done(Basis.of(obj), head["etag"], "found completed in the bucket")
                 self.abort(key, obj.upload_id)
-                return KeyTaken(Basis.of(obj))
+                return self._key_taken(obj)
         try:
             etag = self._complete(caps, key, obj.upload_id, listed)
         except InvalidPart:
@@ -343,7 +362,7 @@ class Protocol:
         if head is not None:
             if exists:
                 self.abort(key, obj.upload_id)
-            return KeyTaken(Basis.of(obj))
+            return self._key_taken(obj)
         if not exists:
             return self._gone(obj)
         if error is not None:
