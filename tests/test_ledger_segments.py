@@ -123,3 +123,28 @@ def test_agent_id_is_checked(make_spoolup):
         config.load(sp.config)
     assert "agent-id" in str(e.value) and "letters, digits" in str(e.value)
 
+
+# ---------------------------------------------------------------------------
+# is-ours by content (issue 22 item 5, rule 6)
+
+
+@pytest.mark.parametrize("mode", ["single", "multipart"])
+def test_our_id_with_other_content_at_the_key_is_someone_elses(make_spoolup, s3, bucket, mode):
+    """The object at a's claimed key carries a's metadata id but other bytes (what a journal
+    that went back in time meets: its rebuilt object a closes at another record).  Before, the
+    id alone made it "found completed": a was journaled done and its records were in no object.
+    Now it is someone else's object: a moves to the next index, the other object is left alone."""
+    rig = Rig(make_spoolup)
+    parts = [lines(3000, "a")] if mode == "single" else [lines(5 * MiB, "a"), lines(3000, "a-tail")]
+    a = rig.add("app/a.log", parts)
+    up = rig.uploader(HeldExecutor())
+    j = rig.journal
+    drive(up, lambda: j.object(a).idx is not None, what="a claimed")
+    if mode == "multipart":
+        drive(up, lambda: all(c.state == "uploaded" for c in j.chunks_of(a)), what="a's parts uploaded")
+    other = parts[0][: len(parts[0]) // 2]  # a's first records, closing at another record
+    s3.put_object(Bucket=bucket, Key="app/a.log", Body=other, Metadata={"spoolup-object": f"{j.journal_id}/{a}"})
+    drive(up, lambda: j.object(a).state == "done", what="a done")
+    assert j.object(a).final_key == "app/a.log-1"
+    assert get(s3, bucket, "app/a.log-1") == b"".join(parts)
+    assert get(s3, bucket, "app/a.log") == other
