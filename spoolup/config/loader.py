@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolup import keys, keytime
+from spoolup import keys, keytime, ledger
 from spoolup.config.options import (MASKED_OPTIONS, OPTIONS, OPTIONS_BY_NAME, REQUIRED, SECRET_OPTIONS, SIZE_OPTIONS,
                                     TABLE_OPTIONS)
 from spoolup.config.validate import ConfigError, check_cross_option, unknown_option
@@ -73,6 +73,7 @@ class Config:
     profile: str
     role_external_id: str
     sts_endpoint: str
+    agent_id: str
     # opts-flow (issue 21 items 5, 6)
     max_bandwidth: int = 0
     object_lock_mode: str = ""
@@ -110,6 +111,12 @@ class Config:
         """The zone object-key-timestamp is rendered in: key-timezone when the file sets it, else
         local time, as before key-timezone existed (keys already written keep their form)."""
         return self.key_timezone if any(n == "key-timezone" for n, _ in self.written) else "local"
+
+    @functools.cached_property
+    def agent(self) -> str:
+        """The agent id the ledger is written under (agent-id, else one derived from the host
+        name and spool-dir: it survives the loss of the state dir)."""
+        return self.agent_id or ledger.default_agent_id(self.spool_dir)
 
     @property
     def grace_seconds(self) -> float:

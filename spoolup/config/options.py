@@ -16,6 +16,7 @@ from spoolup.config.values import (CONTENT_MD5, OBJECT_LOCK_MODES, parse_bandwid
                                    parse_retain)
 from spoolup.config.values import (ADDRESSING_STYLES, mask_proxy, parse_ca_file, parse_external_id, parse_profile,
                                    parse_proxy)
+from spoolup.config.values import parse_agent_id
 
 SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
 # options shown with their secret part masked (a proxy URL's user:password@)
@@ -326,6 +327,16 @@ OPTIONS: tuple[Option, ...] = (
         "auto",
         "\"auto\": PutObject always carries Content-MD5, parts over https (and with Object Lock options); "
         "\"always\": parts over http too (buckets with a default Object Lock retention require it).",
+    ),
+    # --- the ledger (issue 22) ---
+    Option(
+        "agent-id",
+        parse_agent_id,
+        "",
+        "Name this spoolup's ledger records are kept under in the bucket (<object-key's static prefix>"
+        ".spoolup/ledger/<agent-id>/): 1-64 letters, digits, '.', '_', '-'. Empty: the short host name and a "
+        "digest of spool-dir's real path. It must survive the loss of the state dir and differ between "
+        "spoolups writing to one bucket.",
     ),
     Option("log-level", one_of(LOG_LEVELS, str.lower), "info", "\"debug\", \"info\", \"warning\" or \"error\"."),
     Option("log-format", one_of(LOG_FORMATS), "auto", "\"auto\" (console on a TTY, else JSON lines), \"json\", \"console\"."),

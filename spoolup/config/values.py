@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from spoolup import keys, keytime
+from spoolup import keys, keytime, ledger
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -473,4 +473,12 @@ def parse_profile(value: Any) -> str:
     if text and not _PROFILE_RE.fullmatch(text):
         raise ValueError(f"expected the name of a profile of the shared AWS config files (letters, digits and "
                          f"+ = , . @ : / - _), or \"\" for boto3's default; got {value!r}")
+    return text
+
+
+def parse_agent_id(value: Any) -> str:
+    """agent-id: empty (derived from the host name and spool-dir) or a name for the ledger's keys."""
+    text = parse_str(value)
+    if text:
+        ledger.check_agent_id(text)
     return text
