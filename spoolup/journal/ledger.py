@@ -111,12 +111,15 @@ class Ledger(Store):
         return out
 
     def unfinished_ranges(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
-        """object id -> source id -> spans, of every object not done."""
+        """object id -> source id -> spans, of every object not done (an object without spans:
+        an empty dict)."""
         out: dict[int, dict[int, list[tuple[int, int]]]] = {}
         for r in self._conn.execute(
-                f'SELECT r.object_id, r.source_id, r.start, r."end" FROM object_ranges r JOIN objects o '
-                f"ON o.id = r.object_id WHERE o.state != '{DONE}' ORDER BY r.object_id, r.source_id, r.start"):
-            out.setdefault(r[0], {}).setdefault(r[1], []).append((r[2], r[3]))
+                f'SELECT o.id, r.source_id, r.start, r."end" FROM objects o LEFT JOIN object_ranges r '
+                f"ON o.id = r.object_id WHERE o.state != '{DONE}' ORDER BY o.id, r.source_id, r.start"):
+            spans = out.setdefault(r[0], {})
+            if r[1] is not None:
+                spans.setdefault(r[1], []).append((r[2], r[3]))
         return out
 
     def bring_forward(self, fw: "Forward") -> dict[int, int]:
