@@ -44,9 +44,11 @@ def run(cfg: Config, *, dry_run: bool, from_bucket: bool = False) -> int:
     if not cfg.journal_path.exists() and not from_bucket:
         print(f"no journal at {cfg.journal_path}: nothing to recover")
         return 0
-    cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not dry_run:
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = StateLock(cfg.state_dir)
-    lock.acquire()
+    if cfg.state_dir.exists():  # (--dry-run of a wiped state dir: nothing to lock, nothing created)
+        lock.acquire()
     report = recover.Report()
     try:
         lost = stateid.lost_commits(cfg)
