@@ -158,7 +158,7 @@ class SourceReader:
         if skips and skips[0][0] < src.offset + end:
             self._deliver_skipping(src, skips, data, start, stop, end, now)
         else:
-            self.ingest.deliver(src, data, start, stop, now)
+            self.ingest.deliver(src, data, start, stop, now, src.offset + end)
         src.offset += end
         self._passed(src, skips)
         src.scanned = src.offset
@@ -192,14 +192,14 @@ class SourceReader:
                     break
                 if a > pos:
                     src.offset = pos
-                    self.ingest.deliver(src, data, index(pos), index(a), now)
+                    self.ingest.deliver(src, data, index(pos), index(a), now, a)
                 i, j = index(max(a, pos)), index(min(b, last))
                 counters["ledger_skipped_bytes"] = counters.get("ledger_skipped_bytes", 0) + (j - i)
                 counters["ledger_skipped_records"] = counters.get("ledger_skipped_records", 0) + data.count(b"\n", i, j)
                 pos = min(b, last)
             if pos < last:
                 src.offset = pos
-                self.ingest.deliver(src, data, index(pos), stop, now)
+                self.ingest.deliver(src, data, index(pos), stop, now, last)
         finally:
             src.offset = origin
 
