@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the stable JSON form (docs/status.schema.json)")
     r = with_config("recover", "Reconcile journal, chunk files, spool offsets and the bucket after a crash.")
     r.add_argument("--dry-run", action="store_true", help="only report what would be done; change nothing anywhere")
+    r.add_argument("--from-bucket", action="store_true",
+                   help="rebuild a lost or deleted journal from the ledger in the bucket (all of this agent's "
+                        "segments); run/drain then continue with the next records, exactly once")
     cc = with_config("check-config", "Validate the configuration, print it (secrets masked), test bucket access.")
     cc.add_argument("--no-s3", action="store_true", help="do not contact S3")
     demo = sub.add_parser("demo", help="Run spoolup against an embedded local S3 (moto server) on a demo spool.",
@@ -242,7 +245,7 @@ def cmd_status(cfg, args) -> int:
 def cmd_recover(cfg, args) -> int:
     from spoolup import recover_cmd
 
-    return recover_cmd.run(cfg, dry_run=args.dry_run)
+    return recover_cmd.run(cfg, dry_run=args.dry_run, from_bucket=args.from_bucket)
 
 
 def cmd_check_config(cfg, args) -> int:
