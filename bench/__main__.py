@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import common
 
-FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history", "discovery")
+FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history", "discovery", "verify")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RAW = Path(__file__).resolve().parent / "results.json"
 
@@ -54,6 +54,11 @@ def run_figure(name: str, quick: bool) -> dict:
         from bench import discovery
 
         return discovery.run(files=5_000 if quick else 100_000)
+    if name == "verify":
+        from bench import verify
+
+        n = 10_000 if quick else 100_000
+        return verify.run(objects=n, files=n // 100, rounds=1)
     raise SystemExit(f"unknown figure {name}; known: {', '.join(FIGURES)}")
 
 

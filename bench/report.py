@@ -74,6 +74,15 @@ def figures_markdown(info: dict, r: dict) -> str:
         out.append(f"| 8 | `spoolup run` starting on {d['files']} spool files: all journaled | {d['spoolup_s']:.2f} s "
                    f"(process start included) | `find -type f` of the same tree: {d['find_s']:.2f} s | "
                    f"{d['ratio']:.1f} x find | 100k files in <= 10 s | {'yes' if ok else 'no'} |")
+    if "verify" in r:
+        v = r["verify"]
+        req = v["verify_requests"]
+        ok = req["total"] <= v["listing_pages"] + v["segments"]
+        out.append(f"| 9 | `spoolup verify` over {v['objects']:,} objects ({v['segments']} ledger segments) | "
+                   f"{v['verify_s']:.1f} s, {req['total']} requests ({req['list']} listing pages + {req['get']} "
+                   f"segment GETs) | boto3 listing of the same prefix: {v['boto3_listing_s']:.1f} s, "
+                   f"{v['listing_pages']} pages | {v['ratio']:.2f} | listing pages + a GET per segment, no request "
+                   f"per object | {'yes' if ok else 'no'} |")
     out += ["", END]
     return "\n".join(out)
 
