@@ -1,11 +1,11 @@
 -- spoolup journal, schema version 8: the ledger (docs/DESIGN.md, "The bucket is the ledger").
 --
 -- object_ranges: which bytes of which spool file each object holds -- spans of whole records
---   [start, end) in the source's own offsets, coalesced when adjacent.  A bad record
---   dead-lettered between two records of the same object is inside its span (the span is
---   what ingest consumed into the object), so in format = "lines" an object has one span
---   per source; in format = "envelope" a source's records interleave across keys and an
---   object can hold many spans of it.
+--   [start, end) in the source's own offsets, coalesced when adjacent.  A record
+--   dead-lettered (a bad envelope line, a record over max-record-size) is in no object's
+--   spans, so the object's spans hold exactly its records' bytes.  In format = "lines" an
+--   object normally has one span per source; in format = "envelope" a source's records
+--   interleave across keys and an object can hold many spans of it.
 CREATE TABLE object_ranges (
     object_id INTEGER NOT NULL,
     source_id INTEGER NOT NULL,

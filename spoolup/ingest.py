@@ -191,45 +191,56 @@ class Ingest:
             self._ts_cache = (second, time.strftime(tpl, time.localtime(now)))
         return self._ts_cache[1]
 
-    def deliver(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
-        """Whole records data[start:end] of `src` (from SourceReader): routed to their objects."""
+    def deliver(self, src: Source, data: bytes, start: int, end: int, now: float, src_end: int | None = None) -> None:
+        """Whole records data[start:end] of `src` (from SourceReader): routed to their objects.
+        data[start] is the byte at the source's offset; `src_end`: the source offset where these
+        records end (less than offset + end - start by the b"\n" an unterminated tail was given),
+        so that each object's spans (Batch.ranges, the ledger's) are the spool file's own bytes."""
+        if src_end is None:
+            src_end = src.offset + end - start
         if self.cfg.format == "lines":
-            self._lines(src, data, start, end, now)
+            self._lines(src, data, start, end, now, src_end)
         else:
-            self._envelopes(src, data, start, end, now)
+            self._envelopes(src, data, start, end, now, src_end)
 
-    def _lines(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
-        self.router.deliver(src, src.key, self._timestamp(now), data, start, end, now, self.cfg.object_key_suffix)
+    def _lines(self, src: Source, data: bytes, start: int, end: int, now: float, src_end: int) -> None:
+        self.router.deliver(src, src.key, self._timestamp(now), data, start, end, now, self.cfg.object_key_suffix,
+                            src.offset - start, src_end)
 
-    def _envelopes(self, src: Source, data: bytes, start: int, end: int, now: float) -> None:
+    def _envelopes(self, src: Source, data: bytes, start: int, end: int, now: float, src_end: int) -> None:
         """Per record: parse and validate (bad lines go to the dead-letter file).  The good
         records are grouped by key, keeping their order within each key: routing depends
         only on a key's own sequence of timestamps, so this is the order s3() would see,
-        and each key's consecutive records of one timestamp are written with one call."""
+        and each key's consecutive records of one timestamp are written with one call.
+        Each record carries its line's span of the spool file (the ledger's: a key's records
+        interleave with other keys' in the file, and a dead-lettered line is in no object)."""
         parse, bad = self._envelope.parse, envelope.Bad
-        by_key: dict[str, list[envelope.Record]] = {}
+        by_key: dict[str, tuple[list[envelope.Record], list[tuple[int, int]]]] = {}
         lines = data[start:end].split(b"\n")
         if data[end - 1:end] == b"\n":
             lines.pop()  # the empty string after the last newline
+        pos = src.offset
         for line in lines:
+            at, pos = pos, pos + len(line) + 1
             rec = parse(line)
             if type(rec) is bad:
                 self._dead_letter(src, line, rec.reason)
                 continue
             group = by_key.get(rec.key)
             if group is None:
-                by_key[rec.key] = [rec]
-            else:
-                group.append(rec)
-        for key, records in by_key.items():
+                by_key[rec.key] = group = ([], [])
+            group[0].append(rec)
+            group[1].append((at, pos if pos <= src_end else src_end))
+        for key, (records, spans) in by_key.items():
             run_ts, run_suffix = records[0].ts, records[0].suffix
             run: list[bytes] = []
-            for rec in records:
+            first = 0
+            for i, rec in enumerate(records):
                 if rec.ts != run_ts or rec.suffix != run_suffix:
-                    self.router.deliver_records(src, key, run_ts, run, now, run_suffix)
-                    run_ts, run_suffix, run = rec.ts, rec.suffix, []
+                    self.router.deliver_records(src, key, run_ts, run, now, run_suffix, spans[first:i])
+                    run_ts, run_suffix, run, first = rec.ts, rec.suffix, [], i
                 run.append(rec.body)
-            self.router.deliver_records(src, key, run_ts, run, now, run_suffix)
+            self.router.deliver_records(src, key, run_ts, run, now, run_suffix, spans[first:])
 
     def _dead_letter(self, src: Source, line: bytes, reason: str) -> None:
         self.dead.write(src.id, src.key_path, line, reason)  # key_path: the path it was found at

@@ -153,7 +153,7 @@ class SourceReader:
         if end and buf[stop - 1:stop] != b"\n":
             data, start, stop = bytes(memoryview(buf)[pre:stop]) + b"\n", 0, end + 1
             self._count("unterminated_tails")
-        self.ingest.deliver(src, data, start, stop, now)
+        self.ingest.deliver(src, data, start, stop, now, src.offset + end)
         src.offset += end
         src.scanned = src.offset
         src.tail = identity.digest(memoryview(buf)[max(0, pre + end - identity.SAMPLE):pre + end])

@@ -72,8 +72,12 @@ class Router:
             del self.open_by_key[obj.key]
 
     def deliver(self, src: Source, key: str, ts: str, data: bytes, start: int, end: int, now: float,
-                 suffix: str) -> None:
-        """Whole newline-terminated records data[start:end] of one (key, ts)."""
+                 suffix: str, base: int = 0, src_end: int | None = None) -> None:
+        """Whole newline-terminated records data[start:end] of one (key, ts).  `base`: the
+        source offset of data[0]; `src_end`: where the records end in the source (see
+        Ingest.deliver): each object's piece is one span of the source (Batch.ranges)."""
+        if src_end is None:
+            src_end = base + end
         pos = start
         while pos < end:
             obj = self._target(key, ts, now, suffix)
@@ -84,6 +88,7 @@ class Router:
                 stop, full = objects.take(obj.size, limit, data, pos, end)
             self._write(obj, data, pos, stop, now)
             self.ingest.batch.source_objects.add((src.id, obj.id))
+            self._span(obj.id, src.id, base + pos, min(base + stop, src_end))
             if compressed:
                 full = self.stored(obj) >= limit
             if full:
@@ -93,8 +98,9 @@ class Router:
             pos = stop
 
     def deliver_records(self, src: Source, key: str, ts: str, records: list[bytes], now: float,
-                         suffix: str) -> None:
-        """Records (each ending in b"\\n", possibly containing more newlines) of one (key, ts)."""
+                         suffix: str, spans: list[tuple[int, int]] | None = None) -> None:
+        """Records (each ending in b"\\n", possibly containing more newlines) of one (key, ts);
+        `spans`: each record's [start, end) in the source (its envelope line)."""
         i = 0
         while i < len(records):
             obj = self._target(key, ts, now, suffix)
@@ -114,11 +120,26 @@ class Router:
             blob = b"".join(records[i:j])
             self._write(obj, blob, 0, len(blob), now, records=j - i)
             self.ingest.batch.source_objects.add((src.id, obj.id))
+            if spans is not None:
+                for a, b in spans[i:j]:
+                    self._span(obj.id, src.id, a, b)
             if (self.stored(obj) if compressed else obj.size) >= limit:
                 self.close(obj, "max-object-size", now)
             elif objects.full_by_parts(obj.sealed + 1):
                 self.close(obj, "max-parts", now)
             i = j
+
+    def _span(self, object_id: int, source_id: int, start: int, end: int) -> None:
+        """The object took the source's bytes [start, end): into the batch's spans, merged with
+        the pair's last span when it continues it."""
+        ranges = self.ingest.batch.ranges
+        spans = ranges.get((object_id, source_id))
+        if spans is None:
+            ranges[(object_id, source_id)] = [[start, end]]
+        elif spans[-1][1] == start:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
 
     def _target(self, key: str, ts: str, now: float, suffix: str) -> OpenObject:
         by_ts = self.open_by_key.get(key, {})

@@ -12,6 +12,11 @@ from spoolup.journal.store import Store
 
 LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen
 AGENT_META = "agent_id"  # the agent id the journal writes its ledger under
+# A source truncated in place and read again from byte 0 (SourceReader.restart) can give an
+# object that is still open a span starting where one of its spans of the old content did:
+# the two are one row (their union), never an error that stops ingest.
+_INSERT_RANGE = ('INSERT INTO object_ranges (object_id, source_id, start, "end") VALUES (?, ?, ?, ?) '
+                 'ON CONFLICT (object_id, source_id, start) DO UPDATE SET "end" = max("end", excluded."end")')
 
 
 class Ledger(Store):
@@ -27,11 +32,9 @@ class Ledger(Store):
             start, end = spans[0]
             if not c.execute('UPDATE object_ranges SET "end" = ? WHERE object_id = ? AND source_id = ? AND "end" = ?',
                              (end, object_id, source_id, start)).rowcount:
-                c.execute('INSERT INTO object_ranges (object_id, source_id, start, "end") VALUES (?, ?, ?, ?)',
-                          (object_id, source_id, start, end))
+                c.execute(_INSERT_RANGE, (object_id, source_id, start, end))
             if len(spans) > 1:
-                c.executemany('INSERT INTO object_ranges (object_id, source_id, start, "end") VALUES (?, ?, ?, ?)',
-                              [(object_id, source_id, a, b) for a, b in spans[1:]])
+                c.executemany(_INSERT_RANGE, [(object_id, source_id, a, b) for a, b in spans[1:]])
 
     def ranges_of(self, object_id: int) -> dict[int, list[tuple[int, int]]]:
         """source id -> the object's spans of it, in order."""
