@@ -52,21 +52,22 @@ def _synth(sp, s3):  # TEMP
     jid = rows(sp, "meta", "name = 'journal_id'")[0]["value"]
     agent = ledger.default_agent_id(sp.spool)
     srcs = {r["id"]: r for r in rows(sp, "sources")}
-    so = rows(sp, "source_objects")
+    rngs = rows(sp, "object_ranges", order_by="object_id, source_id, start")
     recs = []
-    cum = {}
     for o in rows(sp, "objects", order_by="id"):
-        ss = []
-        for r in so:
+        per = {}
+        for r in rngs:
             if r["object_id"] == o["id"]:
-                src = srcs[r["source_id"]]
-                a = cum.get(src["id"], 0)
-                cum[src["id"]] = a + o["size"]
-                head = bytes(src["head"])
-                ss.append(ledger.SourceSpans(src["dev"], src["ino"], src["btime"], len(head), ledger.head_digest(head),
-                                             src["path"], ((a, a + o["size"]),)))
+                per.setdefault(r["source_id"], []).append((r["start"], r["end"]))
+        ss = []
+        for sid, spans in per.items():
+            src = srcs[sid]
+            head = bytes(src["head"])
+            ss.append(ledger.SourceSpans(src["dev"], src["ino"], src["btime"], len(head), ledger.head_digest(head),
+                                         src["path"], tuple(ledger.coalesce(spans))))
+        size = s3.head_object(Bucket=sp.bucket, Key=o["final_key"])["ContentLength"]
         recs.append(ledger.Record(jid, o["id"], o["key"], o["ts"], o["idx"], o["final_key"], o["mode"], o["records"],
-                                  o["size"], o["size"], o["etag"].strip('"'), None, tuple(ss)))
+                                  o["size"], size, o["etag"].strip('"'), None, tuple(ss)))
     seg = ledger.Segment(agent, jid, 1, time.time() - 3600, tuple(recs))
     s3.put_object(Bucket=sp.bucket, Key=ledger.segment_key(sp.options["object-key"], agent, 1), Body=seg.encode())
 
