@@ -19,6 +19,7 @@ import pytest
 from crashkit import rows, write
 from helpers import free_port, get, list_keys, syslog_lines, wait_for
 from spoolup import ledger
+from spoolup.journal import Journal
 from test_envelope import env
 from test_ops_metrics import scrape
 
@@ -178,6 +179,31 @@ def test_verify_reports_bytes_in_two_shipped_objects(make_spoolup, s3):
     assert (p["path"], p["start"], p["end"], p["bytes"]) == ("x.log", 100, 300, 200)
     code, out, _ = verify(sp)
     assert "overlapping: x.log: bytes 100-300 (200 bytes) are in both" in out, out
+
+
+def test_verify_names_the_record_of_an_object_the_journal_forgot(make_spoolup, s3):
+    """The journal forgets done objects after a week (prune_done); their ledger records stay.
+    An object deleted after that is named from its record: its bytes were consumed (the
+    journaled offset is past them) and no other object holds them."""
+    data = syslog_lines(400, host="a", width=100)
+    sp = drained(make_spoolup, s3, {"a.log": data}, **{"max-object-size": "8KiB"})
+    keys = sorted(list_keys(s3, sp.bucket, "a.log"), key=lambda k: int(k.rsplit("-", 1)[1]) if "-" in k else 0)
+    assert len(keys) >= 3, keys
+    j = Journal.open(sp.state / "journal.sqlite", fsync=False, create=False, migrate=False)
+    try:
+        assert j.prune_done(time.time() + 1) == len(keys) - 1  # the key's last object stays
+    finally:
+        j.close()
+    s3.delete_object(Bucket=sp.bucket, Key=keys[1])
+    code, out, doc = verify(sp, "--json")
+    assert code == 1, out
+    assert kinds(doc) == {"record_without_object": {keys[1]}}, doc["problems"]
+    (p,) = doc["problems"]
+    bodies_before = sum(len(get(s3, sp.bucket, k)) for k in keys[:1])
+    assert p["path"] == "a.log" and p["start"] == bodies_before
+    assert p["end"] - p["start"] == p["bytes"] == p["expected_size"]
+    assert p["found_size"] is None and p["segment"] and ".spoolup/ledger/" in p["segment"]
+    assert data[p["start"]:p["end"]].startswith(b"Nov") and data[p["start"] - 1:p["start"]] == b"\n"
 
 
 # ---------------------------------------------------------------------------
