@@ -118,7 +118,7 @@ def read_journal(cfg) -> JournalView:
     try:
         with j.read_snapshot():
             return JournalView(j.journal_id, j.meta(AGENT_META), j.done_objects(), j.pending_ranges(),
-                               j.ledger_sources(), j.dead_letter_bytes())
+                               j.verify_sources(), j.dead_letter_bytes())
     finally:
         j.close()
 
@@ -126,7 +126,8 @@ def read_journal(cfg) -> JournalView:
 def agent_of(cfg, view: JournalView) -> str:
     """The agent id the service writes its ledger under: the option, else what the journal
     recorded, else the default (spoolup/ledger.py)."""
-    return getattr(cfg, "agent_id", "") or view.agent_meta or ledger.default_agent_id(cfg.spool_dir)
+    return (getattr(cfg, "agent", "") or getattr(cfg, "agent_id", "") or view.agent_meta
+            or ledger.default_agent_id(cfg.spool_dir))
 
 
 def identity(s: ledger.SourceSpans) -> Identity:

@@ -127,7 +127,7 @@ class Ledger(Store):
             out.setdefault(r[0], []).append((r[1], r[2], r[3]))
         return out
 
-    def ledger_sources(self) -> list[dict]:
+    def verify_sources(self) -> list[dict]:
         """Every spool file the journal knows (live or done with), with what identifies it to the
         ledger (dev, ino, btime, head) and how far it was consumed (offset)."""
         return [{"id": r["id"], "dev": r["dev"], "ino": r["ino"], "btime": r["btime"], "head": r["head"],
