@@ -37,8 +37,9 @@ from spoolup.health import S3Health
 from spoolup.journal import REFUSED_OBJECTS_META, Journal, ObjectRow, ObjectState, UploadMode
 from spoolup.protocol import Protocol, permanent
 from spoolup.s3 import S3, S3Error
-from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Kind, PartDone, PartsMismatch, Result,
-                          Started, Task, UploadGone)
+from spoolup.ledgerstage import MAX_RECORDS, LedgerStage, clash_message
+from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Kind, LedgerClash, PartDone, PartsMismatch,
+                          Recorded, Result, Started, Task, UploadGone)
 
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
@@ -70,6 +71,7 @@ class Uploader:
         self.log = log
         self.process = process
         self.work = Protocol(cfg, s3, cfg.chunk_dir, journal.journal_id)
+        self.ledger = LedgerStage(cfg, journal, self.work, log)  # records before PutObject/Complete
         self.pool: Executor = executor or ThreadPoolExecutor(max_workers=cfg.upload_threads,
                                                              thread_name_prefix="upload")
         self.inflight: dict[Task, Future] = {}
@@ -132,6 +134,7 @@ class Uploader:
         j = self.journal
         for task, (fn, args) in list(self.cleanups.items()):
             self._submit(task, fn, *args)
+        self._schedule_ledger()
         for obj in j.completable(skip=self._waiting_ids(Kind.COMPLETE)):
             if self._room() <= 0:
                 return
@@ -155,9 +158,10 @@ class Uploader:
                 return
             chunks = j.chunks_of(obj.id) if obj.mode == UploadMode.SINGLE else []
             size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
+            md5 = chunks[0].md5 if chunks else None  # (its ledger record's ETag: not hashed again)
             claim = (obj.id, obj.claim_gen)
             task = Task(Kind.START, obj.id)
-            self._submit(task, self.work.start, obj, size, claim not in self.fresh_claims)
+            self._submit(task, self.work.start, obj, size, claim not in self.fresh_claims, md5)
             if task in self.inflight:
                 self.fresh_claims.discard(claim)
                 self.starting.setdefault(task, obj)
@@ -171,6 +175,21 @@ class Uploader:
             in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
             mode = UploadMode.SINGLE if obj.state == ObjectState.CLOSED and n_chunks == 1 else UploadMode.MULTIPART
             self._submit(Task(Kind.CLAIM, obj.id), self.work.claim, obj, prev, in_use, mode)
+
+    def _schedule_ledger(self) -> None:
+        """One ledger segment in flight at a time, recording every object ready to finish but for
+        its record (rule 1: record before visible; rule 2: one segment per burst).  Its number is
+        journaled before the PUT: a crash or a failed attempt leaves a gap, never a reuse."""
+        task = Task(Kind.LEDGER, 0)
+        failure = self.failures.get(task)
+        if task in self.inflight or self._room() <= 0 or (failure is not None and time.monotonic() < failure.not_before):
+            return
+        objs = self.journal.to_record(limit=MAX_RECORDS, skip=self._waiting_ids(Kind.LEDGER))
+        if not objs:
+            return
+        drafts = self.ledger.drafts(objs)
+        if drafts:
+            self._submit(task, self.ledger.write, self.journal.next_ledger_seq(), drafts)
 
     def _unsettled(self) -> set[tuple[str, str]]:
         """The (key, ts) whose final keys may hold, for a moment, an upload or object of this
@@ -309,8 +328,42 @@ class Uploader:
             case CleanedUp(what=what):
                 self.log.info("cleaned up", what=what)
                 return []
+            case Recorded():
+                return self._recorded(result)
+            case LedgerClash(seq=seq, key=key, seen=seen):
+                j.saw_ledger_seq(seen)
+                message = clash_message(self.ledger.agent, key)
+                self.log.error("ledger segment exists already: another spoolup uses this agent id", agent=self.ledger.agent,
+                               key=key, seq=seq, highest=seen, advice=message)
+                j.record_error(self.process, "ledger", "PreconditionFailed", message, key)
+                return []
             case _:
                 raise TypeError(f"unknown result {result!r}")
+
+    def _recorded(self, result: Recorded) -> list[Action]:
+        """Journal, per object, that segment `seq` records it -- only if its claim still holds
+        (else it is recorded again at its new claim: the record in the bucket is an intention
+        that did not happen)."""
+        j = self.journal
+        j.saw_ledger_seq(result.seq)
+        recorded = 0
+        for basis, md5, checksum in result.entries:
+            if j.recorded_if(basis.object_id, basis.claim_gen, basis.final_key, result.seq, checksum, md5):
+                recorded += 1
+                if self.failures.pop(Task(Kind.LEDGER, basis.object_id), None) is not None:
+                    self._release(Task(Kind.LEDGER, basis.object_id))
+            else:
+                self._stale(result, basis, "the object's claim moved while its ledger record was written")
+        for oid, error in result.damaged:  # its chunk file cannot be read: this object waits, quarantined
+            task = Task(Kind.LEDGER, oid)
+            if isinstance(error, S3Error):
+                self._failed(task, error, remote=False)
+            else:
+                self._unexpected(task, error, "reading its chunk file")
+        if not recorded:
+            return []
+        self.log.debug("ledger segment written", key=result.key, seq=result.seq, objects=recorded)
+        return [lambda: crash.point("after-ledger-recorded")]
 
     def _done(self, result: Done, b: Basis) -> list[Action]:
         j = self.journal

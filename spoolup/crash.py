@@ -36,6 +36,8 @@ POINTS = (
     "after-create-multipart",  # upload: CreateMultipartUpload done, upload id not journaled
     "after-upload-part",  # upload: UploadPart done, ETag not journaled
     "after-record-part",  # upload: ETag journaled
+    "after-ledger-segment",  # upload: ledger segment PUT done, its records not journaled
+    "after-ledger-recorded",  # upload: records journaled (ledger_seq), PutObject/Complete not sent
     "after-complete",  # upload: CompleteMultipartUpload done, not journaled
     "after-put-object",  # upload: PutObject done, not journaled
     "after-object-done",  # upload: object journaled done, chunk files not yet deleted

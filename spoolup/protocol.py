@@ -168,7 +168,8 @@ class Protocol:
 
     # -- start -------------------------------------------------------------------
 
-    def start(self, obj: ObjectRow, part_size: int | None = None, adopt: bool = False) -> Started | Done | KeyTaken:
+    def start(self, obj: ObjectRow, part_size: int | None = None, adopt: bool = False,
+              md5: str | None = None) -> Started | Done | KeyTaken:
         """Start the object's upload.  An upload at the key that this journal does not know is
         someone else's (another agent, syslog-ng's s3()): the key is left to it and the object
         takes the next index -- unless `adopt`: a Create may have been sent for this claim
@@ -178,7 +179,7 @@ class Protocol:
         but the first one of a claim its own process journaled."""
         key = obj.final_key
         if obj.mode == UploadMode.SINGLE:
-            return self.put(obj, part_size)
+            return self.put(obj, part_size, md5)
         if adopt:
             found = self.adopt(obj)
             if found is not None:
@@ -226,9 +227,12 @@ class Protocol:
             return KeyTaken(Basis.of(obj))
         return Started(Basis.of(obj), keep, "adopted")
 
-    def put(self, obj: ObjectRow, part_size: int | None = None) -> Done | KeyTaken:
+    def put(self, obj: ObjectRow, part_size: int | None = None, md5: str | None = None) -> Done | KeyTaken:
+        """md5: the body's MD5 as its ledger record gives it (journaled: not hashed again; a file
+        that changed since fails S3's Content-MD5 check instead of shipping other bytes)."""
         key = obj.final_key
-        body = FileBody.of(part_file(self.chunk_dir, obj.id, 1, self.codec_of(obj)))
+        path = part_file(self.chunk_dir, obj.id, 1, self.codec_of(obj))
+        body = FileBody(path, path.stat().st_size, md5) if md5 else FileBody.of(path)
         if part_size is not None and body.size != part_size:
             raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
                           f"{part_size}; run `spoolup recover`", op="PutObject", key=key)

@@ -111,6 +111,8 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "state_dir_space": space,
         **_s3_protocol(j),
         "last_verify": verify.last(j),
+        # issue 22: the ledger in the bucket (segments before PutObject/Complete)
+        "ledger": {"agent_id": cfg.agent, "seq": j.ledger_seq(), "objects_waiting_for_record": j.waiting_for_record()},
     }
 
 
@@ -415,6 +417,10 @@ def render(st: dict[str, Any]) -> str:
         if dl.get("removed_bytes"):
             out.append(f"  {human_bytes(dl['removed_bytes'])} of them removed since (dead-letter files deleted), "
                        f"{human_bytes(dl['bytes'] - dl['removed_bytes'])} on disk")
+    led = st.get("ledger")
+    if led:
+        out.append(f"ledger: agent {led['agent_id']}, last segment {led['seq']}, "
+                   f"{led['objects_waiting_for_record']} object(s) waiting for their record")
     caps = st.get("s3_capabilities")
     if caps:
         out.append("")

@@ -24,6 +24,7 @@ class Kind(enum.Enum):
     COMPLETE = "complete"
     ABORT = "abort"  # an upload of this journal's own left unused (cleanup)
     DISCARD = "discard"  # an object of this journal's own written at a key it gave up (cleanup)
+    LEDGER = "ledger"  # a ledger segment (spoolup/ledgerstage.py): one in flight, object_id 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,4 +115,24 @@ class CleanedUp:
     what: str
 
 
-Result = Claimed | Started | PartDone | Done | KeyTaken | UploadGone | PartsMismatch | CleanedUp
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """Ledger segment `seq` (at `key`) is in the bucket, recording each entry's object as of its
+    basis: (basis, a single-part object's body MD5, checksum).  `damaged`: (object id, error) of
+    objects left out because their chunk file cannot be read as journaled."""
+    seq: int
+    key: str
+    entries: tuple[tuple[Basis, str | None, str | None], ...]
+    damaged: tuple[tuple[int, Exception], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerClash:
+    """Segment `seq` exists already (someone else writes with this agent id): the highest
+    segment number the bucket holds for the agent is `seen`."""
+    seq: int
+    key: str
+    seen: int
+
+
+Result = Claimed | Started | PartDone | Done | KeyTaken | UploadGone | PartsMismatch | CleanedUp | Recorded | LedgerClash

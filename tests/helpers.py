@@ -284,14 +284,21 @@ def mounted(fstype: str, path: Path, options: str = "mode=0700", source: str | N
 # reading the bucket back
 
 
-def list_keys(s3, bucket: str, prefix: str = "") -> list[str]:
+def is_spoolups_own(key: str) -> bool:
+    """A ledger segment (<object-key's static prefix>.spoolup/ledger/...): readers of the log
+    objects skip them (docs/operations.md)."""
+    return ".spoolup/ledger/" in key
+
+
+def list_keys(s3, bucket: str, prefix: str = "", *, own: bool = False) -> list[str]:
+    """The log objects' keys (own: spoolup's own keys, the ledger's segments, too)."""
     keys: list[str] = []
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             keys.extend(o["Key"] for o in page.get("Contents", []))
     except s3.exceptions.NoSuchBucket:
         return []
-    return sorted(keys)
+    return sorted(k for k in keys if own or not is_spoolups_own(k))
 
 
 def key_index(key: str, base: str, suffix: str = "") -> int | None:

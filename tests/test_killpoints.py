@@ -18,6 +18,7 @@ from crashkit import (ask, assert_exact, chunk_files, chunks_in, consumed, crash
                       rows, split_records, write)
 from faultproxy import PROBE_KEY
 from helpers import STATE_FILESYSTEMS, list_keys, pending_uploads, syslog_lines, wait_for  # noqa: F401
+from spoolup import ledger
 from spoolup.journal import Journal
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
@@ -95,6 +96,10 @@ UPLOAD_POINTS = [
     ("after-record-part", "multipart"),  # 2: ETag journaled
     ("after-complete", "multipart"),  # 3: completed in S3, not journaled
     ("after-complete", "gzip"),
+    ("after-ledger-segment", "single"),  # ledger: segment in the bucket, its records not journaled
+    ("after-ledger-segment", "multipart"),
+    ("after-ledger-recorded", "single"),  # ledger: records journaled, PutObject/Complete not sent
+    ("after-ledger-recorded", "multipart"),
     ("after-put-object", "single"),  # 3: PutObject done, not journaled
     ("after-object-done", "single"),  # 3: done journaled, chunk files not yet deleted
     ("after-object-done", "multipart"),
@@ -129,10 +134,42 @@ def test_upload_killed_with_the_service(make_spoolup, s3, point, shape):
         assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag, f"{key} was written again"
     assert all(len(keys) == 1 for keys in layout.values()), layout
     assert chunk_files(sp) == {}, "chunk files of completed objects are removed"
+    segments = assert_recorded(sp, s3)
+    if name == "after-ledger-segment":
+        # the segment the crash left unjournaled is a gap: its number is never written again
+        assert len(segments) >= 2 and len(set(segments)) == len(segments), segments
+
+
+def assert_recorded(sp, s3) -> list[int]:
+    """Every object the journal has done is in the bucket as its latest ledger record says
+    (final key, size, ETag) and the record's spans hold exactly its bytes; returns the
+    segment numbers in the bucket."""
+    prefix = ledger.agent_prefix(sp.options["object-key"], sp_agent(sp))
+    keys = list_keys(s3, sp.bucket, prefix, own=True)
+    segments = [ledger.Segment.decode(s3.get_object(Bucket=sp.bucket, Key=k)["Body"].read()) for k in keys]
+    latest = ledger.latest(r for seg in segments for r in seg.records)
+    journal_id = ask(sp, lambda j: j.journal_id)
+    done = rows(sp, "objects", "state = 'done'")
+    assert done
+    for o in done:
+        record = latest.get(f"{journal_id}/{o['id']}")
+        assert record is not None, f"object {o['id']} at {o['final_key']} has no ledger record"
+        head = s3.head_object(Bucket=sp.bucket, Key=o["final_key"])
+        assert record.final_key == o["final_key"] and record.matches(head["ContentLength"], head["ETag"]), \
+            (record, head["ContentLength"], head["ETag"])
+        assert record.records == o["records"] and record.raw == o["size"]
+    return [seg.seq for seg in segments]
+
+
+def sp_agent(sp) -> str:
+    from spoolup.config import load
+
+    return load(sp.config).agent
 
 
 # the upload process alone is killed; `spoolup run` restarts it and the same drain finishes
-PROCESS_POINTS = ["after-create-multipart", "after-upload-part", "after-complete", "after-claim"]
+PROCESS_POINTS = ["after-create-multipart", "after-upload-part", "after-complete", "after-claim",
+                  "after-ledger-segment", "after-ledger-recorded"]
 
 
 @pytest.mark.parametrize("point", PROCESS_POINTS)

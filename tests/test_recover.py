@@ -242,7 +242,9 @@ def test_spool_file_replaced_under_its_journaled_offset(make_spoolup, s3):
 UNDO = {2: ["DROP INDEX requests_open"], 3: ["ALTER TABLE objects DROP COLUMN key_suffix"],
         4: ["DROP TABLE quarantine"], 5: ["ALTER TABLE objects DROP COLUMN form"],
         6: ["ALTER TABLE sources DROP COLUMN tail", "ALTER TABLE sources DROP COLUMN btime"],
-        7: ["ALTER TABLE objects DROP COLUMN claim_gen"]}
+        7: ["ALTER TABLE objects DROP COLUMN claim_gen"],
+        8: ["DROP TABLE object_ranges", "DROP TABLE skip_ranges", "ALTER TABLE objects DROP COLUMN ledger_seq",
+            "ALTER TABLE objects DROP COLUMN checksum", "ALTER TABLE objects DROP COLUMN origin"]}
 LATEST = schema_version()
 MIGRATED = (f"migrate the journal from schema version 1 to {LATEST} "
             f"({', '.join(name for n, name, _ in migrations() if n > 1)})")

@@ -123,6 +123,9 @@ def _b_started_when_a_meets_a_foreign_object(make_spoolup, s3, bucket):
     for part in (1, 2):
         ex.deliver(future_of(up, "part", a, part))
     up.harvest()
+    up.schedule()  # a's ledger record: before its Complete (issue 22, record before visible)
+    ex.deliver(future_of(up, "ledger", 0))
+    up.harvest()
     up.schedule()  # a's Complete
     ex.deliver(future_of(up, "complete", a))  # KeyTaken: a and b unclaimed
     up.harvest()

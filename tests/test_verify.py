@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 
 import pytest
@@ -35,7 +34,9 @@ def verify(sp, *args: str) -> tuple[int, str, dict | None]:
 
 
 def segments(s3, bucket: str) -> list[str]:
-    return [k for k in list_keys(s3, bucket) if ".spoolup/ledger/" in k]
+    """The ledger segments in the bucket (list_keys leaves them out)."""
+    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", []) if ".spoolup/ledger/" in o["Key"]]
 
 
 def drained(make_spoolup, s3, files: dict[str, bytes], **options):
@@ -43,34 +44,8 @@ def drained(make_spoolup, s3, files: dict[str, bytes], **options):
     for name, data in files.items():
         write(sp.spool / name, data)
     sp.drain(check=True)
-    if os.environ.get("DEV_SYNTH_LEDGER") and not segments(s3, sp.bucket):  # TEMP until ledger-write merges
-        _synth(sp, s3)
     assert segments(s3, sp.bucket), "the drain wrote ledger segments"
     return sp
-
-
-def _synth(sp, s3):  # TEMP
-    jid = rows(sp, "meta", "name = 'journal_id'")[0]["value"]
-    agent = ledger.default_agent_id(sp.spool)
-    srcs = {r["id"]: r for r in rows(sp, "sources")}
-    rngs = rows(sp, "object_ranges", order_by="object_id, source_id, start")
-    recs = []
-    for o in rows(sp, "objects", order_by="id"):
-        per = {}
-        for r in rngs:
-            if r["object_id"] == o["id"]:
-                per.setdefault(r["source_id"], []).append((r["start"], r["end"]))
-        ss = []
-        for sid, spans in per.items():
-            src = srcs[sid]
-            head = bytes(src["head"])
-            ss.append(ledger.SourceSpans(src["dev"], src["ino"], src["btime"], len(head), ledger.head_digest(head),
-                                         src["path"], tuple(ledger.coalesce(spans))))
-        size = s3.head_object(Bucket=sp.bucket, Key=o["final_key"])["ContentLength"]
-        recs.append(ledger.Record(jid, o["id"], o["key"], o["ts"], o["idx"], o["final_key"], o["mode"], o["records"],
-                                  o["size"], size, o["etag"].strip('"'), None, tuple(ss)))
-    seg = ledger.Segment(agent, jid, 1, time.time() - 3600, tuple(recs))
-    s3.put_object(Bucket=sp.bucket, Key=ledger.segment_key(sp.options["object-key"], agent, 1), Body=seg.encode())
 
 
 def kinds(doc: dict) -> dict[str, set[str]]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolup import keys
+from spoolup import keys, ledger
 from spoolup.config.options import OPTIONS, OPTIONS_BY_NAME, REQUIRED, SECRET_OPTIONS, SIZE_OPTIONS, TABLE_OPTIONS
 from spoolup.config.validate import ConfigError, check_cross_option, unknown_option
 from spoolup.config.values import COMPRESSION_SUFFIXES, format_size, toml_value
@@ -61,6 +61,7 @@ class Config:
     log_format: str
     log_file: str
     metrics_listen: str
+    agent_id: str
     source: Path | None = None
     written: tuple[tuple[str, Any], ...] = ()  # (option, value) as written in the file, for check-config
 
@@ -76,6 +77,12 @@ class Config:
         if self.format == "envelope":
             return keys.key_room(0, self.key_suffix)
         return keys.key_room(keys.timestamp_bytes(self.object_key_timestamp), self.object_key_suffix + self.key_suffix)
+
+    @functools.cached_property
+    def agent(self) -> str:
+        """The agent id the ledger is written under (agent-id, else one derived from the host
+        name and spool-dir: it survives the loss of the state dir)."""
+        return self.agent_id or ledger.default_agent_id(self.spool_dir)
 
     @property
     def grace_seconds(self) -> float:

@@ -12,6 +12,7 @@ from spoolup.config.values import (CANNED_ACLS, CONDITIONAL_WRITES, FORMATS, GiB
                                    parse_compression, parse_content_type, parse_header_text, parse_listen,
                                    parse_metadata, parse_minutes, parse_path, parse_role, parse_seconds, parse_str,
                                    parse_suffix, parse_tags, parse_url, size_range)
+from spoolup.config.values import parse_agent_id
 
 SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
 SIZE_OPTIONS = frozenset({"chunk-size", "max-object-size", "max-record-size"})  # byte sizes ("8MiB")
@@ -207,6 +208,16 @@ OPTIONS: tuple[Option, ...] = (
         one_of(CONDITIONAL_WRITES),
         "auto",
         "Send If-None-Match: * on completion: \"auto\" (use when the server supports it), \"on\", \"off\".",
+    ),
+    # --- the ledger (issue 22) ---
+    Option(
+        "agent-id",
+        parse_agent_id,
+        "",
+        "Name this spoolup's ledger records are kept under in the bucket (<object-key's static prefix>"
+        ".spoolup/ledger/<agent-id>/): 1-64 letters, digits, '.', '_', '-'. Empty: the short host name and a "
+        "digest of spool-dir's real path. It must survive the loss of the state dir and differ between "
+        "spoolups writing to one bucket.",
     ),
     Option("log-level", one_of(LOG_LEVELS, str.lower), "info", "\"debug\", \"info\", \"warning\" or \"error\"."),
     Option("log-format", one_of(LOG_FORMATS), "auto", "\"auto\" (console on a TTY, else JSON lines), \"json\", \"console\"."),

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from spoolup import keys
+from spoolup import keys, ledger
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -357,3 +357,11 @@ def format_size(n: int) -> str:
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n}B"
+
+
+def parse_agent_id(value: Any) -> str:
+    """agent-id: empty (derived from the host name and spool-dir) or a name for the ledger's keys."""
+    text = parse_str(value)
+    if text:
+        ledger.check_agent_id(text)
+    return text

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterable, Iterator
 
-from spoolup.journal.rows import DONE, Batch, ObjectRow, _object, fs_path
+from spoolup.journal.rows import CLOSED, DONE, MULTIPART, SINGLE, UPLOADED, Batch, ObjectRow, _ids, _object, fs_path
 from spoolup.journal.store import Store
 
 LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen
@@ -91,12 +91,44 @@ class Ledger(Store):
             if seq > self.ledger_seq():
                 self.set_meta(LEDGER_SEQ_META, str(seq))
 
-    def recorded_if(self, object_id: int, claim_gen: int, final_key: str, seq: int, checksum: str | None) -> bool:
-        """Segment `seq` records the object at `final_key`: journaled if its claim still holds."""
+    def recorded_if(self, object_id: int, claim_gen: int, final_key: str, seq: int, checksum: str | None,
+                    md5: str | None = None) -> bool:
+        """Segment `seq` records the object at `final_key`: journaled if its claim still holds.
+        md5: a single-part object's body MD5 as the record gives it (its ETag), journaled as its
+        part's md5 so that the PutObject sends it (Content-MD5) without hashing the file again."""
         with self.transaction():
-            return bool(self._conn.execute(
+            done = bool(self._conn.execute(
                 f"UPDATE objects SET ledger_seq = ?, checksum = ? WHERE id = ? AND claim_gen = ? AND final_key = ? "
                 f"AND state != '{DONE}'", (seq, checksum, object_id, claim_gen, final_key)).rowcount)
+            if done and md5 is not None:
+                self._conn.execute("UPDATE chunks SET md5 = ? WHERE object_id = ? AND part = 1", (md5, object_id))
+            return done
+
+    # -- what the ledger stage records (spoolup/ledgerstage.py) ---------------------------
+
+    _TO_RECORD = (f"o.state != '{DONE}' AND o.idx IS NOT NULL AND o.ledger_seq IS NULL AND ("
+                  f"o.mode = '{SINGLE}' OR (o.mode = '{MULTIPART}' AND o.state = '{CLOSED}' AND o.upload_id IS NOT NULL "
+                  f"AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != '{UPLOADED}')))")
+
+    def to_record(self, limit: int = 1000, skip: Iterable[int] = ()) -> list[ObjectRow]:
+        """Objects ready to finish but for their ledger record (rule 1: record before visible):
+        claimed single-part objects (a PutObject finishes them) and closed multipart objects with
+        every part uploaded (a Complete does), without a record at their current claim.  Earlier
+        objects of their key need not be done: one segment then serves a whole run of a key."""
+        rows = self._conn.execute(f"SELECT o.* FROM objects o WHERE {self._TO_RECORD} "
+                                  "AND o.id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.id LIMIT ?",
+                                  (_ids(skip), limit))
+        return [_object(r) for r in rows]
+
+    def waiting_for_record(self) -> int:
+        """How many objects wait for their ledger record (status)."""
+        return self._conn.execute(f"SELECT count(*) FROM objects o WHERE {self._TO_RECORD}").fetchone()[0]
+
+    def ledger_sources(self, ids: Iterable[int]) -> dict[int, tuple[int, int, int | None, bytes | None, str]]:
+        """source id -> (dev, ino, btime, head, key_path): a spool file as a ledger record names it."""
+        return {r[0]: (r[1], r[2], r[3], r[4], fs_path(r[5])) for r in self._conn.execute(
+            "SELECT id, dev, ino, btime, head, key_path FROM sources WHERE id IN (SELECT value FROM json_each(?))",
+            (_ids(ids),))}
 
     # -- what `spoolup verify` reads (spoolup/verify.py) -----------------------------------
 
