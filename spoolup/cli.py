@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the stable JSON form (docs/status.schema.json)")
     r = with_config("recover", "Reconcile journal, chunk files, spool offsets and the bucket after a crash.")
     r.add_argument("--dry-run", action="store_true", help="only report what would be done; change nothing anywhere")
+    r.add_argument("--from-bucket", action="store_true",
+                   help="rebuild a lost or deleted journal from the ledger in the bucket (all of this agent's "
+                        "segments); run/drain then continue with the next records, exactly once")
     v = with_config("verify", "Audit delivery: every shipped object is in the bucket with the size and ETag its ledger "
                     "record gives, no spool byte is in two objects, no consumed byte is in none. Exit 0 when all "
                     "holds, 1 naming each object or range that does not (missing, overwritten, "
@@ -244,7 +247,7 @@ def cmd_status(cfg, args) -> int:
 def cmd_recover(cfg, args) -> int:
     from spoolup import recover_cmd
 
-    return recover_cmd.run(cfg, dry_run=args.dry_run)
+    return recover_cmd.run(cfg, dry_run=args.dry_run, from_bucket=args.from_bucket)
 
 
 def cmd_verify(cfg, args) -> int:

@@ -42,6 +42,7 @@ class Ingest:
         self.log = log
         self.notify = notify
         self.batch = Batch()
+        self.skips: dict[int, list[tuple[int, int]]] = {}  # (load())
         self.batch_bytes = 0
         self.batch_limit = BATCH_BYTES  # smaller for a while after the disk was full
         self.sealed_pending = 0
@@ -60,6 +61,8 @@ class Ingest:
 
     def load(self) -> None:
         self.router.next_id = self.journal.max_object_id() + 1
+        # bytes the bucket holds already, beyond each source's offset (read past, not shipped: reader.py)
+        self.skips: dict[int, list[tuple[int, int]]] = self.journal.skip_ranges()
         for row in self.journal.open_objects():
             obj = OpenObject(row.id, row.key, row.ts, row.size, row.records, row.created, row.last_write,
                              suffix=row.key_suffix, form=forms.parse(row.form, self.form))

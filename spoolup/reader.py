@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from spoolup.ingest import Ingest
 
 BLOCK = 1 << 20  # bytes read from a spool file at a time
+ALL_SKIPS = 1 << 62  # Batch.skips_passed: every skip span of the source is passed
 
 
 class SourceReader:
@@ -153,8 +154,13 @@ class SourceReader:
         if end and buf[stop - 1:stop] != b"\n":
             data, start, stop = bytes(memoryview(buf)[pre:stop]) + b"\n", 0, end + 1
             self._count("unterminated_tails")
-        self.ingest.deliver(src, data, start, stop, now, src.offset + end)
+        skips = self.ingest.skips.get(src.id)
+        if skips and skips[0][0] < src.offset + end:
+            self._deliver_skipping(src, skips, data, start, stop, end, now)
+        else:
+            self.ingest.deliver(src, data, start, stop, now, src.offset + end)
         src.offset += end
+        self._passed(src, skips)
         src.scanned = src.offset
         src.tail = identity.digest(memoryview(buf)[max(0, pre + end - identity.SAMPLE):pre + end])
         if src.offset == src.size:
@@ -162,6 +168,50 @@ class SourceReader:
         self.ingest.batch_bytes += end
         self.ingest.batch.sources[src.id] = (src.offset, src.size, src.mtime, src.tail)
         return end
+
+    def _deliver_skipping(self, src: Source, skips: list[tuple[int, int]], data: bytes, start: int, stop: int,
+                          end: int, now: float) -> None:
+        """Deliver data[start:stop] (the file's bytes src.offset .. src.offset + end, and the
+        b"\\n" of an unterminated tail) but the bytes inside the source's skip spans: objects in
+        the bucket hold them already (the ledger's bring-forward wrote the spans,
+        spoolup/catchup.py).  Spans are whole records of this file, so every piece is.  Each
+        piece is delivered with src.offset at its own first byte (what the spans ingest
+        journals are computed from); the caller moves the offset past the whole take."""
+        origin, last = src.offset, src.offset + end
+        pos = origin
+        counters = self.ingest.batch.counters
+
+        def index(f: int) -> int:  # file offset -> index in data (the appended b"\n" goes with the end)
+            return stop if f >= last else start + (f - origin)
+
+        try:
+            for a, b in skips:
+                if b <= pos:
+                    continue
+                if a >= last:
+                    break
+                if a > pos:
+                    src.offset = pos
+                    self.ingest.deliver(src, data, index(pos), index(a), now, a)
+                i, j = index(max(a, pos)), index(min(b, last))
+                counters["ledger_skipped_bytes"] = counters.get("ledger_skipped_bytes", 0) + (j - i)
+                counters["ledger_skipped_records"] = counters.get("ledger_skipped_records", 0) + data.count(b"\n", i, j)
+                pos = min(b, last)
+            if pos < last:
+                src.offset = pos
+                self.ingest.deliver(src, data, index(pos), stop, now, last)
+        finally:
+            src.offset = origin
+
+    def _passed(self, src: Source, skips: list[tuple[int, int]] | None) -> None:
+        """The skip spans the offset has passed: forgotten, and deleted with the batch."""
+        if skips and skips[0][1] <= src.offset:
+            while skips and skips[0][1] <= src.offset:
+                skips.pop(0)
+            passed = self.ingest.batch.skips_passed
+            passed[src.id] = max(passed.get(src.id, 0), src.offset)
+            if not skips:
+                del self.ingest.skips[src.id]
 
     def _first_bytes(self, src: Source, buf: bytes) -> None:
         """The head of a source read from byte 0 (tells a reused inode from this file), journaled
@@ -211,6 +261,7 @@ class SourceReader:
         self._count("dead_letter_records")
         self._count("oversize_records")
         src.offset = src.scanned = stop
+        self._passed(src, self.ingest.skips.get(src.id))
         src.tail = identity.digest(seen["last"])
         self.ingest.batch_bytes += n
         self.ingest.batch.sources[src.id] = (src.offset, src.size, src.mtime, src.tail)
@@ -224,6 +275,8 @@ class SourceReader:
         it before, and each later batch journals the new offset with its new sample."""
         why, src.changed = src.changed, None
         old = src.offset
+        if self.ingest.skips.pop(src.id, None):  # spans of the old content: nothing of the new one is shipped
+            self.ingest.batch.skips_passed[src.id] = ALL_SKIPS
         src.offset = src.scanned = 0
         src.head = src.tail = None
         self.ingest.batch.sources[src.id] = (0, src.size, src.mtime, None)

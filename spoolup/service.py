@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from spoolup import keys, logs, metrics, recover, stateid, statespace, systemd
+from spoolup import catchup, keys, logs, metrics, recover, stateid, statespace, systemd
 from spoolup.backoff import backoff
 from spoolup.chunks import ChunkStore, Codec
 from spoolup.config import Config
@@ -178,15 +178,24 @@ class Service:
         self.lock.acquire()
         if self.cfg.metrics_listen:
             metrics.serve(self.cfg, self.log)  # before the upload process starts: it inherits the metrics dir
-        problem = stateid.before_open(self.cfg)  # a lost journal or write-ahead log
+        problem = stateid.before_open(self.cfg)  # a lost journal (rebuilt on purpose: recover --from-bucket)
         if problem:
             raise JournalError(problem)
+        lost = stateid.lost_commits(self.cfg)  # a lost write-ahead log: the bucket settles it (below)
+        if lost:
+            self.log.warning("journal lost transactions", detail=lost)
         self.journal = Journal.open(self.cfg.journal_path, fsync=self.cfg.fsync, check=True)
-        problem = stateid.after_open(self.cfg, self.journal)  # another journal, or one that lost commits
+        problem = stateid.after_open(self.cfg, self.journal)  # another journal
         if problem:
             raise JournalError(problem)
         for name in self.journal.migrated:
             self.log.info("recovery", action=f"migrate the journal: {name}")
+        mark = stateid.behind_mark(self.cfg, self.journal)
+        if mark:
+            self.log.warning("journal lost transactions", detail=stateid.behind_mark_message(self.cfg, self.journal, mark))
+        # the bucket's ledger decides what was shipped, before anything is read or uploaded: a
+        # journal behind it (restored, copied, lost -wal, wiped state dir) is brought forward
+        catchup.at_start(self.cfg, self.journal, self.log, stop=self.stop, mark=mark)
         # objects open or waiting for S3 finish in the form they were started in; objects
         # journaled before forms were take this run's (see spoolup/form.py)
         stamped = self.journal.stamp_forms(Form.of_config(self.cfg).to_json())

@@ -4,19 +4,29 @@
 (journal id, creation time).  The main process also keeps in it a high-water
 mark of the journal: how many index claims the journal had made (`claims`, a
 counter in the journal's meta, bumped in the claim's own transaction), rewritten
-atomically when it changed, at most every heartbeat.  A claim comes before any
-object of spoolup's exists in the bucket, so a journal with fewer claims than the
-mark has lost transactions whose objects may be in the bucket already.
+atomically when it changed, at most every heartbeat.
 
-Before a writer opens the journal (`spoolup run`, `drain`, `recover`):
+These are fast first checks; the guard against shipping a record twice is the
+ledger in the bucket (spoolup/catchup.py): before ingest or upload starts, the
+journal is compared with its agent's ledger segments and brought forward when the
+bucket knows more.  Everything the state dir can lose -- its -wal file, newer
+transactions (an older copy restored), the whole directory -- the bucket settles.
+So, before a writer opens the journal (`spoolup run`, `drain`, `recover`):
   - journal missing, but the state dir was used (state-id, chunk files, dead
-    letters, the upload process's lock): refuse -- starting fresh would ship
-    everything still in the spool a second time;
+    letters, the upload process's lock): refuse, and say to rebuild it with
+    `spoolup recover --from-bucket` -- a lost journal is rebuilt on purpose, with a
+    report of what was found, not as a side effect of a start (a wholly wiped state
+    dir carries no trace: the start-up check of the ledger brings the new journal
+    forward);
   - journal present but its write-ahead log gone (SQLite's -shm index still counts
-    frames that were never copied into the database file): refuse -- SQLite would
-    silently open the journal as it was at its last checkpoint;
+    frames that were never copied into the database file): said (lost_commits),
+    not refused: SQLite opens the journal as it was at its last checkpoint and the
+    start-up check brings it forward from the bucket;
 after opening it:
-  - another journal than state-id names, or fewer claims than the mark: refuse.
+  - another journal than state-id names: refuse (two journals' records are never
+    mixed);
+  - fewer claims than the mark (behind_mark): said, and settled by the bucket; the
+    journal's count is then raised to the mark.
 Each refusal says what happened and what to do (docs/operations.md, "When the
 journal is lost").
 """
@@ -68,11 +78,11 @@ def save(cfg: "Config", identity: dict) -> None:
 
 
 def _fresh_start_advice(cfg: "Config") -> str:
-    return ("Restore the journal (journal.sqlite with its -wal file) from a backup of the whole state dir and "
-            "start again. Or, to start fresh on purpose: stop spoolup, move the spool files whose records are "
-            "already in the bucket out of the spool dir, move the whole state dir aside "
-            f"(`mv {cfg.state_dir} {cfg.state_dir}.old`) and start again; every file left in the spool is then "
-            "shipped from its start, to new indexes")
+    return ("Rebuild the journal from the ledger in the bucket: `spoolup recover --from-bucket --dry-run` says what "
+            "it would rebuild, `spoolup recover --from-bucket` does it (the old chunk and dead-letter files are kept "
+            "aside in the state dir); then start spoolup: it continues with the records the bucket does not hold, "
+            "exactly once. Or restore the whole state dir from a backup (any age: spoolup brings an old journal "
+            "forward from the bucket)")
 
 
 def before_open(cfg: "Config") -> str | None:
@@ -83,15 +93,21 @@ def before_open(cfg: "Config") -> str | None:
         if not used:
             return None
         return (f"the state dir {cfg.state_dir} was used by spoolup before ({'; '.join(used)}) but its journal "
-                f"{journal.name} is gone (deleted or moved). spoolup will not start fresh over it: that would "
-                "ship again everything still in the spool (records already in the bucket, twice) and drop "
-                f"journaled records still in chunk files. {_fresh_start_advice(cfg)}")
-    lost = _lost_wal(journal)
+                f"{journal.name} is gone (deleted or moved). spoolup will not start a new journal over it on its own: "
+                f"its chunk files hold records of objects not yet shipped. {_fresh_start_advice(cfg)}")
+    return None
+
+
+def lost_commits(cfg: "Config") -> str | None:
+    """What the journal lost, when its write-ahead log is gone after a crash (None: nothing
+    known).  Not a refusal: the bucket's ledger settles it (spoolup/catchup.py)."""
+    journal = cfg.journal_path
+    lost = _lost_wal(journal) if journal.exists() else None
     if lost:
-        return (f"the journal's write-ahead log {journal.name}-wal is gone ({lost}): the journal file alone is "
-                "its state at an earlier checkpoint, and the transactions since (offsets, claims, completed "
-                "objects) are lost. spoolup will not run on it: it would ship again what those transactions "
-                f"recorded. Put the -wal file back if you still have it. {_fresh_start_advice(cfg)}")
+        return (f"the journal's write-ahead log {journal.name}-wal is gone ({lost}): the journal is its state at an "
+                "earlier checkpoint, and the transactions since (offsets, claims, completed objects) are lost. The "
+                "bucket's ledger decides what was shipped: the journal is brought forward from it before anything "
+                "is shipped. Never delete the -wal and -shm files")
     return None
 
 
@@ -154,15 +170,26 @@ def after_open(cfg: "Config", journal: "Journal", *, record: bool = True) -> str
     if identity.get("journal_id") and identity["journal_id"] != journal.journal_id:
         return (f"the journal {cfg.journal_path} is journal {journal.journal_id}, but this state dir belongs to "
                 f"journal {identity['journal_id']} ({NAME}): it was replaced by another state dir's journal. "
-                "Put the right journal back; spoolup will not mix two journals' records. "
-                f"{_fresh_start_advice(cfg)}")
-    mark = int(identity.get("claims", 0) or 0)
-    if claims < mark:
-        return (f"the journal {cfg.journal_path} is behind this state dir: it records {claims} claimed object "
-                f"index(es), the state dir saw {mark} ({NAME}). It lost transactions (its -wal file deleted, or "
-                "an older copy restored), and objects those transactions wrote may be in the bucket already. "
-                f"spoolup will not run on it: it would ship them again. {_fresh_start_advice(cfg)}")
+                "Put the right journal back; spoolup will not mix two journals' records. If this state dir's "
+                "journal is lost, move this one aside and rebuild it from the ledger in the bucket: "
+                "`spoolup recover --from-bucket`")
     return None
+
+
+def behind_mark(cfg: "Config", journal: "Journal") -> int:
+    """The state dir's mark when the journal made fewer claims than it saw (0: not behind):
+    the journal lost transactions (its -wal file deleted, or an older copy restored).  Not a
+    refusal: the start-up check brings it forward from the bucket, then raises its count."""
+    identity = read(cfg) or {}
+    mark = int(identity.get("claims", 0) or 0)
+    return mark if journal.claims() < mark else 0
+
+
+def behind_mark_message(cfg: "Config", journal: "Journal", mark: int) -> str:
+    return (f"the journal {cfg.journal_path} is behind this state dir: it records {journal.claims()} claimed object "
+            f"index(es), the state dir saw {mark} ({NAME}). It lost transactions (its -wal file deleted, or an older "
+            "copy restored); the bucket's ledger decides what was shipped: the journal is brought forward from it "
+            "before anything is shipped")
 
 
 def update_mark(cfg: "Config", journal: "Journal", identity_cache: dict) -> None:

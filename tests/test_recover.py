@@ -322,7 +322,7 @@ def test_corrupt_journal_is_refused_never_started_fresh(make_spoolup, s3, how):
         elif how == "deleted":
             assert "was used by spoolup before" in out and f"it holds {len(chunks)} chunk file(s)" in out, \
                 out[-2000:]
-            assert "will not start fresh" in out
+            assert "will not start a new journal over it on its own" in out and "recover --from-bucket" in out
         else:
             assert f"the journal {journal_path(sp)} cannot be read" in out, out[-2000:]
             assert "move the state directory aside" in out

@@ -5,9 +5,12 @@ object holds (object_ranges), which bytes beyond a source's offset the bucket al
 from __future__ import annotations
 
 import contextlib
+import time
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from spoolup.journal.rows import CLOSED, DONE, MULTIPART, SINGLE, UPLOADED, Batch, ObjectRow, _ids, _object, fs_path
+from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, SEALED, SINGLE, UPLOADED, Batch, ObjectRow, _ids, _object,
+                                  db_path, fs_path)
 from spoolup.journal.store import Store
 
 LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen
@@ -166,3 +169,142 @@ class Ledger(Store):
                  "path": fs_path(r["path"]), "key_path": fs_path(r["key_path"]), "offset": r["offset"],
                  "state": r["state"], "first_seen": r["first_seen"]}
                 for r in self._conn.execute("SELECT * FROM sources ORDER BY id")]
+
+
+    # -- bringing the journal forward from the ledger (spoolup/catchup.py) ------------------
+
+    def done_final_keys(self, final_keys: Iterable[str]) -> dict[str, tuple[int, str | None, str | None]]:
+        """final key -> (object id, etag, origin) of the done objects at these keys."""
+        keys = list(final_keys)
+        out: dict[str, tuple[int, str | None, str | None]] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            for r in self._conn.execute(
+                    f"SELECT final_key, id, etag, origin FROM objects WHERE state = '{DONE}' AND final_key IN "
+                    f"({','.join('?' * len(part))})", part):
+                out[r[0]] = (r[1], r[2], r[3])
+        return out
+
+    def unfinished_ranges(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
+        """object id -> source id -> spans, of every object not done (an object without spans:
+        an empty dict)."""
+        out: dict[int, dict[int, list[tuple[int, int]]]] = {}
+        for r in self._conn.execute(
+                f'SELECT o.id, r.source_id, r.start, r."end" FROM objects o LEFT JOIN object_ranges r '
+                f"ON o.id = r.object_id WHERE o.state != '{DONE}' ORDER BY o.id, r.source_id, r.start"):
+            spans = out.setdefault(r[0], {})
+            if r[1] is not None:
+                spans.setdefault(r[1], []).append((r[2], r[3]))
+        return out
+
+    def bring_forward(self, fw: "Forward") -> dict[int, int]:
+        """Apply a bring-forward (spoolup/catchup.py) in ONE transaction: the not-done objects it
+        discards go (rows, chunks, spans), the spool files it found get source rows, sources move
+        to their new offsets, the objects the bucket holds are inserted as done (with their spans),
+        skip spans are set, claims at keys now taken are given up, and the segment number and the
+        claims counter are raised.  Returns the ids of the new sources (Forward.new_sources index
+        -> id).  A crash before the commit changes nothing; the chunk files are the caller's to
+        remove after it."""
+        c = self._conn
+        new_ids: dict[int, int] = {}
+        with self.transaction():
+            for oid in fw.discard:
+                for table, column in (("chunks", "object_id"), ("source_objects", "object_id"),
+                                      ("object_ranges", "object_id")):
+                    c.execute(f"DELETE FROM {table} WHERE {column} = ?", (oid,))
+                c.execute(f"DELETE FROM objects WHERE id = ? AND state != '{DONE}'", (oid,))
+            now = time.time()
+            for i, s in enumerate(fw.new_sources):
+                new_ids[i] = c.execute(
+                    "INSERT INTO sources (dev, ino, path, key_path, offset, size, mtime, head, tail, btime, "
+                    "first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (s.dev, s.ino, db_path(s.path), db_path(s.key_path), s.offset, s.size, s.mtime, s.head,
+                     s.tail, s.btime, now, now)).lastrowid
+
+            def sid(ref: int) -> int:
+                return new_ids[-1 - ref] if ref < 0 else ref
+
+            for ref, (offset, tail, head) in fw.moves.items():
+                c.execute("UPDATE sources SET offset = ?, tail = ?, updated = ? WHERE id = ?",
+                          (offset, tail, now, sid(ref)))
+                if head is not None:
+                    c.execute("UPDATE sources SET head = ? WHERE id = ? AND head IS NULL", (head, sid(ref)))
+            for o in fw.done:
+                c.execute(
+                    "INSERT INTO objects (id, key, ts, state, idx, final_key, mode, size, records, created, "
+                    "last_write, closed_at, close_reason, done_at, etag, ledger_seq, checksum, origin) "
+                    f"VALUES (?, ?, ?, '{DONE}', ?, ?, ?, ?, ?, ?, ?, ?, 'ledger', ?, ?, ?, ?, ?)",
+                    (o.id, o.key, o.ts, o.idx, o.final_key, o.mode, o.raw, o.records, now, now, now, now,
+                     f'"{o.etag}"', o.seq, o.checksum, o.origin))
+                c.executemany('INSERT INTO object_ranges (object_id, source_id, start, "end") VALUES (?, ?, ?, ?)',
+                              [(o.id, sid(ref), a, b) for ref, spans in o.ranges.items() for a, b in spans])
+            for ref, spans in fw.skips.items():
+                c.execute("DELETE FROM skip_ranges WHERE source_id = ?", (sid(ref),))
+                c.executemany('INSERT INTO skip_ranges (source_id, start, "end") VALUES (?, ?, ?)',
+                              [(sid(ref), a, b) for a, b in spans])
+            for oid in fw.unclaim:
+                c.execute("UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL, "
+                          f"claim_gen = claim_gen + 1, ledger_seq = NULL WHERE id = ? AND state != '{DONE}'", (oid,))
+                c.execute(f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? "
+                          f"AND state = '{UPLOADED}'", (oid,))
+            if fw.seq > self.ledger_seq():
+                self.set_meta(LEDGER_SEQ_META, str(fw.seq))
+            if fw.claims > int(self.meta("claims") or 0):
+                self.set_meta("claims", str(fw.claims))
+        return new_ids
+
+    def raise_claims(self, mark: int) -> None:
+        """The bucket settled a journal that made fewer claims than the state dir's mark
+        (spoolup/stateid.py): the mark's claims are accounted for."""
+        with self.transaction():
+            if mark > int(self.meta("claims") or 0):
+                self.set_meta("claims", str(mark))
+
+
+@dataclass
+class NewSource:
+    """A spool file the journal did not know that the ledger's spans name (found in the spool)."""
+
+    dev: int
+    ino: int
+    path: str
+    key_path: str
+    size: int
+    mtime: float
+    btime: int | None
+    head: bytes
+    offset: int
+    tail: bytes | None
+
+
+@dataclass
+class DoneObject:
+    """An object the bucket holds (its ledger record matched), inserted as done."""
+
+    id: int
+    key: str
+    ts: str
+    idx: int
+    final_key: str
+    mode: str
+    raw: int
+    records: int
+    etag: str
+    checksum: str | None
+    origin: str
+    seq: int
+    ranges: dict[int, list[tuple[int, int]]]  # source ref (id; -1 - i: new_sources[i]) -> spans
+
+
+@dataclass
+class Forward:
+    """Everything a bring-forward changes in the journal (Ledger.bring_forward)."""
+
+    discard: list[int] = field(default_factory=list)
+    new_sources: list[NewSource] = field(default_factory=list)
+    moves: dict[int, tuple[int, bytes | None, bytes | None]] = field(default_factory=dict)  # ref -> offset, tail, head
+    done: list[DoneObject] = field(default_factory=list)
+    skips: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # ref -> spans
+    unclaim: list[int] = field(default_factory=list)
+    seq: int = 0
+    claims: int = 0

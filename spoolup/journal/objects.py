@@ -83,6 +83,8 @@ class Objects(Ledger):
                 c.executemany("UPDATE sources SET head = ? WHERE id = ?", [(h, sid) for sid, h in batch.heads.items()])
             if batch.ranges:
                 self._commit_ranges(batch)
+            for sid, offset in batch.skips_passed.items():
+                self._passed_skips(sid, offset)
             if batch.source_objects:
                 c.executemany(
                     "INSERT OR IGNORE INTO source_objects (source_id, object_id) VALUES (?, ?)",

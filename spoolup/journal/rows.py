@@ -137,6 +137,8 @@ class Batch:
     # (object id, source id) -> the spans [start, end) of the source written into the object in
     # this batch, in order, adjacent ones merged (journal table object_ranges)
     ranges: dict[tuple[int, int], list[list[int]]] = field(default_factory=dict)
+    # source id -> offset: its skip_ranges ending at or before it are passed (deleted with the batch)
+    skips_passed: dict[int, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(

@@ -1,0 +1,375 @@
+"""The bucket decides what was shipped when the state dir cannot: the start-up check and the
+bring-forward from the ledger (docs/DESIGN.md, "The bucket is the ledger"; issue 22 item 2).
+
+A journal knows the highest ledger segment number its agent wrote or saw.  Before ingest or
+upload starts (`run`, `drain`, `recover`), one LIST of the agent's ledger prefix after that
+number says whether the bucket knows of objects the journal does not: a restored backup, a
+copied state dir started late, a write-ahead log lost after a crash, a wiped state dir (a new
+journal knows no segment).  If it does, the journal is *brought forward* before anything is
+read or uploaded:
+
+  a. the segments after the journal's number are read (`recover --from-bucket`: all of the
+     agent's), the latest record of each object kept, and of those the ones whose object is
+     at its final key with that size and ETag are *shipped* (a record is written before its
+     object becomes visible: one without its object is an intention a crash cut short);
+  b. each shipped object the journal does not have done at that key is inserted as done,
+     with its spans of the spool files (found again by device, inode, birth time and a digest
+     of their first bytes; a file the journal does not know gets a source row);
+  c. every not-done object of the journal holding shipped bytes is discarded (rows and chunk
+     files), its spool files rewound to the start of its bytes (and every other not-done
+     object holding bytes of them past that point discarded too), and each rewound or behind
+     source gets *skip spans*: the shipped bytes past its offset, which ingest reads past
+     without shipping (spoolup/reader.py).  Contiguous shipped bytes at the offset are not
+     even read again: the offset moves past them;
+  d. if bytes that must be read again are no longer in the spool, nothing is changed and
+     spoolup exits 1 naming the file, the bytes and what to do.
+
+All journal changes are one transaction (Journal.bring_forward); the discarded objects'
+chunk files are removed (and their multipart uploads aborted) after it commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from spoolup import identity, ledger, segments
+from spoolup.backoff import backoff
+from spoolup.chunks import remove_chunk_files
+from spoolup.config import Config
+from spoolup.journal import Journal, JournalError, ObjectRow
+from spoolup.journal.ledger import DoneObject, Forward, NewSource
+from spoolup.ledger import Record, Segment, SourceSpans, Span
+from spoolup.s3 import S3, S3Error
+from spoolup.scan import ScanEntry, open_regular, scan
+
+Ref = int  # a source: its journal id, or -1 - i for Forward.new_sources[i]
+
+
+class BehindTheBucket(JournalError):
+    """The journal cannot be brought forward (bytes to read again are gone, a segment cannot
+    be read): nothing was changed; the message says why and what to do."""
+
+
+def agent_of(cfg: Config) -> str:
+    """The agent id the ledger is kept under (option agent-id; its default survives the state dir)."""
+    return getattr(cfg, "agent_id", None) or ledger.default_agent_id(cfg.spool_dir)
+
+
+@dataclass
+class Result:
+    segments: int = 0  # segments read
+    shipped: int = 0  # records whose object is in the bucket
+    lines: list[str] = field(default_factory=list)  # what was (or would be) done
+    discarded: list[ObjectRow] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# the start-up check
+
+
+def behind(cfg: Config, journal: Journal, s3: S3) -> bool:
+    """One LIST: does the bucket hold a segment of this agent numbered after the journal's?
+    (A bucket that does not exist yet holds none.)"""
+    try:
+        return bool(segments.after(s3, cfg.object_key, agent_of(cfg), journal.ledger_seq(), first_only=True))
+    except S3Error as e:
+        if e.code == "NoSuchBucket":
+            return False
+        raise
+
+
+def at_start(cfg: Config, journal: Journal, log, *, stop: threading.Event | None = None, mark: int = 0,
+             s3_factory: Callable[[Config], S3] = S3) -> Result | None:
+    """The check `run` and `drain` make before ingest and upload start, retried with backoff
+    while S3 fails (nothing is read from the spool meanwhile: it keeps the backlog); brings
+    the journal forward when the bucket is ahead.  `mark`: the state dir's claims mark, when
+    the journal is below it (it lost transactions): settled by the bucket, then raised."""
+    attempt = 0
+    s3 = s3_factory(cfg)
+    try:
+        while True:
+            try:
+                result = None
+                if behind(cfg, journal, s3):
+                    log.warning("the bucket's ledger knows of objects this journal does not (a restored backup, a "
+                                "copied state dir, a lost write-ahead log or a wiped state dir): bringing the journal "
+                                "forward from it before anything is shipped", agent=agent_of(cfg),
+                                journal_seq=journal.ledger_seq())
+                    result = bring_forward(cfg, journal, s3, dry_run=False)
+                    for line in result.lines:
+                        log.info("recovery", action=line)
+                if mark:
+                    journal.raise_claims(mark)
+                return result
+            except S3Error as e:
+                attempt += 1
+                delay = backoff(attempt, base=1.0, cap=30.0)
+                log.warning("cannot compare the journal with the bucket's ledger yet; nothing is shipped until it "
+                            "is done. Retrying", error=str(e), retry_in=round(delay, 1))
+                if stop is not None:
+                    if stop.wait(delay):
+                        raise KeyboardInterrupt from None
+                else:
+                    import time
+
+                    time.sleep(delay)
+    finally:
+        s3.close()
+
+
+# ---------------------------------------------------------------------------
+# the bring-forward
+
+
+def bring_forward(cfg: Config, journal: Journal, s3: S3, *, dry_run: bool, everything: bool = False) -> Result:
+    """Read the agent's segments after the journal's number (`everything`: all of them) and
+    bring the journal forward (module docstring).  dry_run: the journal given is a copy
+    (in memory), the chunk files and the bucket are left alone.  Raises BehindTheBucket,
+    having changed nothing, when it cannot."""
+    agent = agent_of(cfg)
+    since = 0 if everything else journal.ledger_seq()
+    keys = segments.after(s3, cfg.object_key, agent, since)
+    records: list[Record] = []
+    seq = since
+    for key in keys:
+        try:
+            seg = segments.read(s3, key)
+        except ledger.LedgerFormatError as e:
+            raise BehindTheBucket(
+                f"the ledger segment {key} in bucket {cfg.bucket} cannot be read ({e}); it may record objects "
+                "this journal does not know, so spoolup will not ship anything before it is understood. Is it "
+                "written by a newer spoolup? Upgrade spoolup; nothing was changed") from None
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "404"):
+                continue  # (deleted since the listing: an operator cleaning up; nothing to bring)
+            raise
+        seq = max(seq, seg.seq, ledger.seq_of(key) or 0)
+        records.extend(seg.records)
+    latest = ledger.latest(records)
+    shipped = segments.in_bucket(s3, latest.values())
+    result = Result(segments=len(keys), shipped=len(shipped))
+    fw, discarded, lines = plan(cfg, journal, shipped, seq)
+    result.lines = lines
+    result.discarded = discarded
+    if not fw.done and not fw.discard and not fw.moves and not fw.new_sources and not fw.skips and not fw.unclaim:
+        if seq > journal.ledger_seq():
+            journal.saw_ledger_seq(seq)
+        if keys:
+            result.lines.append(f"ledger: {len(keys)} segment(s) of agent {agent} after number {since} read; "
+                                "the journal knew every object they record that is in the bucket")
+        return result
+    journal.bring_forward(fw)
+    if not dry_run:
+        for row in discarded:
+            remove_chunk_files(cfg.chunk_dir, row.id)
+            if row.upload_id and row.final_key:
+                with contextlib.suppress(S3Error):  # (left to a lifecycle rule if S3 refuses)
+                    s3.abort(row.final_key, row.upload_id)
+    return result
+
+
+class _Spool:
+    """The spool files, found once, and their first bytes."""
+
+    def __init__(self, cfg: Config):
+        self.dir = cfg.spool_dir
+        self.found: dict[tuple[int, int], ScanEntry] = scan(cfg.spool_dir)[0] if cfg.spool_dir.exists() else {}
+
+    def read(self, entry: ScanEntry, n: int, at: int = 0) -> bytes | None:
+        try:
+            fd = open_regular(self.dir / entry.path)
+        except OSError:
+            return None
+        try:
+            return os.pread(fd, n, at)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def btime(self, entry: ScanEntry) -> int | None:
+        return identity.birth_time(path=self.dir / entry.path)
+
+
+def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tuple[Forward, list[ObjectRow], list[str]]:
+    """What bringing the journal forward to the shipped records changes (Forward), the not-done
+    objects it discards, and the report's lines.  Raises BehindTheBucket for bytes that must be
+    read again and are no longer in the spool."""
+    fw = Forward(seq=seq)
+    lines: list[str] = []
+    jid = journal.journal_id
+    known = journal.done_final_keys(r.final_key for r in shipped)
+    new = [r for r in shipped if r.final_key not in known]
+    if not new:
+        return fw, [], lines
+    spool = _Spool(cfg)
+    live = {(s.dev, s.ino): s for s in journal.live_sources()}
+    heads = journal.source_heads()
+    refs: dict[tuple[int, int], Ref] = {}  # file -> ref, as matched
+    entries: dict[Ref, ScanEntry] = {}
+    unmatched: set[str] = set()
+
+    def ref_of(ss: SourceSpans) -> Ref | None:
+        ident = (ss.dev, ss.ino)
+        if ident in refs:
+            return refs[ident]
+        row, entry = live.get(ident), spool.found.get(ident)
+        head = heads.get(row.id) if row is not None else None
+        if row is not None and head is not None and len(head) >= ss.head_len:
+            same = ss.same_file(row.dev, row.ino, row.btime, head)
+        elif entry is not None:
+            same = ss.same_file(ss.dev, ss.ino, spool.btime(entry), spool.read(entry, ss.head_len) or b"")
+        else:
+            same = False
+        if not same:
+            unmatched.add(ss.path)
+            return None
+        if row is not None:
+            ref = row.id
+        else:
+            st = entry.st
+            fw.new_sources.append(NewSource(ss.dev, ss.ino, entry.path, ss.path, st.st_size, st.st_mtime,
+                                            spool.btime(entry), b"", 0, None))
+            ref = -len(fw.new_sources)
+        refs[ident] = ref
+        if entry is not None:
+            entries[ref] = entry
+        return ref
+
+    shipped_spans: dict[Ref, list[Span]] = {}
+    mapped: list[tuple[Record, dict[Ref, list[Span]]]] = []
+    for r in new:
+        ranges: dict[Ref, list[Span]] = {}
+        for ss in r.sources:
+            ref = ref_of(ss)
+            if ref is not None:
+                ranges.setdefault(ref, []).extend(ss.spans)
+        ranges = {k: ledger.coalesce(v) for k, v in ranges.items()}
+        for k, v in ranges.items():
+            shipped_spans.setdefault(k, []).extend(v)
+        mapped.append((r, ranges))
+    shipped_spans = {k: ledger.coalesce(v) for k, v in shipped_spans.items()}
+
+    # c. the journal's not-done objects that hold shipped bytes (or this journal's id of a
+    # shipped object) go, and so does every later one of their sources
+    unfinished = journal.unfinished_ranges()
+    own_ids = {r.object for r in new if r.journal == jid}
+    discard = {oid for oid, by_src in unfinished.items()
+               if oid in own_ids or any(ledger.overlaps(spans, shipped_spans.get(sid, [])) for sid, spans in by_src.items())}
+    rewind: dict[Ref, int] = {}
+    while True:
+        for oid in discard:
+            for sid, spans in unfinished[oid].items():
+                rewind[sid] = min(rewind.get(sid, spans[0][0]), spans[0][0])
+        more = {oid for oid, by_src in unfinished.items() if oid not in discard
+                and any(sid in rewind and spans[-1][1] > rewind[sid] for sid, spans in by_src.items())}
+        if not more:
+            break
+        discard |= more
+    discarded = [row for row in (journal.object(oid) for oid in sorted(discard)) if row is not None]
+    fw.discard = sorted(discard)
+
+    # the sources: offsets, skip spans; d. bytes to read again must be in the spool
+    rows = {s.id: s for s in live.values()}
+    old_skips = journal.skip_ranges()
+    problems: list[str] = []
+    for ref in sorted(set(shipped_spans) | set(rewind)):
+        spans = shipped_spans.get(ref, [])
+        row = rows.get(ref) if ref >= 0 else None
+        if ref >= 0 and row is None:
+            continue  # a spool file the journal is done with (reaped, gone): nothing is read from it
+        entry = entries.get(ref) or (spool.found.get((row.dev, row.ino)) if row is not None else None)
+        old = row.offset if row is not None else 0
+        start = min(old, rewind.get(ref, old))
+        path = row.path if row is not None else fw.new_sources[-1 - ref].path
+        why = _unavailable(spool, row, heads.get(ref) if row is not None else None, entry)
+        needed = ledger.subtract([(start, old)], spans)
+        if needed and (why or entry.st.st_size < needed[-1][1]):
+            problems.append(_problem(cfg, path, needed, why or f"it is {entry.st.st_size} bytes now", discarded))
+            continue
+        offset = ledger.frontier(spans, start)
+        if why:  # gone or another file, and nothing of it needed: it is not read again
+            offset = max(offset, old)
+        tail = None
+        if offset > 0 and not why:
+            sample = spool.read(entry, offset - identity.sample_start(offset), identity.sample_start(offset))
+            if sample is not None and len(sample) == offset - identity.sample_start(offset):
+                tail = identity.digest(sample)
+        head = (spool.read(entry, identity.HEAD_BYTES) or b"") if entry is not None and not why else b""
+        skip = ledger.coalesce([(max(a, offset), b) for a, b in spans + old_skips.get(ref, []) if b > offset]) \
+            if not why else []
+        if ref < 0:
+            s = fw.new_sources[-1 - ref]
+            s.offset, s.tail, s.head = offset, tail, head
+        elif offset != old or ref in rewind:
+            fw.moves[ref] = (offset, tail, head or None)
+        if skip or ref in old_skips:
+            fw.skips[ref] = skip
+        if ref >= 0 and offset == old and not skip and ref not in rewind:
+            continue
+        moved = f"offset {old} -> {offset}" if ref >= 0 else f"a new spool file of the journal, from offset {offset}"
+        lines.append(f"spool file {cfg.spool_dir / path}: {moved}"
+                     + (f"; {sum(b - a for a, b in skip)} bytes past it in the bucket already are read past, not "
+                        f"shipped again" if skip else ""))
+    if problems:
+        raise BehindTheBucket("; ".join(problems))
+
+    # b. the shipped objects the journal did not know, inserted as done
+    ids_in_use = journal.max_object_id()
+    next_id = max([ids_in_use] + [r.object for r in new if r.journal == jid]) + 1
+    for r, ranges in sorted(mapped, key=lambda m: (m[0].journal != jid, m[0].key, m[0].ts, m[0].idx)):
+        oid = r.object if r.journal == jid else None
+        if oid is not None and oid not in discard and journal.object(oid) is not None:
+            oid = None
+        if oid is None:
+            oid, next_id = next_id, next_id + 1
+        fw.done.append(DoneObject(oid, r.key, r.ts, r.idx, r.final_key, r.mode, r.raw, r.records, r.etag, r.checksum,
+                                  r.origin, seq, ranges))
+    done_keys = {r.final_key for r in new}
+    fw.unclaim = [o.id for o in journal.claimed_unfinished() if o.id not in discard and o.final_key in done_keys]
+    lines.insert(0, f"bring the journal forward from the bucket's ledger: {len(new)} object(s) in the bucket that it "
+                    f"did not know are journaled as done ({_some(sorted(done_keys))})")
+    if discarded:
+        lines.insert(1, f"discard {len(discarded)} object(s) not shipped yet that hold bytes the bucket has, or "
+                        f"follow them (their records are read again from the spool): "
+                        f"{_some([f'#{o.id} ({o.key})' for o in discarded])}")
+    if fw.unclaim:
+        lines.append(f"{len(fw.unclaim)} object(s) give up their claimed index (the bucket's objects hold those "
+                     "keys) and claim the next free one")
+    if unmatched:
+        lines.append(f"spans of {len(unmatched)} spool file(s) not in the spool any more are not needed: "
+                     f"{_some(sorted(unmatched))}")
+    return fw, discarded, lines
+
+
+def _unavailable(spool: _Spool, row, head: bytes | None, entry: ScanEntry | None) -> str | None:
+    """Why the journaled source's bytes cannot be read from the spool (None: they can)."""
+    if entry is None:
+        return "the file is no longer in the spool"
+    if row is None:
+        return None
+    if identity.other_file(row.btime, spool.btime(entry)):
+        return "its path holds another file now (another birth time)"
+    if head and spool.read(entry, len(head)) != head:
+        return "it holds another file now (its first bytes differ)"
+    return None
+
+
+def _problem(cfg: Config, path: str, needed: list[Span], why: str, discarded: list[ObjectRow]) -> str:
+    n = sum(b - a for a, b in needed)
+    where = ", ".join(f"{a}-{b}" for a, b in needed[:5]) + (" ..." if len(needed) > 5 else "")
+    return (f"the journal is behind the bucket's ledger, and bringing it forward needs {n} bytes of spool file "
+            f"{cfg.spool_dir / path} read again (bytes {where}: records the journal had put in objects that are not in "
+            f"the bucket, #{', #'.join(str(o.id) for o in discarded[:5])}), but {why}. Nothing was changed and "
+            "nothing was shipped. Put the file back as it was (from a backup) and start again; or, to give up those "
+            "records, stop spoolup, move the state dir aside and run `spoolup recover --from-bucket` (the journal "
+            "is rebuilt from the bucket; records that are in no object of the bucket and no longer in the spool are "
+            "not shipped)")
+
+
+def _some(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
