@@ -435,6 +435,15 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
         if r.returncode != 0:
             say(f"final drain failed ({r.returncode}):\n{r.stderr[-4000:]}")
         figures.update(verify(s3_url, bucket, writer, spool, compression, keys, foreign, workdir / "spoolup.log"))
+        # what `spoolup verify` says of the same bucket (informative: the checks above decide)
+        r = subprocess.run([*cmd, "verify", "--json", "--config", str(config)], env=env, capture_output=True,
+                           text=True)
+        figures["verify_exit"] = r.returncode
+        with contextlib.suppress(ValueError):
+            kinds: dict[str, int] = {}
+            for problem in json.loads(r.stdout)["problems"]:
+                kinds[problem["kind"]] = kinds.get(problem["kind"], 0) + 1
+            figures["verify_problems"] = kinds
         with contextlib.suppress(OSError):  # how often spoolup met a taken key (informative)
             figures["key_taken_warnings"] = (workdir / "spoolup.log").read_text(errors="replace").count(
                 "object key already taken")
@@ -642,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                   "unexpected_exits", "stuck_upload_processes", "leftover_uploads", "index_gaps", "key_races",
                   "foreign_objects", "foreign_uploads", "foreign_pending_uploads", "foreign_overwritten",
                   "foreign_uploads_vanished", "foreign_overwritten_in_flight", "key_taken_warnings",
-                  "state_backups", "state_restored", "state_deleted",
+                  "state_backups", "state_restored", "state_deleted", "verify_exit", "verify_problems",
                   "duration_seconds", "seed", "server", "machine"):
             print(f"{k}: {figures.get(k)}")
         for line in figures.get("problems", []):

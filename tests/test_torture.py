@@ -105,6 +105,7 @@ def test_kill9_torture_with_state_loss(moto, tmp_path):
     summary = f"seed {seed}: {figures}\n{r.stderr[-4000:]}"
     assert figures["cycles"] == CYCLES and figures["records"] > 0, summary
     assert figures["state_backups"] >= 1 and figures["state_restored"] >= 1 and figures["state_deleted"] >= 1, summary
+    assert figures["verify_exit"] == 0 and figures["verify_problems"] == {}, summary  # spoolup verify agrees
     for name in ("lost", "duplicated", "out_of_order", "byte_mismatches", "empty_objects", "stray_objects",
                  "pending_uploads", "leftover_uploads", "unexpected_exits", "stuck_upload_processes", "drain_exit"):
         assert figures[name] == 0, f"{name}: {figures[name]}; {summary}"
