@@ -371,7 +371,8 @@ class Uploader:
             # the object is ours at a key the journal gave up meanwhile: it is written again at
             # its new claim, so this copy goes (only if its metadata says it is this object)
             self._stale(result, b, "the object gave up the key it was completed at")
-            return [self._cleanup(Task(Kind.DISCARD, b.object_id), self.work.discard, b.final_key, b.object_id)]
+            return [self._cleanup(Task(Kind.DISCARD, b.object_id), self.work.discard, b.final_key, b.object_id,
+                                  result.etag)]
         self.vanished.pop(b.object_id, None)
         self.stats["objects"] += 1
         obj = j.object(b.object_id)

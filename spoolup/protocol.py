@@ -10,8 +10,9 @@ completed S3 object.
              complete chunk, one PutObject;
   part       UploadPart from the chunk file, ETag journaled after (invariant 2);
   complete   CompleteMultipartUpload, journaled after (invariant 3);
-  is_ours    is the object at a key the one this journal wrote?  (spoolup's metadata, or
-             the ETag computed from the journaled part ETags);
+  is_ours    is the object at a key the one this journal wrote?  (spoolup's metadata id
+             and the content: the ETag computed from the journaled part ETags or the
+             body's MD5, and the size);
   abort      only upload ids this journal created, never anyone else's.
 
 Reconcile after a crash is spoolup/reconcile.py; what the server honours (If-None-Match)
@@ -107,11 +108,23 @@ class Protocol:
         """The codec the object was started with (its chunk files' names and contents)."""
         return forms.parse(obj.form, self.form).codec
 
-    def is_ours(self, head: dict[str, Any] | None, object_id: int, expected_etag: str | None) -> bool:
-        if head is None:
+    def is_ours(self, head: dict[str, Any] | None, object_id: int, expected_etag: str | None,
+                size: int | None = None) -> bool:
+        """Is the object at a key (its HEAD) this journal's object `object_id`, with the content
+        the journal says it has?  Its metadata id AND the expected ETag (single: the body's MD5;
+        multipart: the ETag of the journaled parts) AND, where known, its size (issue 22 item 5):
+        a journal that went back in time rebuilds an object under the same id from re-read spool
+        bytes that can end at another record, and the id alone would take the bucket's other
+        object for it ("found completed") while its records past that object's end are lost.
+        Without an expected ETag nothing is provably ours."""
+        if head is None or expected_etag is None:
             return False
-        if head["metadata"].get(META_KEY) == f"{self.journal_id}/{object_id}":
-            return True
+        if head["metadata"].get(META_KEY) != f"{self.journal_id}/{object_id}":
+            return False
+        # (a HEAD's size of 0 is no size: spoolup never writes an empty object, and a proxy in
+        # between may answer a HEAD with Content-Length: 0)
+        if size is not None and head.get("size") and head["size"] != size:
+            return False
         return same_etag(head["etag"], expected_etag)
 
     # -- claim -------------------------------------------------------------------
@@ -240,7 +253,7 @@ class Protocol:
         if caps.put_if_none_match != HONOURED:  # not honoured (or not known to be): look before writing
             existing = self.s3.head(key)
             if existing is not None:
-                if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
+                if self.is_ours(existing, obj.id, f'"{body.md5_hex}"', body.size):
                     return Done(Basis.of(obj), existing["etag"], "already in the bucket")
                 return KeyTaken(Basis.of(obj))
         args = (key, body, self.metadata(obj), self.form_of(obj).object_args())
@@ -256,7 +269,7 @@ class Protocol:
                 etag = self.s3.put(*args, if_none_match=False)
         except PreconditionFailed:
             existing = self.s3.head(key)
-            if self.is_ours(existing, obj.id, f'"{body.md5_hex}"'):
+            if self.is_ours(existing, obj.id, f'"{body.md5_hex}"', body.size):
                 return Done(Basis.of(obj), existing["etag"], "already in the bucket")
             return KeyTaken(Basis.of(obj))
         metrics.uploaded(0, body.size)
@@ -288,13 +301,14 @@ class Protocol:
         key = obj.final_key
         listed = [(c.part, c.etag) for c in parts]
         expected = multipart_etag(e for _, e in listed)
+        size = sum(c.part_size for c in parts) if all(c.part_size is not None for c in parts) else None
         caps = self.caps
         if caps.complete_if_none_match != HONOURED:
             # the server would overwrite whatever is at the key (RGW ignores If-None-Match on
             # Complete): look right before completing
             head = self.s3.head(key)
             if head is not None:
-                if self.is_ours(head, obj.id, expected):
+                if self.is_ours(head, obj.id, expected, size):
                     return Done(Basis.of(obj), head["etag"], "found completed in the bucket")
                 self.abort(key, obj.upload_id)
                 return KeyTaken(Basis.of(obj))
@@ -304,7 +318,7 @@ class Protocol:
             try:
                 held = self.s3.list_parts(key, obj.upload_id)
             except NoSuchUpload:
-                return self._outcome(obj, expected, None)
+                return self._outcome(obj, expected, None, size)
             bad = [c.part for c in parts if not same_etag(held.get(c.part, ("", 0))[0], c.etag)]
             if bad:
                 return PartsMismatch(Basis.of(obj), tuple(bad))
@@ -312,7 +326,7 @@ class Protocol:
         except S3Error as e:
             # NoSuchUpload, PreconditionFailed, RGW's 500 for an aborted upload, a lost reply...:
             # what matters is the outcome, not the code
-            return self._outcome(obj, expected, e)
+            return self._outcome(obj, expected, e, size)
         crash.point("after-complete")
         return Done(Basis.of(obj), etag or expected, "completed")
 
@@ -326,12 +340,13 @@ class Protocol:
             # right before completing (caps: not honoured) stood in for it
             return self.s3.complete(key, upload_id, listed, if_none_match=False)
 
-    def _outcome(self, obj: ObjectRow, expected: str, error: S3Error | None):
+    def _outcome(self, obj: ObjectRow, expected: str, error: S3Error | None, size: int | None = None):
         """After a failed Complete: is the object ours in the bucket (our Complete took effect
-        and its reply or journal entry was lost), someone else's, or is our upload gone?"""
+        and its reply or journal entry was lost: our id, our parts' ETag, our size), someone
+        else's, or is our upload gone?"""
         key = obj.final_key
         head = self.s3.head(key)
-        if self.is_ours(head, obj.id, expected):
+        if self.is_ours(head, obj.id, expected, size):
             return Done(Basis.of(obj), head["etag"], "found completed in the bucket")
         exists = self.s3.upload_exists(key, obj.upload_id)
         if head is not None:
@@ -367,11 +382,12 @@ class Protocol:
         self._forget_pending(key)
         return CleanedUp(f"aborted unused upload {upload_id[:16]}... at {key}")
 
-    def discard(self, key: str, object_id: int) -> CleanedUp:
+    def discard(self, key: str, object_id: int, etag: str | None = None) -> CleanedUp:
         """A cleanup task: the object at `key` is removed if it is this journal's object
-        `object_id` (its metadata says so), written at a key the journal gave up meanwhile."""
+        `object_id` as our worker wrote it there (its metadata id and the ETag that write
+        returned), written at a key the journal gave up meanwhile."""
         head = self.s3.head(key)
-        if head is not None and head["metadata"].get(META_KEY) == f"{self.journal_id}/{object_id}":
+        if self.is_ours(head, object_id, etag):
             self.s3.delete(key)
             return CleanedUp(f"removed object {object_id} from {key}, a key it no longer has")
         return CleanedUp(f"nothing of object {object_id} at {key}")

@@ -83,7 +83,8 @@ def _reconcile_multipart(cfg: Config, journal: Journal, proto: Protocol, obj: Ob
         # the outcome first: a Complete that took effect before the crash leaves our object at
         # the key (and, on RGW, a ListParts that says NoSuchKey)
         head = s3.head(obj.final_key)
-        if proto.is_ours(head, obj.id, multipart_etag(c.etag for c in chunks)):
+        size = sum(c.part_size for c in chunks) if all(c.part_size is not None for c in chunks) else None
+        if proto.is_ours(head, obj.id, multipart_etag(c.etag for c in chunks), size):
             report.did(f"{obj.final_key}: CompleteMultipartUpload had succeeded but was not journaled; "
                        "marked done (ETag matches the journaled parts), not uploaded again")
             if not dry_run:
@@ -123,7 +124,8 @@ def _reconcile_single(cfg: Config, journal: Journal, proto: Protocol, obj: Objec
     if not path.exists():
         return
     head = proto.s3.head(obj.final_key)
-    if head is not None and proto.is_ours(head, obj.id, f'"{FileBody.of(path).md5_hex}"'):
+    body = FileBody.of(path) if head is not None else None
+    if body is not None and proto.is_ours(head, obj.id, f'"{body.md5_hex}"', body.size):
         report.did(f"{obj.final_key}: PutObject had succeeded but was not journaled; marked done")
         if not dry_run:
             journal.complete(obj.id, head["etag"])

@@ -1,0 +1,150 @@
+"""The ledger's segments (issue 22, rules 1 and 2): every object's record is in the bucket
+before the PutObject / CompleteMultipartUpload that makes the object visible, one segment
+serves every object ready at once, and a segment number another writer holds is never
+overwritten.  Real S3 endpoints (moto, Ceph RGW), a real journal; the order of results is
+chosen with a held worker pool (tests/uploadkit.py), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crashkit import write
+from helpers import get, list_keys
+from spoolup import config, ledger
+from uploadkit import HeldExecutor, Rig, drive, future_of, lines, settle
+
+pytestmark = pytest.mark.s3_servers("moto", "rgw")
+
+MiB = 1024 * 1024
+
+
+def segments(s3, bucket: str, cfg) -> list[ledger.Segment]:
+    keys = list_keys(s3, bucket, ledger.agent_prefix(cfg.object_key, cfg.agent), own=True)
+    return [ledger.Segment.decode(get(s3, bucket, k)) for k in keys]
+
+
+def test_one_segment_records_a_burst_before_any_object_is_visible(make_spoolup, s3, bucket):
+    rig = Rig(make_spoolup)
+    big = [lines(5 * MiB, "big"), lines(4000, "big-tail")]
+    ids = {"app/big.log": rig.add("app/big.log", big, closed=False)}
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+    j = rig.journal
+    drive(up, lambda: all(c.state == "uploaded" for c in j.chunks_of(ids["app/big.log"])), what="big's parts uploaded")
+    assert j.object(ids["app/big.log"]).ledger_seq is None, "an open object recorded"
+    bodies = {f"app/{n}.log": lines(3000 + n, f"k{n}") for n in range(5)}
+    ids.update({key: rig.add(key, [data]) for key, data in bodies.items()})
+    settle(up)  # the small ones claim
+    assert all(j.object(o).idx is not None for o in ids.values())
+    rig.close(ids["app/big.log"])
+    up.schedule()
+    kinds = sorted(t.kind.value for t in up.inflight)
+    assert kinds.count("ledger") == 1 and "start" not in kinds and "complete" not in kinds, kinds
+    assert list_keys(s3, bucket) == [], "an object visible before its record"
+    ex.deliver(future_of(up, "ledger", 0))
+    up.harvest()
+    seqs = {j.object(o).ledger_seq for o in ids.values()}
+    assert len(seqs) == 1 and None not in seqs, seqs
+    drive(up, lambda: all(j.object(o).state == "done" for o in ids.values()), what="every object done")
+    (segment,) = segments(s3, bucket, rig.cfg)
+    assert segment.seq == seqs.pop() and segment.journal == j.journal_id
+    by_key = {r.final_key: r for r in segment.records}
+    assert set(by_key) == set(ids)
+    for key, oid in ids.items():
+        head = s3.head_object(Bucket=bucket, Key=key)
+        record = by_key[key]
+        assert (record.object, record.mode) == (oid, "multipart" if key == "app/big.log" else "single")
+        assert record.matches(head["ContentLength"], head["ETag"]), (record, head)
+    assert get(s3, bucket, "app/big.log") == b"".join(big)
+
+
+def test_a_record_whose_claim_moved_is_dropped_and_written_again(make_spoolup, s3, bucket):
+    """a's record is on the wire when a foreign object takes a's key and a's claim moves to
+    the next index: the record (an intention at the old key) is not journaled, and a is
+    recorded again at its new key before it is written there."""
+    rig = Rig(make_spoolup)
+    data = lines(3000, "a")
+    a = rig.add("app/a.log", [data])
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+    j = rig.journal
+    drive(up, lambda: j.object(a).idx is not None, what="a claimed")
+    gen = j.object(a).claim_gen
+    up.schedule()
+    held = future_of(up, "ledger", 0)
+    ex.compute(held)  # the segment is written; its result held
+    j.unclaim_if(a, gen)  # (what a KeyTaken of a's PutObject does)
+    s3.put_object(Bucket=bucket, Key="app/a.log", Body=b"foreign\n")
+    ex.deliver(held)
+    up.harvest()
+    assert j.object(a).ledger_seq is None, "a record of a claim the object gave up was journaled"
+    drive(up, lambda: j.object(a).state == "done", what="a done")
+    assert j.object(a).final_key == "app/a.log-1" and get(s3, bucket, "app/a.log-1") == data
+    records = ledger.latest(r for seg in segments(s3, bucket, rig.cfg) for r in seg.records)
+    (record,) = records.values()
+    assert record.final_key == "app/a.log-1"
+    assert len(segments(s3, bucket, rig.cfg)) == 2
+
+
+def test_a_segment_number_another_writer_holds_is_not_overwritten(make_spoolup, s3):
+    """Another spoolup (a copied configuration) wrote segment 1 under this agent id: ours gets
+    412, says so naming the agent id, and goes on after the highest number in the bucket."""
+    sp = make_spoolup(**{"object-key": "logs/{name}", "agent-id": "shared-agent"})
+    cfg = config.load(sp.config)
+    s3.create_bucket(Bucket=sp.bucket)
+    theirs = ledger.Segment("shared-agent", "someone-else", 1, 0.0).encode()
+    s3.put_object(Bucket=sp.bucket, Key=ledger.segment_key(cfg.object_key, "shared-agent", 1), Body=theirs)
+    data = b"".join(b"record %d\n" % i for i in range(100))
+    write(sp.spool / "a.log", data)
+    r = sp.drain(check=True)
+    assert get(s3, sp.bucket, "logs/a.log") == data
+    segs = segments(s3, sp.bucket, cfg)
+    assert segs[0].encode() == theirs and get(s3, sp.bucket, ledger.segment_key(cfg.object_key, "shared-agent", 1)) == theirs
+    assert [s.seq for s in segs][1:] and all(s.seq > 1 for s in segs[1:])
+    (record,) = [rec for s in segs for rec in s.records]
+    assert record.final_key == "logs/a.log"
+    logged = [json.loads(line) for line in r.stderr.splitlines() if "another spoolup uses this agent id" in line]
+    assert logged and logged[0]["agent"] == "shared-agent", r.stderr[-3000:]
+    st = sp.status()
+    assert st["ledger"]["agent_id"] == "shared-agent" and st["ledger"]["seq"] >= 2
+    assert st["ledger"]["objects_waiting_for_record"] == 0
+
+
+def test_agent_id_is_checked(make_spoolup):
+    sp = make_spoolup(**{"agent-id": "web-01.eu_1"})
+    assert config.load(sp.config).agent == "web-01.eu_1"
+    sp.write_config(**{"agent-id": None})
+    assert config.load(sp.config).agent == ledger.default_agent_id(sp.spool)
+    sp.write_config(**{"agent-id": "no/slashes"})
+    with pytest.raises(config.ConfigError) as e:
+        config.load(sp.config)
+    assert "agent-id" in str(e.value) and "letters, digits" in str(e.value)
+
+
+# ---------------------------------------------------------------------------
+# is-ours by content (issue 22 item 5, rule 6)
+
+
+@pytest.mark.parametrize("mode", ["single", "multipart"])
+def test_our_id_with_other_content_at_the_key_is_someone_elses(make_spoolup, s3, bucket, mode):
+    """The object at a's claimed key carries a's metadata id but other bytes (what a journal
+    that went back in time meets: its rebuilt object a closes at another record).  Before, the
+    id alone made it "found completed": a was journaled done and its records were in no object.
+    Now it is someone else's object: a moves to the next index, the other object is left alone."""
+    rig = Rig(make_spoolup)
+    parts = [lines(3000, "a")] if mode == "single" else [lines(5 * MiB, "a"), lines(3000, "a-tail")]
+    a = rig.add("app/a.log", parts)
+    up = rig.uploader(HeldExecutor())
+    j = rig.journal
+    drive(up, lambda: j.object(a).idx is not None, what="a claimed")
+    if mode == "multipart":
+        drive(up, lambda: all(c.state == "uploaded" for c in j.chunks_of(a)), what="a's parts uploaded")
+    other = parts[0][: len(parts[0]) // 2]  # a's first records, closing at another record
+    s3.put_object(Bucket=bucket, Key="app/a.log", Body=other, Metadata={"spoolup-object": f"{j.journal_id}/{a}"})
+    drive(up, lambda: j.object(a).state == "done", what="a done")
+    assert j.object(a).final_key == "app/a.log-1"
+    assert get(s3, bucket, "app/a.log-1") == b"".join(parts)
+    assert get(s3, bucket, "app/a.log") == other
