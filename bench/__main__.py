@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import common
 
 FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history", "discovery",
-           "bandwidth", "slowdown", "requests", "claim", "cpu", "delay")
+           "bandwidth", "slowdown", "requests", "claim", "cpu", "delay", "verify")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RAW = Path(__file__).resolve().parent / "results.json"
 
@@ -73,6 +73,11 @@ def run_figure(name: str, quick: bool) -> dict:
         if name == "cpu":
             return cost.cpu_per_byte(total=(32 if quick else 256) * MiB, rounds=1 if quick else 3)
         return cost.delayed(total=(16 if quick else 64) * MiB, small=100 if quick else 500, rounds=1 if quick else 2)
+    if name == "verify":
+        from bench import verify
+
+        n = 10_000 if quick else 100_000
+        return verify.run(objects=n, files=n // 100, rounds=1)
     raise SystemExit(f"unknown figure {name}; known: {', '.join(FIGURES)}")
 
 

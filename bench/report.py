@@ -109,6 +109,15 @@ def figures_markdown(info: dict, r: dict) -> str:
                    f"{min(d['small']['spoolup_s']):.2f} s | boto3: {min(d['big']['boto3_s']):.2f} s; "
                    f"{min(d['small']['boto3_s']):.2f} s | {d['big']['ratio']:.2f}; {d['small']['ratio']:.2f} | "
                    f">= 0.9 both | {'yes' if d['ratio'] >= 0.9 else 'no'} |")
+    if "verify" in r:
+        v = r["verify"]
+        req = v["verify_requests"]
+        ok = req["total"] <= v["listing_pages"] + v["segments"]
+        out.append(f"| 15 | `spoolup verify` over {v['objects']:,} objects ({v['segments']} ledger segments) | "
+                   f"{v['verify_s']:.1f} s, {req['total']} requests ({req['list']} listing pages + {req['get']} "
+                   f"segment GETs) | boto3 listing of the same prefix: {v['boto3_listing_s']:.1f} s, "
+                   f"{v['listing_pages']} pages | {v['ratio']:.2f} | listing pages + a GET per segment, no request "
+                   f"per object | {'yes' if ok else 'no'} |")
     out += ["", END]
     return "\n".join(out)
 

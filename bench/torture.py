@@ -18,8 +18,9 @@ bare key of the next minute's timestamp.  Then the check also says: every foreig
 object still holds its exact bytes, no foreign upload was taken away, no upload but
 the foreign writer's own is left (`leftover_uploads`), and every index spoolup skipped
 is explained by the bucket (`index_gaps`: see races() in bench/keyraces.py, which holds
-the key-race parts).  Between-cycles hooks (Cycle)
-are where further cycle kinds go.
+the key-race parts).  With `--state-loss` (StateLoss, a between-cycles hook: Cycle) the
+state dir is now and then deleted, or replaced by a copy taken at an earlier cycle, between
+runs; the checks stay the same.
 
 Prints cycles, records, lost, duplicated (and more); exit 0 only when nothing is
 lost, duplicated, reordered, pending, left behind, overwritten or skipped unexplained.
@@ -263,6 +264,65 @@ class Cycle:
     settle: Callable[[], None]  # wait until no upload process of a killed run is left
 
 
+class StateLoss:
+    """Cycle kind `--state-loss` (issue 22): between runs, what an operator's or a disk's
+    mistake does to the state dir -- it is deleted (spoolup must bring its journal forward
+    from the bucket's ledger), or a copy of it taken at an earlier cycle is put back (a
+    restored backup, an old copy started: its journal is behind the bucket).  Copies are
+    taken while nothing runs (after settle()), with `cp -a` (owners and modes kept, for
+    --user); the state dir itself stays (it may be a mount point), its contents go."""
+
+    KEEP = 3  # backups kept (the oldest dropped)
+
+    def __init__(self, cycles: int, backup: float = 0.2, restore: float = 0.1, delete: float = 0.06):
+        self.p_backup, self.p_restore, self.p_delete = backup, restore, delete
+        self.backups: list[tuple[int, Path]] = []
+        # whatever the draws, a run of 8 cycles or more does each at least once
+        self.forced = {1: 0.0, cycles // 2: backup + restore / 2, (3 * cycles) // 4: backup + restore + delete / 2}
+        if cycles < 8:
+            self.forced = {}
+
+    def __call__(self, c: Cycle) -> None:
+        for name in ("state_backups", "state_restored", "state_deleted"):
+            c.figures.setdefault(name, 0)
+        draw = c.rnd.random()
+        draw = self.forced.get(c.number, draw)
+        if draw >= self.p_backup + self.p_restore + self.p_delete:
+            return
+        c.settle()  # no upload process of the killed run may write meanwhile
+        if draw < self.p_backup or (draw < self.p_backup + self.p_restore and not self.backups):
+            path = c.workdir / f"state-backup-{c.number}"
+            self._copy(c.state, path)
+            self.backups.append((c.number, path))
+            if len(self.backups) > self.KEEP:
+                shutil.rmtree(self.backups.pop(0)[1], ignore_errors=True)
+            c.figures["state_backups"] += 1
+        elif draw < self.p_backup + self.p_restore:
+            taken, path = c.rnd.choice(self.backups)
+            self._empty(c.state)
+            self._copy(path, c.state)
+            c.figures["state_restored"] += 1
+            c.say(f"cycle {c.number}: state dir restored from the copy taken at cycle {taken}")
+        else:
+            self._empty(c.state)
+            c.figures["state_deleted"] += 1
+            c.say(f"cycle {c.number}: state dir deleted")
+
+    @staticmethod
+    def _empty(state: Path) -> None:
+        for entry in list(state.iterdir()) if state.is_dir() else []:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    @staticmethod
+    def _copy(src: Path, dst: Path) -> None:
+        dst.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            subprocess.run(["cp", "-a", f"{src}/.", str(dst)], check=True)
+
+
 def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files: int = 4,
             min_life: float = 0.4, max_life: float = 3.5, big_every: float = 12.0, quiet: bool = False,
             compression: str = "none", state_dir: Path | None = None,
@@ -375,6 +435,15 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
         if r.returncode != 0:
             say(f"final drain failed ({r.returncode}):\n{r.stderr[-4000:]}")
         figures.update(verify(s3_url, bucket, writer, spool, compression, keys, foreign, workdir / "spoolup.log"))
+        # what `spoolup verify` says of the same bucket (informative: the checks above decide)
+        r = subprocess.run([*cmd, "verify", "--json", "--config", str(config)], env=env, capture_output=True,
+                           text=True)
+        figures["verify_exit"] = r.returncode
+        with contextlib.suppress(ValueError):
+            kinds: dict[str, int] = {}
+            for problem in json.loads(r.stdout)["problems"]:
+                kinds[problem["kind"]] = kinds.get(problem["kind"], 0) + 1
+            figures["verify_problems"] = kinds
         with contextlib.suppress(OSError):  # how often spoolup met a taken key (informative)
             figures["key_taken_warnings"] = (workdir / "spoolup.log").read_text(errors="replace").count(
                 "object key already taken")
@@ -421,6 +490,7 @@ def verify(url: str, bucket: str, writer: Writer, spool: Path, compression: str 
     uploads = [u for u in uploads if u not in empty_orphans]
     per_name: dict[str, list[tuple[str, int, str]]] = {}
     strays = []
+    objects = [o for o in objects if ".spoolup/" not in o["Key"]]  # spoolup's own keys (the ledger): not records
     for o in objects:
         m = KEY_RE.match(o["Key"])
         if not m:
@@ -542,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user", help="run spoolup as this unprivileged user (created if missing; needs root)")
     ap.add_argument("--key-races", action="store_true",
                     help="a second writer puts objects and starts uploads at the keys spoolup is about to claim")
+    ap.add_argument("--state-loss", action="store_true",
+                    help="between runs, now and then delete the state dir, or put back a copy of it taken at an "
+                         "earlier cycle (issue 22: spoolup brings its journal forward from the bucket's ledger)")
     ap.add_argument("--drain-timeout", type=float, default=600, help="seconds the final `spoolup drain` may take")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
@@ -562,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
                           max_life=args.max_life,
                           big_every=args.big_every or (3.0 if args.key_races else 12.0), quiet=args.json,
                           compression=args.compression, state_dir=Path(args.state_dir) if args.state_dir else None,
-                          keys=keys, user=args.user, key_races=args.key_races, drain_timeout=args.drain_timeout)
+                          keys=keys, user=args.user, key_races=args.key_races, drain_timeout=args.drain_timeout,
+                          between_cycles=[StateLoss(args.cycles)] if args.state_loss else ())
     if not args.dir and figures["ok"]:
         shutil.rmtree(workdir, ignore_errors=True)
     figures["seed"] = args.seed
@@ -577,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                   "unexpected_exits", "stuck_upload_processes", "leftover_uploads", "index_gaps", "key_races",
                   "foreign_objects", "foreign_uploads", "foreign_pending_uploads", "foreign_overwritten",
                   "foreign_uploads_vanished", "foreign_overwritten_in_flight", "key_taken_warnings",
+                  "state_backups", "state_restored", "state_deleted", "verify_exit", "verify_problems",
                   "duration_seconds", "seed", "server", "machine"):
             print(f"{k}: {figures.get(k)}")
         for line in figures.get("problems", []):

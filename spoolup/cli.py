@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from-bucket", action="store_true",
                    help="rebuild a lost or deleted journal from the ledger in the bucket (all of this agent's "
                         "segments); run/drain then continue with the next records, exactly once")
+    v = with_config("verify", "Audit delivery: every shipped object is in the bucket with the size and ETag its ledger "
+                    "record gives, no spool byte is in two objects, no consumed byte is in none. Exit 0 when all "
+                    "holds, 1 naming each object or range that does not (missing, overwritten, "
+                    "record_without_object, unrecorded, checksum_mismatch, overlapping, gap, bad_segment). "
+                    "Reads the journal read-only (works while `spoolup run` runs); costs the listing pages of the "
+                    "object-key's prefix and one GET per ledger segment.")
+    v.add_argument("--json", action="store_true", help="print the stable JSON report (docs/operations.md, "
+                   "\"spoolup verify\")")
     cc = with_config("check-config", "Validate the configuration, print it (secrets masked), test bucket access.")
     cc.add_argument("--no-s3", action="store_true", help="do not contact S3")
     demo = sub.add_parser("demo", help="Run spoolup against an embedded local S3 (moto server) on a demo spool.",
@@ -248,6 +256,12 @@ def cmd_recover(cfg, args) -> int:
     return recover_cmd.run(cfg, dry_run=args.dry_run, from_bucket=args.from_bucket)
 
 
+def cmd_verify(cfg, args) -> int:
+    from spoolup import verify
+
+    return verify.run(cfg, as_json=args.json)
+
+
 def cmd_check_config(cfg, args) -> int:
     from spoolup import config as config_mod
 
@@ -311,4 +325,5 @@ COMMANDS = {
     "status": cmd_status,
     "recover": cmd_recover,
     "check-config": cmd_check_config,
+    "verify": cmd_verify,
 }

@@ -277,6 +277,13 @@ class JournalCollector:
                     space["chunk_bytes"])
         yield gauge("spoolup_state_dir_low", "1 while the state dir has too little free space to ingest (the "
                     "backlog waits in the spool; see status's state_dir_space.advice).", int(space["low"]))
+        checked = st.get("last_verify")
+        if checked:  # absent until a `spoolup verify` kept its result in the journal
+            yield gauge("spoolup_verify_ok", "1 if the last `spoolup verify` found everything shipped as the ledger "
+                        "says, 0 if it named problems; absent until one ran.", int(bool(checked["ok"])))
+            yield gauge("spoolup_verify_problems", "Problems the last `spoolup verify` named.", checked["problems"])
+        yield gauge("spoolup_verify_timestamp_seconds", "Unix time of the last `spoolup verify` (0: none yet).",
+                    checked["time"] if checked else 0)
         err = st["last_error"]
         yield gauge("spoolup_last_error_timestamp_seconds", "Unix time of the last error journaled (0: none).",
                     err["time"] if err else 0)

@@ -15,7 +15,7 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import botocore.exceptions
 import botocore.handlers
@@ -362,6 +362,35 @@ class S3:
                 args["ContinuationToken"] = page["NextContinuationToken"]
         except CLIENT_ERRORS as e:
             raise translate(e, "ListObjectsV2", prefix) from None
+
+    def list_pages(self, prefix: str) -> Iterator[list[tuple[str, int, str]]]:
+        """(key, size, ETag without quotes) of the objects under `prefix`, one list per
+        ListObjectsV2 page (one request each: `spoolup verify` counts them)."""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "EncodingType": "url"}
+        try:
+            while True:
+                page = self.client.list_objects_v2(**args)
+                contents = page.get("Contents", []) or []
+                encoded = self._encoded("ListObjectsV2", page, [o["Key"] for o in contents])
+                yield [(restore_key(o["Key"], encoded), int(o.get("Size") or 0), str(o.get("ETag") or "").strip('"'))
+                       for o in contents]
+                if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                    return
+                args["ContinuationToken"] = page["NextContinuationToken"]
+        except CLIENT_ERRORS as e:
+            raise translate(e, "ListObjectsV2", prefix) from None
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The whole body of a (small) object; None when there is none at the key."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except botocore.exceptions.ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise translate(e, "GetObject", key) from None
+        except CLIENT_ERRORS as e:
+            raise translate(e, "GetObject", key) from None
 
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
         """(key, upload id) of the multipart uploads in progress under `prefix`."""

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from spoolup import __version__, health, keys, lock, statespace
+from spoolup import __version__, health, keys, lock, statespace, verify
 from spoolup import form as forms
 from spoolup.config import Config
 from spoolup.deadletter import REMOVED_STATE
@@ -110,6 +110,7 @@ def _collect(cfg: Config, j: Journal) -> dict[str, Any]:
         "s3_health": _s3_health(j, processes.get("upload"), now),
         "state_dir_space": space,
         **_s3_protocol(j),
+        "last_verify": verify.last(j),
         # issue 22: the ledger in the bucket (segments before PutObject/Complete)
         "ledger": {"agent_id": cfg.agent, "seq": j.ledger_seq(), "objects_waiting_for_record": j.waiting_for_record()},
     }

@@ -89,3 +89,24 @@ def test_kill9_torture_with_key_races(moto, tmp_path):
                  "unexpected_exits", "stuck_upload_processes", "drain_exit"):
         assert figures[name] == 0, f"{name}: {figures[name]}; {summary}"
     assert r.returncode == 0, summary
+
+
+def test_kill9_torture_with_state_loss(moto, tmp_path):
+    """The torture with the state dir deleted, or put back from a copy taken at an earlier
+    cycle, between runs (bench/torture.py --state-loss, issue 22): spoolup brings its journal
+    forward from the bucket's ledger, and every record is still there exactly once, in order."""
+    seed = int(time.time())
+    cmd = [sys.executable, str(ROOT / "bench" / "torture.py"), "--cycles", str(CYCLES), "--seed", str(seed),
+           "--s3-url", moto.url, "--dir", str(tmp_path / "torture"), "--json", "--state-loss"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.stdout.strip(), f"torture printed nothing (exit {r.returncode})\n{r.stderr[-4000:]}"
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"torture: {figures}")
+    summary = f"seed {seed}: {figures}\n{r.stderr[-4000:]}"
+    assert figures["cycles"] == CYCLES and figures["records"] > 0, summary
+    assert figures["state_backups"] >= 1 and figures["state_restored"] >= 1 and figures["state_deleted"] >= 1, summary
+    assert figures["verify_exit"] == 0 and figures["verify_problems"] == {}, summary  # spoolup verify agrees
+    for name in ("lost", "duplicated", "out_of_order", "byte_mismatches", "empty_objects", "stray_objects",
+                 "pending_uploads", "leftover_uploads", "unexpected_exits", "stuck_upload_processes", "drain_exit"):
+        assert figures[name] == 0, f"{name}: {figures[name]}; {summary}"
+    assert r.returncode == 0, summary

@@ -4,11 +4,13 @@ object holds (object_ranges), which bytes beyond a source's offset the bucket al
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from spoolup.journal.rows import CLOSED, DONE, MULTIPART, SEALED, SINGLE, UPLOADED, Batch, ObjectRow, _ids, _object, db_path, fs_path
+from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, SEALED, SINGLE, UPLOADED, Batch, ObjectRow, _ids, _object,
+                                  db_path, fs_path)
 from spoolup.journal.store import Store
 
 LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen
@@ -130,6 +132,44 @@ class Ledger(Store):
         return {r[0]: (r[1], r[2], r[3], r[4], fs_path(r[5])) for r in self._conn.execute(
             "SELECT id, dev, ino, btime, head, key_path FROM sources WHERE id IN (SELECT value FROM json_each(?))",
             (_ids(ids),))}
+
+    # -- what `spoolup verify` reads (spoolup/verify.py) -----------------------------------
+
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """One read transaction: the reads inside see one state of the journal, whatever the
+        running service commits meanwhile (WAL), also on a read-only connection."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    def done_objects(self) -> list[ObjectRow]:
+        """Every object the journal has as completed in the bucket (at its final key)."""
+        return [_object(r) for r in self._conn.execute(
+            f"SELECT * FROM objects WHERE state = '{DONE}' AND final_key IS NOT NULL ORDER BY id")]
+
+    def pending_ranges(self) -> dict[int, list[tuple[int, int, int]]]:
+        """source id -> (object id, start, end) of the spans held by objects not done yet."""
+        out: dict[int, list[tuple[int, int, int]]] = {}
+        for r in self._conn.execute(
+                'SELECT r.source_id, r.object_id, r.start, r."end" FROM object_ranges r JOIN objects o '
+                f"ON o.id = r.object_id WHERE o.state != '{DONE}' ORDER BY r.source_id, r.start"):
+            out.setdefault(r[0], []).append((r[1], r[2], r[3]))
+        return out
+
+    def verify_sources(self) -> list[dict]:
+        """Every spool file the journal knows (live or done with), with what identifies it to the
+        ledger (dev, ino, btime, head) and how far it was consumed (offset)."""
+        return [{"id": r["id"], "dev": r["dev"], "ino": r["ino"], "btime": r["btime"], "head": r["head"],
+                 "path": fs_path(r["path"]), "key_path": fs_path(r["key_path"]), "offset": r["offset"],
+                 "state": r["state"], "first_seen": r["first_seen"]}
+                for r in self._conn.execute("SELECT * FROM sources ORDER BY id")]
+
 
     # -- bringing the journal forward from the ledger (spoolup/catchup.py) ------------------
 
