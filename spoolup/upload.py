@@ -180,7 +180,7 @@ class UploadProcess:
                 if caps is not None:
                     self.adopt(caps)
                 report = recover.Report()
-                reconcile.reconcile(cfg, journal, s3, report, dry_run=False)
+                up.work.seed_pending(reconcile.reconcile(cfg, journal, s3, report, dry_run=False))
                 for line in report.lines:
                     log.info("recovery", action=line)
                 for line in report.notes:
@@ -263,6 +263,10 @@ class UploadProcess:
                 if kind == "found":
                     journal_capabilities(self.journal, what)
                     self.adopt(what)
+                elif kind == "put":
+                    # PutObject's half, before the probe ends (not journaled: a restart probes again)
+                    if self.uploader.work.caps.probed_at == 0.0:
+                        self.uploader.work.caps = what
                 else:
                     e, delay = what
                     self.log.warning("cannot probe what S3 honours yet; every write is checked with a HEAD "
