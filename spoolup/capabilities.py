@@ -282,8 +282,9 @@ class CapabilityProbe:
     or the process stops; `join` gives it the time of a stop to end, so that its scratch
     object is not left behind (a crash can leave one: reconcile removes it)."""
 
-    def __init__(self, cfg: Config, s3: S3, owner: str, stop: threading.Event):
+    def __init__(self, cfg: Config, s3: S3, owner: str, stop: threading.Event, wake: threading.Event | None = None):
         self.cfg, self.s3, self.owner, self.stop = cfg, s3, owner, stop
+        self.wake = wake  # set with each event: the journal's thread takes it at once, not at its next turn
         # ("put", Capabilities: PutObject's half) | ("found", Capabilities) | ("failed", (S3Error, retry_in))
         self._events: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
@@ -303,18 +304,21 @@ class CapabilityProbe:
                     e = S3Error(type(e).__name__, str(e), op="capability probe")
                 attempt += 1
                 delay = backoff(attempt, base=1.0, cap=self.cfg.retry_max_delay, jitter=False)
-                with self._lock:
-                    self._events.append(("failed", (e, delay)))
+                self._event(("failed", (e, delay)))
                 self.stop.wait(delay)
                 continue
-            with self._lock:
-                self._events.append(("found", caps))
+            self._event(("found", caps))
             return
 
     def _put_found(self, put: str) -> None:
         partial = Capabilities(put, Capabilities.unknown(self.cfg).complete_if_none_match, 0.0, self.cfg.url)
+        self._event(("put", partial))
+
+    def _event(self, event: tuple[str, Any]) -> None:
         with self._lock:
-            self._events.append(("put", partial))
+            self._events.append(event)
+        if self.wake is not None:
+            self.wake.set()
 
     def poll(self) -> list[tuple[str, Any]]:
         """What happened since the last poll (for the journal's thread to journal and log)."""

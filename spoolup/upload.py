@@ -62,7 +62,8 @@ class UploadProcess:
             return False
         self.reconcile()
         if not self.stop.is_set() and self.uploader.work.caps.put_if_none_match == UNKNOWN:
-            self.probe = CapabilityProbe(self.cfg, self.uploader.work.s3, self.journal.journal_id, self.stop).start()
+            self.probe = CapabilityProbe(self.cfg, self.uploader.work.s3, self.journal.journal_id, self.stop,
+                                         self.wake).start()
         self.loop()
         self.shutdown()
         return True
