@@ -44,6 +44,7 @@ def operation(method: str, path: str, query: dict) -> tuple[str, str]:
 def serve(upstream: str, delay: float) -> ThreadingHTTPServer:
     u = urlsplit(upstream)
     counts: Counter = Counter()
+    log: list = []
     lock = threading.Lock()
     local = threading.local()
 
@@ -55,16 +56,18 @@ def serve(upstream: str, delay: float) -> ThreadingHTTPServer:
 
         def do_any(self):
             split = urlsplit(self.path)
-            if split.path in ("/__counts__", "/__reset__"):
+            if split.path in ("/__counts__", "/__reset__", "/__log__"):
                 with lock:
                     if split.path == "/__reset__":
                         counts.clear()
-                    body = json.dumps(dict(counts)).encode()
+                        log.clear()
+                    body = json.dumps(log if split.path == "/__log__" else dict(counts)).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
                 return
+            arrived = time.time()
             query = parse_qs(split.query, keep_blank_values=True)
             op, key = operation(self.command, split.path, query)
             with lock:
@@ -96,6 +99,9 @@ def serve(upstream: str, delay: float) -> ThreadingHTTPServer:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
+            with lock:
+                log.append([arrived, time.time(), "probe:" + op if PROBE_KEY in key else op, key,
+                            self.client_address[1]])
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_any
 

@@ -126,24 +126,35 @@ def is_probe_scratch(cfg: Config, key: str) -> bool:
     return key.startswith(prefix) and PROBE_NAME.fullmatch(key[len(prefix):]) is not None
 
 
-def stale_probe_scratch(cfg: Config, s3: S3, now: float | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+def probe_scratch_prefix(cfg: Config) -> str:
+    """The listing prefix of every probe's scratch keys (of any journal, or of check-config)."""
+    return keys.static_prefix(cfg.object_key) + ".spoolup-probe-"
+
+
+def stale_probe_scratch(cfg: Config, s3: S3, now: float | None = None, *, listed: tuple | None = None
+                        ) -> tuple[list[str], list[tuple[str, str]]]:
     """Scratch objects and uploads of probes that a crash (a killed check-config, a service
     whose journal was replaced) cut short: named as probe scratch (is_probe_scratch) and older
     than a probe can take (probe_max_age, by the server's LastModified / Initiated against this
     host's clock).  An upload whose scratch object is younger is a probe still running (moto
-    gives every upload the same Initiated, in 2010): left alone."""
-    prefix = keys.static_prefix(cfg.object_key) + ".spoolup-probe-"
+    gives every upload the same Initiated, in 2010): left alone.  `listed`: (the objects under
+    probe_scratch_prefix, the uploads with their Initiated under it or under a shorter prefix)
+    when the caller has listed them already (reconcile: no listing of its own here)."""
+    prefix = probe_scratch_prefix(cfg)
     cutoff = (time.time() if now is None else now) - probe_max_age()
-    objects = {k: t for k, t in s3.list_objects(prefix).items() if is_probe_scratch(cfg, k)}
-    uploads = [(k, u) for k, u, t in s3.list_uploads_initiated(prefix)
+    listed_objects, listed_uploads = listed if listed is not None else (s3.list_objects(prefix),
+                                                                        s3.list_uploads_initiated(prefix))
+    objects = {k: t for k, t in listed_objects.items() if is_probe_scratch(cfg, k)}
+    uploads = [(k, u) for k, u, t in listed_uploads
                if is_probe_scratch(cfg, k) and t <= cutoff and objects.get(k, 0.0) <= cutoff]
     return sorted(k for k, t in objects.items() if t <= cutoff), uploads
 
 
-def remove_stale_probes(cfg: Config, s3: S3, *, dry_run: bool = False) -> list[str]:
+def remove_stale_probes(cfg: Config, s3: S3, *, dry_run: bool = False, listed: tuple | None = None) -> list[str]:
     """Abort and delete stale_probe_scratch (whatever journal or check-config made it); returns
-    what was (dry_run: would be) done.  Nothing else under the prefix is touched."""
-    stale_keys, stale_uploads = stale_probe_scratch(cfg, s3)
+    what was (dry_run: would be) done.  Nothing else under the prefix is touched.  `listed`:
+    as for stale_probe_scratch."""
+    stale_keys, stale_uploads = stale_probe_scratch(cfg, s3, listed=listed)
     done = []
     for key, upload_id in stale_uploads:
         done.append(f"abort the upload of an interrupted capability probe at {key} (older than "
@@ -158,7 +169,7 @@ def remove_stale_probes(cfg: Config, s3: S3, *, dry_run: bool = False) -> list[s
     return done
 
 
-def probe_capabilities(cfg: Config, s3: S3, owner: str = "") -> Capabilities:
+def probe_capabilities(cfg: Config, s3: S3, owner: str = "", on_put=None) -> Capabilities:
     """Find out, on a scratch key of spoolup's own under the key template's static prefix, what
     the server does with If-None-Match: * on PutObject and on CompleteMultipartUpload (it
     honours it: 412; ignores it: 200 and overwrites the scratch object; or 501).  About eight
@@ -166,15 +177,19 @@ def probe_capabilities(cfg: Config, s3: S3, owner: str = "") -> Capabilities:
     if cfg.conditional_writes == "off":
         return Capabilities(OFF, OFF, time.time(), cfg.url)
     key = probe_key_prefix(cfg, owner) + uuid.uuid4().hex[:12]
-    return _probe(cfg, s3, key)
+    return _probe(cfg, s3, key, on_put)
 
 
-def _probe(cfg: Config, s3: S3, key: str) -> Capabilities:
+def _probe(cfg: Config, s3: S3, key: str, on_put=None) -> Capabilities:
+    """`on_put`: called with what PutObject does with If-None-Match as soon as that is known
+    (two requests in), before the Complete half of the probe."""
     body = _scratch(cfg)
     probing: list[str] = []
     try:
         s3.put_bytes(key, b"spoolup capability probe\n")
         put = _conditional_outcome(lambda: s3.put_bytes(key, b"x\n", if_none_match=True))
+        if on_put is not None:
+            on_put(put)
         upload_id = s3.create_multipart(key, {}, Form.of_config(cfg).object_args())
         probing.append(upload_id)
         try:
@@ -260,14 +275,18 @@ class CapabilityProbe:
     a thread of its own, started after reconcile, beside the first uploads.  Until it ends the
     steps assume nothing -- a HEAD right before every PutObject and Complete, If-None-Match
     sent all the same -- which is what they do on a server that honours nothing, so no write
-    waits for it.  The thread that owns the journal takes its finding (`poll`), journals it
+    waits for it.  What PutObject does is known after the probe's first two requests, and
+    reported then ("put": a Capabilities whose Complete half is still unknown, not journaled),
+    so that small objects stop paying a HEAD each four requests before the probe ends.  The thread that owns the journal takes its finding (`poll`), journals it
     and hands it to the protocol.  A probe that fails (S3 down) is tried again with backoff until it succeeds
     or the process stops; `join` gives it the time of a stop to end, so that its scratch
     object is not left behind (a crash can leave one: reconcile removes it)."""
 
-    def __init__(self, cfg: Config, s3: S3, owner: str, stop: threading.Event):
+    def __init__(self, cfg: Config, s3: S3, owner: str, stop: threading.Event, wake: threading.Event | None = None):
         self.cfg, self.s3, self.owner, self.stop = cfg, s3, owner, stop
-        self._events: list[tuple[str, Any]] = []  # ("found", Capabilities) | ("failed", (S3Error, retry_in))
+        self.wake = wake  # set with each event: the journal's thread takes it at once, not at its next turn
+        # ("put", Capabilities: PutObject's half) | ("found", Capabilities) | ("failed", (S3Error, retry_in))
+        self._events: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="capability-probe", daemon=True)
 
@@ -279,19 +298,27 @@ class CapabilityProbe:
         attempt = 0
         while not self.stop.is_set():
             try:
-                caps = probe_capabilities(self.cfg, self.s3, self.owner)
+                caps = probe_capabilities(self.cfg, self.s3, self.owner, on_put=self._put_found)
             except Exception as e:  # (S3Error; anything else is reported the same way, not lost with the thread)
                 if not isinstance(e, S3Error):
                     e = S3Error(type(e).__name__, str(e), op="capability probe")
                 attempt += 1
                 delay = backoff(attempt, base=1.0, cap=self.cfg.retry_max_delay, jitter=False)
-                with self._lock:
-                    self._events.append(("failed", (e, delay)))
+                self._event(("failed", (e, delay)))
                 self.stop.wait(delay)
                 continue
-            with self._lock:
-                self._events.append(("found", caps))
+            self._event(("found", caps))
             return
+
+    def _put_found(self, put: str) -> None:
+        partial = Capabilities(put, Capabilities.unknown(self.cfg).complete_if_none_match, 0.0, self.cfg.url)
+        self._event(("put", partial))
+
+    def _event(self, event: tuple[str, Any]) -> None:
+        with self._lock:
+            self._events.append(event)
+        if self.wake is not None:
+            self.wake.set()
 
     def poll(self) -> list[tuple[str, Any]]:
         """What happened since the last poll (for the journal's thread to journal and log)."""

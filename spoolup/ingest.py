@@ -28,6 +28,7 @@ from spoolup.spool import Spool
 
 BATCH_BYTES = 16 << 20  # a batch commits after this many bytes (or when nothing more is ready)
 MIN_BATCH_BYTES = 256 << 10  # the smallest batch after a disk-full rollback (see rollback())
+CLOSE_BATCH = 32  # objects close_all closes per commit (the upload process starts on the first ones)
 
 
 class Ingest:
@@ -259,10 +260,15 @@ class Ingest:
         return len(stale)
 
     def close_all(self, reason: str, now: float) -> int:
+        """Close every open object; committed every CLOSE_BATCH objects, so that the upload
+        process starts on the first ones while the others are sealed (a drain of many keys:
+        each seal is a write and an fdatasync of its chunk file)."""
         self._ready()
         n = len(self.open)
-        for obj in list(self.open.values()):
+        for i, obj in enumerate(list(self.open.values()), 1):
             self.router.close(obj, reason, now)
+            if i % CLOSE_BATCH == 0:
+                self.flush()
         self.flush()
         return n
 

@@ -3,8 +3,12 @@ has no Object Lock, by check-config and at the start of run and drain."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from spoolup.config import Config, ConfigError
-from spoolup.s3 import S3, S3Error
+
+if TYPE_CHECKING:  # (imported when used: the main process of run/drain does not load botocore)
+    from spoolup.s3 import S3
 
 
 def check_bucket(cfg: Config, s3: S3) -> None:
@@ -24,6 +28,8 @@ def check_at_start(cfg: Config, log) -> None:
     (the upload process retries; a refused object is quarantined, and says why)."""
     if not cfg.object_lock:
         return
+    from spoolup.s3 import S3, S3Error
+
     s3 = S3(cfg)
     try:
         if s3.bucket_exists():

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spoolup import crash, keys, metrics
+from spoolup import crash, flow, keys, metrics
 from spoolup import form as forms
 from spoolup.capabilities import HONOURED, Capabilities
 from spoolup.claims import BucketIndexes
@@ -72,6 +72,14 @@ def compressed_suffixes(key_suffix: str = "") -> tuple[str, ...]:
     with or without the suffix (s3() before 4.8.2 has none), with or without .gz/.zst."""
     ends = ("", ".gz", ".zst")
     return ends + tuple(key_suffix + e for e in ends) if key_suffix else ends
+
+
+def _gated(run):
+    """`run` on a thread whose S3 requests take a concurrency slot, as the worker's own do."""
+    def gated() -> None:
+        flow.worker_thread()
+        run()
+    return gated
 
 
 def permanent(e: S3Error) -> bool:
@@ -144,6 +152,14 @@ class Protocol:
                 self._pending = (time.monotonic(), found)
             return found
 
+    def seed_pending(self, found: set[str]) -> None:
+        """A listing of the pending uploads under the static prefix made just now by someone else
+        (the upload process's reconcile, right before its first claims): it serves the claims as
+        pending_upload_keys's own would, for PENDING_TTL seconds -- the first claims need not wait
+        a round trip for the same listing again."""
+        with self._pending_lock:
+            self._pending = (time.monotonic(), set(found))
+
     def _seen_pending(self, key: str) -> None:
         """A per-key listing found an upload at `key` that the cached listing may predate (it
         appeared after it: a foreign writer, or the orphans of a Create whose replies were lost).
@@ -212,6 +228,9 @@ class Protocol:
         key = obj.final_key
         if obj.mode == UploadMode.SINGLE:
             return self.put(obj, part_size, md5)
+        # the HEAD at the key is sent beside the listing of its uploads: one round trip for both
+        # before the Create, not two (its answer is used only once the listing shows no upload)
+        head = self._beside(self.s3.head, key)
         if adopt:
             found = self.adopt(obj)
             if found is not None:
@@ -219,7 +238,7 @@ class Protocol:
         elif any(k == key for k, _ in self.s3.list_uploads(key)):
             self._seen_pending(key)
             return self._key_taken(obj)
-        existing = self.s3.head(key)
+        existing = head()
         if existing is not None and not self.is_ours(existing, obj.id, None):
             return self._key_taken(obj)
         upload_id, retried = self.s3.create_upload(key, self.metadata(obj), self.form_of(obj).object_args())
@@ -230,6 +249,31 @@ class Protocol:
             # lists them again and adopts one)
             return self.adopt(obj) or Started(Basis.of(obj), upload_id)
         return Started(Basis.of(obj), upload_id)
+
+    def _beside(self, fn, *args):
+        """Call fn(*args) on a thread of its own, beside what the calling worker does next;
+        returns a function that waits for its result (or raises its exception).  A result no
+        one waits for is dropped (the call was a read)."""
+        done = threading.Event()
+        box: list = []
+
+        def run() -> None:
+            try:
+                box.append((True, fn(*args)))
+            except BaseException as e:  # noqa: BLE001 - handed to the waiter
+                box.append((False, e))
+            finally:
+                done.set()
+
+        threading.Thread(target=_gated(run), name="beside", daemon=True).start()
+
+        def result():
+            done.wait()
+            ok, value = box[0]
+            if not ok:
+                raise value
+            return value
+        return result
 
     def adopt(self, obj: ObjectRow) -> Started | KeyTaken | None:
         """The uploads at the object's claimed key, once a Create may have been sent for its claim

@@ -9,9 +9,10 @@ spoolup/recover.py, which also holds the Report both fill.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from spoolup.capabilities import probe_key_prefix, remove_stale_probes
+from spoolup.capabilities import probe_key_prefix, probe_scratch_prefix, remove_stale_probes
 from spoolup.chunks import part_file, remove_chunk_files
 from spoolup.config import Config
 from spoolup.journal import ChunkState, Journal, ObjectRow, ObjectState, UploadMode
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
     from spoolup.recover import Report
 
 
-def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_run: bool) -> None:
+def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_run: bool) -> set[str]:
     """Compare every unfinished object of the journal with the bucket.  An object that cannot be
     checked now (S3 refuses or fails for it) is noted and left to the upload process, which
-    classifies it by outcome when it gets to it: it never holds up the others."""
+    classifies it by outcome when it gets to it: it never holds up the others.  Returns the keys
+    with a multipart upload in progress under the object-key's static prefix, as listed at its
+    end (the upload process's claims start from it: Protocol.seed_pending)."""
     proto = Protocol(cfg, s3, cfg.chunk_dir, journal.journal_id)
     for obj in journal.claimed_unfinished():
         try:
@@ -47,7 +50,8 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
     starting = {o.final_key for o in journal.claimed_unfinished()
                 if o.mode == UploadMode.MULTIPART and o.upload_id is None}
     ours = probe_key_prefix(cfg, journal.journal_id)
-    for key, upload_id in s3.list_uploads(proto.prefix):
+    uploads, probe_objects = listings(cfg, s3, proto.prefix)
+    for key, upload_id, _ in uploads:
         if key.startswith(ours):
             # a capability probe of this journal's that a crash cut short: its scratch key is ours
             report.did(f"abort the upload of an interrupted capability probe at {key}")
@@ -62,7 +66,7 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
             report.note(f"multipart upload {upload_id[:16]}... of {key} is not one this journal created; its index "
                         "is skipped and it is left alone (abort it with `aws s3api abort-multipart-upload` if it "
                         "is stale, or let a lifecycle rule AbortIncompleteMultipartUpload do it)")
-    for key in sorted(s3.list_keys(ours)):
+    for key in sorted(k for k in probe_objects if k.startswith(ours)):
         # the scratch object of a probe of this journal's that a crash cut short (capabilities or
         # listing encoding: none runs while reconcile does)
         report.did(f"remove the scratch object of an interrupted capability probe at {key}")
@@ -70,8 +74,23 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
             s3.delete(key)
     # the probe scratch of any journal (or of a check-config) that a crash cut short and that is
     # older than a probe can take: nothing else ever removes it (issue 18 item 9)
-    for what in remove_stale_probes(cfg, s3, dry_run=dry_run):
+    aborted = {u for k, u, _ in uploads if k.startswith(ours)}
+    probe_uploads = [(k, u, t) for k, u, t in uploads if k.startswith(probe_scratch_prefix(cfg)) and u not in aborted]
+    ours_removed = {k for k in probe_objects if k.startswith(ours)}
+    for what in remove_stale_probes(cfg, s3, dry_run=dry_run, listed=(
+            {k: t for k, t in probe_objects.items() if k not in ours_removed}, probe_uploads)):
         report.did(what)
+    return {k for k, _, _ in uploads if not k.startswith(ours)}
+
+
+def listings(cfg: Config, s3: S3, prefix: str) -> tuple[list[tuple[str, str, float]], dict[str, float]]:
+    """The two listings reconcile needs, made at once (one round trip, not one after the other):
+    the multipart uploads under the object-key's static prefix (with their Initiated: the probe
+    scratch among them), and the probe scratch objects (this journal's, and any stale ones)."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="reconcile") as pool:
+        objects = pool.submit(s3.list_objects, probe_scratch_prefix(cfg))
+        uploads = s3.list_uploads_initiated(prefix)
+        return uploads, objects.result()
 
 
 def _reconcile_multipart(cfg: Config, journal: Journal, proto: Protocol, obj: ObjectRow, report: "Report",

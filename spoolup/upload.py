@@ -62,7 +62,8 @@ class UploadProcess:
             return False
         self.reconcile()
         if not self.stop.is_set() and self.uploader.work.caps.put_if_none_match == UNKNOWN:
-            self.probe = CapabilityProbe(self.cfg, self.uploader.work.s3, self.journal.journal_id, self.stop).start()
+            self.probe = CapabilityProbe(self.cfg, self.uploader.work.s3, self.journal.journal_id, self.stop,
+                                         self.wake).start()
         self.loop()
         self.shutdown()
         return True
@@ -180,7 +181,7 @@ class UploadProcess:
                 if caps is not None:
                     self.adopt(caps)
                 report = recover.Report()
-                reconcile.reconcile(cfg, journal, s3, report, dry_run=False)
+                up.work.seed_pending(reconcile.reconcile(cfg, journal, s3, report, dry_run=False))
                 for line in report.lines:
                     log.info("recovery", action=line)
                 for line in report.notes:
@@ -263,6 +264,10 @@ class UploadProcess:
                 if kind == "found":
                     journal_capabilities(self.journal, what)
                     self.adopt(what)
+                elif kind == "put":
+                    # PutObject's half, before the probe ends (not journaled: a restart probes again)
+                    if self.uploader.work.caps.probed_at == 0.0:
+                        self.uploader.work.caps = what
                 else:
                     e, delay = what
                     self.log.warning("cannot probe what S3 honours yet; every write is checked with a HEAD "
