@@ -35,3 +35,11 @@ CREATE TABLE skip_ranges (
 ALTER TABLE objects ADD COLUMN ledger_seq INTEGER;
 ALTER TABLE objects ADD COLUMN checksum TEXT;
 ALTER TABLE objects ADD COLUMN origin TEXT;
+
+-- S3 flexible checksums (checksum-algorithm, issue 22 item 6):
+-- objects.upload_checksum: the algorithm its multipart upload was created with (NULL: none);
+--   its parts carry checksums of it only then (S3 refuses a part checksum the upload was not
+--   created for), and its checksum is the composite of theirs.
+-- chunks.checksum: "<algorithm>:<base64>" of the part as sent, journaled with its ETag.
+ALTER TABLE objects ADD COLUMN upload_checksum TEXT;
+ALTER TABLE chunks ADD COLUMN checksum TEXT;

@@ -16,6 +16,7 @@ of each call.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolup import keys
+from spoolup import checksums, keys
 from spoolup.backoff import backoff
 from spoolup.config import Config
 from spoolup.form import Form
@@ -47,13 +48,29 @@ class Capabilities:
     complete_if_none_match: str
     probed_at: float
     endpoint: str
+    # S3 flexible checksums (checksum-algorithm, issue 22 item 6): what the server does with a
+    # checksum of `checksum_algorithm` -- VERIFIED (a wrong one is refused), STORED (kept and
+    # returned, not checked: moto), IGNORED (accepted, neither checked nor kept: Ceph RGW 16.2),
+    # REJECTED (an error to the header), OFF (checksum-algorithm = "none"), UNKNOWN (not probed)
+    checksum: str = UNKNOWN
+    checksum_algorithm: str = ""
 
     @classmethod
     def unknown(cls, cfg: Config) -> "Capabilities":
         """Before the probe has found out: If-None-Match sent (unless conditional-writes = "off"),
-        and a HEAD right before every write."""
+        and a HEAD right before every write; no flexible checksum sent."""
         v = OFF if cfg.conditional_writes == "off" else UNKNOWN
-        return cls(v, v, 0.0, cfg.url)
+        return cls(v, v, 0.0, cfg.url, *checksum_unknown(cfg))
+
+    def sends_checksum(self, algorithm: str | None) -> bool:
+        """Send a flexible checksum of `algorithm` (the server checks it, or at least keeps it)."""
+        return bool(algorithm) and algorithm == self.checksum_algorithm and self.checksum in (VERIFIED, STORED)
+
+    @property
+    def object_checksum(self) -> str | None:
+        """The algorithm objects get a checksum of (in their ledger record and sent to S3): the
+        probed one where the server takes it, else none (the ETag, an MD5, still guards)."""
+        return self.checksum_algorithm if self.sends_checksum(self.checksum_algorithm) else None
 
     @property
     def send_condition(self) -> bool:
@@ -87,20 +104,45 @@ class Capabilities:
             if v == OFF:
                 return f"{call}: conditional writes off (HEAD right before the write)"
             return f"{call}: If-None-Match: * {v} by the server (spoolup does a HEAD right before the write)"
-        return [how("PutObject", self.put_if_none_match), how("CompleteMultipartUpload", self.complete_if_none_match)]
+        lines = [how("PutObject", self.put_if_none_match), how("CompleteMultipartUpload", self.complete_if_none_match)]
+        algo = self.checksum_algorithm or "checksums"
+        lines.append({VERIFIED: f"flexible checksums: {algo} sent and checked by the server",
+                      STORED: f"flexible checksums: {algo} sent and kept by the server, which does not check it",
+                      IGNORED: f"flexible checksums: {algo} ignored by the server (neither checked nor kept): not sent",
+                      REJECTED: f"flexible checksums: {algo} refused by the server: not sent",
+                      OFF: "flexible checksums: off (checksum-algorithm = \"none\")"}.get(
+                          self.checksum, f"flexible checksums: {self.checksum}"))
+        return lines
+
+    def checksum_refusal(self, cfg: Config) -> str | None:
+        """With checksum-algorithm set to an algorithm: why this server cannot be used (None: it can)."""
+        if cfg.checksum_algorithm in ("auto", "none") or self.checksum in (VERIFIED, STORED, UNKNOWN):
+            return None
+        how = "refuses" if self.checksum == REJECTED else "ignores (neither checks nor keeps)"
+        return (f"checksum-algorithm = \"{cfg.checksum_algorithm}\", but the server at {self.endpoint or 'AWS'} "
+                f"{how} S3 flexible checksums. Set checksum-algorithm = \"auto\" (spoolup then relies on the "
+                "ETag/Content-MD5 there) or \"none\"")
 
     def refusal(self, cfg: Config) -> str | None:
         """With conditional-writes = "on": why this server cannot be used (None: it can)."""
         if cfg.conditional_writes != "on":
-            return None
+            return self.checksum_refusal(cfg)
         bad = [c for c, v in (("PutObject", self.put_if_none_match),
                               ("CompleteMultipartUpload", self.complete_if_none_match)) if v != HONOURED]
         if not bad:
-            return None
+            return self.checksum_refusal(cfg)
         return (f"conditional-writes = \"on\", but the server at {self.endpoint or 'AWS'} does not honour "
                 f"If-None-Match: * on {' and '.join(bad)} (it would overwrite an object someone else wrote "
                 "at the key). Set conditional-writes = \"auto\" (spoolup then checks with a HEAD right before "
                 "each such write) or use a server that honours it")
+
+
+VERIFIED, STORED, REJECTED = "verified", "stored", "rejected"  # (IGNORED, OFF, UNKNOWN: as for If-None-Match)
+
+
+def checksum_unknown(cfg: Config) -> tuple[str, str]:
+    algo = checksums.preferred(cfg.checksum_algorithm)
+    return (UNKNOWN, algo) if algo else (OFF, "")
 
 
 def probe_key_prefix(cfg: Config, owner: str = "") -> str:
@@ -174,10 +216,52 @@ def probe_capabilities(cfg: Config, s3: S3, owner: str = "", on_put=None) -> Cap
     the server does with If-None-Match: * on PutObject and on CompleteMultipartUpload (it
     honours it: 412; ignores it: 200 and overwrites the scratch object; or 501).  About eight
     small requests (once an hour at most: recent_probe); the scratch object is deleted."""
-    if cfg.conditional_writes == "off":
-        return Capabilities(OFF, OFF, time.time(), cfg.url)
     key = probe_key_prefix(cfg, owner) + uuid.uuid4().hex[:12]
-    return _probe(cfg, s3, key, on_put)
+    if cfg.conditional_writes == "off":
+        caps = Capabilities(OFF, OFF, time.time(), cfg.url, *checksum_unknown(cfg))
+    else:
+        caps = _probe(cfg, s3, key, on_put)
+    return _probe_checksum(cfg, s3, key, caps)
+
+
+def _probe_checksum(cfg: Config, s3: S3, key: str, caps: Capabilities) -> Capabilities:
+    """What the server does with a flexible checksum of the configured (auto: the strongest
+    available) algorithm, on the scratch key: a right one (refused: REJECTED), then a wrong one
+    (refused: VERIFIED; accepted: STORED when a HEAD with checksum mode returns it, else IGNORED).
+    Three small requests and a DELETE; none when checksum-algorithm = "none"."""
+    state, algo = checksum_unknown(cfg)
+    if not algo:
+        return dataclasses.replace(caps, checksum=OFF, checksum_algorithm="")
+    data = b"spoolup checksum probe\n"
+    right = _checksum_of(data, algo)
+    wrong = _checksum_of(data + b"x", algo)
+    try:
+        try:
+            s3.put_bytes(key, data, checksum=right)
+        except S3Error as e:
+            if e.status is not None and 400 <= e.status < 500 or isinstance(e, NotImplementedByServer):
+                return dataclasses.replace(caps, checksum=REJECTED, checksum_algorithm=algo)
+            raise
+        try:
+            s3.put_bytes(key, data, checksum=wrong)
+        except S3Error as e:
+            if e.status is not None and 400 <= e.status < 500:
+                return dataclasses.replace(caps, checksum=VERIFIED, checksum_algorithm=algo)
+            raise
+        kept = (s3.head(key, checksum=True) or {}).get("checksum")
+        state = STORED if kept == wrong else IGNORED
+        return dataclasses.replace(caps, checksum=state, checksum_algorithm=algo)
+    finally:
+        try:
+            s3.delete(key)
+        except S3Error:
+            pass
+
+
+def _checksum_of(data: bytes, algo: str) -> str:
+    h = checksums.hasher(algo)
+    h.update(data)
+    return checksums.tag(algo, h.digest())
 
 
 def _probe(cfg: Config, s3: S3, key: str, on_put=None) -> Capabilities:
@@ -254,7 +338,7 @@ def ensure_capabilities(cfg: Config, s3: S3, journal: Journal | None = None, *,
     owner = journal.journal_id if journal is not None else ""
     caps = recent_probe(cfg, journal)
     if caps is None:
-        if not wait and cfg.conditional_writes == "auto":
+        if not wait and cfg.conditional_writes == "auto" and cfg.checksum_algorithm in ("auto", "none"):
             return None
         caps = probe_capabilities(cfg, s3, owner)
         if journal is not None:
@@ -355,6 +439,8 @@ def recent_probe(cfg: Config, journal: Journal | None) -> Capabilities | None:
         return None
     if (caps.put_if_none_match == OFF) != (cfg.conditional_writes == "off"):
         return None
+    if caps.checksum_algorithm != (checksums.preferred(cfg.checksum_algorithm) or "") or caps.checksum == UNKNOWN:
+        return None  # probed for another checksum-algorithm (or before spoolup probed checksums)
     return caps if 0 <= time.time() - caps.probed_at < REPROBE_AFTER else None
 
 

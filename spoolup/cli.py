@@ -309,7 +309,8 @@ def cmd_check_config(cfg, args) -> int:
                 print(f"#   {line}")
             refusal = caps.refusal(cfg)
             if refusal:
-                print(f"spoolup: conditional-writes: {refusal}", file=sys.stderr)
+                option = "checksum-algorithm" if refusal.startswith("checksum-algorithm") else "conditional-writes"
+                print(f"spoolup: {option}: {refusal}", file=sys.stderr)
                 return EXIT_USAGE
         else:
             print(f"# bucket {cfg.bucket}: does not exist yet; it will be created when spoolup starts")

@@ -309,8 +309,8 @@ class Uploader:
                 if mode == "multipart":  # (claim_if bumped its claim_gen by one)
                     self.fresh_claims.add((b.object_id, b.claim_gen + 1))
                 return [lambda: crash.point("after-claim")]
-            case Started(basis=b, upload_id=upload_id, how=how):
-                if not j.set_upload_id_if(b.object_id, b.claim_gen, upload_id):
+            case Started(basis=b, upload_id=upload_id, how=how, checksum_algorithm=algo):
+                if not j.set_upload_id_if(b.object_id, b.claim_gen, upload_id, algo):
                     # our worker created (or adopted) that upload for a claim the object no longer has
                     self._stale(result, b, "the object gave up the key it was started at")
                     return [self._cleanup(Task(Kind.ABORT, b.object_id, upload_id=upload_id),
@@ -320,8 +320,8 @@ class Uploader:
                                   "its id was journaled) left at the claimed key", object=b.object_id,
                                   key=b.final_key, upload=upload_id[:16])
                 return []
-            case PartDone(basis=b, part=part, etag=etag, md5=md5):
-                if not j.record_part_if(b.object_id, b.claim_gen, b.upload_id, part, etag, md5):
+            case PartDone(basis=b, part=part, etag=etag, md5=md5, checksum=checksum):
+                if not j.record_part_if(b.object_id, b.claim_gen, b.upload_id, part, etag, md5, checksum):
                     return self._stale(result, b, "the part was sent to an upload the object no longer has")
                 return []
             case Done(basis=b):

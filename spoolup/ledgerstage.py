@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from spoolup import crash, ledger
+from spoolup import checksums, crash, ledger
 from spoolup.chunks import part_file
 from spoolup.journal import Journal, ObjectRow, UploadMode
-from spoolup.s3 import FileBody, NotImplementedByServer, PreconditionFailed, S3Error, multipart_etag
+from spoolup.s3 import NotImplementedByServer, PreconditionFailed, S3Error, multipart_etag
 from spoolup.work import Basis, LedgerClash, Recorded
 
 MAX_RECORDS = 1000  # records in one segment
@@ -58,6 +58,7 @@ class LedgerStage:
             chunks = j.chunks_of(obj.id)
             size = sum(c.part_size or 0 for c in chunks)
             body = None
+            checksum = obj.checksum
             if obj.mode == UploadMode.SINGLE:
                 if hashing and hashing + size > MAX_HASH_BYTES:
                     continue  # the next segment's
@@ -65,6 +66,9 @@ class LedgerStage:
                 body, etag = part_file(self.cfg.chunk_dir, obj.id, 1, self.work.codec_of(obj)), ""
             else:
                 etag = multipart_etag(c.etag for c in chunks).strip('"')
+                # the composite of the parts' checksums, as S3 gives it (their upload's algorithm)
+                checksum = checksums.composite(obj.upload_checksum, (c.checksum for c in chunks)) \
+                    if obj.upload_checksum else None
             sources = []
             for sid, s in spans[obj.id].items():
                 dev, ino, btime, head, path = files[sid]
@@ -72,7 +76,7 @@ class LedgerStage:
                 sources.append(ledger.SourceSpans(dev, ino, btime, len(head), ledger.head_digest(head), path,
                                                   tuple(ledger.coalesce(s))))
             record = ledger.Record(self.journal_id, obj.id, obj.key, obj.ts, obj.idx, obj.final_key, str(obj.mode),
-                                   obj.records, obj.size, size, etag, obj.checksum, tuple(sources))
+                                   obj.records, obj.size, size, etag, checksum, tuple(sources))
             out.append(Draft(Basis.of(obj), record, body))
         return out
 
@@ -85,21 +89,22 @@ class LedgerStage:
         records: list[ledger.Record] = []
         entries: list[tuple[Basis, str | None, str | None]] = []
         damaged: list[tuple[int, Exception]] = []
+        algo = self.work.caps.object_checksum  # where the server takes a flexible checksum (read once)
         for d in drafts:
             record, md5 = d.record, None
             if d.body is not None:
                 try:
-                    body = FileBody.of(d.body)
+                    # the MD5 (its ETag) and the checksum of the same bytes, in one pass
+                    size, md5, checksum = checksums.hash_file(d.body, algo)
                 except OSError as e:  # (an unexpected error of this object's: quarantined, retried slowly)
                     damaged.append((d.basis.object_id, e))
                     continue
-                if body.size != record.size:
+                if size != record.size:
                     damaged.append((d.basis.object_id, S3Error(
-                        "LocalChunkDamaged", f"chunk file {d.body} has {body.size} bytes, journal says {record.size}; "
+                        "LocalChunkDamaged", f"chunk file {d.body} has {size} bytes, journal says {record.size}; "
                         "run `spoolup recover`", op="ledger", key=record.final_key)))
                     continue
-                md5 = body.md5_hex
-                record = replace(record, etag=md5)
+                record = replace(record, etag=md5, checksum=checksum)
             records.append(record)
             entries.append((d.basis, md5, record.checksum))
         if not records:

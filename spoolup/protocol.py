@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spoolup import crash, flow, keys, metrics
+from spoolup import checksums, crash, flow, keys, metrics
 from spoolup import form as forms
 from spoolup.capabilities import HONOURED, Capabilities
 from spoolup.claims import BucketIndexes
@@ -241,14 +241,17 @@ class Protocol:
         existing = head()
         if existing is not None and not self.is_ours(existing, obj.id, None):
             return self._key_taken(obj)
-        upload_id, retried = self.s3.create_upload(key, self.metadata(obj), self.form_of(obj).object_args())
+        # parts carry flexible checksums only where the server takes them (and of a composite kind)
+        algo = self.caps.object_checksum
+        algo = algo if algo in checksums.COMPOSITE else None
+        upload_id, retried = self.s3.create_upload(key, self.metadata(obj), self.form_of(obj).object_args(), algo)
         crash.point("after-create-multipart")
         if retried:
             # botocore sent the Create again after a lost reply: the first one may have created an
             # upload too.  Keep one of them, abort the others (if this fails, the next attempt
             # lists them again and adopts one)
-            return self.adopt(obj) or Started(Basis.of(obj), upload_id)
-        return Started(Basis.of(obj), upload_id)
+            return self.adopt(obj) or Started(Basis.of(obj), upload_id, checksum_algorithm=algo)
+        return Started(Basis.of(obj), upload_id, checksum_algorithm=algo)
 
     def _beside(self, fn, *args):
         """Call fn(*args) on a thread of its own, beside what the calling worker does next;
@@ -301,7 +304,9 @@ class Protocol:
         if foreign:
             self._seen_pending(key)
             return self._key_taken(obj)
-        return Started(Basis.of(obj), keep, "adopted")
+        # (an orphan's Create was sent with the algorithm the capabilities gave then: assumed the same now)
+        algo = self.caps.object_checksum
+        return Started(Basis.of(obj), keep, "adopted", algo if algo in checksums.COMPOSITE else None)
 
     def put(self, obj: ObjectRow, part_size: int | None = None, md5: str | None = None) -> Done | KeyTaken:
         """md5: the body's MD5 as its ledger record gives it (journaled: not hashed again; a file
@@ -320,16 +325,19 @@ class Protocol:
                     return Done(Basis.of(obj), existing["etag"], "already in the bucket")
                 return self._key_taken(obj)
         args = (key, body, self.metadata(obj), self.form_of(obj).object_args())
+        # the checksum its ledger record holds, taken in the pass that took the MD5: a file changed
+        # since is refused by a server that checks it (never shipped as other bytes)
+        sent = obj.checksum if caps.sends_checksum((checksums.split(obj.checksum) or ("",))[0]) else None
         try:
             try:
-                etag = self.s3.put(*args, if_none_match=caps.send_condition)
+                etag = self.s3.put(*args, if_none_match=caps.send_condition, checksum=sent)
             except NotImplementedByServer:
                 if not (caps.send_condition and self.cfg.conditional_writes == "auto"):
                     raise
                 # the store does not do conditional writes (the probe will say so): look, then write
                 if self.s3.head(key) is not None:
                     raise PreconditionFailed("PreconditionFailed", "the key exists", op="PutObject", key=key) from None
-                etag = self.s3.put(*args, if_none_match=False)
+                etag = self.s3.put(*args, if_none_match=False, checksum=sent)
         except PreconditionFailed:
             existing = self.s3.head(key)
             if self.is_ours(existing, obj.id, f'"{body.md5_hex}"', body.size):
@@ -342,12 +350,16 @@ class Protocol:
     # -- part --------------------------------------------------------------------
 
     def part(self, obj: ObjectRow, chunk: ChunkRow, attempts: int) -> PartDone | UploadGone:
-        body = FileBody.of(part_file(self.chunk_dir, obj.id, chunk.part, self.codec_of(obj)), md5=self.s3.part_md5)
+        # one pass over the part: its MD5 where it is sent, and the checksum of the algorithm its
+        # upload was created with (sent for S3 to check; journaled with the ETag for the composite)
+        path = part_file(self.chunk_dir, obj.id, chunk.part, self.codec_of(obj))
+        size, md5, checksum = checksums.hash_file(path, obj.upload_checksum, md5=self.s3.part_md5)
+        body = FileBody(path, size, md5)
         if chunk.part_size is not None and body.size != chunk.part_size:
             raise S3Error("LocalChunkDamaged", f"chunk file {body.path} has {body.size} bytes, journal says "
                           f"{chunk.part_size}; run `spoolup recover`", op="UploadPart", key=obj.final_key)
         try:
-            etag = self.s3.upload_part(obj.final_key, obj.upload_id, chunk.part, body)
+            etag = self.s3.upload_part(obj.final_key, obj.upload_id, chunk.part, body, checksum)
         except NoSuchUpload:
             return self._gone(obj)
         except S3Error:
@@ -356,7 +368,7 @@ class Protocol:
             raise
         crash.point("after-upload-part")
         metrics.uploaded(1, body.size)
-        return PartDone(Basis.of(obj), chunk.part, etag, body.md5_hex)
+        return PartDone(Basis.of(obj), chunk.part, etag, body.md5_hex, checksum)
 
     # -- complete ----------------------------------------------------------------
 
@@ -385,8 +397,9 @@ class Protocol:
                     return Done(Basis.of(obj), head["etag"], "found completed in the bucket")
                 self.abort(key, obj.upload_id)
                 return self._key_taken(obj)
+        sums = [c.checksum for c in parts] if obj.upload_checksum else None
         try:
-            etag = self._complete(caps, key, obj.upload_id, listed)
+            etag = self._complete(caps, key, obj.upload_id, listed, sums)
         except InvalidPart:
             try:
                 held = self.s3.list_parts(key, obj.upload_id)
@@ -403,15 +416,16 @@ class Protocol:
         crash.point("after-complete")
         return Done(Basis.of(obj), etag or expected, "completed")
 
-    def _complete(self, caps: Capabilities, key: str, upload_id: str, listed: list[tuple[int, str]]) -> str:
+    def _complete(self, caps: Capabilities, key: str, upload_id: str, listed: list[tuple[int, str]],
+                  sums: list[str | None] | None = None) -> str:
         try:
-            return self.s3.complete(key, upload_id, listed, if_none_match=caps.send_condition)
+            return self.s3.complete(key, upload_id, listed, if_none_match=caps.send_condition, part_checksums=sums)
         except NotImplementedByServer:
             if not (caps.send_condition and self.cfg.conditional_writes == "auto"):
                 raise
             # the server does not do conditional writes (the probe will say so): the HEAD
             # right before completing (caps: not honoured) stood in for it
-            return self.s3.complete(key, upload_id, listed, if_none_match=False)
+            return self.s3.complete(key, upload_id, listed, if_none_match=False, part_checksums=sums)
 
     def _outcome(self, obj: ObjectRow, expected: str, error: S3Error | None, size: int | None = None):
         """After a failed Complete: is the object ours in the bucket (our Complete took effect

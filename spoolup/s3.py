@@ -21,7 +21,7 @@ import botocore.exceptions
 import botocore.handlers
 from botocore.config import Config as BotoConfig
 
-from spoolup import flow
+from spoolup import checksums, flow
 from spoolup import connect
 from spoolup.config import Config
 from spoolup.keys import static_prefix
@@ -243,44 +243,56 @@ class S3:
         """`object_args`: the object's own (Form.object_args: ContentType, Tagging)."""
         return self.create_upload(key, metadata, object_args)[0]
 
-    def create_upload(self, key: str, metadata: dict[str, str], object_args: dict[str, str]) -> tuple[str, int]:
+    def create_upload(self, key: str, metadata: dict[str, str], object_args: dict[str, str],
+                      checksum_algorithm: str | None = None) -> tuple[str, int]:
         """create_multipart, and how many times botocore sent the request again: a Create whose
-        reply was lost and that botocore retried may have created an upload besides this one."""
+        reply was lost and that botocore retried may have created an upload besides this one.
+        checksum_algorithm: the parts then carry flexible checksums of it (composite type)."""
+        extra: dict[str, str] = {"ChecksumAlgorithm": checksum_algorithm.upper()} if checksum_algorithm else {}
         try:
             r = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata,
-                                                    **self._object_args(), **object_args)
+                                                    **self._object_args(), **object_args, **extra)
         except CLIENT_ERRORS as e:
             raise translate(e, "CreateMultipartUpload", key) from None
         return r["UploadId"], int(r.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
 
-    def upload_part(self, key: str, upload_id: str, part: int, body: FileBody) -> str:
+    def upload_part(self, key: str, upload_id: str, part: int, body: FileBody, checksum: str | None = None) -> str:
+        """checksum: the part's "<algo>:<base64>" (spoolup.checksums), sent for S3 to check."""
         try:
             with open(body.path, "rb") as f:
                 r = self.client.upload_part(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part, Body=f,
-                    ContentLength=body.size, **body.integrity_args(),
+                    ContentLength=body.size, **body.integrity_args(), **checksums.request_args(checksum),
                 )
         except CLIENT_ERRORS as e:
             raise translate(e, "UploadPart", key) from None
         return r["ETag"]
 
-    def complete(self, key: str, upload_id: str, parts: list[tuple[int, str]], *, if_none_match: bool) -> str:
+    def complete(self, key: str, upload_id: str, parts: list[tuple[int, str]], *, if_none_match: bool,
+                 part_checksums: list[str | None] | None = None) -> str:
         """if_none_match: send If-None-Match: * (whether the server honours it is the caller's
         business: spoolup.capabilities); a server that does not implement it answers
-        NotImplementedByServer."""
+        NotImplementedByServer.  part_checksums: each part's flexible checksum (an upload created
+        with an algorithm), listed for S3 to compose the object's checksum from."""
         args: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
+        sums = part_checksums or [None] * len(parts)
         try:
             r = self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}, **args,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e, **checksums.part_entry(c)}
+                                           for (n, e), c in zip(parts, sums)]}, **args,
             )
         except CLIENT_ERRORS as e:
             raise translate(e, "CompleteMultipartUpload", key) from None
         return r.get("ETag", "")
 
     def put(self, key: str, body: FileBody, metadata: dict[str, str], object_args: dict[str, str], *,
-            if_none_match: bool) -> str:
+            if_none_match: bool, checksum: str | None = None) -> str:
+        """checksum: the body's "<algo>:<base64>" as its ledger record holds it, sent for S3 to
+        check (with the Content-MD5 of the same pass: the ETag spoolup expects, and what keeps
+        botocore from signing the body with SHA-256 over https)."""
         args: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
+        args.update(checksums.request_args(checksum))
         try:
             with open(body.path, "rb") as f:
                 r = self.client.put_object(
@@ -291,9 +303,10 @@ class S3:
             raise translate(e, "PutObject", key) from None
         return r["ETag"]
 
-    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> str:
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, checksum: str | None = None) -> str:
         """A small object of spoolup's own (the capability probe's scratch object)."""
         args: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
+        args.update(checksums.request_args(checksum))
         try:
             return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **args)["ETag"]
         except CLIENT_ERRORS as e:
@@ -331,9 +344,11 @@ class S3:
 
     # -- reading calls -------------------------------------------------------------
 
-    def head(self, key: str) -> dict[str, Any] | None:
+    def head(self, key: str, *, checksum: bool = False) -> dict[str, Any] | None:
+        """etag, size, metadata; with `checksum`: also the object's flexible checksum as
+        "<algo>:<value>" (None: it has none) -- ChecksumMode=ENABLED."""
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=key)
+            r = self.client.head_object(Bucket=self.bucket, Key=key, **({"ChecksumMode": "ENABLED"} if checksum else {}))
         except botocore.exceptions.ClientError as e:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404 or e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -341,7 +356,11 @@ class S3:
             raise translate(e, "HeadObject", key) from None
         except botocore.exceptions.BotoCoreError as e:
             raise translate(e, "HeadObject", key) from None
-        return {"etag": r.get("ETag"), "size": r.get("ContentLength"), "metadata": r.get("Metadata", {})}
+        out = {"etag": r.get("ETag"), "size": r.get("ContentLength"), "metadata": r.get("Metadata", {})}
+        if checksum:
+            out["checksum"] = next((f"{a}:{r[f'Checksum{a.upper()}']}" for a in checksums.ALGORITHMS
+                                    if r.get(f"Checksum{a.upper()}")), None)
+        return out
 
     def list_keys(self, prefix: str) -> set[str]:
         return set(self.list_objects(prefix))

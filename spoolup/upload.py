@@ -192,7 +192,7 @@ class UploadProcess:
                 # conditional-writes = "on" and the server would overwrite: refuse to write, say why
                 # (checked again slowly: the server or the configuration may change)
                 attempt += 1
-                log.error("conditional-writes refused by the server; not uploading", error=str(e),
+                log.error("conditional-writes or checksum-algorithm refused by the server; not uploading", error=str(e),
                           retry_in=REFUSED_RETRY)
                 self._record("conditional-writes", "ConditionalWritesUnsupported", str(e))
                 self.pause(REFUSED_RETRY)

@@ -74,6 +74,7 @@ class Started:
     basis: Basis
     upload_id: str  # created (or adopted) by this worker: spoolup's own
     how: str = "created"  # or "adopted": the orphan of a Create whose reply or journal entry was lost
+    checksum_algorithm: str | None = None  # the flexible checksum its parts carry (spoolup/checksums.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class PartDone:
     part: int
     etag: str
     md5: str
+    checksum: str | None = None  # "<algorithm>:<base64>" of the part as sent
 
 
 @dataclass(frozen=True, slots=True)

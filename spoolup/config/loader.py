@@ -80,6 +80,7 @@ class Config:
     object_lock_retain: float = 0.0
     object_lock_legal_hold: bool = False
     content_md5: str = "auto"
+    checksum_algorithm: str = "auto"  # issue 22 item 6
     source: Path | None = None
     written: tuple[tuple[str, Any], ...] = ()  # (option, value) as written in the file, for check-config
 

@@ -17,6 +17,7 @@ from spoolup.config.values import (CONTENT_MD5, OBJECT_LOCK_MODES, parse_bandwid
 from spoolup.config.values import (ADDRESSING_STYLES, mask_proxy, parse_ca_file, parse_external_id, parse_profile,
                                    parse_proxy)
 from spoolup.config.values import parse_agent_id
+from spoolup.config.values import parse_checksum_algorithm  # checksums (issue 22 item 6)
 
 SECRET_OPTIONS = frozenset({"secret-key", "session-token"})
 # options shown with their secret part masked (a proxy URL's user:password@)
@@ -337,6 +338,15 @@ OPTIONS: tuple[Option, ...] = (
         ".spoolup/ledger/<agent-id>/): 1-64 letters, digits, '.', '_', '-'. Empty: the short host name and a "
         "digest of spool-dir's real path. It must survive the loss of the state dir and differ between "
         "spoolups writing to one bucket.",
+    ),
+    Option(
+        "checksum-algorithm",
+        parse_checksum_algorithm,
+        "auto",
+        "Checksum of each object's bytes as spoolup wrote them, sent with S3 flexible checksums "
+        "(checked by S3) and kept in the object's ledger record: \"auto\" (the strongest the server "
+        "takes: crc64nvme, crc32c, sha256, ...; none where it takes none), \"crc32c\", \"crc64nvme\" "
+        "(these two need the awscrt package), \"sha256\", \"sha1\", \"crc32\", \"none\".",
     ),
     Option("log-level", one_of(LOG_LEVELS, str.lower), "info", "\"debug\", \"info\", \"warning\" or \"error\"."),
     Option("log-format", one_of(LOG_FORMATS), "auto", "\"auto\" (console on a TTY, else JSON lines), \"json\", \"console\"."),

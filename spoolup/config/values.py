@@ -482,3 +482,15 @@ def parse_agent_id(value: Any) -> str:
     if text:
         ledger.check_agent_id(text)
     return text
+
+
+def parse_checksum_algorithm(value: Any) -> str:
+    """checksum-algorithm (issue 22 item 6): one of spoolup.checksums.CHOICES; crc32c and crc64nvme
+    only where the awscrt package is installed (botocore computes neither without it)."""
+    from spoolup import checksums
+
+    text = one_of(checksums.CHOICES, str.lower)(value)
+    why = checksums.unavailable_reason(text)
+    if why:
+        raise ValueError(why)
+    return text

@@ -319,23 +319,26 @@ class Objects(Ledger):
                 )
         return cur.rowcount > 0
 
-    def set_upload_id_if(self, object_id: int, claim_gen: int, upload_id: str) -> bool:
-        """Journal a new upload id if the claim it was created for still holds (invariant 4)."""
+    def set_upload_id_if(self, object_id: int, claim_gen: int, upload_id: str,
+                         checksum_algorithm: str | None = None) -> bool:
+        """Journal a new upload id (and the flexible-checksum algorithm it was created with) if the
+        claim it was created for still holds (invariant 4)."""
         with self.transaction():
             cur = self._conn.execute(
-                f"UPDATE objects SET upload_id = ? WHERE {self._SAME_CLAIM} AND upload_id IS NULL "
-                f"AND mode = '{MULTIPART}'", (upload_id, object_id, claim_gen))
+                f"UPDATE objects SET upload_id = ?, upload_checksum = ? WHERE {self._SAME_CLAIM} AND upload_id IS NULL "
+                f"AND mode = '{MULTIPART}'", (upload_id, checksum_algorithm, object_id, claim_gen))
         return cur.rowcount > 0
 
     def record_part_if(self, object_id: int, claim_gen: int, upload_id: str | None, part: int, etag: str,
-                       md5: str) -> bool:
-        """Journal an uploaded part if it was sent to the object's current upload (invariant 2)."""
+                       md5: str, checksum: str | None = None) -> bool:
+        """Journal an uploaded part (its ETag, MD5 and flexible checksum) if it was sent to the
+        object's current upload (invariant 2)."""
         with self.transaction():
             cur = self._conn.execute(
-                f"UPDATE chunks SET state = '{UPLOADED}', etag = ?, md5 = ? WHERE object_id = ? AND part = ? "
+                f"UPDATE chunks SET state = '{UPLOADED}', etag = ?, md5 = ?, checksum = ? WHERE object_id = ? AND part = ? "
                 f"AND state = '{SEALED}' AND EXISTS (SELECT 1 FROM objects o WHERE o.id = chunks.object_id "
                 f"AND o.claim_gen = ? AND o.upload_id IS ? AND o.state != '{DONE}')",
-                (etag, md5, object_id, part, claim_gen, upload_id))
+                (etag, md5, checksum, object_id, part, claim_gen, upload_id))
         return cur.rowcount > 0
 
     def complete_if(self, object_id: int, claim_gen: int, etag: str | None) -> bool:

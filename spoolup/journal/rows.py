@@ -96,6 +96,7 @@ class ObjectRow:
     ledger_seq: int | None = None  # the ledger segment recording it at final_key (spoolup/ledger.py)
     checksum: str | None = None  # "<algorithm>:<value>" of its stored bytes, as its ledger record says
     origin: str | None = None  # "<journal id>/<object id>" of a done object brought in from the ledger
+    upload_checksum: str | None = None  # the flexible-checksum algorithm its multipart upload was created with
 
     def __post_init__(self):
         self.state = ObjectState(self.state)
@@ -111,6 +112,7 @@ class ChunkRow:
     part_size: int | None
     md5: str | None
     etag: str | None
+    checksum: str | None = None  # "<algorithm>:<base64>" of the part as sent (spoolup/checksums.py)
 
     def __post_init__(self):
         self.state = ChunkState(self.state)
