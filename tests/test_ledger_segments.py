@@ -59,6 +59,52 @@ def test_one_segment_records_a_burst_before_any_object_is_visible(make_spoolup, 
     assert get(s3, bucket, "app/big.log") == b"".join(big)
 
 
+def test_a_segment_waits_for_the_claims_of_its_wave_only(make_spoolup, s3, bucket):
+    """Rule 2 with listing-free claims: a's claim lands while b1's is in flight (b2 follows b1,
+    its key's next object): the segment waits for them, not for d, which arrived meanwhile --
+    one segment for a, b1, b2.  d, then alone, is recorded in the turn its claim lands.
+    Before: a was recorded alone the moment its claim landed, b1 and b2 one segment each."""
+    rig = Rig(make_spoolup)
+    j = rig.journal
+    bodies = {"a": lines(2000, "a"), "b1": lines(2000, "b1"), "b2": lines(2000, "b2"), "d": lines(2000, "d")}
+    ids = {n: rig.add(f"app/{n.rstrip('12')}.log", [bodies[n]]) for n in ("a", "b1", "b2")}
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+
+    def ledger_inflight() -> bool:
+        return any(t.kind.value == "ledger" for t in up.inflight)
+
+    up.schedule()
+    ex.deliver(future_of(up, "claim", ids["a"]))
+    up.harvest()
+    up.schedule()
+    assert j.object(ids["a"]).idx is not None and not ledger_inflight(), "a recorded while b1's claim was in flight"
+    ids["d"] = rig.add("app/d.log", [bodies["d"]])
+    ex.deliver(future_of(up, "claim", ids["b1"]))
+    up.harvest()
+    up.schedule()
+    assert not ledger_inflight(), "recorded while b2 (b1's key's next object) could claim"
+    ex.deliver(future_of(up, "claim", ids["b2"]))
+    up.harvest()
+    up.schedule()
+    assert ledger_inflight(), "the wave is claimed: its segment waits for nothing (d came after it)"
+    future_of(up, "claim", ids["d"])  # (still in flight)
+    ex.deliver(future_of(up, "ledger", 0))
+    up.harvest()
+    seqs = {n: j.object(o).ledger_seq for n, o in ids.items()}
+    assert seqs["a"] is not None and seqs["a"] == seqs["b1"] == seqs["b2"] and seqs["d"] is None, seqs
+    ex.deliver(future_of(up, "claim", ids["d"]))
+    up.harvest()
+    up.schedule()
+    assert ledger_inflight(), "a lone object's record waited"
+    drive(up, lambda: all(j.object(o).state == "done" for o in ids.values()), what="every object done")
+    assert [len(seg.records) for seg in segments(s3, bucket, rig.cfg)] == [3, 1]
+    for n, o in ids.items():
+        assert get(s3, bucket, j.object(o).final_key) == bodies[n]
+    assert j.object(ids["b2"]).final_key == "app/b.log-1"
+    up.close()
+
+
 def test_a_record_whose_claim_moved_is_dropped_and_written_again(make_spoolup, s3, bucket):
     """a's record is on the wire when a foreign object takes a's key and a's claim moves to
     the next index: the record (an intention at the old key) is not journaled, and a is
