@@ -101,6 +101,20 @@ def check_template(template: str, fmt: str) -> None:
         raise ValueError("must not be empty")
 
 
+OWN_MARK = ".spoolup"  # spoolup's own keys: <static prefix>.spoolup... (ledger segments, probe scratch keys)
+
+
+def check_not_own(template: str) -> None:
+    """An object-key must never render a key under <static prefix>.spoolup, where spoolup keeps
+    its own objects (LEDGER rule 9: a log object there would be read as a ledger segment or
+    deleted as a probe's scratch key).  Kept simple: its literal text must not hold ".spoolup"."""
+    literal = "".join(lit for lit, _f, _s, _c in string.Formatter().parse(template))
+    if OWN_MARK in literal:
+        raise ValueError(f"{template!r} contains {OWN_MARK!r}: keys starting with the object-key's static prefix "
+                         f"followed by {OWN_MARK!r} are spoolup's own (its ledger, {static_prefix(template)}"
+                         f"{OWN_MARK}/ledger/); choose an object-key without {OWN_MARK!r}")
+
+
 def static_prefix(template: str) -> str:
     """The literal text before the first placeholder or "%": every key spoolup makes starts with
     it.  A "%" starts a strftime field in a lines object-key ("logs/dt=%Y-%m-%d/{name}": prefix

@@ -304,11 +304,16 @@ class S3:
         return r["ETag"]
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, checksum: str | None = None) -> str:
-        """A small object of spoolup's own (the capability probe's scratch object)."""
+        """A small object of spoolup's own (a ledger segment, the capability probe's scratch
+        object).  With Content-MD5, as every PutObject (an Object Lock bucket's default retention
+        refuses a body without it), and the encryption and ACL the bucket's policy may demand of
+        every write -- not the storage class: a segment is read back at start-up, never archived."""
         args: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
+        args.update({k: v for k, v in self._object_args().items() if k != "StorageClass"})
         args.update(checksums.request_args(checksum))
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         try:
-            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **args)["ETag"]
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentMD5=md5, **args)["ETag"]
         except CLIENT_ERRORS as e:
             raise translate(e, "PutObject", key) from None
 

@@ -52,6 +52,8 @@ BAD = [
     ("server-side-encryption", "rot13", "aws:kms"),
     ("object-key", "logs/{host}", "unknown placeholder"),
     ("object-key", "logs/{path", "not a valid template"),
+    ("object-key", "logs/.spoolup{name}", "spoolup's own"),  # (LEDGER rule 9: its ledger is under logs/.spoolup/)
+    ("object-key", ".spoolup/ledger/{name}", "spoolup's own"),
     ("object-key-timestamp", "%Y/%m\n", "control characters"),
     ("url", "ftp://example", "http"),
     ("bucket", "Bad_Bucket!", "bucket name"),

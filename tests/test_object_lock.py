@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from crashkit import assert_exact, noisy_lines, write
-from helpers import list_keys, syslog_lines, toml
-from spoolup import config
+from helpers import get, list_keys, syslog_lines, toml
+from spoolup import config, ledger
 
 FILES = {
     "small.log": syslog_lines(300, host="s1"),  # one PutObject
@@ -60,9 +60,22 @@ def test_every_object_is_locked_from_its_completion(make_spoolup, s3, bucket, pr
     assert sorted(next(iter({"retention", "legal-hold"} & set(r.query))) for r in locks) == ["legal-hold", "retention"]
     assert all(r.key == "big.log" for r in locks), "a multipart object is locked again at its completion"
     assert all(r.headers.get("content-md5") or any(h.startswith("x-amz-checksum-") for h in r.headers) for r in locks)
-    bodies = [r for r in proxy.requests("PutObject", "UploadPart") if r not in locks]
-    assert sorted(r.op for r in bodies) == ["PutObject", "UploadPart", "UploadPart"]
-    assert all(r.headers.get("content-md5") for r in bodies), [(r.op, r.key) for r in bodies]
+    writes = [r for r in proxy.requests("PutObject", "UploadPart", "CompleteMultipartUpload") if r not in locks]
+    bodies = [r for r in writes if not ledger.is_ledger_key("{name}", r.key)]
+    assert sorted((r.op, r.key) for r in bodies) == [("CompleteMultipartUpload", "big.log"), ("PutObject", "small.log"),
+                                                     ("UploadPart", "big.log"), ("UploadPart", "big.log")]
+    assert all(r.headers.get("content-md5") for r in bodies if r.op != "CompleteMultipartUpload"), \
+        [(r.op, r.key) for r in bodies]
+    # the ledger's segments (rule 1: each object's record is in the bucket before the request
+    # that makes the object visible) are bodies too: with Content-MD5, as the bucket requires
+    segments = [r for r in writes if ledger.is_ledger_key("{name}", r.key)]
+    assert segments and all(r.op == "PutObject" and r.headers.get("content-md5") for r in segments), \
+        [(r.op, r.key, sorted(r.headers)) for r in segments]
+    for key, op in (("small.log", "PutObject"), ("big.log", "CompleteMultipartUpload")):
+        (visible,) = [i for i, r in enumerate(writes) if (r.op, r.key) == (op, key)]
+        recorded = [i for i, r in enumerate(writes) if r in segments
+                    and key in {rec.final_key for rec in ledger.Segment.decode(get(s3, bucket, r.key)).records}]
+        assert recorded and recorded[0] < visible, (key, [(r.op, r.key) for r in writes])
     creates = proxy.requests("CreateMultipartUpload")
     assert creates and all(r.headers.get("x-amz-object-lock-mode") == mode for r in creates)
 

@@ -61,7 +61,8 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Object key template. lines: {path}, {dir}, {name} of the spool file, and strftime fields rendered at "
         "ingest in key-timezone (\"logs/dt=%Y-%m-%d/{name}\"; a literal % is %%); envelope: {key}. "
-        "Default \"{path}\" (lines) or \"{key}\" (envelope).",
+        "Default \"{path}\" (lines) or \"{key}\" (envelope). Must not contain \".spoolup\" (spoolup's own keys "
+        "are <static prefix>.spoolup…: exit 2).",
         "s3()",
     ),
     Option(

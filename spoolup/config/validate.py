@@ -49,6 +49,7 @@ def check_cross_option(v: dict[str, Any], written: frozenset[str] = frozenset())
     """`written`: the options the file sets (key-timezone applies to object-key-timestamp only then)."""
     try:
         keys.check_template(v["object-key"], v["format"])
+        keys.check_not_own(v["object-key"])
     except ValueError as e:
         raise ConfigError("object-key", str(e)) from None
     if v["format"] == "lines":

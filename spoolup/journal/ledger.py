@@ -123,6 +123,25 @@ class Ledger(Store):
                                   (_ids(skip), limit))
         return [_object(r) for r in rows]
 
+    def single_claims_waiting(self, upto: int | None = None) -> dict[int, int]:
+        """The claims still to come before a segment could record a wave of small objects (rule
+        2): per (key, ts) with an unclaimed single-part object (closed, one chunk: recordable
+        as soon as it is claimed) whose id is at most `upto`, the id of the chain's first
+        unclaimed object (its claim is the one that can go now: the others follow it) ->
+        the highest such single-part id.  Chains whose first object cannot claim yet (open,
+        nothing sealed) are left out: nothing of them is coming."""
+        rows = self._conn.execute(
+            f"SELECT min(o.id) AS head, max(CASE WHEN o.state = '{CLOSED}' AND o.id <= ? AND "
+            "(SELECT count(*) FROM chunks c WHERE c.object_id = o.id) = 1 THEN o.id END) AS last "
+            f"FROM objects o WHERE o.idx IS NULL AND o.state != '{DONE}' GROUP BY o.key, o.ts",
+            (upto if upto is not None else 2 ** 62,))
+        heads = {r[0]: r[1] for r in rows if r[1] is not None}
+        ready = {r[0] for r in self._conn.execute(
+            f"SELECT o.id FROM objects o WHERE o.id IN (SELECT value FROM json_each(?)) AND (o.state = '{CLOSED}' "
+            f"OR EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state = '{SEALED}'))",
+            (_ids(heads),))}
+        return {h: last for h, last in heads.items() if h in ready}
+
     def waiting_for_record(self) -> int:
         """How many objects wait for their ledger record (status)."""
         return self._conn.execute(f"SELECT count(*) FROM objects o WHERE {self._TO_RECORD}").fetchone()[0]
