@@ -26,6 +26,16 @@ read or uploaded:
 
 All journal changes are one transaction (Journal.bring_forward); the discarded objects'
 chunk files are removed (and their multipart uploads aborted) after it commits.
+
+Before any of that, the uploads the lost journal had started are aborted (lost_uploads): a
+multipart object's CreateMultipartUpload is sent only once a segment holds its *start intent*
+(spoolup/ledgerstage.py), so for every latest start intent of this agent whose object is not
+shipped -- and for every object of this journal whose intent it journaled but whose upload id
+it did not -- an upload at that final key whose id this journal does not know is the lost
+journal's own: no process of this state dir will ever complete it (the upload process would
+call it someone else's and skip its index).  Limit: a foreign writer that starts an upload at
+the very key the lost journal had claimed, after that journal's intent and before the loss,
+loses that upload too (docs/operations.md, "When the journal is lost").
 """
 
 from __future__ import annotations
@@ -155,6 +165,19 @@ def bring_forward(cfg: Config, journal: Journal, s3: S3, *, dry_run: bool, every
     fw, discarded, lines = plan(cfg, journal, shipped, seq)
     result.lines = lines
     result.discarded = discarded
+    # the lost journal's uploads go before the journal changes (and its segment number rises
+    # past their intents): an abort that fails raises, and the next attempt finds them again
+    for key, upload_id, origin in lost_uploads(journal, s3, ledger.latest_starts(records), shipped):
+        result.lines.append(f"abort multipart upload {upload_id[:16]}... at {key}: started by object {origin}, whose "
+                            "start intent is in the bucket's ledger, and unknown to this journal (it went back in "
+                            "time or was rebuilt): no one else would ever complete or abort it; its records are "
+                            "shipped from the spool")
+        if not dry_run:
+            try:
+                s3.abort(key, upload_id)
+            except S3Error as e:
+                if e.code not in ("NoSuchUpload", "NoSuchKey", "404"):
+                    raise
     if not fw.done and not fw.discard and not fw.moves and not fw.new_sources and not fw.skips and not fw.unclaim:
         if seq > journal.ledger_seq():
             journal.saw_ledger_seq(seq)
@@ -170,6 +193,35 @@ def bring_forward(cfg: Config, journal: Journal, s3: S3, *, dry_run: bool, every
                 with contextlib.suppress(S3Error):  # (left to a lifecycle rule if S3 refuses)
                     s3.abort(row.final_key, row.upload_id)
     return result
+
+
+def lost_uploads(journal: Journal, s3: S3, starts: dict[str, Record], shipped: list[Record]
+                 ) -> list[tuple[str, str, str]]:
+    """(final key, upload id, origin of the intent) of the multipart uploads a lost journal of
+    this agent started and this journal does not know: at the final key of each latest start
+    intent whose object is not shipped (nor done in this journal at that key), and of each of
+    this journal's objects whose intent is journaled and upload id is not (a backup taken
+    between the two), every upload whose id the journal does not hold.  One listing per key."""
+    jid = journal.journal_id
+    shipped_origins = {r.origin for r in shipped}
+    claimed: dict[str, str] = {}  # final key -> origin of the intent
+    for origin, r in starts.items():
+        if origin not in shipped_origins:
+            claimed.setdefault(r.final_key, origin)
+    for o in journal.lost_starts():
+        if f"{jid}/{o.id}" not in shipped_origins:
+            claimed.setdefault(o.final_key, f"{jid}/{o.id}")
+    if not claimed:
+        return []
+    for key, (oid, _etag, origin) in journal.done_final_keys(list(claimed)).items():
+        if (origin or f"{jid}/{oid}") == claimed[key]:
+            del claimed[key]  # completed: the journal has it done
+    known = journal.upload_ids()
+    out: list[tuple[str, str, str]] = []
+    for key in sorted(claimed):
+        out.extend((key, upload_id, claimed[key]) for k, upload_id in s3.list_uploads(key)
+                   if k == key and upload_id not in known)
+    return out
 
 
 class _Spool:

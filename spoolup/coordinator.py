@@ -199,13 +199,18 @@ class Uploader:
         if task in self.inflight or self._room() <= 0 or (failure is not None and time.monotonic() < failure.not_before):
             return
         objs = self.journal.to_record(limit=MAX_RECORDS, skip=self._waiting_ids(Kind.LEDGER))
-        if not objs:
+        # and the start intents of multipart objects waiting to be started (same segment)
+        starts = self.journal.to_intend(limit=MAX_RECORDS - len(objs), skip=self._waiting_ids(Kind.LEDGER)) \
+            if len(objs) < MAX_RECORDS else []
+        if not objs and not starts:
             self.wave = None
             return
-        if len(objs) < MAX_RECORDS and self._claims_coming():
+        # a wave of small objects waits for the claims still coming; a start intent never waits
+        # (its Create, and the parts after it, take real time)
+        if not starts and len(objs) < MAX_RECORDS and self._claims_coming():
             return
         self.wave = None
-        drafts = self.ledger.drafts(objs)
+        drafts = (self.ledger.drafts(objs) if objs else []) + self.ledger.intents(starts)
         if drafts:
             self._submit(task, self.ledger.write, self.journal.next_ledger_seq(), drafts)
 
@@ -397,6 +402,11 @@ class Uploader:
                     self._release(Task(Kind.LEDGER, basis.object_id))
             else:
                 self._stale(result, basis, "the object's claim moved while its ledger record was written")
+        for basis in result.started:  # its CreateMultipartUpload may be sent now
+            if j.intended_if(basis.object_id, basis.claim_gen, basis.final_key, result.seq):
+                recorded += 1
+            else:
+                self._stale(result, basis, "the object's claim moved while its start intent was written")
         for oid, error in result.damaged:  # its chunk file cannot be read: this object waits, quarantined
             task = Task(Kind.LEDGER, oid)
             if isinstance(error, S3Error):

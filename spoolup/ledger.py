@@ -15,6 +15,14 @@ is not at its key with that ETag and size is an intention that did not happen (a
 between the two), never a shipped object.  One segment serves every object that became
 ready at once, so a burst of small objects costs one extra request, not one per object.
 
+A multipart object has a *start intent* too (a record with `started`: its journal and object
+id, key, index and final key, nothing of its content yet), written before its
+CreateMultipartUpload: the bucket then says which keys the agent may hold uploads at, so a
+journal that lost the upload's id (a restored backup, a wiped state dir) can abort it rather
+than leave it (spoolup/catchup.py).  The record written before its Complete follows later,
+in another segment, and supersedes it.  `started` is optional in the JSON (absent: False),
+so segments written before start intents read as they did.
+
 Segment numbers grow per agent; a journal keeps the highest it wrote or has seen (meta
 `ledger_seq`), so a listing that starts after it shows, in one request, whether the bucket
 knows of objects the journal does not (a restored backup, a lost write-ahead log, a copied
@@ -209,6 +217,9 @@ class Record:
     etag: str  # the ETag the object has when it is this record's object (quotes stripped)
     checksum: str | None  # "<algorithm>:<value>" of the stored bytes, where computed
     sources: tuple[SourceSpans, ...]
+    # a start intent: written before the object's CreateMultipartUpload (records, sizes, ETag
+    # and sources are not known yet: 0, "" and none); never a shipped object's record
+    started: bool = False
 
     @property
     def origin(self) -> str:
@@ -218,18 +229,24 @@ class Record:
         return {"journal": self.journal, "object": self.object, "key": self.key, "ts": self.ts, "idx": self.idx,
                 "final_key": self.final_key, "mode": self.mode, "records": self.records, "raw": self.raw,
                 "size": self.size, "etag": self.etag, "checksum": self.checksum,
-                "sources": [s.to_json() for s in self.sources]}
+                "sources": [s.to_json() for s in self.sources], **({"started": True} if self.started else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> "Record":
         return cls(str(d["journal"]), int(d["object"]), str(d["key"]), str(d["ts"]), int(d["idx"]),
                    str(d["final_key"]), str(d["mode"]), int(d["records"]), int(d["raw"]), int(d["size"]),
                    str(d["etag"]).strip('"'), d.get("checksum"),
-                   tuple(SourceSpans.from_json(s) for s in d["sources"]))
+                   tuple(SourceSpans.from_json(s) for s in d["sources"]), d.get("started") is True)
+
+    @classmethod
+    def start_intent(cls, journal: str, object_id: int, key: str, ts: str, idx: int, final_key: str) -> "Record":
+        """The record written before a multipart object's CreateMultipartUpload."""
+        return cls(journal, object_id, key, ts, idx, final_key, "multipart", 0, 0, 0, "", None, (), True)
 
     def matches(self, size: int | None, etag: str | None) -> bool:
-        """Is an object of this size and ETag (a listing's or a HEAD's) this record's object?"""
-        return size == self.size and etag is not None and etag.strip('"') == self.etag
+        """Is an object of this size and ETag (a listing's or a HEAD's) this record's object?
+        (A start intent's never is: it records no content.)"""
+        return not self.started and size == self.size and etag is not None and etag.strip('"') == self.etag
 
 
 @dataclass(frozen=True)
@@ -261,8 +278,20 @@ class Segment:
 
 def latest(records: Iterable[Record]) -> dict[str, Record]:
     """The last record of each object (by origin), in the order given (segment order): a later
-    record of the same object supersedes an earlier one (its claim moved to another key)."""
+    record of the same object supersedes an earlier one (its claim moved to another key).
+    Start intents are left out (latest_starts): they never say what an object holds."""
     out: dict[str, Record] = {}
     for r in records:
-        out[r.origin] = r
+        if not r.started:
+            out[r.origin] = r
+    return out
+
+
+def latest_starts(records: Iterable[Record]) -> dict[str, Record]:
+    """The last start intent of each object (by origin), in segment order: the key its last
+    CreateMultipartUpload was (or may have been) sent for."""
+    out: dict[str, Record] = {}
+    for r in records:
+        if r.started:
+            out[r.origin] = r
     return out

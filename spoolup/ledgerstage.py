@@ -9,6 +9,12 @@ result (spoolup/work.py Recorded) is journaled per object only if its claim stil
 (Journal.recorded_if): an object whose claim moved meanwhile is recorded again at its new key.
 A segment that already exists (412 to If-None-Match) is another writer's under this agent id:
 said as an error, and the next attempt takes a number after the highest one in the bucket.
+
+The same segments carry *start intents* (ledger.Record.started): a claimed multipart object's
+CreateMultipartUpload is sent only once a segment says that this journal's object may start an
+upload at that key (Journal.intended_if, ledger_seq < 0), so that a journal that loses the
+upload's id (a restored backup, a wiped state dir) finds in the bucket which uploads were its
+own and aborts them (spoolup/catchup.py).  Intents and records ready at once share a segment.
 """
 
 from __future__ import annotations
@@ -80,6 +86,11 @@ class LedgerStage:
             out.append(Draft(Basis.of(obj), record, body))
         return out
 
+    def intents(self, objects: list[ObjectRow]) -> list[Draft]:
+        """The start intents of claimed multipart objects without an upload."""
+        return [Draft(Basis.of(o), ledger.Record.start_intent(self.journal_id, o.id, o.key, o.ts, o.idx, o.final_key))
+                for o in objects]
+
     # -- a worker ------------------------------------------------------------------------
 
     def write(self, seq: int, drafts: list[Draft]) -> Recorded | LedgerClash:
@@ -90,8 +101,13 @@ class LedgerStage:
         entries: list[tuple[Basis, str | None, str | None]] = []
         damaged: list[tuple[int, Exception]] = []
         algo = self.work.caps.object_checksum  # where the server takes a flexible checksum (read once)
+        started: list[Basis] = []
         for d in drafts:
             record, md5 = d.record, None
+            if record.started:
+                records.append(record)
+                started.append(d.basis)
+                continue
             if d.body is not None:
                 try:
                     # the MD5 (its ETag) and the checksum of the same bytes, in one pass
@@ -126,7 +142,7 @@ class LedgerStage:
                     if n is not None]
             return LedgerClash(seq, key, max(seen, default=seq))
         crash.point("after-ledger-segment")
-        return Recorded(seq, key, tuple(entries), tuple(damaged))
+        return Recorded(seq, key, tuple(entries), tuple(damaged), tuple(started))
 
 
 def clash_message(agent: str, key: str) -> str:

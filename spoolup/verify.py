@@ -177,7 +177,8 @@ def verify(cfg, s3) -> Report:
         ledger_start = seg.written if ledger_start is None else min(ledger_start, seg.written)
         records.extend(seg.records)
         for r in seg.records:
-            segment_of[r.origin] = key
+            if not r.started:  # (a start intent says nothing of what an object holds)
+                segment_of[r.origin] = key
     report.requests["total"] = report.requests["list"] + report.requests["get"]
     latest = ledger.latest(records)
     report.ledger["records"] = len(latest)
@@ -215,7 +216,7 @@ def verify(cfg, s3) -> Report:
                 found_size=found[0], found_etag=found[1], **common))
             if rec:
                 attribute(rec)
-        if rec is None and o.ledger_seq is not None:
+        if rec is None and (o.ledger_seq or 0) > 0:
             report.problems.append(Problem(
                 "unrecorded", f"{o.final_key}: the journal says ledger segment {o.ledger_seq} records object "
                 f"{origin}, but no segment in the bucket does", segment=ledger.segment_key(

@@ -121,11 +121,13 @@ class CleanedUp:
 class Recorded:
     """Ledger segment `seq` (at `key`) is in the bucket, recording each entry's object as of its
     basis: (basis, a single-part object's body MD5, checksum).  `damaged`: (object id, error) of
-    objects left out because their chunk file cannot be read as journaled."""
+    objects left out because their chunk file cannot be read as journaled.  `started`: the
+    multipart objects whose start intent (at the basis's claim) the segment holds."""
     seq: int
     key: str
     entries: tuple[tuple[Basis, str | None, str | None], ...]
     damaged: tuple[tuple[int, Exception], ...] = ()
+    started: tuple[Basis, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,8 @@ def test_one_segment_records_a_burst_before_any_object_is_visible(make_spoolup, 
     up = rig.uploader(ex)
     j = rig.journal
     drive(up, lambda: all(c.state == "uploaded" for c in j.chunks_of(ids["app/big.log"])), what="big's parts uploaded")
-    assert j.object(ids["app/big.log"]).ledger_seq is None, "an open object recorded"
+    # an open object has its start intent (written before its Create), not its record
+    assert (j.object(ids["app/big.log"]).ledger_seq or 0) < 0, "an open object recorded"
     bodies = {f"app/{n}.log": lines(3000 + n, f"k{n}") for n in range(5)}
     ids.update({key: rig.add(key, [data]) for key, data in bodies.items()})
     settle(up)  # the small ones claim
@@ -47,7 +48,8 @@ def test_one_segment_records_a_burst_before_any_object_is_visible(make_spoolup, 
     seqs = {j.object(o).ledger_seq for o in ids.values()}
     assert len(seqs) == 1 and None not in seqs, seqs
     drive(up, lambda: all(j.object(o).state == "done" for o in ids.values()), what="every object done")
-    (segment,) = segments(s3, bucket, rig.cfg)
+    intent, segment = segments(s3, bucket, rig.cfg)
+    assert [(r.object, r.final_key, r.started) for r in intent.records] == [(ids["app/big.log"], "app/big.log", True)]
     assert segment.seq == seqs.pop() and segment.journal == j.journal_id
     by_key = {r.final_key: r for r in segment.records}
     assert set(by_key) == set(ids)
@@ -103,6 +105,34 @@ def test_a_segment_waits_for_the_claims_of_its_wave_only(make_spoolup, s3, bucke
         assert get(s3, bucket, j.object(o).final_key) == bodies[n]
     assert j.object(ids["b2"]).final_key == "app/b.log-1"
     up.close()
+
+
+def test_a_multipart_upload_is_created_only_after_its_start_intent_is_in_the_bucket(make_spoolup, s3, bucket):
+    """A claimed multipart object's CreateMultipartUpload waits for the segment holding its start
+    intent (what lets a journal that lost the upload's id abort it: tests/test_start_intents.py)."""
+    rig = Rig(make_spoolup)
+    big = rig.add("app/big.log", [lines(5 * MiB, "big"), lines(4000, "big-tail")], closed=False)
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+    j = rig.journal
+    drive(up, lambda: j.object(big).idx is not None, what="big claimed")
+    up.schedule()
+    kinds = sorted(t.kind.value for t in up.inflight)
+    assert kinds == ["ledger"], kinds
+    ex.compute(future_of(up, "ledger", 0))  # the segment is in the bucket; its result held
+    (intent,) = segments(s3, bucket, rig.cfg)
+    assert [(r.object, r.final_key, r.started, r.matches(0, "")) for r in intent.records] == \
+        [(big, "app/big.log", True, False)]
+    up.schedule()
+    assert "start" not in {t.kind.value for t in up.inflight}, "Create sent before its intent was journaled"
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    ex.deliver(future_of(up, "ledger", 0))
+    up.harvest()
+    assert j.object(big).ledger_seq == -intent.seq
+    up.schedule()
+    assert "start" in {t.kind.value for t in up.inflight}
+    drive(up, lambda: all(c.state == "uploaded" for c in j.chunks_of(big)), what="big's parts uploaded")
+    assert j.object(big).ledger_seq == -intent.seq and j.object(big).upload_id
 
 
 def test_a_record_whose_claim_moved_is_dropped_and_written_again(make_spoolup, s3, bucket):

@@ -144,6 +144,7 @@ def test_a_key_taken_after_failed_starts_keeps_the_backoff(make_spoolup, s3, buc
     j = rig.journal
     settle(up)  # claim
     assert j.object(a).final_key == "big.log"
+    settle(up)  # its start intent (a ledger segment, before its Create)
     proxy.add("CreateMultipartUpload", action="reset-after")
     settle(up)  # start: every reply of the Create lost
     start = Task(Kind.START, a)

@@ -87,8 +87,11 @@ def test_claim_computed_before_a_key_taken_moved_the_earlier_object_is_dropped(m
     j = rig.journal
     settle(up)  # a claims index 0
     assert j.object(a).final_key == KEY
-    up.schedule()  # start a, claim b
+    up.schedule()  # a's start intent (a ledger segment, before its Create), claim b
     ex.compute(future_of(up, "claim", b))  # b: index 1, after a's 0 -- held
+    ex.deliver(future_of(up, "ledger", 0))
+    up.harvest()
+    up.schedule()  # start a
     s3.put_object(Bucket=bucket, Key=KEY, Body=b"foreign\n")
     ex.deliver(future_of(up, "start", a))  # a: KeyTaken
     up.harvest()
@@ -115,7 +118,8 @@ def _b_started_when_a_meets_a_foreign_object(make_spoolup, s3, bucket):
     up = rig.uploader(ex)
     j = rig.journal
     settle(up)  # a claims index 0
-    settle(up)  # a starts, b claims index 1
+    settle(up)  # a's start intent (before its Create), b claims index 1
+    settle(up)  # a starts, b's start intent
     assert j.object(a).upload_id is not None and j.object(b).final_key == f"{KEY}-1"
     up.schedule()  # a's parts, b's start
     ex.compute(future_of(up, "start", b))  # b's upload created at KEY-1 -- its result held
@@ -161,7 +165,7 @@ def test_no_index_skipped_for_a_later_objects_stale_create(make_spoolup, s3, buc
     for _ in range(3):
         up.schedule()
         for task, future in list(up.inflight.items()):
-            if task.object_id == a and task.kind.value in ("claim", "start"):
+            if (task.object_id == a and task.kind.value in ("claim", "start")) or task.kind.value == "ledger":
                 ex.deliver(future)
         up.harvest()
     ex.deliver(future_of(up, "start", b))  # stale: b's upload at KEY-1 is aborted
@@ -185,6 +189,7 @@ def test_part_of_a_vanished_upload_harvested_after_the_restart_is_dropped(make_s
     up = rig.uploader(ex)
     j = rig.journal
     settle(up)  # claim
+    settle(up)  # start intent
     settle(up)  # start
     old = j.object(a).upload_id
     assert old is not None

@@ -107,11 +107,44 @@ class Ledger(Store):
                 self._conn.execute("UPDATE chunks SET md5 = ? WHERE object_id = ? AND part = 1", (md5, object_id))
             return done
 
+    def intended_if(self, object_id: int, claim_gen: int, final_key: str, seq: int) -> bool:
+        """Segment `seq` holds the object's start intent at `final_key` (its CreateMultipartUpload
+        may be sent now): journaled as ledger_seq = -seq if its claim still holds and it has no
+        upload yet.  (Negative: the record its Complete needs is still to be written; a claim
+        that moves, an upload that vanishes, clear it like any record.)"""
+        with self.transaction():
+            return bool(self._conn.execute(
+                f"UPDATE objects SET ledger_seq = ? WHERE id = ? AND claim_gen = ? AND final_key = ? "
+                f"AND state != '{DONE}' AND mode = '{MULTIPART}' AND upload_id IS NULL AND ledger_seq IS NULL",
+                (-seq, object_id, claim_gen, final_key)).rowcount)
+
     # -- what the ledger stage records (spoolup/ledgerstage.py) ---------------------------
 
-    _TO_RECORD = (f"o.state != '{DONE}' AND o.idx IS NOT NULL AND o.ledger_seq IS NULL AND ("
-                  f"o.mode = '{SINGLE}' OR (o.mode = '{MULTIPART}' AND o.state = '{CLOSED}' AND o.upload_id IS NOT NULL "
+    # ledger_seq: NULL = nothing recorded at the current claim; < 0 = a multipart object's start
+    # intent only (its Create may be sent); > 0 = its record (its PutObject/Complete may be sent)
+    _TO_RECORD = (f"o.state != '{DONE}' AND o.idx IS NOT NULL AND ("
+                  f"(o.mode = '{SINGLE}' AND o.ledger_seq IS NULL) OR (o.mode = '{MULTIPART}' AND o.state = '{CLOSED}' "
+                  "AND o.upload_id IS NOT NULL AND (o.ledger_seq IS NULL OR o.ledger_seq < 0) "
                   f"AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != '{UPLOADED}')))")
+    _TO_INTEND = (f"o.state != '{DONE}' AND o.idx IS NOT NULL AND o.mode = '{MULTIPART}' AND o.upload_id IS NULL "
+                  "AND o.ledger_seq IS NULL")
+
+    def to_intend(self, limit: int = 1000, skip: Iterable[int] = ()) -> list[ObjectRow]:
+        """Claimed multipart objects without an upload and without a start intent at their claim:
+        their CreateMultipartUpload waits for one (record before visible, for uploads)."""
+        rows = self._conn.execute(f"SELECT o.* FROM objects o WHERE {self._TO_INTEND} "
+                                  "AND o.id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.id LIMIT ?",
+                                  (_ids(skip), limit))
+        return [_object(r) for r in rows]
+
+    def lost_starts(self) -> list[ObjectRow]:
+        """Claimed multipart objects of this journal whose start intent is journaled and whose
+        upload id is not: a Create may have been sent for them -- by this journal before a crash
+        (an empty orphan, adopted), or, after this journal went back in time, by its lost future
+        (an upload with parts, that nothing else would ever abort: spoolup/catchup.py)."""
+        return [_object(r) for r in self._conn.execute(
+            f"SELECT * FROM objects o WHERE o.state != '{DONE}' AND o.idx IS NOT NULL AND o.mode = '{MULTIPART}' "
+            "AND o.upload_id IS NULL AND o.ledger_seq < 0 ORDER BY o.id")]
 
     def to_record(self, limit: int = 1000, skip: Iterable[int] = ()) -> list[ObjectRow]:
         """Objects ready to finish but for their ledger record (rule 1: record before visible):

@@ -171,12 +171,13 @@ class Objects(Ledger):
         return [(r[1], r[2]) for r in later if r[2]]
 
     def to_start(self, limit: int = 256, skip: Iterable[int] = ()) -> list[ObjectRow]:
-        """Claimed multipart objects without an upload id, and claimed single-part objects not
-        done whose earlier objects of the same (key, ts) are done and whose ledger record is in
-        the bucket (a PutObject completes it: record before visible)."""
+        """Claimed multipart objects without an upload id whose start intent is in the bucket
+        (ledger_seq < 0: Journal.intended_if), and claimed single-part objects not done whose
+        earlier objects of the same (key, ts) are done and whose ledger record is in the bucket
+        (a PutObject completes it: record before visible)."""
         rows = self._conn.execute(
             f"SELECT * FROM objects o WHERE idx IS NOT NULL AND state != '{DONE}' AND upload_id IS NULL "
-            f"AND (mode != '{SINGLE}' OR ({_EARLIER_DONE} AND ledger_seq IS NOT NULL)) "
+            f"AND ledger_seq IS NOT NULL AND (mode != '{SINGLE}' OR {_EARLIER_DONE}) "
             "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
             (_ids(skip), limit),
         )
@@ -241,7 +242,7 @@ class Objects(Ledger):
         a later index moves those after it too (unclaim), and index order stays record order."""
         rows = self._conn.execute(
             f"SELECT o.* FROM objects o WHERE o.state = '{CLOSED}' AND o.mode = '{MULTIPART}' "
-            "AND o.upload_id IS NOT NULL AND o.ledger_seq IS NOT NULL "
+            "AND o.upload_id IS NOT NULL AND o.ledger_seq > 0 "
             f"AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != '{UPLOADED}') "
             f"AND {_EARLIER_DONE} AND o.id NOT IN (SELECT value FROM json_each(?)) "
             "ORDER BY o.id LIMIT ?",

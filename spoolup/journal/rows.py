@@ -93,7 +93,8 @@ class ObjectRow:
     key_suffix: str = ""  # object-key-suffix: after the index, before .gz/.zst
     form: str | None = None  # the options it was started with (JSON, spoolup/form.py)
     claim_gen: int = 0  # version of its claim: bumped by claim, unclaim, reset_upload (spoolup/work.py)
-    ledger_seq: int | None = None  # the ledger segment recording it at final_key (spoolup/ledger.py)
+    ledger_seq: int | None = None  # the ledger segment recording it at final_key (spoolup/ledger.py); < 0: -seq of
+    # the segment holding only its start intent (multipart: its Create may be sent, its Complete not yet)
     checksum: str | None = None  # "<algorithm>:<value>" of its stored bytes, as its ledger record says
     origin: str | None = None  # "<journal id>/<object id>" of a done object brought in from the ledger
     upload_checksum: str | None = None  # the flexible-checksum algorithm its multipart upload was created with
