@@ -178,7 +178,8 @@ def bring_forward(cfg: Config, journal: Journal, s3: S3, *, dry_run: bool, every
             except S3Error as e:
                 if e.code not in ("NoSuchUpload", "NoSuchKey", "404"):
                     raise
-    if not fw.done and not fw.discard and not fw.moves and not fw.new_sources and not fw.skips and not fw.unclaim:
+    if not fw.done and not fw.discard and not fw.moves and not fw.new_sources and not fw.skips and not fw.unclaim \
+            and not fw.retire:
         if seq > journal.ledger_seq():
             journal.saw_ledger_seq(seq)
         if keys:
@@ -261,32 +262,44 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
     spool = _Spool(cfg)
     live = {(s.dev, s.ino): s for s in journal.live_sources()}
     heads = journal.source_heads()
-    refs: dict[tuple[int, int], Ref] = {}  # file -> ref, as matched
+    refs: dict[tuple, Ref] = {}  # a SourceSpans' file identity -> ref, as matched
     entries: dict[Ref, ScanEntry] = {}
     unmatched: set[str] = set()
+    retired: dict[int, str] = {}  # journal source id -> path: its inode holds another file the ledger names
 
     def ref_of(ss: SourceSpans) -> Ref | None:
-        ident = (ss.dev, ss.ino)
+        # Matched by the whole identity, never by (dev, ino) alone: the inode of a reaped spool
+        # file is handed to the next file created (the writer recreates its file), so one inode
+        # can carry spans of two files -- the journal's (a backup's live row) and the one the
+        # spool holds now.
+        ident = (ss.dev, ss.ino, ss.btime, ss.head_len, ss.head)
         if ident in refs:
             return refs[ident]
-        row, entry = live.get(ident), spool.found.get(ident)
+        row, entry = live.get((ss.dev, ss.ino)), spool.found.get((ss.dev, ss.ino))
         head = heads.get(row.id) if row is not None else None
+        entry_btime = spool.btime(entry) if entry is not None else None
         if row is not None and head is not None and len(head) >= ss.head_len:
             same = ss.same_file(row.dev, row.ino, row.btime, head)
-        elif entry is not None:
-            same = ss.same_file(ss.dev, ss.ino, spool.btime(entry), spool.read(entry, ss.head_len) or b"")
+        elif row is not None and entry is not None and not identity.other_file(row.btime, entry_btime):
+            same = ss.same_file(ss.dev, ss.ino, entry_btime, spool.read(entry, ss.head_len) or b"")
         else:
             same = False
-        if not same:
-            unmatched.add(ss.path)
-            return None
-        if row is not None:
+        if same:
             ref = row.id
-        else:
+        elif entry is not None and ss.same_file(ss.dev, ss.ino, entry_btime, spool.read(entry, ss.head_len) or b""):
+            # the spool's file is the record's, and it is not the journal's row on that inode
+            # (that file was deleted and its inode reused): the row is retired -- the scan would
+            # forget it and read the file it finds there from byte 0 as a new one, shipping
+            # again what the bucket holds -- and the file gets a row of its own
+            if row is not None:
+                retired[row.id] = ss.path
             st = entry.st
             fw.new_sources.append(NewSource(ss.dev, ss.ino, entry.path, ss.path, st.st_size, st.st_mtime,
-                                            spool.btime(entry), b"", 0, None))
+                                            entry_btime, b"", 0, None))
             ref = -len(fw.new_sources)
+        else:
+            unmatched.add(ss.path)
+            return None
         refs[ident] = ref
         if entry is not None:
             entries[ref] = entry
@@ -339,10 +352,14 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
         start = min(old, rewind.get(ref, old))
         path = row.path if row is not None else fw.new_sources[-1 - ref].path
         why = _unavailable(spool, row, heads.get(ref) if row is not None else None, entry)
+        if ref in retired:
+            why = why or "its inode holds another file now (the ledger's records of that file say so)"
         needed = ledger.subtract([(start, old)], spans)
         if needed and (why or entry.st.st_size < needed[-1][1]):
             problems.append(_problem(cfg, path, needed, why or f"it is {entry.st.st_size} bytes now", discarded))
             continue
+        if ref in retired:
+            continue  # nothing of it is read again: retired below, the new file has its own row
         offset = ledger.frontier(spans, start)
         if why:  # gone or another file, and nothing of it needed: it is not read again
             offset = max(offset, old)
@@ -369,6 +386,11 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
                         f"shipped again" if skip else ""))
     if problems:
         raise BehindTheBucket("; ".join(problems))
+    for sid, path in sorted(retired.items()):
+        fw.retire.append(sid)
+        lines.append(f"spool file {cfg.spool_dir / rows[sid].path}: its inode now holds another file, {path}, whose "
+                     "bytes the bucket's ledger records; the journal's row of the old file is retired (gone) and the "
+                     "new file is read on from the bucket's offset, not from byte 0")
 
     # b. the shipped objects the journal did not know, inserted as done
     ids_in_use = journal.max_object_id()

@@ -253,3 +253,58 @@ def test_bytes_to_read_again_gone_from_the_spool_exit_1_changing_nothing(make_sp
     assert "the file is no longer in the spool" in out and "Nothing was changed" in out
     after = (list_keys(s3, sp.bucket, own=True), journal_path(sp).read_bytes(), sorted(p.name for p in sp.state.rglob("*")))
     assert after == before
+
+
+# ---------------------------------------------------------------------------
+# a spool file recreated on the inode of one the restored journal still reads
+
+
+@pytest.fixture(params=["with-birth-time", "without-birth-time"])
+def ext4_spool(request, tmp_path) -> Path:
+    """An ext4 loop mount (it hands a deleted file's inode to the next file created): with
+    256-byte inodes (birth times recorded) or 128-byte ones (none: identity by content)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.fail("inode reuse needs root to loop-mount an ext4 filesystem")  # (never a silent skip)
+    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    size = ["-I", "128"] if request.param == "without-birth-time" else ["-I", "256"]
+    subprocess.run(["mkfs.ext4", "-q", "-F", *size, str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_file_recreated_on_the_inode_of_a_restored_journals_file_ships_nothing_twice(make_spoolup, s3, ext4_spool):
+    """The writer recreated a.log (the old file deleted, the new one on the same inode) and the
+    new file was shipped; then a backup taken while the old file was live is restored.  The
+    bring-forward finds the new file by the ledger's records of it (not the journal's row of
+    the old one on that inode): it is read on from what the bucket holds, never from byte 0
+    (before: the scan found another file on the row's inode, forgot the row and shipped the
+    new file again from its start -- the torture's duplicated first multipart object)."""
+    spool = ext4_spool / "spool"
+    spool.mkdir()
+    sp = make_spoolup(**OPTIONS, **{"spool-dir": str(spool)})
+    sp.spool = spool
+    old, new, more = lines(300, 0, host="old"), lines(400, 300, host="new"), lines(200, 700, host="new")
+    write(spool / "a.log", old)
+    drained(sp)
+    assert (spool / "a.log").exists(), "the old file was reaped: the backup would not hold it live"
+    assert_recorded(sp, s3)
+    backup = sp.base / "backup"
+    copy_state(sp.state, backup)
+    ino = (spool / "a.log").stat().st_ino
+    (spool / "a.log").unlink()
+    write(spool / "a.log", new)  # the writer's new file
+    assert (spool / "a.log").stat().st_ino == ino, "ext4 did not reuse the inode"
+    drained(sp)
+    assert_recorded(sp, s3)
+    copy_state(backup, sp.state)  # the backup restored: its live row is the old file, on that inode
+    write(spool / "a.log", more, "ab")
+    out = drained(sp)
+    assert "bring the journal forward" in out, out[-3000:]
+    exactly_once(s3, sp.bucket, {"a.log": old + new + more})

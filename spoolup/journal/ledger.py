@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, SEALED, SINGLE, UPLOADED, Batch, ObjectRow, _ids, _object,
-                                  db_path, fs_path)
+from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, SEALED, SINGLE, UPLOADED, Batch, ObjectRow, SourceState,
+                                  _ids, _object, db_path, fs_path)
 from spoolup.journal.store import Store
 
 LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen
@@ -266,6 +266,10 @@ class Ledger(Store):
                     c.execute(f"DELETE FROM {table} WHERE {column} = ?", (oid,))
                 c.execute(f"DELETE FROM objects WHERE id = ? AND state != '{DONE}'", (oid,))
             now = time.time()
+            for gone in fw.retire:  # (before the new rows: one live row per inode)
+                c.execute("UPDATE sources SET state = ?, error = ?, updated = ? WHERE id = ?",
+                          (SourceState.GONE, "its inode holds another file now (found by the ledger's bring-forward)",
+                           now, gone))
             for i, s in enumerate(fw.new_sources):
                 new_ids[i] = c.execute(
                     "INSERT INTO sources (dev, ino, path, key_path, offset, size, mtime, head, tail, btime, "
@@ -358,5 +362,6 @@ class Forward:
     done: list[DoneObject] = field(default_factory=list)
     skips: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # ref -> spans
     unclaim: list[int] = field(default_factory=list)
+    retire: list[int] = field(default_factory=list)  # source ids whose inode holds another file now: gone
     seq: int = 0
     claims: int = 0
