@@ -40,6 +40,9 @@ def pytest_generate_tests(metafunc):
     servers = tuple(marker.args or SERVERS) if marker is not None and "s3server" in names else ()
     assert set(servers) <= set(SERVERS), f"s3_servers: unknown server in {servers}"
     kinds = tuple(getattr(metafunc.module, "STATE_FILESYSTEMS", None) or ()) if "state_fs" in names else ()
+    only = metafunc.definition.get_closest_marker("state_filesystems")  # a test's own choice over its module's
+    if only is not None and "state_fs" in names:
+        kinds = tuple(only.args)
     if servers and kinds:
         combos = [(server, kinds[0]) for server in servers] + [(servers[0], kind) for kind in kinds[1:]]
         metafunc.parametrize(("s3server", "state_fs"), combos, indirect=True, ids=[f"{s}-{k}" for s, k in combos])

@@ -106,8 +106,26 @@ UPLOAD_POINTS = [
 ]
 
 
+# on a ramfs (no O_DIRECT) the upload side reads the same chunk files and journal: the points where
+# the state dir's files change hands (upload id, part ETag, records, chunk files removed) run there too
+RAMFS_UPLOAD_POINTS = [("after-create-multipart", "multipart"), ("after-record-part", "multipart"),
+                       ("after-ledger-recorded", "single"), ("after-object-done", "multipart")]
+
+
+@pytest.mark.state_filesystems("disk")
 @pytest.mark.parametrize("point,shape", UPLOAD_POINTS, ids=[f"{p}-{s}" for p, s in UPLOAD_POINTS])
 def test_upload_killed_with_the_service(make_spoolup, s3, point, shape):
+    upload_killed_with_the_service(make_spoolup, s3, point, shape)
+
+
+@pytest.mark.s3_servers("moto")
+@pytest.mark.state_filesystems("ramfs")
+@pytest.mark.parametrize("point,shape", RAMFS_UPLOAD_POINTS, ids=[f"{p}-{s}" for p, s in RAMFS_UPLOAD_POINTS])
+def test_upload_killed_with_the_service_on_ramfs(make_spoolup, s3, point, shape):
+    upload_killed_with_the_service(make_spoolup, s3, point, shape)
+
+
+def upload_killed_with_the_service(make_spoolup, s3, point: str, shape: str) -> None:
     sp, files, suffix = make(make_spoolup, shape)
     for name, data in files.items():
         write(sp.spool / name, data)
