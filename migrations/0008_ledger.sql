@@ -18,10 +18,15 @@ CREATE INDEX object_ranges_source ON object_ranges (source_id, start);
 -- skip_ranges: bytes of a source beyond its offset that objects in the bucket already hold
 --   (written by the ledger's bring-forward and `recover --from-bucket`): ingest reads past
 --   them without shipping them again.  Deleted as the offset passes them.
+--   ts (format = "lines" with object-key-timestamp): the object-key-timestamp of the records
+--   read again before this span (after the previous one), instead of the ingest time: one
+--   that sorts between the bucket's objects holding the bytes before and after them
+--   (spoolup/catchup.py, gap_timestamps); NULL: the ingest time.
 CREATE TABLE skip_ranges (
     source_id INTEGER NOT NULL,
     start     INTEGER NOT NULL,
     "end"     INTEGER NOT NULL,
+    ts        TEXT,
     PRIMARY KEY (source_id, start)
 ) WITHOUT ROWID;
 

@@ -46,7 +46,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from spoolup import identity, ledger, segments
+from spoolup import identity, keytime, ledger, segments
 from spoolup.backoff import backoff
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
@@ -340,6 +340,8 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
 
     # the sources: offsets, skip spans; d. bytes to read again must be in the spool
     rows = {s.id: s for s in live.values()}
+    stamped = cfg.format == "lines" and bool(cfg.object_key_timestamp)
+    updated = journal.sources_updated() if stamped else {}
     old_skips = journal.skip_ranges()
     problems: list[str] = []
     for ref in sorted(set(shipped_spans) | set(rewind)):
@@ -378,6 +380,13 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
             fw.moves[ref] = (offset, tail, head or None)
         if skip or ref in old_skips:
             fw.skips[ref] = skip
+        if skip and stamped:
+            known = _known_objects(journal, ref, mapped, discard)
+            gone = [(a, b, o.key, o.ts) for o in discarded for a, b in unfinished[o.id].get(ref, [])]
+            stamps = gap_timestamps(cfg, offset, skip, known, gone,
+                                    updated.get(ref) if row is not None and offset == old else None)
+            if stamps:
+                fw.skip_ts[ref] = stamps
         if ref >= 0 and offset == old and not skip and ref not in rewind:
             continue
         moved = f"offset {old} -> {offset}" if ref >= 0 else f"a new spool file of the journal, from offset {offset}"
@@ -418,6 +427,71 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
         lines.append(f"spans of {len(unmatched)} spool file(s) not in the spool any more are not needed: "
                      f"{_some(sorted(unmatched))}")
     return fw, discarded, lines
+
+
+ObjectSpan = tuple[int, int, str, str]  # start, end, key, ts: an object's span of a source
+
+
+def _known_objects(journal: Journal, ref: Ref, mapped: list[tuple[Record, dict[Ref, list[Span]]]],
+                   discard: set[int]) -> list[ObjectSpan]:
+    """The spans of the source that the bucket's shipped objects and the journal's objects it
+    keeps hold, with their objects' key and timestamp."""
+    out = [(a, b, r.key, r.ts) for r, ranges in mapped for a, b in ranges.get(ref, [])]
+    if ref >= 0:
+        rows: dict[int, ObjectRow | None] = {}
+        for oid, a, b in journal.ranges_of_source(ref):
+            if oid in discard:
+                continue
+            if oid not in rows:
+                rows[oid] = journal.object(oid)
+            o = rows[oid]
+            if o is not None:
+                out.append((a, b, o.key, o.ts))
+    return out
+
+
+def gap_timestamps(cfg: Config, offset: int, skip: list[Span], known: list[ObjectSpan], gone: list[ObjectSpan],
+                   updated: float | None) -> dict[int, str]:
+    """Format "lines" with object-key-timestamp: the timestamp of the records a rewound (or
+    behind) source reads again before each of its skip spans, by the span's start.
+
+    Read again now, they would get the ingest time and sort after the bucket's objects holding
+    the source's later bytes (a region's object can stay unfinished while a later timestamp's
+    object completes: objects of different timestamps have no completion order).  The bytes
+    of a gap were first given a timestamp T with Tp <= T < Tn, Tp the timestamp of the object
+    holding the bytes before them and Tn that of the shipped object holding the bytes after
+    them (T = Tn is impossible: objects of one key and timestamp complete in index order).
+    The timestamp chosen, the first that is known and below Tn (same key):
+      1. Tp: the object holding the source's bytes just before the gap (shipped or journaled);
+         the records go to a backfill object of (key, Tp), after it in index order;
+      2. T itself: the discarded object of the restored journal that held the gap's first byte;
+      3. the source row's last change, rendered, when the gap starts at the journal's offset
+         (the journal had read that far when it last changed it, and nothing of the gap yet):
+         at or after the earlier bytes' timestamps, at or before the gap's first ingest.
+    Never the smallest timestamp of the later objects (a backfill at Tn takes a higher index
+    than the shipped one: out of order).  None known: the ingest time (a file the journal
+    did not know, whose first bytes are in no object of the bucket)."""
+    out: dict[int, str] = {}
+    pos = offset
+    for a, b in skip:
+        if a > pos:
+            after = [o for o in known if o[0] == a]
+            key_n, ts_n = (after[0][2], after[0][3]) if after else (None, None)
+
+            def fits(o: ObjectSpan | None) -> str | None:
+                if o is None or (key_n is not None and (o[2] != key_n or o[3] >= ts_n)):
+                    return None
+                return o[3]
+
+            before = max((o for o in known if o[1] <= pos), key=lambda o: o[1], default=None)
+            held = next((o for o in gone if o[0] <= pos < o[1]), None)
+            ts = fits(before) or fits(held)
+            if ts is None and updated is not None and pos == offset:
+                ts = fits((0, 0, key_n or "", keytime.render(cfg.object_key_timestamp, updated, cfg.timestamp_zone)))
+            if ts:
+                out[a] = ts
+        pos = max(pos, b)
+    return out
 
 
 def _unavailable(spool: _Spool, row, head: bytes | None, entry: ScanEntry | None) -> str | None:

@@ -43,6 +43,7 @@ class Ingest:
         self.notify = notify
         self.batch = Batch()
         self.skips: dict[int, list[tuple[int, int]]] = {}  # (load())
+        self.skip_ts: dict[int, list[tuple[int, str]]] = {}  # (load())
         self.batch_bytes = 0
         self.batch_limit = BATCH_BYTES  # smaller for a while after the disk was full
         self.sealed_pending = 0
@@ -65,6 +66,8 @@ class Ingest:
         self.router.next_id = self.journal.max_object_id() + 1
         # bytes the bucket holds already, beyond each source's offset (read past, not shipped: reader.py)
         self.skips: dict[int, list[tuple[int, int]]] = self.journal.skip_ranges()
+        # lines: the object-key-timestamp of records read again before a skip span (catchup.py)
+        self.skip_ts: dict[int, list[tuple[int, str]]] = self.journal.skip_timestamps()
         for row in self.journal.open_objects():
             obj = OpenObject(row.id, row.key, row.ts, row.size, row.records, row.created, row.last_write,
                              suffix=row.key_suffix, form=forms.parse(row.form, self.form))
@@ -201,8 +204,23 @@ class Ingest:
 
     def _lines(self, src: Source, data: bytes, start: int, end: int, now: float, src_end: int) -> None:
         kt = self.keytime
-        self.router.deliver(src, kt.key(src, now), kt.timestamp(now), data, start, end, now, self.cfg.object_key_suffix,
-                            src.offset - start, src_end)
+        self.router.deliver(src, kt.key(src, now), self._timestamp(src, now), data, start, end, now,
+                            self.cfg.object_key_suffix, src.offset - start, src_end)
+
+    def _timestamp(self, src: Source, now: float) -> str:
+        """The object-key-timestamp of src's records at its offset: the ingest time -- unless the
+        bring-forward rewound src before bytes the bucket holds and gave the records up to them
+        a timestamp of their own (catchup.gap_timestamps): read again now, at the ingest time
+        they would sort after the bucket's later objects.  (A delivery never crosses a skip
+        span, so the whole of it is below the mark.)"""
+        marks = self.skip_ts.get(src.id)
+        if marks and self.keytime.timestamp_template:
+            while marks and marks[0][0] <= src.offset:
+                marks.pop(0)
+            if marks:
+                return marks[0][1]
+            del self.skip_ts[src.id]
+        return self.keytime.timestamp(now)
 
     def _envelopes(self, src: Source, data: bytes, start: int, end: int, now: float, src_end: int) -> None:
         """Per record: parse and validate (bad lines go to the dead-letter file).  The good

@@ -275,6 +275,7 @@ class SourceReader:
         it before, and each later batch journals the new offset with its new sample."""
         why, src.changed = src.changed, None
         old = src.offset
+        self.ingest.skip_ts.pop(src.id, None)
         if self.ingest.skips.pop(src.id, None):  # spans of the old content: nothing of the new one is shipped
             self.ingest.batch.skips_passed[src.id] = ALL_SKIPS
         src.offset = src.scanned = 0

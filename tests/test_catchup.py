@@ -308,3 +308,69 @@ def test_file_recreated_on_the_inode_of_a_restored_journals_file_ships_nothing_t
     out = drained(sp)
     assert "bring the journal forward" in out, out[-3000:]
     exactly_once(s3, sp.bucket, {"a.log": old + new + more})
+
+
+# ---------------------------------------------------------------------------
+# lines with object-key-timestamp: a region re-read after a restore keeps its place among the
+# bucket's objects (objects of different timestamps have no completion order between them)
+
+
+def _by_key_order(s3, bucket: str, base: str) -> list[str]:
+    """The objects of `base` (base-TS, base-TS-N) in key order: by timestamp, then index."""
+    import re
+
+    found = []
+    for k in list_keys(s3, bucket, base):
+        m = re.fullmatch(re.escape(base) + r"-(\d{12})(?:-(\d+))?", k)
+        assert m, f"unexpected key {k}"
+        found.append((m.group(1), int(m.group(2) or 0), k))
+    return [k for _ts, _i, k in sorted(found)]
+
+
+def test_region_read_again_sorts_before_the_later_timestamps_shipped_object(make_spoolup, s3, proxy, tmp_path):
+    """Minute 02:59's records ship; a backup is taken.  Minute 03:00's records go to an object
+    that does not complete (S3 refuses its PUT), minute 03:01's later records ship.  The backup
+    is restored and the drain (at 03:02) reads 03:00's records again: at the ingest time they
+    would go to f.log-<0302>, after f.log-<0301> whose records follow them in the file (the
+    torture's "records of ...0302-1 come before records of ...0301-5").  They must get the
+    timestamp of the shipped object before them (02:59: a backfill after it in index order)."""
+    from test_object_time import _clock, _ingested, _utc
+    from test_reap_clock import set_shift, with_wall_clock
+
+    shift = tmp_path / "wall-clock-shift"
+    set_shift(shift, _utc(2026, 12, 2, 2, 59, 10) - __import__("time").time())
+    sp = make_spoolup(**{**OPTIONS, "flush-grace-period": "30s", "key-timezone": "UTC",
+                         "object-key-timestamp": "%Y%m%d%H%M"})
+    with_wall_clock(sp, shift)
+    early, region, later = lines(200, 0), lines(300, 200), lines(250, 500)
+    write(sp.spool / "f.log", early)
+    drained(sp)
+    assert list_keys(s3, sp.bucket) == ["f.log-202612020259"]
+    backup = sp.base / "backup"
+    copy_state(sp.state, backup)
+    direct = sp.options["url"]
+    sp.write_config(url=proxy.url)  # the lost timeline: S3 refuses the 03:00 object
+    proxy.add("PutObject", "CreateMultipartUpload", action="error", key="f.log-202612020300")
+    p = sp.start()
+    try:
+        _clock(sp, shift, _utc(2026, 12, 2, 3, 0, 10))
+        write(sp.spool / "f.log", region, "ab")
+        _ingested(sp)
+        _clock(sp, shift, _utc(2026, 12, 2, 3, 1, 10))
+        write(sp.spool / "f.log", later, "ab")  # a newer timestamp: the 03:00 object closes (and fails)
+        _ingested(sp)
+        _clock(sp, shift, _utc(2026, 12, 2, 3, 1, 50))  # the 03:01 object's grace ran out: it ships
+        wait_for(lambda: "f.log-202612020301" in list_keys(s3, sp.bucket) or None, 60, what="the 03:01 object")
+        assert_recorded(sp, s3)
+    finally:
+        sp.stop(p)
+    assert list_keys(s3, sp.bucket) == ["f.log-202612020259", "f.log-202612020301"]  # 03:00's never completed
+    copy_state(backup, sp.state)
+    sp.write_config(url=direct)  # (the proxy answers HEAD with Content-Length 0)
+    set_shift(shift, _utc(2026, 12, 2, 3, 2, 30) - __import__("time").time())
+    out = drained(sp)
+    assert "bringing the journal forward" in out, out[-3000:]
+    keys = _by_key_order(s3, sp.bucket, "f.log")
+    body = b"".join(s3.get_object(Bucket=sp.bucket, Key=k)["Body"].read() for k in keys)
+    assert body == early + region + later, f"{keys}: records out of order or not exactly once\n{out[-6000:]}"
+    assert keys == ["f.log-202612020259", "f.log-202612020259-1", "f.log-202612020301"], keys

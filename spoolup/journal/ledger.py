@@ -65,6 +65,16 @@ class Ledger(Store):
             out.setdefault(r[0], []).append((r[1], r[2]))
         return out
 
+    def skip_timestamps(self) -> dict[int, list[tuple[int, str]]]:
+        """source id -> (start of a skip span, the object-key-timestamp of the records read again
+        before it), by start: the bring-forward's timestamps for bytes it rewound before bytes the
+        bucket holds (spoolup/catchup.py); deleted with their spans."""
+        out: dict[int, list[tuple[int, str]]] = {}
+        for r in self._conn.execute("SELECT source_id, start, ts FROM skip_ranges WHERE ts IS NOT NULL "
+                                    "ORDER BY source_id, start"):
+            out.setdefault(r[0], []).append((r[1], r[2]))
+        return out
+
     def set_skip_ranges(self, source_id: int, spans: Iterable[tuple[int, int]]) -> None:
         with self.transaction():
             self._conn.execute("DELETE FROM skip_ranges WHERE source_id = ?", (source_id,))
@@ -237,6 +247,10 @@ class Ledger(Store):
                 out[r[0]] = (r[1], r[2], r[3])
         return out
 
+    def sources_updated(self) -> dict[int, float]:
+        """source id -> when its row last changed (its offset last moved at or before it)."""
+        return dict(self._conn.execute("SELECT id, updated FROM sources").fetchall())
+
     def unfinished_ranges(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
         """object id -> source id -> spans, of every object not done (an object without spans:
         an empty dict)."""
@@ -296,8 +310,9 @@ class Ledger(Store):
                               [(o.id, sid(ref), a, b) for ref, spans in o.ranges.items() for a, b in spans])
             for ref, spans in fw.skips.items():
                 c.execute("DELETE FROM skip_ranges WHERE source_id = ?", (sid(ref),))
-                c.executemany('INSERT INTO skip_ranges (source_id, start, "end") VALUES (?, ?, ?)',
-                              [(sid(ref), a, b) for a, b in spans])
+                stamps = fw.skip_ts.get(ref, {})
+                c.executemany('INSERT INTO skip_ranges (source_id, start, "end", ts) VALUES (?, ?, ?, ?)',
+                              [(sid(ref), a, b, stamps.get(a)) for a, b in spans])
             for oid in fw.unclaim:
                 c.execute("UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL, "
                           f"claim_gen = claim_gen + 1, ledger_seq = NULL WHERE id = ? AND state != '{DONE}'", (oid,))
@@ -361,6 +376,8 @@ class Forward:
     moves: dict[int, tuple[int, bytes | None, bytes | None]] = field(default_factory=dict)  # ref -> offset, tail, head
     done: list[DoneObject] = field(default_factory=list)
     skips: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # ref -> spans
+    # ref -> start of a skip span -> object-key-timestamp of the records read again before it
+    skip_ts: dict[int, dict[int, str]] = field(default_factory=dict)
     unclaim: list[int] = field(default_factory=list)
     retire: list[int] = field(default_factory=list)  # source ids whose inode holds another file now: gone
     seq: int = 0
