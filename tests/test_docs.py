@@ -32,7 +32,7 @@ def test_example_config_is_current_and_loads(tmp_path):
 def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = "bash tests/setup.sh && python -m pytest -n 2"
+    command = "bash tests/setup.sh && python -m pytest -n 3"
     assert f"```sh\n{command}\n```" in readme.split("Run the tests", 1)[1]
     assert command in ci.splitlines()
     setup = (ROOT / "tests" / "setup.sh").read_text()
