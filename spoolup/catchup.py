@@ -142,6 +142,12 @@ def bring_forward(cfg: Config, journal: Journal, s3: S3, *, dry_run: bool, every
     having changed nothing, when it cannot."""
     agent = agent_of(cfg)
     since = 0 if everything else journal.ledger_seq()
+    # a not-done object already recorded may have been shipped by the future this journal lost:
+    # its record is in a segment at or below the journal's number, so reading starts there (else
+    # the object is discarded below and its bytes are read and shipped again)
+    unfinished = None if everything else journal.lowest_unfinished_record()
+    if unfinished is not None:
+        since = min(since, unfinished - 1)
     keys = segments.after(s3, cfg.object_key, agent, since)
     records: list[Record] = []
     seq = since

@@ -87,6 +87,13 @@ class Ledger(Store):
 
     # -- segment numbers -------------------------------------------------------------------
 
+    def lowest_unfinished_record(self) -> int | None:
+        """The lowest segment number recording one of this journal's objects that is not done
+        (None: there is none).  Such an object may be in the bucket already (record before
+        visible: its PutObject or Complete may have been sent), by a future this journal lost."""
+        return self._conn.execute(
+            f"SELECT min(ledger_seq) FROM objects WHERE state != '{DONE}' AND ledger_seq > 0").fetchone()[0]
+
     def ledger_seq(self) -> int:
         return int(self.meta(LEDGER_SEQ_META) or 0)
 
