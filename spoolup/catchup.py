@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from spoolup import identity, keytime, ledger, segments
-from spoolup.backoff import backoff
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.journal import Journal, JournalError, ObjectRow
@@ -94,11 +93,10 @@ def behind(cfg: Config, journal: Journal, s3: S3) -> bool:
 
 def at_start(cfg: Config, journal: Journal, log, *, stop: threading.Event | None = None, mark: int = 0,
              s3_factory: Callable[[Config], S3] = S3) -> Result | None:
-    """The check `run` and `drain` make before ingest and upload start, retried with backoff
-    while S3 fails (nothing is read from the spool meanwhile: it keeps the backlog); brings
-    the journal forward when the bucket is ahead.  `mark`: the state dir's claims mark, when
+    """The check `run` and `drain` make before ingest and upload start; brings the journal
+    forward when the bucket is ahead.  Where S3 fails, the check is left to the upload process
+    (`unchecked`), which makes it before it uploads anything.  `mark`: the state dir's claims mark, when
     the journal is below it (it lost transactions): settled by the bucket, then raised."""
-    attempt = 0
     s3 = s3_factory(cfg)
     try:
         while True:
@@ -114,21 +112,30 @@ def at_start(cfg: Config, journal: Journal, log, *, stop: threading.Event | None
                         log.info("recovery", action=line)
                 if mark:
                     journal.raise_claims(mark)
+                checked(journal)
                 return result
             except S3Error as e:
-                attempt += 1
-                delay = backoff(attempt, base=1.0, cap=30.0)
-                log.warning("cannot compare the journal with the bucket's ledger yet; nothing is shipped until it "
-                            "is done. Retrying", error=str(e), retry_in=round(delay, 1))
-                if stop is not None:
-                    if stop.wait(delay):
-                        raise KeyboardInterrupt from None
-                else:
-                    import time
-
-                    time.sleep(delay)
+                # S3 does not answer: ingest goes on (it only stages chunk files; a bring-forward
+                # later discards whatever overlaps the bucket), and the upload process makes the
+                # comparison before it uploads anything (spoolup/upload.py: nothing is shipped
+                # from a journal that may be behind the bucket)
+                journal.set_meta(UNCHECKED_META, "1")
+                log.warning("cannot compare the journal with the bucket's ledger yet (S3 fails); the upload process "
+                            "compares it before it uploads anything", error=str(e))
+                return None
     finally:
         s3.close()
+
+
+UNCHECKED_META = "ledger_unchecked"  # "1": the start-up check could not reach S3; the upload process makes it
+
+
+def unchecked(journal: Journal) -> bool:
+    return journal.meta(UNCHECKED_META) == "1"
+
+
+def checked(journal: Journal) -> None:
+    journal.set_meta(UNCHECKED_META, "0")
 
 
 # ---------------------------------------------------------------------------

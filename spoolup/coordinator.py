@@ -76,9 +76,6 @@ class Uploader:
         self.pool: Executor = executor or ThreadPoolExecutor(max_workers=cfg.upload_threads,
                                                              thread_name_prefix="upload",
                                                              initializer=flow.worker_thread)
-        # completed objects' chunk files are deleted here, off the thread that owns the journal
-        # (an unlink per file of every small object was a fifth of that thread's time)
-        self.removals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-removal")
         self.inflight: dict[Task, Future] = {}
         self.failures: dict[Task, Failure] = {}
         self.cleanups: dict[Task, tuple[Callable, tuple]] = {}  # ABORT/DISCARD tasks not yet done
@@ -437,7 +434,7 @@ class Uploader:
                       how=result.how, close_reason=obj.close_reason)
         # counted once journaled: a scrape never sees it uploaded and still pending in the journal
         return [metrics.object_uploaded, lambda: crash.point("after-object-done"),
-                lambda: self.removals.submit(remove_chunk_files, self.cfg.chunk_dir, oid, parts)]
+                lambda: remove_chunk_files(self.cfg.chunk_dir, oid, parts)]
 
     def _key_taken(self, result: KeyTaken, b: Basis) -> list[Action]:
         j = self.journal
@@ -583,4 +580,3 @@ class Uploader:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.removals.shutdown(wait=True)  # (a few unlinks; a crash before leaves them to recovery)

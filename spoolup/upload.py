@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from spoolup import crash, logs, metrics, recover, reconcile
+from spoolup import catchup, crash, logs, metrics, recover, reconcile
 from spoolup.backoff import backoff
 from spoolup.capabilities import (UNKNOWN, CapabilityProbe, CapabilityRefused, Capabilities, ensure_capabilities,
                                   journal_capabilities, probe_key_prefix)
@@ -177,6 +177,21 @@ class UploadProcess:
                 if s3.ensure_bucket():
                     log.info("bucket did not exist; created it", bucket=cfg.bucket)
                 # "auto": a probe still to be made runs beside the first uploads, not before them
+                if catchup.unchecked(journal):
+                    # the start-up comparison with the bucket's ledger could not reach S3: made here,
+                    # before anything is uploaded.  Behind: nothing is uploaded until spoolup is
+                    # restarted (its start brings the journal forward while nothing runs)
+                    if catchup.behind(cfg, journal, s3):
+                        attempt += 1
+                        message = ("the bucket's ledger knows of objects this journal does not (a restored backup, a "
+                                   "copied state dir, a lost write-ahead log or a wiped state dir), found after a "
+                                   "start without S3: nothing is uploaded; restart spoolup (its start brings the "
+                                   "journal forward from the bucket)")
+                        log.error("journal behind the bucket's ledger; not uploading", advice=message)
+                        self._record("ledger", "JournalBehindTheBucket", message)
+                        self.pause(REFUSED_RETRY)
+                        continue
+                    catchup.checked(journal)
                 caps = ensure_capabilities(cfg, s3, journal, wait=False)
                 if caps is not None:
                     self.adopt(caps)
