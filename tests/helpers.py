@@ -285,9 +285,10 @@ def mounted(fstype: str, path: Path, options: str = "mode=0700", source: str | N
 
 
 def is_spoolups_own(key: str) -> bool:
-    """A ledger segment (<object-key's static prefix>.spoolup/ledger/...): readers of the log
-    objects skip them (docs/operations.md)."""
-    return ".spoolup/ledger/" in key
+    """A key spoolup writes for itself: a ledger segment (<object-key's static prefix>.spoolup/
+    ledger/...) or the capability probe's scratch object (<prefix>.spoolup-probe-..., left by a
+    kill during the probe until the stale-scratch cleanup): readers of the log objects skip them."""
+    return ".spoolup/ledger/" in key or ".spoolup-probe-" in key
 
 
 def list_keys(s3, bucket: str, prefix: str = "", *, own: bool = False) -> list[str]:

@@ -185,7 +185,7 @@ def killed_check_config(sp, proxy):
 
 
 def probe_scratch(s3, bucket):
-    return ([k for k in list_keys(s3, bucket) if PROBE_KEY in k and not k.endswith("notes.txt")],
+    return ([k for k in list_keys(s3, bucket, own=True) if PROBE_KEY in k and not k.endswith("notes.txt")],
             [k for k, _ in pending_uploads(s3, bucket) if PROBE_KEY in k])
 
 
