@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from spoolup import protocol, status
+from spoolup import logs, protocol, status
 from spoolup.chunks import part_file
 from spoolup.work import Basis, Claimed, Done, KeyTaken, PartDone, PartsMismatch, Started, UploadGone
 from helpers import get, pending_uploads
@@ -272,12 +272,16 @@ def test_every_kind_of_stale_result_is_dropped(make_spoolup, kind):
 # issue 18 item 3: an unexpected exception quarantines one object, the rest ships
 
 
-def test_unreadable_chunk_quarantines_its_object_and_the_others_ship(make_spoolup, s3, bucket, capsys):
+def test_unreadable_chunk_quarantines_its_object_and_the_others_ship(make_spoolup, s3, bucket, tmp_path):
     """One object's chunk file cannot be read (a directory stands in its place): an exception
     nothing expects.  That object is quarantined (status, metric, one error line with the
     traceback) and tried again slowly; the other object ships meanwhile, and the quarantined
     one ships once the cause is gone.  Before, it was retried as a transient S3 failure with
     the short backoff, forever, and never reported as quarantined."""
+    # the in-process log to a file of this test's: logs.setup is process-wide, and an earlier test
+    # in the worker may have pointed it at a stream that is no longer read
+    log_file = tmp_path / "uploader.log"
+    logs.setup(level="info", fmt="json", log_file=str(log_file))
     rig = Rig(make_spoolup)
     bad_parts, good_parts = [lines(4000, "bad")], [lines(3000, "good")]
     bad = rig.add("app/bad.log", bad_parts)
@@ -291,11 +295,11 @@ def test_unreadable_chunk_quarantines_its_object_and_the_others_ship(make_spoolu
     assert get(s3, bucket, "app/good.log") == b"".join(good_parts)
     quarantined = status.collect(rig.cfg)["quarantined_objects"]
     assert [(q["object_id"], q["code"]) for q in quarantined] == [(bad, "IsADirectoryError")], quarantined
-    captured = capsys.readouterr()  # the log's stream is stderr, or stdout where an earlier test set it so
-    out = captured.out + captured.err
+    out = log_file.read_text()
     logged = [line for line in out.splitlines() if "object quarantined" in line]
     assert len(logged) == 1 and "unexpected error" in logged[0], logged
-    assert "Traceback" in out and "IsADirectoryError" in out.split(logged[0], 1)[1], out
+    rest = out[out.index(logged[0]):]  # the line and what follows it (JSON: the traceback is in the line)
+    assert "Traceback" in rest and "IsADirectoryError" in rest, out
     failure = next(f for t, f in up.failures.items() if t.object_id == bad)
     assert failure.attempts == 1  # not retried at once: it waits out the quarantine backoff
     settle(up)
