@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from crashkit import describe_difference
 from helpers import get, list_keys, objects_of, pending_uploads
 from spoolup import ledger
@@ -42,3 +45,8 @@ def assert_recorded(sp, s3) -> None:
         head = s3.head_object(Bucket=sp.bucket, Key=key)
         assert any(r.matches(head["ContentLength"], head["ETag"]) for r in by_key.get(key, ())), \
             f"{key} ({head['ContentLength']} bytes, ETag {head['ETag']}) has no ledger record: {by_key.get(key)}"
+
+
+def copy_state(src: Path, dst: Path) -> None:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, symlinks=True)  # as `cp -a` (the service is stopped)

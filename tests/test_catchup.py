@@ -21,7 +21,7 @@ import pytest
 
 from crashkit import journal_path, wait_done, write
 from helpers import list_keys, syslog_lines, wait_for
-from ledgerkit import assert_recorded, exactly_once
+from ledgerkit import copy_state, assert_recorded, exactly_once
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -36,11 +36,6 @@ def drained(sp, timeout: float = 120) -> str:
     r = sp.drain(timeout=timeout)
     assert r.returncode == 0, f"drain exited {r.returncode}\n{r.stdout}\n{r.stderr[-4000:]}"
     return r.stdout + r.stderr
-
-
-def copy_state(src: Path, dst: Path) -> None:
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, symlinks=True)  # as `cp -a` (the service is stopped)
 
 
 def test_restored_backup_ships_nothing_twice(make_spoolup, s3):

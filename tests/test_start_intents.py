@@ -8,13 +8,12 @@ of the whole service after an UploadPart, moto and Ceph RGW.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
 from crashkit import drain_crashing, write
 from helpers import pending_uploads, syslog_lines
-from ledgerkit import exactly_once
+from ledgerkit import copy_state, exactly_once
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -30,11 +29,6 @@ def drained(sp, timeout: float = 180) -> str:
     r = sp.drain(timeout=timeout)
     assert r.returncode == 0, f"drain exited {r.returncode}\n{r.stdout}\n{r.stderr[-4000:]}"
     return r.stdout + r.stderr
-
-
-def copy_state(src: Path, dst: Path) -> None:
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, symlinks=True)  # as `cp -a` (the service is stopped)
 
 
 def uploads_with_parts(s3, bucket: str) -> list[tuple[str, int]]:
