@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import signal
 import stat
 import subprocess
@@ -284,11 +285,14 @@ def mounted(fstype: str, path: Path, options: str = "mode=0700", source: str | N
 # reading the bucket back
 
 
+PROBE_SCRATCH = re.compile(r"\.spoolup-probe-[^/]{1,16}-[0-9a-f]{12}(-a b)?$")  # capabilities.PROBE_NAME
+
+
 def is_spoolups_own(key: str) -> bool:
     """A key spoolup writes for itself: a ledger segment (<object-key's static prefix>.spoolup/
     ledger/...) or the capability probe's scratch object (<prefix>.spoolup-probe-..., left by a
     kill during the probe until the stale-scratch cleanup): readers of the log objects skip them."""
-    return ".spoolup/ledger/" in key or ".spoolup-probe-" in key
+    return ".spoolup/ledger/" in key or PROBE_SCRATCH.search(key) is not None
 
 
 def list_keys(s3, bucket: str, prefix: str = "", *, own: bool = False) -> list[str]:

@@ -227,7 +227,7 @@ def test_a_probe_a_crash_cut_short_leaves_nothing_after_recover(make_spoolup, s3
         p.kill()
         p.wait(30)
         wait_upload_process_gone(sp)
-    left = [k for k in list_keys(s3, sp.bucket) if PROBE_KEY in k]
+    left = [k for k in list_keys(s3, sp.bucket, own=True) if PROBE_KEY in k]
     assert left and [k for k, _ in pending_uploads(s3, sp.bucket) if PROBE_KEY in k], \
         "the crash left the probe's scratch object and upload"
     r = spoolup_cmd(sp, "recover")
