@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from pathlib import Path
 
 from bench.common import MiB, Moto, client, new_bucket, spoolup, spoolup_config, syslog_spool, workdir
 from bench.cost import counts, s3proxy, small_files

@@ -51,7 +51,7 @@ from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.journal import Journal, JournalError, ObjectRow
 from spoolup.journal.ledger import DoneObject, Forward, NewSource
-from spoolup.ledger import Record, Segment, SourceSpans, Span
+from spoolup.ledger import Record, SourceSpans, Span
 from spoolup.s3 import S3, S3Error
 from spoolup.scan import ScanEntry, open_regular, scan
 

@@ -281,6 +281,21 @@ def mounted(fstype: str, path: Path, options: str = "mode=0700", source: str | N
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+@contextlib.contextmanager
+def ext4_loop(tmp_path: Path, *, birth_times: bool):
+    """A real ext4 filesystem on a loop device (it hands a deleted file's inode to the next file
+    created): 256-byte inodes record birth times, 128-byte ones do not (identity then rests on
+    the bytes consumed).  Unmounted lazily if a spoolup process still holds it at teardown."""
+    need_root("inode reuse on an ext4 loop mount")
+    image = tmp_path / "ext4.img"
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    inode_size = ["-I", "256"] if birth_times else ["-I", "128"]
+    subprocess.run(["mkfs.ext4", "-q", "-F", *inode_size, str(image)], check=True, capture_output=True)
+    with mounted("ext4", tmp_path / "ext4", options="loop", source=str(image)) as mnt:
+        yield mnt
+
+
 # ---------------------------------------------------------------------------
 # reading the bucket back
 

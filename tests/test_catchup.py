@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from crashkit import journal_path, wait_done, write
-from helpers import list_keys, syslog_lines, wait_for
+from helpers import ext4_loop, list_keys, syslog_lines, wait_for
 from ledgerkit import copy_state, assert_recorded, exactly_once
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
@@ -258,20 +258,8 @@ def test_bytes_to_read_again_gone_from_the_spool_exit_1_changing_nothing(make_sp
 def ext4_spool(request, tmp_path) -> Path:
     """An ext4 loop mount (it hands a deleted file's inode to the next file created): with
     256-byte inodes (birth times recorded) or 128-byte ones (none: identity by content)."""
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.fail("inode reuse needs root to loop-mount an ext4 filesystem")  # (never a silent skip)
-    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(32 << 20)
-    size = ["-I", "128"] if request.param == "without-birth-time" else ["-I", "256"]
-    subprocess.run(["mkfs.ext4", "-q", "-F", *size, str(image)], check=True, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
-    yield mnt
-    subprocess.run(["umount", str(mnt)], capture_output=True)
+    with ext4_loop(tmp_path, birth_times=request.param == "with-birth-time") as mnt:
+        yield mnt
 
 
 def test_file_recreated_on_the_inode_of_a_restored_journals_file_ships_nothing_twice(make_spoolup, s3, ext4_spool):

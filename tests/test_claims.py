@@ -13,7 +13,7 @@ import pytest
 from spoolup import ledger
 from spoolup.capabilities import HONOURED, ensure_capabilities
 from helpers import get, pending_uploads
-from uploadkit import NONE, Rig, drive, lines
+from uploadkit import Rig, drive, lines
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 

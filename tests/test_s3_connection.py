@@ -11,7 +11,6 @@ The network pieces are real (tests/connkit.py); nothing is mocked.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import subprocess

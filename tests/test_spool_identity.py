@@ -9,14 +9,13 @@ real `spoolup run` and `drain` processes against the moto server.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from crashkit import assert_exact, copytruncate, drain_crashing, rows, write
-from helpers import syslog_lines, wait_for
+from helpers import ext4_loop, syslog_lines, wait_for
 
 HEADER = b"# spool file format 1; host web01; all records below are newline-terminated.\n"  # > 64 bytes
 
@@ -97,17 +96,8 @@ def test_truncated_and_refilled_to_exactly_the_consumed_size_is_neither_deleted_
 def ext4_spool(request, tmp_path) -> Path:
     """An ext4 loop mount: with 256-byte inodes (birth times recorded) or 128-byte inodes
     (none: identity rests on the bytes consumed)."""
-    if os.geteuid() != 0 and not os.environ.get("CI"):
-        pytest.skip("inode reuse: needs root to loop-mount an ext4 filesystem")
-    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(32 << 20)
-    inode_size = ["-I", "128"] if request.param == "without-birth-time" else ["-I", "256"]
-    subprocess.run(["mkfs.ext4", "-q", "-F", *inode_size, str(image)], check=True, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
-    yield mnt
-    subprocess.run(["umount", str(mnt)], capture_output=True)
+    with ext4_loop(tmp_path, birth_times=request.param == "with-birth-time") as mnt:
+        yield mnt
 
 
 def reuse_inode(old: Path, new: Path, data: bytes) -> None:

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from helpers import STATE_FILESYSTEMS, mounted  # noqa: F401 - STATE_FILESYSTEMS: runs once per filesystem
 
 ROOT = Path(__file__).resolve().parent.parent
