@@ -16,9 +16,8 @@ import sys
 import boto3
 import pytest
 
-from helpers import ACCESS_KEY, SECRET_KEY, Spoolup, get, list_keys, syslog_lines, toml
+from helpers import ACCESS_KEY, SECRET_KEY, IAMMoto, Spoolup, get, list_keys, syslog_lines, toml
 from spoolup import config
-from spoolup.locals3 import LocalS3
 
 # transcribed from syslog-ng's modules/python-modules/syslogng/modules/s3/s3_destination.py
 S3_STORAGE_CLASSES = ["STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
@@ -28,7 +27,6 @@ S3_CANNED_ACLS = ["private", "public-read", "public-read-write", "aws-exec-read"
 MiB = 1024 * 1024
 
 
-ROLE_HANGS = pytest.mark.xfail(run=False, reason="known regression, open: since the ledger's start-up comparison (issue 22) merged, a drain with credentials from role / profile against IAM-enforcing moto does not finish (diagnosis left to the next session; see the closing note of this stop)")
 
 
 def base(tmp_path, **options):
@@ -185,8 +183,7 @@ class AuthMoto:
     SETUP_CALLS = 7
 
     def __init__(self, log_dir):
-        self.server = LocalS3(log_dir / "moto-auth.log", env={"INITIAL_NO_AUTH_ACTION_COUNT": str(self.SETUP_CALLS)})
-        self.server.start()
+        self.server = IAMMoto(log_dir / "moto-auth.log", self.SETUP_CALLS).start()
         self.port, self.url, self.proc = self.server.port, self.server.url, self.server.proc
         iam = self.client("iam", "setup", "setup")
         account = "123456789012"
@@ -229,7 +226,6 @@ def auth_moto(tmp_path_factory):
     server.stop()
 
 
-@ROLE_HANGS
 def test_role_is_assumed_through_sts_and_used_for_every_upload(tmp_path, auth_moto):
     m = auth_moto
     # the configured keys alone may not touch S3
