@@ -57,3 +57,38 @@ def test_access_denied_says_what_the_request_needs():
     other = botocore.exceptions.ClientError(
         {"Error": {"Code": "SlowDown", "Message": "Reduce your request rate."}}, "PutObject")
     assert translate(other, "PutObject", "k").detail == "Reduce your request rate."
+
+
+def test_a_drain_ends_on_refusals_only_when_they_hold_back_everything_left(tmp_path):
+    """Journal.refusals_holding, which ends a foreground drain: the refusals made since the drain
+    started, when every object it waits for is held by one (or one of object 0 holds them all);
+    none while anything left may still ship, or when the refusals are older than the drain."""
+    import json
+    import time
+
+    from spoolup.journal import REFUSED_OBJECTS_META, Batch, Journal, ObjectRow
+
+    j = Journal.open(tmp_path / "journal.sqlite", fsync=False)
+    now = time.time()
+    batch = Batch()
+    for oid in (1, 2, 3):
+        batch.new_objects.append(ObjectRow(oid, f"k{oid}", "", "open", None, None, None, None, 10, 1, now, now))
+        batch.closed[oid] = ("test", now)
+    j.commit_batch(batch)
+
+    def refused(*entries):
+        with j.transaction():
+            j.set_meta(REFUSED_OBJECTS_META, json.dumps([{"object_id": oid, "key": f"k{oid}", "operation": "PutObject",
+                                                          "code": "AccessDenied", "message": "m", "since": since}
+                                                         for oid, since in entries]))
+
+    assert j.refusals_holding(3, now - 1) == []  # nothing refused
+    refused((1, now), (2, now))
+    assert j.refusals_holding(3, now - 1) == []  # object 3 may still ship
+    assert [q["object_id"] for q in j.refusals_holding(2, now - 1)] == [1, 2]  # the drain waits for 1 and 2 only
+    refused((1, now), (2, now), (3, now))
+    assert len(j.refusals_holding(3, now - 1)) == 3
+    assert j.refusals_holding(3, now + 1) == []  # refusals older than the drain (a previous process's)
+    refused((0, now))  # the ledger's segment, or the reconcile before any upload: holds back all
+    assert [q["object_id"] for q in j.refusals_holding(3, now - 1)] == [0]
+    j.close()
