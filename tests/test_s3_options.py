@@ -343,7 +343,8 @@ def test_role_that_cannot_be_assumed_fails_clearly(tmp_path, auth_moto):
         (sp.spool / "x.log").write_bytes(syslog_lines(10))
         r = sp.cmd("drain", "--timeout", "4", timeout=60)
         assert r.returncode == 1
-        # the upload process says why, and keeps retrying (nothing is dropped) until stopped
+        # the upload process says why (an AccessDenied: refused, retried slowly), the drain ends on it
+        # rather than wait, and nothing is dropped
         assert "cannot assume the configured role" in r.stderr and "AccessDenied" in r.stderr, r.stderr[-3000:]
         st = sp.status()
         assert st["last_error"] is not None and st["backlog_bytes"] + st["closed_objects_pending"]["bytes"] > 0
