@@ -486,7 +486,7 @@ class Uploader:
             # sending it again at once cannot help.  The object is refused: said at error level
             # (again every 10th attempt), in status and the metrics, and tried again only every
             # REFUSED_RETRY seconds, so it resumes by itself once the cause is gone.
-            self._refuse(task, e.op or task.kind.value, e.code, e.detail)
+            self._refuse(task, e.op or task.kind.value, e.code, e.detail, e.key)
             delay = self._refused_delay()
             if attempts == 1 or attempts % 10 == 0:
                 self.log.error("S3 refuses this object's request; object quarantined, retried slowly",
@@ -530,15 +530,30 @@ class Uploader:
                 raise
             self.log.warning("cannot journal this; going on", what="an error", error=str(err))
 
-    def _refuse(self, task: Task, op: str, code: str, message: str) -> None:
-        """Journal the object as refused (status reads it as quarantined_objects: one source of truth)."""
+    def _refuse(self, task: Task, op: str, code: str, message: str, key: str | None = None) -> None:
+        """Journal the object as refused (status reads it as quarantined_objects: one source of truth).
+        A task of no object (the ledger's segment, object 0) is named by the key S3 refused: every
+        object waiting for its record waits for it."""
         oid = task.object_id
         if oid in self.refused:
             return
-        obj = self.journal.object(oid)
-        self.refused[oid] = {"object_id": oid, "key": (obj.final_key or obj.key) if obj else None,
+        obj = self.journal.object(oid) if oid else None
+        self.refused[oid] = {"object_id": oid, "key": (obj.final_key or obj.key) if obj else key,
                                  "operation": op, "code": code, "message": message, "since": time.time()}
         self._save_refused()
+
+    def refused_before_start(self, op: str, code: str, message: str, key: str | None) -> None:
+        """S3 refused a request of the reconcile that comes before any upload: every object waits
+        for it (object 0 in the refused objects, as the ledger's segment)."""
+        if 0 not in self.refused:
+            self.refused[0] = {"object_id": 0, "key": key, "operation": op, "code": code, "message": message,
+                               "since": time.time()}
+            self._save_refused()
+
+    def accepted_before_start(self) -> None:
+        if self.refused.pop(0, None) is not None:
+            self.log.info("refused request accepted by S3 again", operation="reconcile")
+            self._save_refused()
 
     def _release(self, task: Task) -> None:
         if self.refused.pop(task.object_id, None) is not None:

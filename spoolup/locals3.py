@@ -22,6 +22,10 @@ class LocalS3:
     """`python -m moto.server` on 127.0.0.1; restartable (a restart forgets every object).
     Usable as a context manager."""
 
+    # the program and its leading arguments (-H and -p follow): the tests that enforce IAM run a
+    # launcher of their own (tests/motoiam.py)
+    command: tuple[str, ...] = (sys.executable, "-m", "moto.server")
+
     def __init__(self, log_path: Path | None = None, *, env: dict[str, str] | None = None):
         self.log_path = log_path
         self.env = env
@@ -35,7 +39,7 @@ class LocalS3:
     def start(self, timeout: float = 30.0) -> "LocalS3":
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [*self.command, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **self.env} if self.env else None,
         )

@@ -22,7 +22,7 @@ import botocore.handlers
 from botocore.config import Config as BotoConfig
 
 from spoolup import checksums, flow
-from spoolup import connect
+from spoolup import connect, permissions
 from spoolup.config import Config
 from spoolup.keys import static_prefix
 from spoolup.logs import redact_text
@@ -87,7 +87,10 @@ def translate(e: Exception, op: str, key: str | None) -> S3Error:
             code = "PreconditionFailed"
         if status == 501 and code in ("501", "Unknown"):
             code = "NotImplemented"
-        return _BY_CODE.get(code, S3Error)(code, str(err.get("Message") or e), op=op, key=key, status=status)
+        message = str(err.get("Message") or e)
+        if code == "AccessDenied":  # (permanent: say which permission this request needs)
+            message = permissions.explain(op, key, message)
+        return _BY_CODE.get(code, S3Error)(code, message, op=op, key=key, status=status)
     if isinstance(e, botocore.exceptions.SSLError):
         return S3Error("SSLError", f"{e} (the server's TLS certificate is not trusted: give the CA that signed it "
                        "with ca-file)", op=op, key=key)

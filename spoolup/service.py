@@ -152,6 +152,7 @@ class DrainState:
     request_ids: list[int] = field(default_factory=list)
     snapshot: dict[int, int] = field(default_factory=dict)  # source id -> size at the request
     closed_through: int | None = None  # objects up to this id were closed for the drain
+    started: float = field(default_factory=time.time)  # (wall clock, as the refusals' `since`)
 
 
 class Service:
@@ -325,6 +326,8 @@ class Service:
                         finished = self._drain_step(drain_state, consumed, now)
                         if progress is not None:
                             progress.update(self._drain_remaining(drain_state), final=finished)
+                        if not finished and drain and self._drain_refused(drain_state):
+                            return 1
                         if finished:
                             if drain:
                                 self._reap(time.time())
@@ -450,6 +453,21 @@ class Service:
                           objects_closed=closed, pending_objects=self.journal.pending_objects())
             return False
         return self.journal.pending_objects(through=state.closed_through) == 0
+
+    def _drain_refused(self, state: DrainState) -> bool:
+        """Does S3 refuse (AccessDenied, ...: retried only every few minutes) what the drain still
+        waits for?  Then `spoolup drain` ends, exit 1, naming each refused request rather than wait
+        without end; nothing is lost (journaled and in the spool, it ships once S3 accepts it)."""
+        if state.closed_through is None:
+            return False
+        refused = self.journal.refusals_holding(state.closed_through, state.started)
+        if refused:
+            self.log.error("drain cannot finish: S3 refuses requests what is left needs (retried only slowly); "
+                           "nothing is lost: it ships once S3 accepts them (grant what the error names, then run "
+                           "drain again or start the service); see spoolup status",
+                           refused=[f"{q.get('key')}: {q.get('operation')} {q.get('code')}: {q.get('message')}"
+                                    for q in refused])
+        return bool(refused)
 
     def _drain_remaining(self, state: DrainState) -> int:
         """Record bytes the drain has still to ship: unread spool bytes it covers, and chunks

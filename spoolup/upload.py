@@ -25,6 +25,7 @@ from spoolup.capabilities import (UNKNOWN, CapabilityProbe, CapabilityRefused, C
 from spoolup.config import Config
 from spoolup.coordinator import REFUSED_RETRY, Uploader
 from spoolup.journal import Journal, disk_full
+from spoolup.protocol import permanent
 from spoolup.s3 import S3, S3Error
 
 HEARTBEAT_EVERY = 2.0
@@ -202,6 +203,7 @@ class UploadProcess:
                 for line in report.notes:
                     log.warning("recovery note", note=line)
                 up.health.ok()
+                up.accepted_before_start()
                 return
             except CapabilityRefused as e:
                 # conditional-writes = "on" and the server would overwrite: refuse to write, say why
@@ -222,7 +224,17 @@ class UploadProcess:
                 self.pause(delay)
             except S3Error as e:
                 attempt += 1
-                log.warning("cannot reconcile with S3 yet; retrying", error=str(e), retry_in=delay)
+                if permanent(e):
+                    # S3 refuses the request itself (AccessDenied: a permission the credentials lack,
+                    # named in the error): sending it again at once cannot help.  Said at error level,
+                    # in status (quarantined_objects, which ends a foreground drain) and /readyz, and
+                    # tried again only every REFUSED_RETRY seconds: it resumes once it is granted
+                    delay = max(REFUSED_RETRY, cfg.retry_max_delay)
+                    log.error("S3 refuses a request spoolup makes before it uploads anything; nothing is "
+                              "uploaded, retried slowly", code=e.code, error=str(e), retry_in=delay)
+                    self._refused(e)
+                else:
+                    log.warning("cannot reconcile with S3 yet; retrying", error=str(e), retry_in=delay)
                 metrics.upload_error(e.code, e.op or "recover")
                 self._record(e.op or "recover", e.code, e.detail, e.key)
                 try:
@@ -230,6 +242,12 @@ class UploadProcess:
                 except sqlite3.OperationalError as err:
                     log.warning("cannot journal this; going on", what="the S3 health", error=str(err))
                 self.pause(delay)
+
+    def _refused(self, e: S3Error) -> None:
+        try:
+            self.uploader.refused_before_start(e.op or "recover", e.code, e.detail, e.key)
+        except sqlite3.OperationalError as err:
+            self.log.warning("cannot journal this; going on", what="the refused request", error=str(err))
 
     def _record(self, op: str, code: str, message: str, key: str | None = None) -> None:
         try:

@@ -24,7 +24,7 @@ import pytest
 
 import localrgw
 from faultproxy import FaultProxy
-from helpers import ACCESS_KEY, SECRET_KEY, MotoServer, S3Server, Spoolup, TestUser, mounted
+from helpers import ACCESS_KEY, SECRET_KEY, IAMMoto, MotoServer, S3Server, Spoolup, TestUser, mounted
 
 SERVERS = ("moto", "rgw")
 
@@ -92,16 +92,15 @@ def moto(tmp_path_factory) -> MotoServer:
 
 
 @pytest.fixture(scope="session")
-def checking_moto(tmp_path_factory) -> MotoServer:
+def checking_moto(tmp_path_factory) -> IAMMoto:
     """A moto server that checks credentials as S3 does (an unknown access key: 403 InvalidAccessKeyId;
     a wrong secret: 403 SignatureDoesNotMatch); `access_key`/`secret_key` are valid there."""
     import json
 
     import boto3
 
-    server = MotoServer(tmp_path_factory.mktemp("moto-auth"))
-    server.env = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"}  # the three IAM calls below, then every call is checked
-    server.start()
+    # the three IAM calls below, then every call is checked
+    server = IAMMoto(tmp_path_factory.mktemp("moto-auth") / "moto.log", setup_calls=3).start()
     iam = boto3.client("iam", endpoint_url=server.url, aws_access_key_id="setup", aws_secret_access_key="setup",
                        region_name="us-east-1")
     iam.create_user(UserName="spoolup")

@@ -38,6 +38,19 @@ class MotoServer(LocalS3):
         self.log_path = log_dir / f"moto-{self.port}.log"
 
 
+class IAMMoto(LocalS3):
+    """A moto server that enforces IAM: its first `setup_calls` requests are not checked (the
+    IAM set-up), every later one is (signature, access key, policies).  Run through
+    tests/motoiam.py, which corrects moto's signature check for query values holding a '/'
+    (moto re-signs a decoded query: every listing with a prefix like `.spoolup/ledger/` was
+    refused with SignatureDoesNotMatch whatever the credentials)."""
+
+    command = (sys.executable, str(Path(__file__).with_name("motoiam.py")))
+
+    def __init__(self, log_path: Path, setup_calls: int):
+        super().__init__(log_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": str(setup_calls)})
+
+
 class S3Server:
     """An S3 endpoint under test, as the S3-facing tests see it: `name` ("moto" or
     "rgw"), url and keys; `client()` is a boto3 S3 client for it."""

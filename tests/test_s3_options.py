@@ -12,13 +12,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import boto3
 import pytest
 
-from helpers import ACCESS_KEY, SECRET_KEY, Spoolup, get, list_keys, syslog_lines, toml
+from helpers import ACCESS_KEY, SECRET_KEY, IAMMoto, Spoolup, free_port, get, list_keys, syslog_lines, toml, wait_for
 from spoolup import config
-from spoolup.locals3 import LocalS3
 
 # transcribed from syslog-ng's modules/python-modules/syslogng/modules/s3/s3_destination.py
 S3_STORAGE_CLASSES = ["STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
@@ -28,7 +29,6 @@ S3_CANNED_ACLS = ["private", "public-read", "public-read-write", "aws-exec-read"
 MiB = 1024 * 1024
 
 
-ROLE_HANGS = pytest.mark.xfail(run=False, reason="known regression, open: since the ledger's start-up comparison (issue 22) merged, a drain with credentials from role / profile against IAM-enforcing moto does not finish (diagnosis left to the next session; see the closing note of this stop)")
 
 
 def base(tmp_path, **options):
@@ -182,21 +182,25 @@ class AuthMoto:
     """A moto server whose first SETUP_CALLS requests are unauthenticated (IAM set-up);
     every later request is checked against the IAM users, roles and policies made then."""
 
-    SETUP_CALLS = 7
+    SETUP_CALLS = 11
 
     def __init__(self, log_dir):
-        self.server = LocalS3(log_dir / "moto-auth.log", env={"INITIAL_NO_AUTH_ACTION_COUNT": str(self.SETUP_CALLS)})
-        self.server.start()
+        self.server = IAMMoto(log_dir / "moto-auth.log", self.SETUP_CALLS).start()
         self.port, self.url, self.proc = self.server.port, self.server.url, self.server.proc
         iam = self.client("iam", "setup", "setup")
         account = "123456789012"
         self.role_arn = f"arn:aws:iam::{account}:role/log-writer"
+        # roles the keys may assume whose policies lack what spoolup needs: writing the ledger's
+        # segments (PutObject under .spoolup/ledger/), listing the bucket (ListObjectsV2)
+        self.no_ledger_arn = f"arn:aws:iam::{account}:role/no-ledger"
+        self.no_list_arn = f"arn:aws:iam::{account}:role/no-list"
         iam.create_user(UserName="shipper")  # 1
         key = iam.create_access_key(UserName="shipper")["AccessKey"]  # 2
         self.user_key, self.user_secret = key["AccessKeyId"], key["SecretAccessKey"]
         iam.put_user_policy(UserName="shipper", PolicyName="assume-only", PolicyDocument=json.dumps({  # 3
             "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": self.role_arn}]}))
+            "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                           "Resource": [self.role_arn, self.no_ledger_arn, self.no_list_arn]}]}))
         trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
             "AWS": f"arn:aws:iam::{account}:user/shipper"}, "Action": "sts:AssumeRole"}]}
         iam.create_role(RoleName="log-writer", AssumeRolePolicyDocument=json.dumps(trust))  # 4
@@ -205,6 +209,16 @@ class AuthMoto:
         iam.create_role(RoleName="other", AssumeRolePolicyDocument=json.dumps(trust))  # 6
         iam.put_role_policy(RoleName="other", PolicyName="s3", PolicyDocument=json.dumps({  # 7
             "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        iam.create_role(RoleName="no-ledger", AssumeRolePolicyDocument=json.dumps(trust))  # 8
+        iam.put_role_policy(RoleName="no-ledger", PolicyName="s3", PolicyDocument=json.dumps({  # 9
+            "Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::*/.spoolup/ledger/*"}]}))
+        iam.create_role(RoleName="no-list", AssumeRolePolicyDocument=json.dumps(trust))  # 10
+        iam.put_role_policy(RoleName="no-list", PolicyName="s3", PolicyDocument=json.dumps({  # 11
+            "Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                {"Effect": "Deny", "Action": "s3:ListBucket", "Resource": "*"}]}))
 
     def client(self, service: str, key: str, secret: str, token: str | None = None):
         from botocore.config import Config as BotoConfig
@@ -229,7 +243,6 @@ def auth_moto(tmp_path_factory):
     server.stop()
 
 
-@ROLE_HANGS
 def test_role_is_assumed_through_sts_and_used_for_every_upload(tmp_path, auth_moto):
     m = auth_moto
     # the configured keys alone may not touch S3
@@ -259,6 +272,65 @@ def test_role_is_assumed_through_sts_and_used_for_every_upload(tmp_path, auth_mo
         sp.cleanup()
 
 
+@pytest.mark.parametrize("role, refused, permission", [
+    ("no-ledger", "PutObject .spoolup/ledger/", "s3:PutObject on the key '.spoolup/ledger/"),  # segments
+    ("no-list", "ListObjectsV2 .spoolup/ledger/", "s3:ListBucket on the bucket (prefix '.spoolup/ledger/"),  # start-up check
+])
+def test_a_role_without_a_permission_the_ledger_needs_is_refused_clearly_and_loses_nothing(
+        tmp_path, auth_moto, role, refused, permission):
+    """A role policy written before the ledger (issue 22) may lack what it needs: writing segments
+    under .spoolup/ledger/, listing that prefix at start.  AccessDenied is no transient failure:
+    spoolup names the refused request and the permission (log, status, /readyz), makes nothing
+    visible without its record, and a drain ends (exit 1) instead of waiting; with the permission
+    granted everything ships, exactly once."""
+    m = auth_moto
+    arn = m.role_arn.replace("log-writer", role)
+    bucket = f"{role}-bucket"
+    sp = Spoolup(tmp_path / "sp", m.url, bucket, **{
+        "access-key": m.user_key, "secret-key": m.user_secret, "role": arn, "object-key": "{name}"})
+    try:
+        files = {"a.log": syslog_lines(2000), "b.log": syslog_lines(28_000, width=220)}  # b: multipart
+        for name, data in files.items():
+            (sp.spool / name).write_bytes(data)
+        r = sp.drain(timeout=120)  # (no --timeout: it ends by itself)
+        assert r.returncode == 1, r.stderr[-3000:]
+        assert "drain cannot finish: S3 refuses requests" in r.stderr, r.stderr[-3000:]
+        assert refused in r.stderr and f"AccessDenied: Access Denied (the credentials need {permission}" in r.stderr
+        st = sp.status()
+        (q,) = st["quarantined_objects"]
+        assert q["code"] == "AccessDenied" and permission in q["message"] and q["key"].startswith(".spoolup/ledger/"), q
+        assert permission in st["last_error"]["message"], st["last_error"]
+        assert list_keys(m.as_role("s3"), bucket) == []  # nothing visible without its record
+        assert m.user_secret not in r.stdout + r.stderr + json.dumps(st)
+
+        # the service says so in /readyz, at once, and keeps it all
+        port = free_port()
+        sp.write_config(**{"metrics-listen": f"127.0.0.1:{port}"})
+        p = sp.start()
+        try:
+            def not_ready():
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10)
+                except urllib.error.HTTPError as e:
+                    body = json.loads(e.read())
+                    return body if e.code == 503 and permission in body["checks"]["s3"]["reason"] else None
+                except urllib.error.URLError:
+                    return None
+                return None
+            wait_for(not_ready, 60, what="/readyz naming the permission")
+        finally:
+            assert sp.stop(p) == 0
+
+        sp.write_config(role=m.role_arn)  # the permission granted (a role that has it)
+        r = sp.drain(timeout=120, check=True)
+        s3 = m.as_role("s3")
+        assert list_keys(s3, bucket) == sorted(files)
+        for name, data in files.items():
+            assert get(s3, bucket, name) == data, name
+    finally:
+        sp.cleanup()
+
+
 def test_role_that_cannot_be_assumed_fails_clearly(tmp_path, auth_moto):
     m = auth_moto
     other = m.role_arn.replace("log-writer", "other")  # exists, but the keys may not assume it
@@ -271,7 +343,8 @@ def test_role_that_cannot_be_assumed_fails_clearly(tmp_path, auth_moto):
         (sp.spool / "x.log").write_bytes(syslog_lines(10))
         r = sp.cmd("drain", "--timeout", "4", timeout=60)
         assert r.returncode == 1
-        # the upload process says why, and keeps retrying (nothing is dropped) until stopped
+        # the upload process says why (an AccessDenied: refused, retried slowly), the drain ends on it
+        # rather than wait, and nothing is dropped
         assert "cannot assume the configured role" in r.stderr and "AccessDenied" in r.stderr, r.stderr[-3000:]
         st = sp.status()
         assert st["last_error"] is not None and st["backlog_bytes"] + st["closed_objects_pending"]["bytes"] > 0

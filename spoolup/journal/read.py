@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 from spoolup.journal.rows import (ACTIVE, CHUNK_OPEN, CLOSED, DONE, OPEN, SEALED, UPLOADED, ObjectRow, ObjectState,
                                   _object)
-from spoolup.journal.store import Store
+from spoolup.journal.store import REFUSED_OBJECTS_META, Store
 
 
 class UnfinishedChunk(NamedTuple):
@@ -35,6 +36,19 @@ class Read(Store):
         return self._conn.execute(
             f"SELECT count(*) FROM objects WHERE state != '{DONE}' AND id <= ?", (through,)
         ).fetchone()[0]
+
+    def refusals_holding(self, through: int, since: float) -> list[dict]:
+        """The refusals (REFUSED_OBJECTS_META, written by the upload process since `since`) that
+        hold back every object up to `through` that is not done, or [] while any of those is
+        not held by one (it may still ship).  A refusal of object 0 (the ledger's segment, or the
+        reconcile before any upload) holds back all of them.  A foreground drain ends on them:
+        they are retried only slowly."""
+        refused = [q for q in json.loads(self.meta(REFUSED_OBJECTS_META) or "[]") if q.get("since", 0) >= since]
+        if not refused or any(q.get("object_id") == 0 for q in refused):
+            return refused
+        held = {q.get("object_id") for q in refused}
+        rows = self._conn.execute(f"SELECT id FROM objects WHERE state != '{DONE}' AND id <= ?", (through,))
+        return refused if all(oid in held for (oid,) in rows) else []
 
     def has_closed_objects(self) -> bool:
         """Is any object closed and waiting for its upload?"""
