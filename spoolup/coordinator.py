@@ -165,12 +165,15 @@ class Uploader:
         for obj in j.to_start(skip=self._waiting_ids(Kind.START)):
             if self._room() <= 0:
                 return
-            chunks = j.chunks_of(obj.id) if obj.mode == UploadMode.SINGLE else []
-            size = chunks[0].part_size if chunks else None  # a single PutObject checks its file's size
-            md5 = chunks[0].md5 if chunks else None  # (its ledger record's ETag: not hashed again)
             claim = (obj.id, obj.claim_gen)
+            adopt = claim not in self.fresh_claims
+            single = obj.mode == UploadMode.SINGLE
+            # (a multipart object that may adopt: its chunks tell its own parts in an upload at the key)
+            chunks = j.chunks_of(obj.id) if single or adopt else []
+            size = chunks[0].part_size if single and chunks else None  # a single PutObject checks its file's size
+            md5 = chunks[0].md5 if single and chunks else None  # (its ledger record's ETag: not hashed again)
             task = Task(Kind.START, obj.id)
-            self._submit(task, self.work.start, obj, size, claim not in self.fresh_claims, md5)
+            self._submit(task, self.work.start, obj, size, adopt, md5, [] if single else chunks)
             if task in self.inflight:
                 self.fresh_claims.discard(claim)
                 self.starting.setdefault(task, obj)
@@ -343,7 +346,8 @@ class Uploader:
                 if mode == "multipart":  # (claim_if bumped its claim_gen by one)
                     self.fresh_claims.add((b.object_id, b.claim_gen + 1))
                 return [lambda: crash.point("after-claim")]
-            case Started(basis=b, upload_id=upload_id, how=how, checksum_algorithm=algo):
+            case Started(basis=b, upload_id=upload_id, how=how, checksum_algorithm=algo, aborted=aborted):
+                self._lost_aborted(b, aborted)
                 if not j.set_upload_id_if(b.object_id, b.claim_gen, upload_id, algo):
                     # our worker created (or adopted) that upload for a claim the object no longer has
                     self._stale(result, b, "the object gave up the key it was started at")
@@ -360,7 +364,8 @@ class Uploader:
                 return []
             case Done(basis=b):
                 return self._done(result, b)
-            case KeyTaken(basis=b):
+            case KeyTaken(basis=b, aborted=aborted):
+                self._lost_aborted(b, aborted)
                 return self._key_taken(result, b)
             case UploadGone(basis=b):
                 return self._upload_gone(result, b)
@@ -384,6 +389,16 @@ class Uploader:
                 return []
             case _:
                 raise TypeError(f"unknown result {result!r}")
+
+    def _lost_aborted(self, b: Basis, aborted: tuple[str, ...]) -> None:
+        """Said once the start's result is harvested: uploads at the claimed key that a lost state
+        of this journal started (Protocol.adopt) were aborted."""
+        for upload_id in aborted:
+            self.log.warning("aborted a multipart upload at the claimed key that a lost state of this journal "
+                             "started: it holds this object's own chunks (its parts' ETags are the chunk files' "
+                             "MD5), and no journal that knows its id is left (a restored backup or an old copy of "
+                             "the state dir); the parts are sent again to an upload of the object's own",
+                             object=b.object_id, key=b.final_key, upload=upload_id[:16])
 
     def _recorded(self, result: Recorded) -> list[Action]:
         """Journal, per object, that segment `seq` records it -- only if its claim still holds

@@ -287,6 +287,28 @@ def latest(records: Iterable[Record]) -> dict[str, Record]:
     return out
 
 
+def one_per_object(shipped: Iterable[Record], prefer: str | None = None) -> tuple[dict[str, Record], set[str]]:
+    """Records whose objects are in the bucket (each matched the object at its final key),
+    one per object: records of different origins at the same final key name one object -- a
+    lost journal recorded it and was stopped before its PutObject/Complete, and the journal
+    that followed (the state dir wiped, or a backup restored that gives it another object id)
+    cut the same records again into the same bytes at the same key and shipped them under its
+    own origin.  Returns (origin -> the record kept for each object: journal `prefer`'s if one
+    is, else the first given; the origins of the others, aliases of a kept one)."""
+    kept: dict[str, Record] = {}  # final key -> record
+    aliases: set[str] = set()
+    for r in shipped:
+        other = kept.get(r.final_key)
+        if other is None:
+            kept[r.final_key] = r
+        elif r.journal == prefer and other.journal != prefer:
+            kept[r.final_key] = r
+            aliases.add(other.origin)
+        else:
+            aliases.add(r.origin)
+    return {r.origin: r for r in kept.values()}, aliases
+
+
 def latest_starts(records: Iterable[Record]) -> dict[str, Record]:
     """The last start intent of each object (by origin), in segment order: the key its last
     CreateMultipartUpload was (or may have been) sent for."""

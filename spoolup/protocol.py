@@ -8,8 +8,9 @@ completed S3 object.
              honoured a single-part object costs one conditional PutObject;
   start      CreateMultipartUpload, its upload id journaled before any part is sent
              (invariant 4); an empty upload at the key once a Create may have been sent for
-             the claim is that Create's orphan, adopted -- or, for an object that is one
-             complete chunk, one PutObject;
+             the claim is that Create's orphan, adopted, and one holding a part of the
+             object's own chunk files (by content) a lost journal state's, aborted -- or, for
+             an object that is one complete chunk, one PutObject;
   part       UploadPart from the chunk file, ETag journaled after (invariant 2);
   complete   CompleteMultipartUpload, journaled after (invariant 3);
   is_ours    is the object at a key the one this journal wrote?  (spoolup's metadata id
@@ -39,6 +40,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +52,7 @@ from spoolup.claims import BucketIndexes
 from spoolup.chunks import Codec, part_file
 from spoolup.config import Config
 from spoolup.form import Form
-from spoolup.journal import ChunkRow, ObjectRow, UploadMode
+from spoolup.journal import ChunkRow, ChunkState, ObjectRow, UploadMode
 from spoolup.s3 import NOT_SENDABLE, S3, FileBody, InvalidPart, NoSuchUpload, NotImplementedByServer, PreconditionFailed, S3Error
 from spoolup.s3 import multipart_etag, same_etag
 from spoolup.work import Basis, CleanedUp, Claimed, Done, KeyTaken, PartDone, PartsMismatch, Started, UploadGone
@@ -217,22 +220,25 @@ class Protocol:
     # -- start -------------------------------------------------------------------
 
     def start(self, obj: ObjectRow, part_size: int | None = None, adopt: bool = False,
-              md5: str | None = None) -> Started | Done | KeyTaken:
+              md5: str | None = None, chunks: Sequence[ChunkRow] = ()) -> Started | Done | KeyTaken:
         """Start the object's upload.  An upload at the key that this journal does not know is
         someone else's (another agent, syslog-ng's s3()): the key is left to it and the object
         takes the next index -- unless `adopt`: a Create may have been sent for this claim
-        already (by a process that crashed, or an attempt whose reply was lost), and an upload
-        at the key holding no part is that Create's orphan, adopted (docs/operations.md,
-        "Uploads a lost Create reply leaves").  The coordinator says `adopt` for every attempt
-        but the first one of a claim its own process journaled."""
+        already (by a process that crashed, or an attempt whose reply was lost, or a lost future
+        of this journal), and an upload at the key holding no part is that Create's orphan,
+        adopted (docs/operations.md, "Uploads a lost Create reply leaves"); one holding a part of
+        this object's own `chunks` (by content) is a lost journal state's, aborted.  The
+        coordinator says `adopt` for every attempt but the first one of a claim its own process
+        journaled."""
         key = obj.final_key
         if obj.mode == UploadMode.SINGLE:
             return self.put(obj, part_size, md5)
         # the HEAD at the key is sent beside the listing of its uploads: one round trip for both
         # before the Create, not two (its answer is used only once the listing shows no upload)
         head = self._beside(self.s3.head, key)
+        lost: tuple[str, ...] = ()
         if adopt:
-            found = self.adopt(obj)
+            found, lost = self.adopt(obj, chunks)
             if found is not None:
                 return found
         elif any(k == key for k, _ in self.s3.list_uploads(key)):
@@ -240,7 +246,7 @@ class Protocol:
             return self._key_taken(obj)
         existing = head()
         if existing is not None and not self.is_ours(existing, obj.id, None):
-            return self._key_taken(obj)
+            return replace(self._key_taken(obj), aborted=lost)
         # parts carry flexible checksums only where the server takes them (and of a composite kind)
         algo = self.caps.object_checksum
         algo = algo if algo in checksums.COMPOSITE else None
@@ -250,8 +256,11 @@ class Protocol:
             # botocore sent the Create again after a lost reply: the first one may have created an
             # upload too.  Keep one of them, abort the others (if this fails, the next attempt
             # lists them again and adopts one)
-            return self.adopt(obj) or Started(Basis.of(obj), upload_id, checksum_algorithm=algo)
-        return Started(Basis.of(obj), upload_id, checksum_algorithm=algo)
+            found, more = self.adopt(obj, chunks)
+            if found is not None:
+                return replace(found, aborted=lost + found.aborted)
+            return Started(Basis.of(obj), upload_id, checksum_algorithm=algo, aborted=lost + more)
+        return Started(Basis.of(obj), upload_id, checksum_algorithm=algo, aborted=lost)
 
     def _beside(self, fn, *args):
         """Call fn(*args) on a thread of its own, beside what the calling worker does next;
@@ -278,15 +287,22 @@ class Protocol:
             return value
         return result
 
-    def adopt(self, obj: ObjectRow) -> Started | KeyTaken | None:
+    def adopt(self, obj: ObjectRow, chunks: Sequence[ChunkRow] = ()
+              ) -> tuple[Started | KeyTaken | None, tuple[str, ...]]:
         """The uploads at the object's claimed key, once a Create may have been sent for its claim
         (the claim's listing showed the key free): each holding no part is ours -- a part is sent
-        only to an upload whose id is journaled -- and one is adopted, the others aborted; one
-        holding a part is someone else's (left alone: KeyTaken, after our own are aborted).
-        None: there is none."""
+        only to an upload whose id is journaled -- and one is adopted, the others aborted.  One
+        holding a part of this object's own (`chunks`: own_parts) is ours too, started by a state of
+        this journal that is lost (a restored backup or an old copy of the state dir journaled the
+        object's start intent, its lost future the upload id and parts): nothing that knows its id
+        exists any more, so it is aborted (the object's parts are sent again to an upload of its
+        own).  One holding only other parts is someone else's (left alone: KeyTaken, after our own
+        are aborted).  Returns (the result, or None: there is none of ours to adopt and none of
+        someone else's; the lost uploads aborted)."""
         key = obj.final_key
         empty: list[str] = []
         foreign: list[str] = []
+        lost: list[str] = []
         for k, upload_id in self.s3.list_uploads(key):
             if k != key or upload_id == obj.upload_id:
                 continue
@@ -294,19 +310,53 @@ class Protocol:
                 held = self.s3.list_parts(key, upload_id)
             except NoSuchUpload:
                 continue  # completed or aborted meanwhile
-            (foreign if held else empty).append(upload_id)
+            if not held:
+                empty.append(upload_id)
+            elif self.own_parts(obj, held, chunks):
+                lost.append(upload_id)
+            else:
+                foreign.append(upload_id)
+        for upload_id in lost:  # (an S3Error: the next attempt lists them again)
+            self.s3.abort(key, upload_id)
+        if lost and not foreign:
+            self._forget_pending(key)
         if not empty and not foreign:
-            return None
+            return None, tuple(lost)
         keep = None if foreign else empty[0]
         for upload_id in empty:
             if upload_id != keep:
                 self.s3.abort(key, upload_id)  # ours (an S3Error: the next attempt lists them again)
         if foreign:
             self._seen_pending(key)
-            return self._key_taken(obj)
+            return replace(self._key_taken(obj), aborted=tuple(lost)), tuple(lost)
         # (an orphan's Create was sent with the algorithm the capabilities gave then: assumed the same now)
         algo = self.caps.object_checksum
-        return Started(Basis.of(obj), keep, "adopted", algo if algo in checksums.COMPOSITE else None)
+        return Started(Basis.of(obj), keep, "adopted", algo if algo in checksums.COMPOSITE else None,
+                       tuple(lost)), tuple(lost)
+
+    def own_parts(self, obj: ObjectRow, held: dict[int, tuple[str, int]], chunks: Sequence[ChunkRow]) -> bool:
+        """Does an upload holding `held` (part -> (ETag, size)) hold a part of this object's own:
+        the bytes of one of its sealed chunk files, by content (the part's size is the file's and
+        its ETag the file's MD5), never by a name or an id (issue 22 item 5)?  A sealed chunk
+        file never changes, so a journal state that sent it as a part under an upload id it then
+        lost sent these very bytes."""
+        for c in chunks:
+            if c.part not in held or c.state == ChunkState.OPEN or c.part_size is None:
+                continue
+            etag, size = held[c.part]
+            if size != c.part_size:
+                continue
+            md5 = c.md5
+            if md5 is None:
+                try:
+                    n, md5, _ = checksums.hash_file(part_file(self.chunk_dir, obj.id, c.part, self.codec_of(obj)), None)
+                except OSError:
+                    continue  # (a chunk file that cannot be read: the part step says so)
+                if n != c.part_size:
+                    continue
+            if same_etag(etag, md5):
+                return True
+        return False
 
     def put(self, obj: ObjectRow, part_size: int | None = None, md5: str | None = None) -> Done | KeyTaken:
         """md5: the body's MD5 as its ledger record gives it (journaled: not hashed again; a file

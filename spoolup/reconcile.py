@@ -45,7 +45,8 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
     # other uploads under the target prefix the journal does not know are never aborted here: they
     # are someone else's (a concurrent agent or s3() writer), skipped as s3() does -- or, at a key
     # claimed by an object whose upload id is not journaled, an empty one whose Create reply or
-    # journal entry was lost, which the upload process adopts (spoolup/protocol.py, adopt).
+    # journal entry was lost, which the upload process adopts, or one holding the object's own
+    # parts, which it aborts (spoolup/protocol.py, adopt).
     known_ids = journal.upload_ids()
     starting = {o.final_key for o in journal.claimed_unfinished()
                 if o.mode == UploadMode.MULTIPART and o.upload_id is None}
@@ -60,8 +61,9 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
         elif upload_id not in known_ids and key in starting:
             report.note(f"multipart upload {upload_id[:16]}... of {key}: at the key this journal claimed for an object "
                         "whose upload id is not journaled -- the orphan of its CreateMultipartUpload if it holds no "
-                        "part (a crash or a lost reply), which the upload process adopts; else someone else's, left "
-                        "alone and its index skipped")
+                        "part (a crash or a lost reply), which the upload process adopts; a lost state of this "
+                        "journal's if it holds a part of the object's own chunk files (a restored backup), which "
+                        "the upload process aborts; else someone else's, left alone and its index skipped")
         elif upload_id not in known_ids and ".spoolup-probe-" not in key:
             report.note(f"multipart upload {upload_id[:16]}... of {key} is not one this journal created; its index "
                         "is skipped and it is left alone (abort it with `aws s3api abort-multipart-upload` if it "

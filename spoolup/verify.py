@@ -9,7 +9,9 @@ object, so a bucket of 100,000 objects costs ~100 listing pages:
   record's checksum is the journal's;
 * every ledger record (the latest of each object) that the journal has as done, or whose
   spool bytes the bucket or the journal show were consumed, has its object;
-* no spool byte is in two shipped objects (per spool file as the ledger identifies it);
+* no spool byte is in two shipped objects (per spool file as the ledger identifies it; two
+  records of different origins that match the one object at a key are one object:
+  ledger.one_per_object);
 * per spool file, shipped objects and the objects not done yet hold every byte below the
   journaled offset, but for the dead-lettered ones.
 
@@ -182,7 +184,10 @@ def verify(cfg, s3) -> Report:
     report.requests["total"] = report.requests["list"] + report.requests["get"]
     latest = ledger.latest(records)
     report.ledger["records"] = len(latest)
-    shipped = {o: r for o, r in latest.items() if r.matches(*listed.get(r.final_key, (None, None)))}
+    # one record per object in the bucket: a lost journal's record of an object that a later
+    # journal cut again, byte for byte at the same key, is an alias of the later one's
+    shipped, aliases = ledger.one_per_object(
+        (r for r in latest.values() if r.matches(*listed.get(r.final_key, (None, None)))), view.journal_id)
     report.ledger["shipped"] = len(shipped)
 
     attributed: dict[Identity, list[Span]] = {}  # bytes a problem already names (not reported again as gaps)
@@ -255,7 +260,7 @@ def verify(cfg, s3) -> Report:
                   for ident, srcs in sources_of.items()}
     covered = {ident: ledger.coalesce((a, b) for a, b, _ in spans) for ident, spans in shipped_spans.items()}
     for origin, r in latest.items():
-        if origin in handled or origin in shipped:
+        if origin in handled or origin in shipped or origin in aliases:
             continue
         for s in r.sources:
             ident = identity(s)

@@ -75,6 +75,8 @@ class Started:
     upload_id: str  # created (or adopted) by this worker: spoolup's own
     how: str = "created"  # or "adopted": the orphan of a Create whose reply or journal entry was lost
     checksum_algorithm: str | None = None  # the flexible checksum its parts carry (spoolup/checksums.py)
+    # uploads at the key aborted before: a lost journal state's own, by content (Protocol.adopt)
+    aborted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class Done:
 class KeyTaken:
     """The claimed key holds (or is being written with) someone else's object: claim the next free index."""
     basis: Basis
+    aborted: tuple[str, ...] = ()  # as for Started
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 
@@ -218,3 +220,36 @@ def test_a_killed_check_config_leaves_nothing_once_stale(make_spoolup, s3, proxy
     shipped = ["a.log", "b.log"] if cleaner == "drain" else ["a.log"]
     assert sorted(list_keys(s3, sp.bucket)) == sorted([not_a_probe, *shipped])
     assert s3.get_object(Bucket=sp.bucket, Key=not_a_probe)["Body"].read() == b"an operator's\n"
+
+
+def test_a_deleted_journals_killed_probe_leaves_nothing_once_stale(make_spoolup, s3, proxy):
+    """A service killed during its capability probe, then its state dir deleted (issue 22's
+    torture --state-loss): the probe's scratch is named for a journal that no longer exists, so
+    no reconcile takes it for its own.  It is removed as any journal's (or a check-config's)
+    probe scratch is: once older than a probe can take (1 hour; lowered here), by the next
+    reconcile -- and left alone while younger (a probe of another spoolup may still run)."""
+    sp = spoolup_at(make_spoolup, url=proxy.url)
+    write(sp.spool / "a.log", SMALL)
+    with probe_complete_held(proxy) as held:
+        p = subprocess.Popen(sp.argv("drain"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=sp.env(),
+                             start_new_session=True)
+        try:
+            assert held.wait(60), "the probe reached its Complete"
+            os.killpg(p.pid, signal.SIGKILL)  # the whole service: main and upload process
+        finally:
+            p.wait(30)
+    keys, uploads = probe_scratch(s3, sp.bucket)
+    assert keys and uploads, "the kill left the probe's scratch"
+    assert not any(".spoolup-probe-check-" in k for k in keys + uploads), (keys, uploads)  # a journal's probe
+    shutil.rmtree(sp.state)
+    more = noisy_lines(200, seed=23, tag="t")
+    write(sp.spool / "a.log", more, "ab")
+    drained(sp)  # a new journal: the scratch is not its own, and young
+    assert probe_scratch(s3, sp.bucket) == (keys, uploads)
+    write(sp.spool / "b.log", SMALL)
+    r = spoolup_cmd(sp, "drain", env={**sp.env(), "SPOOLUP_TEST_PROBE_MAX_AGE": "0"}, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    said = r.stdout + r.stderr
+    assert "abort the upload of an interrupted capability probe" in said, said[-3000:]
+    assert probe_scratch(s3, sp.bucket) == ([], [])
+    assert_exact(s3, sp.bucket, {"a.log": SMALL + more, "b.log": SMALL})

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
-from crashkit import drain_crashing, write
-from helpers import pending_uploads, syslog_lines
+from crashkit import drain_crashing, rows, write
+from helpers import list_keys, pending_uploads, syslog_lines
 from ledgerkit import copy_state, exactly_once
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
@@ -72,3 +72,37 @@ def test_an_upload_the_lost_journal_started_is_aborted(make_spoolup, s3, loss):
     assert layout["big.log"] == ["big.log"], layout  # its index is not skipped for a leftover upload
     if loss == "restored-backup":  # (the start-up check found the ledger ahead and said what it did)
         assert "abort multipart upload" in out and "at big.log" in out, out[-4000:]
+
+
+def test_an_upload_of_the_restored_journals_own_intent_is_aborted(make_spoolup, s3):
+    """The backup holds big.log's start intent (journaled) but not its upload id; the future it
+    lost created the upload and sent a part, and wrote no ledger segment after the backup's
+    number -- so the start-up check finds the journal level with the bucket and no bring-forward
+    runs.  The upload at the claimed key holds a part: it used to be taken for someone else's,
+    left in the bucket for good and its index skipped.  Its part holds the object's own first
+    chunk (by content: the part's ETag is the chunk's MD5), so it is the agent's own leftover:
+    aborted, logged, and the object keeps its key."""
+    sp = make_spoolup(**OPTIONS, **{"upload-threads": 1})  # (one part at a time: part 1 first)
+    first = lines(500, 0)
+    write(sp.spool / "a.log", first)
+    drained(sp)
+    write(sp.spool / "big.log", BIG)
+    # killed right after a ledger segment is journaled: big.log's start intent, its Create not sent
+    drain_crashing(sp, "after-ledger-recorded", scope="service", timeout=180)
+    (big,) = [o for o in rows(sp, "objects") if o["key"] == "big.log"]
+    assert big["ledger_seq"] is not None and big["ledger_seq"] < 0 and big["upload_id"] is None, big
+    backup = sp.base / "backup"
+    copy_state(sp.state, backup)
+    segments = list_keys(s3, sp.bucket, ".spoolup/", own=True)
+    # the future: its Create, then killed right after its first UploadPart (id journaled, ETag not)
+    drain_crashing(sp, "after-upload-part", scope="service", timeout=180)
+    held = uploads_with_parts(s3, sp.bucket)
+    assert [key for key, parts in held if parts] == ["big.log"], held
+    assert list_keys(s3, sp.bucket, ".spoolup/", own=True) == segments, "the future wrote a segment"
+
+    copy_state(backup, sp.state)  # knows the intent, not the upload
+    out = drained(sp)
+    assert s3.list_multipart_uploads(Bucket=sp.bucket).get("Uploads", []) == [], "an upload left in the bucket"
+    layout = exactly_once(s3, sp.bucket, {"a.log": first, "big.log": BIG})
+    assert layout["big.log"] == ["big.log"], layout  # its index is not skipped for its own leftover upload
+    assert "holds this object's own chunks" in out, out[-4000:]

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 
 import pytest
 
-from crashkit import rows, write
+from crashkit import drain_crashing, rows, write
 from helpers import free_port, get, list_keys, syslog_lines, wait_for
 from spoolup import ledger
 from spoolup.journal import Journal
@@ -154,6 +155,33 @@ def test_verify_reports_bytes_in_two_shipped_objects(make_spoolup, s3):
     assert (p["path"], p["start"], p["end"], p["bytes"]) == ("x.log", 100, 300, 200)
     code, out, _ = verify(sp)
     assert "overlapping: x.log: bytes 100-300 (200 bytes) are in both" in out, out
+
+
+def test_verify_clean_when_a_lost_journals_record_names_the_object_shipped_since(make_spoolup, s3):
+    """A journal recorded a.log's object at its key and was killed before the PutObject (its
+    record an intention that did not happen); then its state dir was wiped.  The next journal
+    read a.log again and cut the same object -- the same records, at the same key, byte for
+    byte -- under its own origin, and shipped it.  Two records match the one object at the key:
+    one object, shipped once, not bytes in two objects (torture --state-loss seed 9202: verify
+    exit 1, "overlapping" twice, where every record was in the bucket once; a restored backup
+    that cuts the object again under another object id does the same)."""
+    sp = make_spoolup(**{"object-key": "{name}", "flush-grace-period": "1s", "shutdown-timeout": 5})
+    write(sp.spool / "a.log", FILES["a.log"])
+    drain_crashing(sp, "after-ledger-recorded", scope="service")
+    assert list_keys(s3, sp.bucket, "a.log") == [], "the PutObject was not sent"
+    shutil.rmtree(sp.state)
+    sp.drain(check=True)
+    assert get(s3, sp.bucket, "a.log") == FILES["a.log"]
+    records = [r for k in segments(s3, sp.bucket) for r in ledger.Segment.decode(get(s3, sp.bucket, k)).records
+               if r.final_key == "a.log" and not r.started]
+    assert len({r.origin for r in records}) == 2 and len({(r.size, r.etag) for r in records}) == 1, records
+    code, out, doc = verify(sp, "--json")
+    assert code == 0, doc["problems"] if doc else out
+    assert doc["ledger"]["records"] == 2 and doc["ledger"]["shipped"] == 1, doc["ledger"]
+    # an object that matches neither record any more is still named
+    s3.put_object(Bucket=sp.bucket, Key="a.log", Body=b"someone else's\n")
+    code, out, doc = verify(sp, "--json")
+    assert code == 1 and kinds(doc) == {"overwritten": {"a.log"}}, doc["problems"]
 
 
 def test_verify_names_the_record_of_an_object_the_journal_forgot(make_spoolup, s3):
