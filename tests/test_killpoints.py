@@ -54,6 +54,9 @@ def restart_and_check(sp, s3, files, suffix="", **kw):
 # journaled length and sources re-read from their journaled offset.
 
 
+# ingest dies before any S3 request of its own: what it leaves is the same whatever the server (the
+# S3-facing points below run on both); the state dir's filesystems are this test's point
+@pytest.mark.s3_servers("moto")
 @pytest.mark.parametrize("shape", ["single", "multipart", "gzip", "fsync-off"])
 @pytest.mark.parametrize("point", ["after-chunk-write", "after-chunk-sync", "after-batch-commit"])
 def test_invariant1_ingest_killed_between_chunk_write_and_commit(make_spoolup, s3, point, shape):
@@ -190,6 +193,7 @@ PROCESS_POINTS = ["after-create-multipart", "after-upload-part", "after-complete
                   "after-ledger-segment", "after-ledger-recorded"]
 
 
+@pytest.mark.state_filesystems("disk")  # (the upload points on ramfs above cover its files there)
 @pytest.mark.parametrize("point", PROCESS_POINTS)
 def test_upload_process_killed_and_restarted_by_the_service(make_spoolup, s3, point):
     sp, files, suffix = make(make_spoolup, "multipart")
@@ -207,6 +211,7 @@ def test_upload_process_killed_and_restarted_by_the_service(make_spoolup, s3, po
 # invariant 5: never overwrite an object spoolup did not write
 
 
+@pytest.mark.state_filesystems("disk")  # (the foreign object is S3's side: both servers)
 @pytest.mark.parametrize("shape", ["single", "multipart"])
 def test_invariant5_foreign_object_at_the_claimed_key(make_spoolup, s3, shape):
     sp, files, suffix = make(make_spoolup, shape)
@@ -233,6 +238,7 @@ def test_invariant5_foreign_object_at_the_claimed_key(make_spoolup, s3, shape):
 # re-read (duplicate) it nor lose it.
 
 
+@pytest.mark.s3_servers("moto")  # (reaping is the spool's and the journal's side: both filesystems)
 @pytest.mark.parametrize("point", ["before-reap-unlink", "after-reap-unlink"])
 def test_invariant6_killed_around_deleting_a_shipped_spool_file(make_spoolup, s3, point):
     import os

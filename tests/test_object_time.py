@@ -57,7 +57,7 @@ def _envelopes(key: str, body: bytes) -> bytes:
     return b"".join(json.dumps({"key": key, "msg": line.decode()}).encode() + b"\n" for line in body.splitlines())
 
 
-@pytest.mark.s3_servers("moto", "rgw")
+@pytest.mark.s3_servers("moto")  # the rotation policy's: the server plays no part (uploads: everywhere else)
 @pytest.mark.parametrize("fmt", ["lines", "envelope"])
 def test_busy_file_gets_an_object_per_max_object_age(make_spoolup, s3, tmp_path, fmt):
     shift = tmp_path / "wall-clock-shift"
@@ -111,7 +111,7 @@ def _utc(*fields: int) -> float:
     return float(calendar.timegm((*fields, 0, 0, 0)))
 
 
-@pytest.mark.s3_servers("moto", "rgw")
+@pytest.mark.s3_servers("moto")  # (the keys' rendering: the server plays no part)
 def test_strftime_fields_in_object_key_rotate_keys_by_ingest_time(make_spoolup, s3, tmp_path):
     shift = tmp_path / "wall-clock-shift"
     set_shift(shift, 0.0)

@@ -303,6 +303,7 @@ def corrupt(sp, how: str) -> None:
         path.unlink()
 
 
+@pytest.mark.s3_servers("moto")  # refused before any S3 request: the server plays no part
 @pytest.mark.parametrize("how", ["garbage-header", "truncated", "emptied", "scribbled-pages", "newer-schema",
                                  "deleted"])
 def test_corrupt_journal_is_refused_never_started_fresh(make_spoolup, s3, how):
