@@ -282,6 +282,7 @@ def ext4_spool(request, tmp_path) -> Path:
         yield mnt
 
 
+@pytest.mark.s3_servers("moto")  # (file identity on the spool's side; the ledger on RGW: the tests above)
 def test_file_recreated_on_the_inode_of_a_restored_journals_file_ships_nothing_twice(make_spoolup, s3, ext4_spool):
     """The writer recreated a.log (the old file deleted, the new one on the same inode) and the
     new file was shipped; then a backup taken while the old file was live is restored.  The

@@ -53,8 +53,8 @@ def test_locked_journal_names_the_process_holding_it(make_spoolup, s3):
         assert holder.stdout.readline().strip() == "held"
         before = journal_path(sp).read_bytes()
         write(sp.spool / "b.log", MORE)
-        for cmd in ("run", "recover"):  # (each waits for SQLite's busy timeout, 30 s, first)
-            r = spoolup_cmd(sp, cmd, timeout=120)
+        for cmd in ("run", "recover"):  # (each waits for SQLite's busy timeout first: 30 s, here 2 s)
+            r = spoolup_cmd(sp, cmd, timeout=120, env={**sp.env(), "SPOOLUP_TEST_BUSY_TIMEOUT": "2"})
             text = r.stdout + r.stderr
             assert r.returncode == 1, f"{cmd}: exit {r.returncode}\n{text[-3000:]}"
             assert f"is locked by another process: pid {holder.pid}" in text, f"{cmd}:\n{text[-3000:]}"

@@ -104,6 +104,7 @@ def test_healthy_service_is_live_and_ready(make_spoolup, s3):
         assert sp.stop(p) == 0
 
 
+@pytest.mark.s3_servers("moto")  # (the proxy drops every connection: what the server answers plays no part)
 def test_s3_unreachable_is_not_ready_but_alive(make_spoolup, s3, proxy):
     port = free_port()
     sp = make_spoolup(**{"url": proxy.url, "object-key": "{name}", "flush-grace-period": "1s", "s3-timeout": 2,
@@ -130,6 +131,7 @@ def test_s3_unreachable_is_not_ready_but_alive(make_spoolup, s3, proxy):
         assert_exact(s3, sp.bucket, {"first.log": first, "later.log": later})
 
 
+@pytest.mark.s3_servers("moto")  # (the process's liveness: the server plays no part)
 def test_killed_upload_process_is_not_alive_until_restarted(make_spoolup, s3):
     port = free_port()
     sp = make_spoolup(**{"object-key": "{name}", "flush-grace-period": "1s", "metrics-listen": f"127.0.0.1:{port}"})
@@ -163,6 +165,7 @@ def test_killed_upload_process_is_not_alive_until_restarted(make_spoolup, s3):
         wait_for(answers(port, "/readyz", 200), 30, what="ready")
 
 
+@pytest.mark.s3_servers("moto")  # (the state dir's filesystem: the server plays no part)
 def test_state_dir_full_is_not_ready(make_spoolup, s3, tmp_path):
     port = free_port()
     with mounted("tmpfs", tmp_path / "tiny-state", "size=32m,mode=0700") as state:

@@ -77,6 +77,7 @@ def test_chunk_file_longer_than_journaled_is_truncated(make_spoolup, s3):
     drained(sp, s3, files)
 
 
+@pytest.mark.s3_servers("moto")  # refused before any S3 request: the server plays no part
 @pytest.mark.parametrize("command", ["recover", "recover --dry-run", "run", "drain"])
 def test_chunk_file_shorter_than_journaled_is_refused_naming_the_file(make_spoolup, s3, command):
     files = {"a.log": SMALL}

@@ -52,6 +52,15 @@ def remove_commit_hook(hook: Callable[[float], None]) -> None:
         _commit_hooks.remove(hook)
 
 
+
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's lock before the journal is "locked"
+
+
+def busy_timeout() -> float:
+    """BUSY_TIMEOUT; the tests lower it (SPOOLUP_TEST_BUSY_TIMEOUT) rather than wait it out."""
+    override = os.environ.get("SPOOLUP_TEST_BUSY_TIMEOUT")
+    return float(override) if override else BUSY_TIMEOUT
+
 class JournalError(Exception):
     """The journal cannot be used (corrupt, too new, unreadable); the message says what to do."""
 
@@ -115,9 +124,10 @@ class Store:
                 raise JournalError(f"no journal at {path}: spoolup has not run with this state-dir yet")
             _create(path, fsync=fsync)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=True)
+            wait = busy_timeout()
+            conn = sqlite3.connect(path, isolation_level=None, timeout=wait, check_same_thread=True)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
                 # a journal is created complete (see _create): an existing one at
                 # version 0 is an emptied or overwritten file, never a new one
