@@ -87,8 +87,7 @@ class Uploader:
         self.fresh_claims: set[tuple[int, int]] = set()
         # the object each START task in flight was submitted for (its claim then): see _unsettled
         self.starting: dict[Task, ObjectRow] = {}
-        # object id -> the key it gave up while a START task of its was in flight: the orphans a
-        # Create may have left there are aborted once that task is harvested (_gave_up)
+        # object id -> a key it gave up while its START was in flight (_gave_up): cleaned up after it
         self.orphans_after_start: dict[int, str] = {}
         # the ledger segment being gathered waits for the claims of the small objects up to this
         # id (None: not waiting): see _claims_coming
@@ -291,9 +290,8 @@ class Uploader:
             for task, future in finished:
                 del self.inflight[task]
                 self.starting.pop(task, None)
-                gave_up = self.orphans_after_start.pop(task.object_id, None) if task.kind is Kind.START else None
-                if gave_up is not None:  # (its Create, if it sent one, has landed: whatever the result)
-                    after.append(self._abort_orphans(task.object_id, gave_up))
+                if task.kind is Kind.START and task.object_id in self.orphans_after_start:  # (its Create landed)
+                    after.append(self._abort_orphans(task.object_id, self.orphans_after_start.pop(task.object_id)))
                 try:
                     result = future.result()
                 except S3Error as e:
@@ -372,10 +370,10 @@ class Uploader:
                 return self._done(result, b)
             case KeyTaken(basis=b, aborted=aborted, orphans=orphans):
                 self._lost_aborted(b, aborted)
-                for upload_id in orphans:
-                    self.log.info("aborted the empty upload a lost CreateMultipartUpload reply (or a crash before its "
-                                  "id was journaled) left at the claimed key: someone else's object or upload holds "
-                                  "the key", object=b.object_id, key=b.final_key, upload=upload_id[:16])
+                for upload_id in orphans:  # (Protocol.adopt)
+                    self.log.info("aborted the empty upload a lost Create left at the claimed key, which someone "
+                                  "else's object or upload holds", object=b.object_id, key=b.final_key,
+                                  upload=upload_id[:16])
                 return self._key_taken(result, b)
             case UploadGone(basis=b):
                 return self._upload_gone(result, b)
@@ -477,15 +475,12 @@ class Uploader:
             + [a for o in later if (a := self._gave_up(o)) is not None]
 
     def _gave_up(self, obj: ObjectRow) -> Action | None:
-        """A later object gave up its claim `obj` (a KeyTaken of an earlier object of its key).
-        With no upload id journaled, a Create may still have been sent for that claim -- unless the
-        claim is one this process journaled and never started (fresh_claims) -- and the upload it
-        created, unknown to the journal, is at the key: the orphan the start would have adopted.
-        Nothing else would ever know it as ours once the claim is gone (every later start skips its
-        index as someone else's, for good: the state-loss torture's "upload left behind"), so the
-        empty uploads at the key are aborted, a tracked cleanup like the abort of an unused upload.
-        A START of the object still in flight may be sending that Create: the cleanup waits for
-        its result (harvest)."""
+        """A later object gave up its claim `obj` with no upload id journaled: unless this process
+        journaled that claim and never started it (fresh_claims), a Create may have been sent for
+        it, and its orphan, which the start would have adopted, is at the key -- known as ours by
+        nothing once the claim is gone (every later start skips its index as someone else's: the
+        state-loss torture's "upload left behind").  So the empty uploads there are aborted (a
+        tracked cleanup); after the object's START still in flight, if any, is harvested."""
         claim = (obj.id, obj.claim_gen)
         if obj.upload_id or obj.mode != UploadMode.MULTIPART or not obj.final_key or claim in self.fresh_claims:
             self.fresh_claims.discard(claim)

@@ -239,6 +239,46 @@ def test_an_orphan_at_a_key_its_object_gives_up_is_aborted(make_spoolup, s3, pro
     assert len(layout["big.log"]) == 2 and "big.log-1" not in layout["big.log"]
 
 
+def test_orphans_of_a_start_in_flight_when_its_key_is_given_up_are_aborted(make_spoolup, s3, bucket, proxy):
+    """B's start is in flight when A's KeyTaken moves B off big.log-1; then its Creates take
+    effect and every reply is lost (the start fails).  The uploads they made used to stay pending
+    for good: B's claim was gone, and a failed start has no upload id to abort.  Now the cleanup
+    of the key B gave up waits for that start's result, then aborts the empty uploads there."""
+    rig = Rig(make_spoolup, url=proxy.url, **{"s3-timeout": 1.5})
+    a = rig.add("big.log", [lines(5 * MiB, "a"), lines(3000, "a-tail")])
+    b = rig.add("big.log", [lines(5 * MiB, "b"), lines(3000, "b-tail")])
+    theirs = b"their object\n"
+    s3.put_object(Bucket=bucket, Key="big.log", Body=theirs)  # (index 0 is decided by the write at the key)
+    up = rig.uploader(HeldExecutor())
+    j = rig.journal
+    for _ in range(20):  # claims and start intents; the starts are held in flight
+        if {Task(Kind.START, a), Task(Kind.START, b)} <= set(up.inflight):
+            break
+        up.schedule()
+        for task, future in list(up.inflight.items()):
+            if task.kind is not Kind.START and future in up.pool.calls:
+                up.pool.deliver(future)
+        up.harvest()
+    assert (j.object(a).final_key, j.object(b).final_key) == ("big.log", "big.log-1")
+    up.pool.deliver(future_of(up, "start", a))  # their object at big.log: KeyTaken
+    up.harvest()
+    assert j.object(b).idx is None, "B gave up big.log-1 while its start was in flight"
+    assert not up.cleanups, "the cleanup of big.log-1 waits for B's start"
+    at_key(proxy, "CreateMultipartUpload", "big.log-1").action = "reset-after"
+    up.pool.deliver(future_of(up, "start", b))  # its Creates take effect, every reply lost
+    up.harvest()
+    assert Task(Kind.START, b) in up.failures, "B's start failed"
+    proxy.clear()
+    assert [k for k, _ in pending_uploads(s3, bucket)] and {k for k, _ in pending_uploads(s3, bucket)} == {"big.log-1"}
+    drive(up, lambda: not up.cleanups, what="the cleanup of big.log-1 done")
+    assert pending_uploads(s3, bucket) == [], "the orphans of B's lost Creates are aborted"
+    up.failures.clear()  # (the backoffs: this test does not wait them out)
+    drive(up, lambda: j.object(b).state == "done", what="done")
+    assert get(s3, bucket, "big.log") == theirs
+    assert [j.object(o).final_key for o in (a, b)] == ["big.log-1", "big.log-2"]
+    assert pending_uploads(s3, bucket) == []
+
+
 def test_an_orphan_at_a_key_someone_elses_object_took_gets_no_part(make_spoolup, s3, proxy):
     """The kill after a Create of spoolup's, then someone else's object at the key: the orphan
     used to be adopted, every part sent to it, and only the Complete (412) found the key taken.
