@@ -87,6 +87,8 @@ class Uploader:
         self.fresh_claims: set[tuple[int, int]] = set()
         # the object each START task in flight was submitted for (its claim then): see _unsettled
         self.starting: dict[Task, ObjectRow] = {}
+        # object id -> a key it gave up while its START was in flight (_gave_up): cleaned up after it
+        self.orphans_after_start: dict[int, str] = {}
         # the ledger segment being gathered waits for the claims of the small objects up to this
         # id (None: not waiting): see _claims_coming
         self.wave: int | None = None
@@ -288,6 +290,8 @@ class Uploader:
             for task, future in finished:
                 del self.inflight[task]
                 self.starting.pop(task, None)
+                if task.kind is Kind.START and task.object_id in self.orphans_after_start:  # (its Create landed)
+                    after.append(self._abort_orphans(task.object_id, self.orphans_after_start.pop(task.object_id)))
                 try:
                     result = future.result()
                 except S3Error as e:
@@ -364,8 +368,12 @@ class Uploader:
                 return []
             case Done(basis=b):
                 return self._done(result, b)
-            case KeyTaken(basis=b, aborted=aborted):
+            case KeyTaken(basis=b, aborted=aborted, orphans=orphans):
                 self._lost_aborted(b, aborted)
+                for upload_id in orphans:  # (Protocol.adopt)
+                    self.log.info("aborted the empty upload a lost Create left at the claimed key, which someone "
+                                  "else's object or upload holds", object=b.object_id, key=b.final_key,
+                                  upload=upload_id[:16])
                 return self._key_taken(result, b)
             case UploadGone(basis=b):
                 return self._upload_gone(result, b)
@@ -462,8 +470,28 @@ class Uploader:
                        "moved to the next free index", b.final_key)
         # later objects of the key claim again after this one (record order); the uploads they
         # had are this journal's own, unused now: aborted (retried until S3 says so)
-        return [self._cleanup(Task(Kind.ABORT, b.object_id, upload_id=upload_id), self.work.abort_unused,
-                              key, upload_id) for key, upload_id in later]
+        return [self._cleanup(Task(Kind.ABORT, b.object_id, upload_id=o.upload_id), self.work.abort_unused,
+                              o.final_key, o.upload_id) for o in later if o.upload_id] \
+            + [a for o in later if (a := self._gave_up(o)) is not None]
+
+    def _gave_up(self, obj: ObjectRow) -> Action | None:
+        """A later object gave up its claim `obj` with no upload id journaled: unless this process
+        journaled that claim and never started it (fresh_claims), a Create may have been sent for
+        it, and its orphan, which the start would have adopted, is at the key -- known as ours by
+        nothing once the claim is gone (every later start skips its index as someone else's: the
+        state-loss torture's "upload left behind").  So the empty uploads there are aborted (a
+        tracked cleanup); after the object's START still in flight, if any, is harvested."""
+        claim = (obj.id, obj.claim_gen)
+        if obj.upload_id or obj.mode != UploadMode.MULTIPART or not obj.final_key or claim in self.fresh_claims:
+            self.fresh_claims.discard(claim)
+            return None
+        if Task(Kind.START, obj.id) in self.inflight:
+            self.orphans_after_start[obj.id] = obj.final_key
+            return None
+        return self._abort_orphans(obj.id, obj.final_key)
+
+    def _abort_orphans(self, object_id: int, key: str) -> Action:
+        return self._cleanup(Task(Kind.ABORT, object_id, key=key), self.work.abort_orphans, key)
 
     def _upload_gone(self, result: UploadGone, b: Basis) -> list[Action]:
         j = self.journal

@@ -8,8 +8,10 @@ completed S3 object.
              honoured a single-part object costs one conditional PutObject;
   start      CreateMultipartUpload, its upload id journaled before any part is sent
              (invariant 4); an empty upload at the key once a Create may have been sent for
-             the claim is that Create's orphan, adopted, and one holding a part of the
-             object's own chunk files (by content) a lost journal state's, aborted -- or, for
+             the claim is that Create's orphan, adopted (aborted if someone else's object
+             holds the key, and when its object gives the key up: abort_orphans), and one
+             holding a part of the object's own chunk files (by content) a lost journal
+             state's, aborted -- or, for
              an object that is one complete chunk, one PutObject;
   part       UploadPart from the chunk file, ETag journaled after (invariant 2);
   complete   CompleteMultipartUpload, journaled after (invariant 3);
@@ -238,7 +240,7 @@ class Protocol:
         head = self._beside(self.s3.head, key)
         lost: tuple[str, ...] = ()
         if adopt:
-            found, lost = self.adopt(obj, chunks)
+            found, lost = self.adopt(obj, chunks, head)
             if found is not None:
                 return found
         elif any(k == key for k, _ in self.s3.list_uploads(key)):
@@ -287,7 +289,7 @@ class Protocol:
             return value
         return result
 
-    def adopt(self, obj: ObjectRow, chunks: Sequence[ChunkRow] = ()
+    def adopt(self, obj: ObjectRow, chunks: Sequence[ChunkRow] = (), head=None
               ) -> tuple[Started | KeyTaken | None, tuple[str, ...]]:
         """The uploads at the object's claimed key, once a Create may have been sent for its claim
         (the claim's listing showed the key free): each holding no part is ours -- a part is sent
@@ -297,8 +299,12 @@ class Protocol:
         object's start intent, its lost future the upload id and parts): nothing that knows its id
         exists any more, so it is aborted (the object's parts are sent again to an upload of its
         own).  One holding only other parts is someone else's (left alone: KeyTaken, after our own
-        are aborted).  Returns (the result, or None: there is none of ours to adopt and none of
-        someone else's; the lost uploads aborted)."""
+        are aborted).  `head`: the HEAD at the key (a function that waits for it), asked once there
+        is an empty upload to adopt: someone else's object at the key (a writer took it while our
+        Create's id went unjournaled) means the orphan would be adopted for nothing -- every part
+        sent to it, and only the Complete finding the key taken -- so it is aborted at once and the
+        key left to them (KeyTaken).  Returns (the result, or None: there is none of ours to adopt
+        and none of someone else's; the lost uploads aborted)."""
         key = obj.final_key
         empty: list[str] = []
         foreign: list[str] = []
@@ -322,13 +328,20 @@ class Protocol:
             self._forget_pending(key)
         if not empty and not foreign:
             return None, tuple(lost)
-        keep = None if foreign else empty[0]
+        occupied = False
+        if not foreign and head is not None:
+            existing = head()
+            occupied = existing is not None and not self.is_ours(existing, obj.id, None)
+        keep = None if foreign or occupied else empty[0]
         for upload_id in empty:
             if upload_id != keep:
                 self.s3.abort(key, upload_id)  # ours (an S3Error: the next attempt lists them again)
-        if foreign:
-            self._seen_pending(key)
-            return replace(self._key_taken(obj), aborted=tuple(lost)), tuple(lost)
+        if foreign or occupied:
+            if foreign:
+                self._seen_pending(key)
+            else:
+                self._forget_pending(key)
+            return replace(self._key_taken(obj), aborted=tuple(lost), orphans=tuple(empty)), tuple(lost)
         # (an orphan's Create was sent with the algorithm the capabilities gave then: assumed the same now)
         algo = self.caps.object_checksum
         return Started(Basis.of(obj), keep, "adopted", algo if algo in checksums.COMPOSITE else None,
@@ -518,6 +531,36 @@ class Protocol:
         self.abort(key, upload_id)
         self._forget_pending(key)
         return CleanedUp(f"aborted unused upload {upload_id[:16]}... at {key}")
+
+    def abort_orphans(self, key: str) -> CleanedUp:
+        """A cleanup task: `key` is the claimed key of an object that gave it up with no upload id
+        journaled, after a Create may have been sent for that claim (a crash or a lost reply before
+        its id was journaled; a start that failed after its Create).  The uploads there that hold
+        no part are that Create's orphans -- a part is only ever sent to an upload whose id is
+        journaled -- which the object's start would have adopted: aborted, else nothing would ever
+        know them as ours again (every later start would skip their index as someone else's, for
+        good).  An upload holding a part is someone else's and left alone."""
+        aborted: list[str] = []
+        left = False
+        for k, upload_id in self.s3.list_uploads(key):
+            if k != key:
+                continue
+            try:
+                held = self.s3.list_parts(key, upload_id)
+            except NoSuchUpload:
+                continue  # completed or aborted meanwhile
+            if held:
+                left = True
+                continue
+            self.s3.abort(key, upload_id)
+            aborted.append(upload_id)
+        if not aborted:
+            return CleanedUp(f"no empty upload at {key}, a key given up")
+        if not left:
+            self._forget_pending(key)
+        ids = ", ".join(f"{u[:16]}..." for u in aborted)
+        return CleanedUp(f"aborted the empty upload {ids} a lost CreateMultipartUpload left at {key}, a key its "
+                         "object gave up")
 
     def discard(self, key: str, object_id: int, etag: str | None = None) -> CleanedUp:
         """A cleanup task: the object at `key` is removed if it is this journal's object

@@ -61,7 +61,8 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
         elif upload_id not in known_ids and key in starting:
             report.note(f"multipart upload {upload_id[:16]}... of {key}: at the key this journal claimed for an object "
                         "whose upload id is not journaled -- the orphan of its CreateMultipartUpload if it holds no "
-                        "part (a crash or a lost reply), which the upload process adopts; a lost state of this "
+                        "part (a crash or a lost reply), which the upload process adopts (or aborts, if someone else's "
+                        "object holds the key or the object moves to another index); a lost state of this "
                         "journal's if it holds a part of the object's own chunk files (a restored backup), which "
                         "the upload process aborts; else someone else's, left alone and its index skipped")
         elif upload_id not in known_ids and ".spoolup-probe-" not in key:

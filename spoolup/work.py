@@ -34,6 +34,7 @@ class Task:
     object_id: int
     part: int = 0  # PART: the part number
     upload_id: str = ""  # ABORT: the upload
+    key: str = ""  # ABORT of the orphans a lost Create left at a key a claim gave up (Protocol.abort_orphans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,9 @@ class KeyTaken:
     """The claimed key holds (or is being written with) someone else's object: claim the next free index."""
     basis: Basis
     aborted: tuple[str, ...] = ()  # as for Started
+    # empty uploads at the key aborted: this journal's own, the orphans of a Create whose id it never
+    # journaled, which the start would have adopted were the key not someone else's (Protocol.adopt)
+    orphans: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,14 +16,20 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
 from crashkit import assert_exact, drain_crashing, noisy_lines, probe_complete_held, rows, spoolup_cmd, write
-from faultproxy import PROBE_KEY
+from faultproxy import PROBE_KEY, Rule
 from helpers import get, list_keys, pending_uploads
+from spoolup import config as config_mod
+from spoolup import logs
+from spoolup.coordinator import Uploader
+from spoolup.journal import Journal
+from spoolup.s3 import S3
 from spoolup.work import Failure, Kind, Task
-from uploadkit import HeldExecutor, Rig, drive, lines, settle
+from uploadkit import HeldExecutor, Rig, drive, future_of, lines, settle
 
 MiB = 1024 * 1024
 
@@ -166,6 +172,131 @@ def test_a_key_taken_after_failed_starts_keeps_the_backoff(make_spoolup, s3, buc
     assert j.object(a).final_key == "big.log-1"
     assert get(s3, bucket, "big.log-1") == b"".join(parts)
     assert pending_uploads(s3, bucket) == [("big.log", theirs)]
+
+
+# ---------------------------------------------------------------------------
+# the orphan of a Create at a key the object gives up (issue 22's state-loss torture, seed 9301)
+
+TWO = noisy_lines(48_000, seed=23)  # ~11.8 MiB: with max-object-size 6 MiB, two multipart objects
+
+
+class AtKey(Rule):
+    """A fault rule for one key exactly (Rule.key is a substring: big.log would match big.log-1)."""
+
+    def matches(self, op: str, key: str) -> bool:
+        return key == self.key and super().matches(op, key)
+
+
+def at_key(proxy, op: str, key: str, **kw) -> Rule:
+    rule = AtKey((op,), "error", key=key, **kw)
+    with proxy.lock:
+        proxy.rules.append(rule)
+    return rule
+
+
+def test_an_orphan_at_a_key_its_object_gives_up_is_aborted(make_spoolup, s3, proxy):
+    """Objects A (big.log) and B (big.log-1) are claimed; B's Create takes effect and the whole
+    service is SIGKILLed before its id is journaled (A's Create is refused meanwhile).  Someone
+    else then writes objects at both keys.  On restart B's start fails (a 500) and A's start
+    finds their object: A gives up big.log and B, a later object of the key, gives up big.log-1
+    with it.  B's orphan there used to be forgotten: no journal knew it any more, and every
+    later start reported it as someone else's upload and skipped its index, for good (the
+    torture's "upload left behind at torture/f2.log-202612020530-6").  Now giving up a claim
+    a Create may have been sent for aborts the empty upload at its key, as the start would have
+    adopted it."""
+    sp = spoolup_at(make_spoolup, url=proxy.url, compression="none", **{"max-object-size": "6MiB"})
+    write(sp.spool / "big.log", TWO)
+    at_key(proxy, "CreateMultipartUpload", "big.log")  # A never starts: B's Create is the one killed
+    drain_crashing(sp, "after-create-multipart", scope="service")
+    proxy.clear()
+    (a, b) = [(o["id"], o["final_key"], o["upload_id"]) for o in rows(sp, "objects", order_by="id")][:2]
+    assert [a[1:], b[1:]] == [("big.log", None), ("big.log-1", None)], "A and B claimed, no upload id journaled"
+    assert [k for k, _ in stream_uploads(s3, sp.bucket)] == ["big.log-1"], "the kill left B's orphan"
+    theirs = {"big.log": b"their object at big.log\n", "big.log-1": b"their object at big.log-1\n"}
+    for key, body in theirs.items():
+        s3.put_object(Bucket=sp.bucket, Key=key, Body=body)
+
+    # the restarted upload process, its worker results in the order the torture met them
+    cfg = config_mod.load(sp.config)
+    j = Journal.open(cfg.journal_path)
+    up = Uploader(cfg, j, S3(cfg), logs.get("spoolup.upload"), executor=HeldExecutor())
+    try:
+        up.schedule()
+        failing = at_key(proxy, "ListParts", "big.log-1")  # B's start lists the orphan's parts: 500
+        up.pool.deliver(future_of(up, "start", b[0]))
+        up.harvest()
+        assert Task(Kind.START, b[0]) in up.failures and failing.hits, "B's start failed"
+        proxy.clear()
+        up.pool.deliver(future_of(up, "start", a[0]))  # their object at big.log: KeyTaken
+        up.harvest()
+        assert j.object(a[0]).idx is None and j.object(b[0]).idx is None, "A and B gave up their keys"
+        drive(up, lambda: not up.cleanups, what="the cleanups done")
+    finally:
+        up.close()
+        j.close()
+    drained(sp)
+    layout = assert_exact(s3, sp.bucket, {"big.log": TWO}, foreign=theirs)
+    assert len(layout["big.log"]) == 2 and "big.log-1" not in layout["big.log"]
+
+
+def test_orphans_of_a_start_in_flight_when_its_key_is_given_up_are_aborted(make_spoolup, s3, bucket, proxy):
+    """B's start is in flight when A's KeyTaken moves B off big.log-1; then its Creates take
+    effect and every reply is lost (the start fails).  The uploads they made used to stay pending
+    for good: B's claim was gone, and a failed start has no upload id to abort.  Now the cleanup
+    of the key B gave up waits for that start's result, then aborts the empty uploads there."""
+    rig = Rig(make_spoolup, url=proxy.url, **{"s3-timeout": 1.5})
+    a = rig.add("big.log", [lines(5 * MiB, "a"), lines(3000, "a-tail")])
+    b = rig.add("big.log", [lines(5 * MiB, "b"), lines(3000, "b-tail")])
+    theirs = b"their object\n"
+    s3.put_object(Bucket=bucket, Key="big.log", Body=theirs)  # (index 0 is decided by the write at the key)
+    up = rig.uploader(HeldExecutor())
+    j = rig.journal
+    for _ in range(20):  # claims and start intents; the starts are held in flight
+        if {Task(Kind.START, a), Task(Kind.START, b)} <= set(up.inflight):
+            break
+        up.schedule()
+        for task, future in list(up.inflight.items()):
+            if task.kind is not Kind.START and future in up.pool.calls:
+                up.pool.deliver(future)
+        up.harvest()
+    assert (j.object(a).final_key, j.object(b).final_key) == ("big.log", "big.log-1")
+    up.pool.deliver(future_of(up, "start", a))  # their object at big.log: KeyTaken
+    up.harvest()
+    assert j.object(b).idx is None, "B gave up big.log-1 while its start was in flight"
+    assert not up.cleanups, "the cleanup of big.log-1 waits for B's start"
+    at_key(proxy, "CreateMultipartUpload", "big.log-1").action = "reset-after"
+    up.pool.deliver(future_of(up, "start", b))  # its Creates take effect, every reply lost
+    up.harvest()
+    assert Task(Kind.START, b) in up.failures, "B's start failed"
+    proxy.clear()
+    assert [k for k, _ in pending_uploads(s3, bucket)] and {k for k, _ in pending_uploads(s3, bucket)} == {"big.log-1"}
+    drive(up, lambda: not up.cleanups, what="the cleanup of big.log-1 done")
+    assert pending_uploads(s3, bucket) == [], "the orphans of B's lost Creates are aborted"
+    up.failures.clear()  # (the backoffs: this test does not wait them out)
+    drive(up, lambda: j.object(b).state == "done", what="done")
+    assert get(s3, bucket, "big.log") == theirs
+    assert [j.object(o).final_key for o in (a, b)] == ["big.log-1", "big.log-2"]
+    assert pending_uploads(s3, bucket) == []
+
+
+def test_an_orphan_at_a_key_someone_elses_object_took_gets_no_part(make_spoolup, s3, proxy):
+    """The kill after a Create of spoolup's, then someone else's object at the key: the orphan
+    used to be adopted, every part sent to it, and only the Complete (412) found the key taken.
+    Now the start sees their object first: the orphan is aborted, no part is sent to it, and
+    the object takes the next index."""
+    sp = spoolup_at(make_spoolup, url=proxy.url)
+    write(sp.spool / "big.log", BIG)
+    drain_crashing(sp, "after-create-multipart", scope="service")
+    assert [k for k, _ in stream_uploads(s3, sp.bucket)] == ["big.log"]
+    theirs = {"big.log": b"their object\n"}
+    s3.put_object(Bucket=sp.bucket, Key="big.log", Body=theirs["big.log"])
+    since = time.time()
+    r = drained(sp)
+    assert [q.key for q in proxy.requests("UploadPart", since=since)
+            if q.key == "big.log"] == [], "parts were sent to the orphan at a key someone else's object holds"
+    layout = assert_exact(s3, sp.bucket, {"big.log": BIG}, foreign=theirs)
+    assert layout["big.log"] == ["big.log-1"]
+    assert "aborted the empty upload" in r.stderr, r.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------

@@ -147,18 +147,20 @@ class Objects(Ledger):
         """Index claims this journal has made, ever (never decreases)."""
         return int(self.meta("claims") or 0)
 
-    def unclaim(self, object_id: int) -> list[tuple[str, str]]:
+    def unclaim(self, object_id: int) -> list[ObjectRow]:
         """Give up a claimed index (taken by someone else): claim again, re-upload every part.
         The later objects of the same (key, ts) that are claimed and not done give up theirs
-        too, so that they claim after it: index order stays record order.  Returns their
-        (final key, upload id) pairs, uploads this journal created that are now unused."""
+        too, so that they claim after it: index order stays record order.  Returns those later
+        objects as they were before (final key, mode, upload id, claim_gen): what they leave at
+        the keys they give up is this journal's to clean up -- the uploads it created, now
+        unused, and the orphans of a Create whose upload id it never journaled."""
         with self.transaction():
             row = self._conn.execute("SELECT key, ts FROM objects WHERE id = ?", (object_id,)).fetchone()
-            later = self._conn.execute(
-                "SELECT id, final_key, upload_id FROM objects WHERE key = ? AND ts = ? AND id > ? "
-                f"AND idx IS NOT NULL AND state != '{DONE}'", (row[0], row[1], object_id),
-            ).fetchall() if row else []
-            ids = [object_id] + [r[0] for r in later]
+            later = [_object(r) for r in self._conn.execute(
+                "SELECT * FROM objects WHERE key = ? AND ts = ? AND id > ? "
+                f"AND idx IS NOT NULL AND state != '{DONE}' ORDER BY id", (row[0], row[1], object_id),
+            )] if row else []
+            ids = [object_id] + [o.id for o in later]
             self._conn.executemany(
                 "UPDATE objects SET idx = NULL, final_key = NULL, mode = NULL, upload_id = NULL, "
                 "claim_gen = claim_gen + 1, ledger_seq = NULL WHERE id = ?",
@@ -168,7 +170,7 @@ class Objects(Ledger):
                 f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? AND state = '{UPLOADED}'",
                 [(i,) for i in ids],
             )
-        return [(r[1], r[2]) for r in later if r[2]]
+        return later
 
     def to_start(self, limit: int = 256, skip: Iterable[int] = ()) -> list[ObjectRow]:
         """Claimed multipart objects without an upload id whose start intent is in the bucket
@@ -351,7 +353,7 @@ class Objects(Ledger):
             self.complete(object_id, etag)
         return True
 
-    def unclaim_if(self, object_id: int, claim_gen: int) -> list[tuple[str, str]] | None:
+    def unclaim_if(self, object_id: int, claim_gen: int) -> list[ObjectRow] | None:
         """unclaim() if the object still has that claim; None if it does not."""
         with self.transaction():
             if self._conn.execute(f"SELECT 1 FROM objects WHERE {self._SAME_CLAIM} AND idx IS NOT NULL",
