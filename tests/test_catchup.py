@@ -136,26 +136,17 @@ def test_wiped_state_dir_recover_from_bucket(make_spoolup, s3):
     assert layout == {"a.log": ["a.log", "a.log-1", "a.log-2"], "b.log": ["b.log", "b.log-1", "b.log-2"]}
 
 
-def test_wiped_state_dir_run_alone_ships_nothing_twice(make_spoolup, s3):
-    """No recover at all: a new journal's start-up check finds the agent's ledger."""
-    sp = make_spoolup(**OPTIONS)
-    first, second = lines(600, 0), lines(600, 600)
-    write(sp.spool / "a.log", first)
-    drained(sp)
-    assert_recorded(sp, s3)
-    shutil.rmtree(sp.state)
-    write(sp.spool / "a.log", second, "ab")
-    drained(sp)
-    exactly_once(s3, sp.bucket, {"a.log": first + second})
+@pytest.mark.parametrize("path", ["direct", "proxy-head-without-length"])
+def test_wiped_state_dir_run_alone_ships_nothing_twice(make_spoolup, s3, proxy, path):
+    """No recover at all: a new journal's start-up check finds the agent's ledger.
 
-
-def test_wiped_state_dir_behind_a_proxy_whose_head_has_no_length(make_spoolup, s3, proxy):
-    """S3 reached through a proxy that answers HEAD with Content-Length: 0 (the test's fault
-    proxy does; the protocol's is-ours already reads a HEAD's size 0 as no size).  The
-    bring-forward's HEAD of a recorded object took that 0 for the object's size: no object
-    matched its record, nothing was brought forward, and all of it shipped again (600 records
-    twice as a.log-1).  Now a size of 0 is no size, and the ETag alone decides."""
-    sp = make_spoolup(**OPTIONS, url=proxy.url)
+    proxy-head-without-length: S3 reached through a proxy that answers HEAD with
+    Content-Length: 0 (the test's fault proxy does; the protocol's is-ours already reads a
+    HEAD's size 0 as no size).  The bring-forward's HEAD of a recorded object took that 0 for
+    the object's size: no object matched its record, nothing was brought forward, and all of
+    it shipped again (600 records twice as a.log-1).  Now a size of 0 is no size, and the ETag
+    alone decides."""
+    sp = make_spoolup(**OPTIONS, **({"url": proxy.url} if path != "direct" else {}))
     first, second = lines(600, 0), lines(600, 600)
     write(sp.spool / "a.log", first)
     drained(sp)
