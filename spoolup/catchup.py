@@ -91,8 +91,15 @@ def behind(cfg: Config, journal: Journal, s3: S3) -> bool:
         raise
 
 
+def start_check_client(cfg: Config) -> S3:
+    """The start-up check's client tries each request once: where S3 does not answer, the
+    check is the upload process's (below), and ingest does not wait for botocore's retries and
+    their back-off (seconds, every start while S3 is down)."""
+    return S3(cfg, attempts=1)
+
+
 def at_start(cfg: Config, journal: Journal, log, *, stop: threading.Event | None = None, mark: int = 0,
-             s3_factory: Callable[[Config], S3] = S3) -> Result | None:
+             s3_factory: Callable[[Config], S3] = start_check_client) -> Result | None:
     """The check `run` and `drain` make before ingest and upload start; brings the journal
     forward when the bucket is ahead.  Where S3 fails, the check is left to the upload process
     (`unchecked`), which makes it before it uploads anything.  `mark`: the state dir's claims mark, when

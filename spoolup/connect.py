@@ -47,7 +47,7 @@ def proxies(cfg: Config) -> dict[str, str] | None:
     return {"http": cfg.proxy, "https": cfg.proxy} if cfg.proxy else None
 
 
-def client_config(cfg: Config) -> BotoConfig:
+def client_config(cfg: Config, *, attempts: int = 3) -> BotoConfig:
     style = addressing_style(cfg)
     proxy_settings: dict[str, Any] = {}
     if cfg.proxy and cfg.proxy.startswith("https://") and cfg.ca_file:
@@ -55,7 +55,7 @@ def client_config(cfg: Config) -> BotoConfig:
     return BotoConfig(
         connect_timeout=cfg.s3_timeout,
         read_timeout=cfg.s3_timeout,
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "max_attempts": attempts},
         max_pool_connections=cfg.upload_threads + 4,
         # plain Content-MD5 integrity works with every S3-compatible store
         request_checksum_calculation="when_required",
@@ -107,10 +107,11 @@ def session(cfg: Config) -> boto3.session.Session:
     return s
 
 
-def client(s: boto3.session.Session, cfg: Config, service: str):
-    """A client of `service` ("s3" or "sts") with spoolup's connection settings."""
+def client(s: boto3.session.Session, cfg: Config, service: str, *, attempts: int = 3):
+    """A client of `service` ("s3" or "sts") with spoolup's connection settings; `attempts`:
+    botocore's own tries of each request."""
     endpoint = (cfg.url or None) if service == "s3" else sts_endpoint(cfg)
-    return s.client(service, endpoint_url=endpoint, config=client_config(cfg), verify=verify(cfg))
+    return s.client(service, endpoint_url=endpoint, config=client_config(cfg, attempts=attempts), verify=verify(cfg))
 
 
 def credential_source(s: boto3.session.Session) -> str:

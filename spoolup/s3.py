@@ -192,12 +192,12 @@ def same_etag(a: str | None, b: str | None) -> bool:
 
 
 class S3:
-    def __init__(self, cfg: Config, *, probe_prefix: str | None = None):
+    def __init__(self, cfg: Config, *, probe_prefix: str | None = None, attempts: int = 3):
         self.cfg = cfg
         self.bucket = cfg.bucket
         # credentials, TLS, proxy and addressing style: spoolup.connect
         self.session = connect.session(cfg)
-        self.client = connect.client(self.session, cfg, "s3")
+        self.client = connect.client(self.session, cfg, "s3", attempts=attempts)
         # before botocore's own check of 200 replies, which would call an unparseable one a 500:
         # its handler is replaced by one that makes the body parseable, then runs it
         self.client.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
