@@ -44,6 +44,7 @@ from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Ki
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
 REFUSED_RETRY = 600.0  # seconds between attempts of an object S3 refuses (or that failed unexpectedly)
+CLAIMS_PER_TURN = 1000  # claims the journal's thread makes in one turn (one ledger segment's worth)
 
 Action = Callable[[], None]  # what runs once harvest's transaction has committed
 
@@ -135,15 +136,18 @@ class Uploader:
     def schedule(self) -> None:
         """Submit what is ready, finishing started objects first (cleanups, complete, parts,
         start) and claiming new ones last: objects complete early and steadily, and the S3
-        work per object is the same in any order."""
+        work per object is the same in any order.  Claims that need no request are made first,
+        here, with no worker in between (_claim_here): their ledger segment goes out this turn."""
         j = self.journal
         for task, (fn, args) in list(self.cleanups.items()):
             self._submit(task, fn, *args)
+        to_claim = self._claim_here()
         self._schedule_ledger()
-        for obj in j.completable(skip=self._waiting_ids(Kind.COMPLETE)):
-            if self._room() <= 0:
-                return
-            self._submit(Task(Kind.COMPLETE, obj.id), self.work.complete, obj, j.chunks_of(obj.id))
+        if self._room() > 0:
+            for obj in j.completable(limit=self._room(), skip=self._waiting_ids(Kind.COMPLETE)):
+                if self._room() <= 0:
+                    return
+                self._submit(Task(Kind.COMPLETE, obj.id), self.work.complete, obj, j.chunks_of(obj.id))
         # an object whose calls keep failing gets one call in flight at a time: the others keep
         # the rest of the pool (with few threads its retries would otherwise fill every slot)
         failing = {t.object_id for t, f in self.failures.items() if f.attempts}
@@ -162,7 +166,8 @@ class Uploader:
             self._submit(task, self.work.part, obj, chunk, failure.attempts if failure else 0)
         if self._room() <= 0:  # (no query of the journal for a window that is full)
             return
-        for obj in j.to_start(skip=self._waiting_ids(Kind.START)):
+        # (every row the query gives can be submitted: those in flight or backing off are skipped)
+        for obj in j.to_start(limit=self._room(), skip=self._waiting_ids(Kind.START)):
             if self._room() <= 0:
                 return
             chunks = j.chunks_of(obj.id) if obj.mode == UploadMode.SINGLE else []
@@ -174,18 +179,71 @@ class Uploader:
             if task in self.inflight:
                 self.fresh_claims.discard(claim)
                 self.starting.setdefault(task, obj)
-        if self._room() <= 0:  # (no query of the journal for a window that is full)
-            return
-        unsettled = self._unsettled()
-        for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8,
-                                                            skip=self._waiting_ids(Kind.CLAIM)):
+        for obj, prev, in_use, mode in to_claim:  # the claims that need a listing: a worker's
             if self._room() <= 0:
                 return
-            if (obj.key, obj.ts) in unsettled:
-                continue
-            in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
-            mode = UploadMode.SINGLE if obj.state == ObjectState.CLOSED and n_chunks == 1 else UploadMode.MULTIPART
             self._submit(Task(Kind.CLAIM, obj.id), self.work.claim, obj, prev, in_use, mode)
+
+    def _claim_here(self) -> list[tuple[ObjectRow, int | None, set[int], str]]:
+        """Claim, in this thread and one transaction, every claimable object whose index the
+        caches tell (spoolup/claims.py: no request; the write at the key is the check that
+        counts), up to CLAIMS_PER_TURN: a worker's claim costs a turn and a commit of its own per
+        object, and the small objects of a burst are claimed before their ledger segment is
+        written (rule 2).  A claimed object's next one of its key is claimable at once, so the
+        query is made again while claims land.  Returns the claims that need a listing (a
+        window not listed yet, the pending uploads' listing expired, an earlier object-key):
+        made on a worker as before.  The claims are journaled with the compare-and-set of a
+        worker's result (Journal.claim_if), so nothing about the claim's rules changes."""
+        j = self.journal
+        out: list[tuple[ObjectRow, int | None, set[int], str]] = []
+        seen: set[int] = set()
+        after: list[Action] = []
+        unsettled: set[tuple[str, str]] | None = None
+        claimed = 0
+        rows = j.claimable_with_context(limit=256, skip=self._waiting_ids(Kind.CLAIM))
+        if not rows:  # (no write transaction for nothing: it would take the journal's lock)
+            return out
+        with j.transaction():
+            while True:
+                landed = 0
+                for obj, prev, n_chunks in rows:
+                    seen.add(obj.id)
+                    if unsettled is None:  # (only once there is something to claim)
+                        unsettled = self._unsettled()
+                    if (obj.key, obj.ts) in unsettled:
+                        continue
+                    in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
+                    mode = UploadMode.SINGLE if obj.state == ObjectState.CLOSED and n_chunks == 1 \
+                        else UploadMode.MULTIPART
+                    task = Task(Kind.CLAIM, obj.id)
+                    try:
+                        result = self.work.claim(obj, prev, in_use, mode, cached=True)
+                    except Exception as e:  # noqa: BLE001 - a bug: this object only, as on a worker
+                        self._unexpected(task, e, "in its claim")
+                        continue
+                    if result is None:
+                        out.append((obj, prev, in_use, mode))
+                        continue
+                    if self.failures.pop(task, None) is not None:
+                        self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
+                        self._release(task)
+                    try:
+                        with j.savepoint():
+                            after += self._apply(result)
+                    except Exception as e:  # noqa: BLE001 - this object's, unless the journal itself broke
+                        if journal_broken(e):
+                            raise
+                        self._unexpected(task, e, "journaling its result")
+                        continue
+                    landed += 1
+                claimed += landed
+                if not landed or claimed >= CLAIMS_PER_TURN:
+                    break
+                rows = j.claimable_with_context(limit=min(CLAIMS_PER_TURN - claimed, 256),
+                                                skip=self._waiting_ids(Kind.CLAIM) | seen)
+        for action in after:
+            action()
+        return out
 
     def _schedule_ledger(self) -> None:
         """One ledger segment in flight at a time, recording every object ready to finish but for
