@@ -92,6 +92,7 @@ class Uploader:
         # id (None: not waiting): see _claims_coming
         self.wave: int | None = None
         self.wake = threading.Event()
+        self.removals: list[tuple[int, int, bool]] = []  # (object id, parts, compressed): chunk files to delete
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0, "stale": 0}
         self._last_prune = 0.0
         self.health = S3Health(journal, process)
@@ -328,13 +329,16 @@ class Uploader:
 
     # -- harvesting ----------------------------------------------------------------
 
-    def harvest(self) -> int:
+    def harvest(self, defer_removals: bool = False) -> int:
         """Journal the results of finished tasks, all in one transaction; returns how many
         finished.  What must follow the commit (crash points of the tests, deleting the
-        chunk files of completed objects, cleanups) runs after it.  A result that cannot be
-        applied (a bug, an odd value) refuses its object, not the round."""
+        chunk files of completed objects, cleanups) runs after it -- the deletions, with
+        defer_removals, only at remove_done() (the loop's turn submits the next calls first).
+        A result that cannot be applied (a bug, an odd value) refuses its object, not the round."""
         finished = [(t, f) for t, f in self.inflight.items() if f.done()]
         if not finished:
+            if not defer_removals:
+                self.remove_done()
             return 0
         after: list[Action] = []
         succeeded = False
@@ -381,7 +385,19 @@ class Uploader:
             crash.point("after-record-part")
         for action in after:
             action()
+        if not defer_removals:
+            self.remove_done()
         return len(finished)
+
+    def remove_done(self) -> None:
+        """Delete the chunk files of the objects completed (and committed) so far.  In this
+        thread, after the commit: a chunk file is deleted only by the thread that journaled its
+        object done (tests/test_durability.py checks it).  An unlink can wait for the
+        filesystem's journal (behind the fsyncs of both processes): the loop makes them after
+        submitting the turn's calls, not before."""
+        removals, self.removals = self.removals, []
+        for oid, parts, compressed in removals:
+            remove_chunk_files(self.cfg.chunk_dir, oid, parts, compressed)
 
     def _stale(self, result: Result, basis: Basis, why: str) -> list[Action]:
         """A result computed for a state of the object that no longer holds: dropped."""
@@ -491,8 +507,9 @@ class Uploader:
                       seconds=round(time.time() - (obj.closed_at or obj.created), 3), records=obj.records,
                       how=result.how, close_reason=obj.close_reason)
         # counted once journaled: a scrape never sees it uploaded and still pending in the journal
+        compressed = self.work.codec_of(obj).compressed
         return [metrics.object_uploaded, lambda: crash.point("after-object-done"),
-                lambda: remove_chunk_files(self.cfg.chunk_dir, oid, parts)]
+                lambda: self.removals.append((oid, parts, compressed))]
 
     def _key_taken(self, result: KeyTaken, b: Basis) -> list[Action]:
         j = self.journal
@@ -612,8 +629,9 @@ class Uploader:
     # -- running ---------------------------------------------------------------------
 
     def step(self, timeout: float) -> None:
-        self.harvest()
+        self.harvest(defer_removals=True)
         self.schedule()
+        self.remove_done()
         self.wake.wait(timeout)
         self.wake.clear()
 

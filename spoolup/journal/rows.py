@@ -100,8 +100,14 @@ class ObjectRow:
     upload_checksum: str | None = None  # the flexible-checksum algorithm its multipart upload was created with
 
     def __post_init__(self):
-        self.state = ObjectState(self.state)
-        self.mode = None if self.mode is None else UploadMode(self.mode)
+        # (by a dict, not the enum's call: the upload process reads many rows a turn)
+        self.state = _OBJECT_STATES.get(self.state) or ObjectState(self.state)
+        self.mode = None if self.mode is None else _UPLOAD_MODES.get(self.mode) or UploadMode(self.mode)
+
+
+_OBJECT_STATES = {s.value: s for s in ObjectState}
+_UPLOAD_MODES = {m.value: m for m in UploadMode}
+_OBJECT_FIELDS = tuple(ObjectRow.__dataclass_fields__)
 
 
 @dataclass
@@ -176,8 +182,8 @@ def _source(r: sqlite3.Row) -> SourceRow:
 
 
 def _object(r) -> ObjectRow:
-    d = dict(r)
-    return ObjectRow(**{k: d[k] for k in ObjectRow.__dataclass_fields__})
+    """An objects row (sqlite3.Row or dict with every column) as an ObjectRow."""
+    return ObjectRow(*[r[k] for k in _OBJECT_FIELDS])
 
 
 def _ids(ids: Iterable[int]) -> str:
