@@ -26,6 +26,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol as Interface
 
@@ -44,6 +45,7 @@ from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Ki
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
 REFUSED_RETRY = 600.0  # seconds between attempts of an object S3 refuses (or that failed unexpectedly)
+REMOVALS_BACKLOG = 1000  # completed objects whose chunk files wait for the loop's idle time, at most
 CLAIMS_PER_TURN = 1000  # claims the journal's thread makes in one turn (one ledger segment's worth)
 
 Action = Callable[[], None]  # what runs once harvest's transaction has committed
@@ -92,7 +94,7 @@ class Uploader:
         # id (None: not waiting): see _claims_coming
         self.wave: int | None = None
         self.wake = threading.Event()
-        self.removals: list[tuple[int, int, bool]] = []  # (object id, parts, compressed): chunk files to delete
+        self.removals: deque[tuple[int, int, bool]] = deque()  # (object id, parts, compressed): chunk files to delete
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0, "stale": 0}
         self._last_prune = 0.0
         self.health = S3Health(journal, process)
@@ -389,14 +391,18 @@ class Uploader:
             self.remove_done()
         return len(finished)
 
-    def remove_done(self) -> None:
+    def remove_done(self, until: threading.Event | None = None) -> None:
         """Delete the chunk files of the objects completed (and committed) so far.  In this
         thread, after the commit: a chunk file is deleted only by the thread that journaled its
         object done (tests/test_durability.py checks it).  An unlink can wait for the
-        filesystem's journal (behind the fsyncs of both processes): the loop makes them after
-        submitting the turn's calls, not before."""
-        removals, self.removals = self.removals, []
-        for oid, parts, compressed in removals:
+        filesystem's journal, behind the fsyncs of both processes (a millisecond or more each
+        under load, longer than the rest of a small object's turn): the loop makes them in its
+        idle time -- after submitting the turn's calls, and only until `until` is set (a result
+        arrived: it is journaled first), unless REMOVALS_BACKLOG objects wait."""
+        while self.removals:
+            if until is not None and until.is_set() and len(self.removals) <= REMOVALS_BACKLOG:
+                return
+            oid, parts, compressed = self.removals.popleft()
             remove_chunk_files(self.cfg.chunk_dir, oid, parts, compressed)
 
     def _stale(self, result: Result, basis: Basis, why: str) -> list[Action]:
@@ -631,7 +637,7 @@ class Uploader:
     def step(self, timeout: float) -> None:
         self.harvest(defer_removals=True)
         self.schedule()
-        self.remove_done()
+        self.remove_done(until=self.wake)
         self.wake.wait(timeout)
         self.wake.clear()
 
@@ -645,6 +651,7 @@ class Uploader:
             self.wake.wait(min(0.2, max(deadline - time.monotonic(), 0)))
             self.wake.clear()
             self.harvest()
+        self.remove_done()  # (what the loop's idle time left)
 
     def housekeeping(self) -> None:
         now = time.time()
