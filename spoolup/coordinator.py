@@ -45,6 +45,7 @@ from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Ki
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
 REFUSED_RETRY = 600.0  # seconds between attempts of an object S3 refuses (or that failed unexpectedly)
+GATHER_MAX = 0.02  # seconds a turn may wait for more results while the workers have calls queued
 REMOVALS_BACKLOG = 1000  # completed objects whose chunk files wait for the loop's idle time, at most
 CLAIMS_PER_TURN = 1000  # claims the journal's thread makes in one turn (one ledger segment's worth)
 
@@ -640,6 +641,26 @@ class Uploader:
         self.remove_done(until=self.wake)
         self.wake.wait(timeout)
         self.wake.clear()
+        self._gather()
+
+    def _gather(self) -> None:
+        """Before journaling what finished, let more results finish while the workers still have
+        calls queued: a turn (its commit, an fsync, and the schedule's queries) per few results,
+        not per result -- of a small object's journal work, the turn was most.  It harvests as
+        soon as upload-threads/2 results wait, the workers' queue is empty (the next calls are
+        due), or GATHER_MAX has passed; never while nothing finished (a wake from ingest or the
+        probe is acted on at once)."""
+        deadline = time.monotonic() + GATHER_MAX
+        enough = max(1, self.cfg.upload_threads // 2)
+        while True:
+            done = sum(1 for f in self.inflight.values() if f.done())
+            if not done or done >= enough or len(self.inflight) - done <= self.cfg.upload_threads:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wake.wait(left)
+            self.wake.clear()
 
     def busy(self) -> bool:
         return bool(self.inflight)
