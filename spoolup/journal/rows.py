@@ -46,6 +46,12 @@ OPEN, CLOSED, DONE = ObjectState.OPEN, ObjectState.CLOSED, ObjectState.DONE
 CHUNK_OPEN, SEALED, UPLOADED = ChunkState.OPEN, ChunkState.SEALED, ChunkState.UPLOADED
 MULTIPART, SINGLE = UploadMode.MULTIPART, UploadMode.SINGLE
 
+# The objects not done, as the per-turn queries of the upload process select them: through the
+# index objects_state, so that their cost follows the objects in flight, not the journal's
+# history of done objects (kept PRUNE_AFTER, a week: a scan of every row at every turn grew with it)
+NOT_DONE_ROWS = "objects o INDEXED BY objects_state"
+NOT_DONE = f"o.state IN ('{OPEN}', '{CLOSED}')"
+
 LIVE_SOURCE_STATES = (SourceState.ACTIVE, SourceState.ERROR, SourceState.REFUSED)
 # the same, as the SQL list that the partial index sources_live is declared with (a query uses
 # that index only when its WHERE spells the same list)
