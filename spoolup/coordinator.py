@@ -22,7 +22,6 @@ object is done.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -31,20 +30,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol as Interface
 
 from spoolup import crash, flow, metrics
-from spoolup.backoff import backoff
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
-from spoolup.journal import REFUSED_OBJECTS_META, Journal, ObjectRow, ObjectState, UploadMode
-from spoolup.protocol import Protocol, permanent
+from spoolup.journal import Journal, ObjectRow, ObjectState, UploadMode
+from spoolup.protocol import Protocol
 from spoolup.s3 import S3, S3Error
 from spoolup.ledgerstage import MAX_RECORDS, LedgerStage, clash_message
+from spoolup.refusals import Refusals, journal_broken
 from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Kind, LedgerClash, PartDone, PartsMismatch,
                           Recorded, Result, Started, Task, UploadGone)
 
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
-REFUSED_RETRY = 600.0  # seconds between attempts of an object S3 refuses (or that failed unexpectedly)
 GATHER_MAX = 0.02  # seconds a turn may wait for more results while the workers have calls queued
 REMOVALS_BACKLOG = 1000  # completed objects whose chunk files wait for the loop's idle time, at most
 CLAIMS_PER_TURN = 1000  # claims the journal's thread makes in one turn (one ledger segment's worth)
@@ -61,13 +59,7 @@ class Executor(Interface):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
 
 
-def journal_broken(e: BaseException) -> bool:
-    """An error of the journal itself (it cannot be written: disk full, I/O, locked), which
-    stops the process -- as opposed to a bug in handling one object's result."""
-    return isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.IntegrityError)
-
-
-class Uploader:
+class Uploader(Refusals):
     def __init__(self, cfg: Config, journal: Journal, s3: S3, log, *, process: str = "upload",
                  executor: Executor | None = None):
         self.cfg = cfg
@@ -547,91 +539,6 @@ class Uploader:
         j.record_error(self.process, "upload", "NoSuchUpload", "multipart upload vanished; re-uploading "
                        "every part from local chunks", b.final_key)
         return []
-
-    # -- failures and refused objects ----------------------------------------------------
-
-    def _backoff(self, attempts: int) -> float:
-        """Seconds to wait after the attempts-th failure in a row: exponential, jittered,
-        at most retry-max-delay."""
-        return backoff(attempts, base=0.5, cap=self.cfg.retry_max_delay)
-
-    def _failed(self, task: Task, e: S3Error, *, remote: bool = True) -> None:
-        """A task failed: retry it later.  remote: S3 failed (not a local chunk file or a bug),
-        which makes the upload process's S3 health "failing"."""
-        previous = self.failures.get(task)
-        attempts = (previous.attempts if previous else 0) + 1
-        self.stats["errors"] += 1
-        self.stats["retries"] += 1
-        metrics.upload_error(e.code, e.op or task.kind.value)
-        if permanent(e):
-            # S3 refuses the request itself (EntityTooLarge, AccessDenied, a damaged local chunk...):
-            # sending it again at once cannot help.  The object is refused: said at error level
-            # (again every 10th attempt), in status and the metrics, and tried again only every
-            # REFUSED_RETRY seconds, so it resumes by itself once the cause is gone.
-            self._refuse(task, e.op or task.kind.value, e.code, e.detail)
-            delay = self._refused_delay()
-            if attempts == 1 or attempts % 10 == 0:
-                self.log.error("S3 refuses this object's request; object quarantined, retried slowly",
-                               task=task.kind.value, object=task.object_id, code=e.code, error=str(e),
-                               attempt=attempts, retry_in=round(delay, 2))
-        else:
-            delay = self._backoff(attempts)
-            self.log.warning("S3 call failed; will retry", task=task.kind.value, object=task.object_id, code=e.code,
-                             error=str(e), attempt=attempts, retry_in=round(delay, 2))
-        self.failures[task] = Failure(attempts, time.monotonic() + delay)
-        self._journal_error(e.op or task.kind.value, e, remote=remote)
-
-    def _unexpected(self, task: Task, e: Exception, where: str) -> None:
-        """Any other exception while working on one object (a bug, an odd reply, a chunk file
-        that cannot be read): that object is refused and tried again slowly; the rest goes on."""
-        previous = self.failures.get(task)
-        attempts = (previous.attempts if previous else 0) + 1
-        self.stats["errors"] += 1
-        code = type(e).__name__
-        metrics.upload_error(code, task.kind.value)
-        self._refuse(task, task.kind.value, code, str(e))
-        delay = self._refused_delay()
-        self.failures[task] = Failure(attempts, time.monotonic() + delay)
-        if attempts == 1 or attempts % 10 == 0:
-            self.log.error(f"unexpected error {where}; object quarantined, retried slowly", task=task.kind.value,
-                           object=task.object_id, code=code, error=str(e), attempt=attempts,
-                           retry_in=round(delay, 2), exc_info=e)
-        self._journal_error(task.kind.value, S3Error(code, str(e), op=task.kind.value), remote=False)
-
-    def _refused_delay(self) -> float:
-        return max(REFUSED_RETRY, self.cfg.retry_max_delay)
-
-    def _journal_error(self, op: str, e: S3Error, *, remote: bool) -> None:
-        try:
-            with self.journal.savepoint():
-                self.journal.record_error(self.process, op, e.code, e.detail, e.key)
-                if remote:
-                    self.health.failed(op, e.code, e.detail)
-        except sqlite3.Error as err:
-            if journal_broken(err):
-                raise
-            self.log.warning("cannot journal this; going on", what="an error", error=str(err))
-
-    def _refuse(self, task: Task, op: str, code: str, message: str) -> None:
-        """Journal the object as refused (status reads it as quarantined_objects: one source of truth)."""
-        oid = task.object_id
-        if oid in self.refused:
-            return
-        obj = self.journal.object(oid)
-        self.refused[oid] = {"object_id": oid, "key": (obj.final_key or obj.key) if obj else None,
-                                 "operation": op, "code": code, "message": message, "since": time.time()}
-        self._save_refused()
-
-    def _release(self, task: Task) -> None:
-        if self.refused.pop(task.object_id, None) is not None:
-            self.log.info("refused object accepted by S3 again", object=task.object_id)
-            self._save_refused()
-
-    def _save_refused(self) -> None:
-        """(Joins harvest's transaction when called from it.)"""
-        with self.journal.transaction():
-            self.journal.set_meta(REFUSED_OBJECTS_META, json.dumps(sorted(self.refused.values(),
-                                                                     key=lambda q: q["object_id"])))
 
     # -- running ---------------------------------------------------------------------
 
