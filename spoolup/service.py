@@ -69,16 +69,10 @@ class UploadSupervisor:
         self.cfg = cfg
         self.log = log
         self.proc: subprocess.Popen | None = None
-        self.gated = False  # started, not yet told to go: no wake byte (the first one is the go)
         self.restarts = 0
         self.next_start = 0.0
 
-    def start(self, go: bool = True) -> None:
-        """Start the upload process.  It imports boto3 and makes its S3 client at once, and
-        touches nothing of the state dir until the first byte on its wake pipe (`go`): with
-        go=False that byte is sent by go(), once this process's start-up (the journal opened,
-        brought forward from the bucket's ledger, chunk files recovered) is done -- the two
-        interpreters' start-ups overlap instead of following each other."""
+    def start(self) -> None:
         if self.cfg.source is None:
             raise RuntimeError("the upload process needs the configuration file's path")
         self.proc = subprocess.Popen(
@@ -89,17 +83,9 @@ class UploadSupervisor:
         )
         fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETFL, os.O_NONBLOCK)
         self.log.info("upload process started", pid=self.proc.pid)
-        self.gated = not go
-        if go:
-            self.wake()
-
-    def go(self) -> None:
-        """The upload process may start its work (see start)."""
-        self.gated = False
-        self.wake()
 
     def wake(self) -> None:
-        if self.proc is None or self.proc.stdin is None or self.gated:
+        if self.proc is None or self.proc.stdin is None:
             return
         try:
             os.write(self.proc.stdin.fileno(), b".")
@@ -192,9 +178,6 @@ class Service:
         self.lock.acquire()
         if self.cfg.metrics_listen:
             metrics.serve(self.cfg, self.log)  # before the upload process starts: it inherits the metrics dir
-        # the upload process starts now, its imports and S3 client beside this process's start-up;
-        # it waits for go() (below) before it opens the journal
-        self.uploader.start(go=False)
         problem = stateid.before_open(self.cfg)  # a lost journal (rebuilt on purpose: recover --from-bucket)
         if problem:
             raise JournalError(problem)
@@ -221,10 +204,10 @@ class Service:
                           "object(s) journaled before forms were: this run's configuration")
         check_run_config(self.cfg, self.journal)
         self._prune_history()
-        # the upload process goes now: its reconcile with S3 overlaps the local recovery and the
-        # first ingest batches.  Local recovery only touches open chunks and unreferenced
-        # files, which the upload process never reads.
-        self.uploader.go()
+        # start the upload process now: its start-up (boto3, reconciling with S3) overlaps
+        # the local recovery and the first ingest batches.  Local recovery only touches open
+        # chunks and unreferenced files, which the upload process never reads.
+        self.uploader.start()
         report = recover.Report()
         recover.reconcile_chunks(self.cfg, self.journal, report, dry_run=False)
         for line in report.lines:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import select
 import signal
 import sqlite3
 import sys
@@ -112,32 +111,11 @@ class UploadProcess:
                 return
             self.wake.set()
 
-    def _wait_for_go(self) -> bool:
-        """Wait for the parent's go: the first byte on the wake pipe (service.UploadSupervisor:
-        sent once its own start-up is done -- until then the state dir is not this process's to
-        touch).  False: stopped, or the parent is gone (EOF), meanwhile."""
-        while not self.stop.is_set():
-            ready, _, _ = select.select([0], [], [], 0.05)
-            if ready:
-                try:
-                    data = os.read(0, 4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    self.stop.set()
-                    return False
-                return True
-        return False
-
     def start(self) -> bool:
         """Signals, the upload lock (an upload process of a killed predecessor may still be
         finishing), the journal, the coordinator.  False: stopped before it could start."""
         self._signals()
         if os.getppid() != self.parent_pid:
-            return False
-        # the S3 client (botocore's models) while the parent starts up; then wait for its go
-        s3 = S3(self.cfg)
-        if not self._wait_for_go():
             return False
         lock_fd = os.open(self.cfg.state_dir / "upload.lock", os.O_RDWR | os.O_CREAT, 0o600)
         while True:
@@ -148,7 +126,7 @@ class UploadProcess:
                 if self.stop.wait(0.2):
                     return False
         self.journal = Journal.open(self.cfg.journal_path, fsync=self.cfg.fsync, create=False)
-        s3.probe_prefix = probe_key_prefix(self.cfg, self.journal.journal_id)
+        s3 = S3(self.cfg, probe_prefix=probe_key_prefix(self.cfg, self.journal.journal_id))
         self.uploader = Uploader(self.cfg, self.journal, s3, self.log)
         self.uploader.wake = self.wake
         threading.Thread(target=self._read_wakes, name="wake", daemon=True).start()
