@@ -240,16 +240,20 @@ class ChunkStore:
         return live
 
 
-def remove_chunk_files(chunk_dir: Path, object_id: int, parts: int | None = None) -> None:
+def remove_chunk_files(chunk_dir: Path, object_id: int, parts: int | None = None, compressed: bool = True) -> None:
     """Delete a completed object's chunk files (every name a chunk of it can have).
-    With `parts` known, by name; otherwise by scanning the directory (recovery only)."""
+    With `parts` known, by name; otherwise by scanning the directory (recovery only).
+    compressed=False: the object's codec writes no .tmp/.part files (its chunk file is its
+    part), so only that name is deleted (a stray of another name is removed at start)."""
     names: list[str] = []
     if parts is None:
         prefix = f"{object_id:012d}-"
         with contextlib.suppress(FileNotFoundError):
             names = [e.name for e in os.scandir(chunk_dir) if e.name.startswith(prefix)]
     else:
-        names = [chunk_name(object_id, p) + sfx for p in range(1, parts + 1) for sfx in ("", ".tmp", ".part")]
+        suffixes = ("", ".tmp", ".part") if compressed else ("",)
+        names = [chunk_name(object_id, p) + sfx for p in range(1, parts + 1) for sfx in suffixes]
+    directory = os.fspath(chunk_dir)
     for name in names:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(chunk_dir / name)
+            os.unlink(os.path.join(directory, name))

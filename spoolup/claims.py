@@ -50,6 +50,11 @@ def window_prefix(prefix: str, idx: int) -> str:
     return f"{prefix}-{head}"
 
 
+class Uncached(Exception):
+    """A claim asked for what is not cached (a window, the pending uploads): it needs a request,
+    so it is made on a worker, not in the journal's thread (Protocol.claim(cached=True))."""
+
+
 class BucketIndexes:
     """The cached windows (thread-safe: claims run in the worker threads)."""
 
@@ -60,14 +65,17 @@ class BucketIndexes:
         self._lock = threading.Lock()
         self.listings = 0  # windows listed (for tests and the bench)
 
-    def window(self, prefix: str, idx: int) -> frozenset[str]:
-        """The keys the bucket held (when listed) in the window of index `idx` > 0."""
+    def window(self, prefix: str, idx: int, cached: bool = False) -> frozenset[str]:
+        """The keys the bucket held (when listed) in the window of index `idx` > 0.
+        cached: Uncached instead of a listing."""
         wp = window_prefix(prefix, idx)
         with self._lock:
             got = self._windows.get(wp)
             if got is not None:
                 self._windows.move_to_end(wp)
                 return got
+        if cached:
+            raise Uncached(wp)
         got = frozenset(self.s3.list_keys(wp))  # (outside the lock: two claims may list one window; harmless)
         with self._lock:
             self.listings += 1
@@ -91,13 +99,14 @@ class BucketIndexes:
             if idx:
                 self._windows.pop(window_prefix(prefix, idx), None)
 
-    def held(self, key: str, ts: str, idx: int, variants: tuple[str, ...]) -> bool:
+    def held(self, key: str, ts: str, idx: int, variants: tuple[str, ...], cached: bool = False) -> bool:
         """Does the bucket hold index `idx` of (key, ts), with any of the suffixes `variants`,
-        as far as the windows (and the keys found taken) say?"""
+        as far as the windows (and the keys found taken) say?  cached: Uncached where a window
+        would have to be listed."""
         finals = [keys.final_key(key, ts, idx, sfx) for sfx in variants]
         if any(self.is_taken(k) for k in finals):
             return True
         if idx == 0:
             return False  # the write at the key decides (see the module's docstring)
-        listed = self.window(keys.key_prefix(key, ts), idx)
+        listed = self.window(keys.key_prefix(key, ts), idx, cached)
         return any(k in listed for k in finals)

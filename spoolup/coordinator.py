@@ -22,28 +22,30 @@ object is done.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol as Interface
 
 from spoolup import crash, flow, metrics
-from spoolup.backoff import backoff
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
-from spoolup.journal import REFUSED_OBJECTS_META, Journal, ObjectRow, ObjectState, UploadMode
-from spoolup.protocol import Protocol, permanent
+from spoolup.journal import Journal, ObjectRow, ObjectState, UploadMode
+from spoolup.protocol import Protocol
 from spoolup.s3 import S3, S3Error
 from spoolup.ledgerstage import MAX_RECORDS, LedgerStage, clash_message
+from spoolup.refusals import Refusals, journal_broken
 from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Kind, LedgerClash, PartDone, PartsMismatch,
                           Recorded, Result, Started, Task, UploadGone)
 
 PRUNE_EVERY = 3600.0
 PRUNE_AFTER = 7 * 86400.0
-REFUSED_RETRY = 600.0  # seconds between attempts of an object S3 refuses (or that failed unexpectedly)
+GATHER_MAX = 0.02  # seconds a turn may wait for more results while the workers have calls queued
+REMOVALS_BACKLOG = 1000  # completed objects whose chunk files wait for the loop's idle time, at most
+CLAIMS_PER_TURN = 1000  # claims the journal's thread makes in one turn (one ledger segment's worth)
 
 Action = Callable[[], None]  # what runs once harvest's transaction has committed
 
@@ -57,13 +59,7 @@ class Executor(Interface):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
 
 
-def journal_broken(e: BaseException) -> bool:
-    """An error of the journal itself (it cannot be written: disk full, I/O, locked), which
-    stops the process -- as opposed to a bug in handling one object's result."""
-    return isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.IntegrityError)
-
-
-class Uploader:
+class Uploader(Refusals):
     def __init__(self, cfg: Config, journal: Journal, s3: S3, log, *, process: str = "upload",
                  executor: Executor | None = None):
         self.cfg = cfg
@@ -93,6 +89,7 @@ class Uploader:
         # id (None: not waiting): see _claims_coming
         self.wave: int | None = None
         self.wake = threading.Event()
+        self.removals: deque[tuple[int, int, bool]] = deque()  # (object id, parts, compressed): chunk files to delete
         self.stats = {"parts": 0, "objects": 0, "bytes": 0, "errors": 0, "retries": 0, "stale": 0}
         self._last_prune = 0.0
         self.health = S3Health(journal, process)
@@ -137,15 +134,18 @@ class Uploader:
     def schedule(self) -> None:
         """Submit what is ready, finishing started objects first (cleanups, complete, parts,
         start) and claiming new ones last: objects complete early and steadily, and the S3
-        work per object is the same in any order."""
+        work per object is the same in any order.  Claims that need no request are made first,
+        here, with no worker in between (_claim_here): their ledger segment goes out this turn."""
         j = self.journal
         for task, (fn, args) in list(self.cleanups.items()):
             self._submit(task, fn, *args)
+        to_claim = self._claim_here()
         self._schedule_ledger()
-        for obj in j.completable(skip=self._waiting_ids(Kind.COMPLETE)):
-            if self._room() <= 0:
-                return
-            self._submit(Task(Kind.COMPLETE, obj.id), self.work.complete, obj, j.chunks_of(obj.id))
+        if self._room() > 0:
+            for obj in j.completable(limit=self._room(), skip=self._waiting_ids(Kind.COMPLETE)):
+                if self._room() <= 0:
+                    return
+                self._submit(Task(Kind.COMPLETE, obj.id), self.work.complete, obj, j.chunks_of(obj.id))
         # an object whose calls keep failing gets one call in flight at a time: the others keep
         # the rest of the pool (with few threads its retries would otherwise fill every slot)
         failing = {t.object_id for t, f in self.failures.items() if f.attempts}
@@ -164,7 +164,8 @@ class Uploader:
             self._submit(task, self.work.part, obj, chunk, failure.attempts if failure else 0)
         if self._room() <= 0:  # (no query of the journal for a window that is full)
             return
-        for obj in j.to_start(skip=self._waiting_ids(Kind.START)):
+        # (every row the query gives can be submitted: those in flight or backing off are skipped)
+        for obj in j.to_start(limit=self._room(), skip=self._waiting_ids(Kind.START)):
             if self._room() <= 0:
                 return
             claim = (obj.id, obj.claim_gen)
@@ -179,18 +180,71 @@ class Uploader:
             if task in self.inflight:
                 self.fresh_claims.discard(claim)
                 self.starting.setdefault(task, obj)
-        if self._room() <= 0:  # (no query of the journal for a window that is full)
-            return
-        unsettled = self._unsettled()
-        for obj, prev, n_chunks in j.claimable_with_context(limit=self.cfg.upload_threads * 8,
-                                                            skip=self._waiting_ids(Kind.CLAIM)):
+        for obj, prev, in_use, mode in to_claim:  # the claims that need a listing: a worker's
             if self._room() <= 0:
                 return
-            if (obj.key, obj.ts) in unsettled:
-                continue
-            in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
-            mode = UploadMode.SINGLE if obj.state == ObjectState.CLOSED and n_chunks == 1 else UploadMode.MULTIPART
             self._submit(Task(Kind.CLAIM, obj.id), self.work.claim, obj, prev, in_use, mode)
+
+    def _claim_here(self) -> list[tuple[ObjectRow, int | None, set[int], str]]:
+        """Claim, in this thread and one transaction, every claimable object whose index the
+        caches tell (spoolup/claims.py: no request; the write at the key is the check that
+        counts), up to CLAIMS_PER_TURN: a worker's claim costs a turn and a commit of its own per
+        object, and the small objects of a burst are claimed before their ledger segment is
+        written (rule 2).  A claimed object's next one of its key is claimable at once, so the
+        query is made again while claims land.  Returns the claims that need a listing (a
+        window not listed yet, the pending uploads' listing expired, an earlier object-key):
+        made on a worker as before.  The claims are journaled with the compare-and-set of a
+        worker's result (Journal.claim_if), so nothing about the claim's rules changes."""
+        j = self.journal
+        out: list[tuple[ObjectRow, int | None, set[int], str]] = []
+        seen: set[int] = set()
+        after: list[Action] = []
+        unsettled: set[tuple[str, str]] | None = None
+        claimed = 0
+        rows = j.claimable_with_context(limit=256, skip=self._waiting_ids(Kind.CLAIM))
+        if not rows:  # (no write transaction for nothing: it would take the journal's lock)
+            return out
+        with j.transaction():
+            while True:
+                landed = 0
+                for obj, prev, n_chunks in rows:
+                    seen.add(obj.id)
+                    if unsettled is None:  # (only once there is something to claim)
+                        unsettled = self._unsettled()
+                    if (obj.key, obj.ts) in unsettled:
+                        continue
+                    in_use = j.indexes_in_use(obj.key, obj.ts, obj.id)
+                    mode = UploadMode.SINGLE if obj.state == ObjectState.CLOSED and n_chunks == 1 \
+                        else UploadMode.MULTIPART
+                    task = Task(Kind.CLAIM, obj.id)
+                    try:
+                        result = self.work.claim(obj, prev, in_use, mode, cached=True)
+                    except Exception as e:  # noqa: BLE001 - a bug: this object only, as on a worker
+                        self._unexpected(task, e, "in its claim")
+                        continue
+                    if result is None:
+                        out.append((obj, prev, in_use, mode))
+                        continue
+                    if self.failures.pop(task, None) is not None:
+                        self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
+                        self._release(task)
+                    try:
+                        with j.savepoint():
+                            after += self._apply(result)
+                    except Exception as e:  # noqa: BLE001 - this object's, unless the journal itself broke
+                        if journal_broken(e):
+                            raise
+                        self._unexpected(task, e, "journaling its result")
+                        continue
+                    landed += 1
+                claimed += landed
+                if not landed or claimed >= CLAIMS_PER_TURN:
+                    break
+                rows = j.claimable_with_context(limit=min(CLAIMS_PER_TURN - claimed, 256),
+                                                skip=self._waiting_ids(Kind.CLAIM) | seen)
+        for action in after:
+            action()
+        return out
 
     def _schedule_ledger(self) -> None:
         """One ledger segment in flight at a time, recording every object ready to finish but for
@@ -275,13 +329,16 @@ class Uploader:
 
     # -- harvesting ----------------------------------------------------------------
 
-    def harvest(self) -> int:
+    def harvest(self, defer_removals: bool = False) -> int:
         """Journal the results of finished tasks, all in one transaction; returns how many
         finished.  What must follow the commit (crash points of the tests, deleting the
-        chunk files of completed objects, cleanups) runs after it.  A result that cannot be
-        applied (a bug, an odd value) refuses its object, not the round."""
+        chunk files of completed objects, cleanups) runs after it -- the deletions, with
+        defer_removals, only at remove_done() (the loop's turn submits the next calls first).
+        A result that cannot be applied (a bug, an odd value) refuses its object, not the round."""
         finished = [(t, f) for t, f in self.inflight.items() if f.done()]
         if not finished:
+            if not defer_removals:
+                self.remove_done()
             return 0
         after: list[Action] = []
         succeeded = False
@@ -330,7 +387,23 @@ class Uploader:
             crash.point("after-record-part")
         for action in after:
             action()
+        if not defer_removals:
+            self.remove_done()
         return len(finished)
+
+    def remove_done(self, until: threading.Event | None = None) -> None:
+        """Delete the chunk files of the objects completed (and committed) so far.  In this
+        thread, after the commit: a chunk file is deleted only by the thread that journaled its
+        object done (tests/test_durability.py checks it).  An unlink can wait for the
+        filesystem's journal, behind the fsyncs of both processes (a millisecond or more each
+        under load, longer than the rest of a small object's turn): the loop makes them in its
+        idle time -- after submitting the turn's calls, and only until `until` is set (a result
+        arrived: it is journaled first), unless REMOVALS_BACKLOG objects wait."""
+        while self.removals:
+            if until is not None and until.is_set() and len(self.removals) <= REMOVALS_BACKLOG:
+                return
+            oid, parts, compressed = self.removals.popleft()
+            remove_chunk_files(self.cfg.chunk_dir, oid, parts, compressed)
 
     def _stale(self, result: Result, basis: Basis, why: str) -> list[Action]:
         """A result computed for a state of the object that no longer holds: dropped."""
@@ -456,8 +529,9 @@ class Uploader:
                       seconds=round(time.time() - (obj.closed_at or obj.created), 3), records=obj.records,
                       how=result.how, close_reason=obj.close_reason)
         # counted once journaled: a scrape never sees it uploaded and still pending in the journal
+        compressed = self.work.codec_of(obj).compressed
         return [metrics.object_uploaded, lambda: crash.point("after-object-done"),
-                lambda: remove_chunk_files(self.cfg.chunk_dir, oid, parts)]
+                lambda: self.removals.append((oid, parts, compressed))]
 
     def _key_taken(self, result: KeyTaken, b: Basis) -> list[Action]:
         j = self.journal
@@ -509,113 +583,34 @@ class Uploader:
                        "every part from local chunks", b.final_key)
         return []
 
-    # -- failures and refused objects ----------------------------------------------------
-
-    def _backoff(self, attempts: int) -> float:
-        """Seconds to wait after the attempts-th failure in a row: exponential, jittered,
-        at most retry-max-delay."""
-        return backoff(attempts, base=0.5, cap=self.cfg.retry_max_delay)
-
-    def _failed(self, task: Task, e: S3Error, *, remote: bool = True) -> None:
-        """A task failed: retry it later.  remote: S3 failed (not a local chunk file or a bug),
-        which makes the upload process's S3 health "failing"."""
-        previous = self.failures.get(task)
-        attempts = (previous.attempts if previous else 0) + 1
-        self.stats["errors"] += 1
-        self.stats["retries"] += 1
-        metrics.upload_error(e.code, e.op or task.kind.value)
-        if permanent(e):
-            # S3 refuses the request itself (EntityTooLarge, AccessDenied, a damaged local chunk...):
-            # sending it again at once cannot help.  The object is refused: said at error level
-            # (again every 10th attempt), in status and the metrics, and tried again only every
-            # REFUSED_RETRY seconds, so it resumes by itself once the cause is gone.
-            self._refuse(task, e.op or task.kind.value, e.code, e.detail, e.key)
-            delay = self._refused_delay()
-            if attempts == 1 or attempts % 10 == 0:
-                self.log.error("S3 refuses this object's request; object quarantined, retried slowly",
-                               task=task.kind.value, object=task.object_id, code=e.code, error=str(e),
-                               attempt=attempts, retry_in=round(delay, 2))
-        else:
-            delay = self._backoff(attempts)
-            self.log.warning("S3 call failed; will retry", task=task.kind.value, object=task.object_id, code=e.code,
-                             error=str(e), attempt=attempts, retry_in=round(delay, 2))
-        self.failures[task] = Failure(attempts, time.monotonic() + delay)
-        self._journal_error(e.op or task.kind.value, e, remote=remote)
-
-    def _unexpected(self, task: Task, e: Exception, where: str) -> None:
-        """Any other exception while working on one object (a bug, an odd reply, a chunk file
-        that cannot be read): that object is refused and tried again slowly; the rest goes on."""
-        previous = self.failures.get(task)
-        attempts = (previous.attempts if previous else 0) + 1
-        self.stats["errors"] += 1
-        code = type(e).__name__
-        metrics.upload_error(code, task.kind.value)
-        self._refuse(task, task.kind.value, code, str(e))
-        delay = self._refused_delay()
-        self.failures[task] = Failure(attempts, time.monotonic() + delay)
-        if attempts == 1 or attempts % 10 == 0:
-            self.log.error(f"unexpected error {where}; object quarantined, retried slowly", task=task.kind.value,
-                           object=task.object_id, code=code, error=str(e), attempt=attempts,
-                           retry_in=round(delay, 2), exc_info=e)
-        self._journal_error(task.kind.value, S3Error(code, str(e), op=task.kind.value), remote=False)
-
-    def _refused_delay(self) -> float:
-        return max(REFUSED_RETRY, self.cfg.retry_max_delay)
-
-    def _journal_error(self, op: str, e: S3Error, *, remote: bool) -> None:
-        try:
-            with self.journal.savepoint():
-                self.journal.record_error(self.process, op, e.code, e.detail, e.key)
-                if remote:
-                    self.health.failed(op, e.code, e.detail)
-        except sqlite3.Error as err:
-            if journal_broken(err):
-                raise
-            self.log.warning("cannot journal this; going on", what="an error", error=str(err))
-
-    def _refuse(self, task: Task, op: str, code: str, message: str, key: str | None = None) -> None:
-        """Journal the object as refused (status reads it as quarantined_objects: one source of truth).
-        A task of no object (the ledger's segment, object 0) is named by the key S3 refused: every
-        object waiting for its record waits for it."""
-        oid = task.object_id
-        if oid in self.refused:
-            return
-        obj = self.journal.object(oid) if oid else None
-        self.refused[oid] = {"object_id": oid, "key": (obj.final_key or obj.key) if obj else key,
-                                 "operation": op, "code": code, "message": message, "since": time.time()}
-        self._save_refused()
-
-    def refused_before_start(self, op: str, code: str, message: str, key: str | None) -> None:
-        """S3 refused a request of the reconcile that comes before any upload: every object waits
-        for it (object 0 in the refused objects, as the ledger's segment)."""
-        if 0 not in self.refused:
-            self.refused[0] = {"object_id": 0, "key": key, "operation": op, "code": code, "message": message,
-                               "since": time.time()}
-            self._save_refused()
-
-    def accepted_before_start(self) -> None:
-        if self.refused.pop(0, None) is not None:
-            self.log.info("refused request accepted by S3 again", operation="reconcile")
-            self._save_refused()
-
-    def _release(self, task: Task) -> None:
-        if self.refused.pop(task.object_id, None) is not None:
-            self.log.info("refused object accepted by S3 again", object=task.object_id)
-            self._save_refused()
-
-    def _save_refused(self) -> None:
-        """(Joins harvest's transaction when called from it.)"""
-        with self.journal.transaction():
-            self.journal.set_meta(REFUSED_OBJECTS_META, json.dumps(sorted(self.refused.values(),
-                                                                     key=lambda q: q["object_id"])))
-
     # -- running ---------------------------------------------------------------------
 
     def step(self, timeout: float) -> None:
-        self.harvest()
+        self.harvest(defer_removals=True)
         self.schedule()
+        self.remove_done(until=self.wake)
         self.wake.wait(timeout)
         self.wake.clear()
+        self._gather()
+
+    def _gather(self) -> None:
+        """Before journaling what finished, let more results finish while the workers still have
+        calls queued: a turn (its commit, an fsync, and the schedule's queries) per few results,
+        not per result -- of a small object's journal work, the turn was most.  It harvests as
+        soon as upload-threads/2 results wait, the workers' queue is empty (the next calls are
+        due), or GATHER_MAX has passed; never while nothing finished (a wake from ingest or the
+        probe is acted on at once)."""
+        deadline = time.monotonic() + GATHER_MAX
+        enough = max(1, self.cfg.upload_threads // 2)
+        while True:
+            done = sum(1 for f in self.inflight.values() if f.done())
+            if not done or done >= enough or len(self.inflight) - done <= self.cfg.upload_threads:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wake.wait(left)
+            self.wake.clear()
 
     def busy(self) -> bool:
         return bool(self.inflight)
@@ -627,6 +622,7 @@ class Uploader:
             self.wake.wait(min(0.2, max(deadline - time.monotonic(), 0)))
             self.wake.clear()
             self.harvest()
+        self.remove_done()  # (what the loop's idle time left)
 
     def housekeeping(self) -> None:
         now = time.time()

@@ -50,7 +50,7 @@ from typing import Any
 from spoolup import checksums, crash, flow, keys, metrics
 from spoolup import form as forms
 from spoolup.capabilities import HONOURED, Capabilities
-from spoolup.claims import BucketIndexes
+from spoolup.claims import BucketIndexes, Uncached
 from spoolup.chunks import Codec, part_file
 from spoolup.config import Config
 from spoolup.form import Form
@@ -146,13 +146,16 @@ class Protocol:
 
     # -- claim -------------------------------------------------------------------
 
-    def pending_upload_keys(self) -> set[str]:
+    def pending_upload_keys(self, cached: bool = False) -> set[str]:
         """Keys with a multipart upload in progress under the object-key's static prefix.
         One ListMultipartUploads serves every claim for PENDING_TTL seconds (the per-key
-        listing s3() does would double the requests per object when there are many keys)."""
+        listing s3() does would double the requests per object when there are many keys).
+        cached: Uncached (spoolup/claims.py) instead of a listing."""
         with self._pending_lock:
             stamp, found = self._pending
             if time.monotonic() - stamp > PENDING_TTL:
+                if cached:
+                    raise Uncached("pending uploads")
                 found = {k for k, _ in self.s3.list_uploads(self.prefix)}
                 self._pending = (time.monotonic(), found)
             return found
@@ -188,28 +191,37 @@ class Protocol:
         prefix = keys.key_prefix(key, ts)
         return self.s3.list_keys(prefix) | {k for k, _ in self.s3.list_uploads(prefix)}
 
-    def free_indexes(self, obj: ObjectRow, start: int, in_use: set[int], taken: set[str] | None = None):
+    def free_indexes(self, obj: ObjectRow, start: int, in_use: set[int], taken: set[str] | None = None,
+                     cached: bool = False):
         """Candidate indexes from `start` on, skipping those spoolup's journal uses and
         those the bucket holds (objects or pending uploads, with or without a suffix):
         `taken` when given (a full listing), else the cached windows (spoolup/claims.py) and
-        the cached listing of pending uploads."""
+        the cached listing of pending uploads (cached: Uncached where a listing is needed)."""
         variants = compressed_suffixes(obj.key_suffix)
-        pending = self.pending_upload_keys() if taken is None else taken
+        pending = self.pending_upload_keys(cached) if taken is None else taken
         idx = start
         while True:
             if idx not in in_use and not any(keys.final_key(obj.key, obj.ts, idx, sfx) in pending for sfx in variants) \
-                    and (taken is not None or not self.indexes.held(obj.key, obj.ts, idx, variants)):
+                    and (taken is not None or not self.indexes.held(obj.key, obj.ts, idx, variants, cached)):
                 yield idx
             idx += 1
 
-    def claim(self, obj: ObjectRow, prev_idx: int | None, in_use: set[int], mode: str) -> Claimed:
+    def claim(self, obj: ObjectRow, prev_idx: int | None, in_use: set[int], mode: str,
+              cached: bool = False) -> Claimed | None:
         """The object's index: no request at all once the windows it looks at are listed (the
-        write at the key is the check that counts: spoolup/claims.py)."""
+        write at the key is the check that counts: spoolup/claims.py).  cached: only from what
+        the caches hold, None if a listing is needed -- the journal's thread claims so, with no
+        worker in between (spoolup/coordinator.py), and hands the others to a worker."""
         start = 0 if prev_idx is None else prev_idx + 1
-        if keys.key_prefix(obj.key, obj.ts).startswith(self.prefix):
-            idx = next(self.free_indexes(obj, start, in_use))
-        else:  # an object of an earlier object-key
-            idx = next(self.free_indexes(obj, start, in_use, self.taken_keys(obj.key, obj.ts)))
+        try:
+            if keys.key_prefix(obj.key, obj.ts).startswith(self.prefix):
+                idx = next(self.free_indexes(obj, start, in_use, cached=cached))
+            elif cached:
+                return None
+            else:  # an object of an earlier object-key
+                idx = next(self.free_indexes(obj, start, in_use, self.taken_keys(obj.key, obj.ts)))
+        except Uncached:
+            return None
         suffix = obj.key_suffix + forms.parse(obj.form, self.form).compression_suffix
         return Claimed(Basis.of(obj), idx, keys.final_key(obj.key, obj.ts, idx, suffix), mode, prev_idx)
 

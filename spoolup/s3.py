@@ -28,6 +28,7 @@ from spoolup.keys import static_prefix
 from spoolup.logs import redact_text
 
 _READ_BLOCK = 1 << 20
+SMALL_BODY = 256 << 10  # a PutObject body up to this size is sent from memory (S3.put)
 
 
 class S3Error(Exception):
@@ -298,8 +299,11 @@ class S3:
         args.update(checksums.request_args(checksum))
         try:
             with open(body.path, "rb") as f:
+                # a small body goes as bytes: botocore hashes (SigV4) and sends a file object with a
+                # seek and tell around each pass, a measurable share of a small object's request
+                data = f.read() if body.size <= SMALL_BODY else f
                 r = self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=f, ContentLength=body.size, ContentMD5=body.content_md5,
+                    Bucket=self.bucket, Key=key, Body=data, ContentLength=body.size, ContentMD5=body.content_md5,
                     Metadata=metadata, **self._object_args(), **object_args, **args,
                 )
         except CLIENT_ERRORS as e:

@@ -23,7 +23,8 @@ from spoolup.backoff import backoff
 from spoolup.capabilities import (UNKNOWN, CapabilityProbe, CapabilityRefused, Capabilities, ensure_capabilities,
                                   journal_capabilities, probe_key_prefix)
 from spoolup.config import Config
-from spoolup.coordinator import REFUSED_RETRY, Uploader
+from spoolup.coordinator import Uploader
+from spoolup.refusals import REFUSED_RETRY
 from spoolup.journal import Journal, disk_full
 from spoolup.protocol import permanent
 from spoolup.s3 import S3, S3Error

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, SEALED, SINGLE, UPLOADED, Batch, ObjectRow, SourceState,
-                                  _ids, _object, db_path, fs_path)
+from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, SEALED, SINGLE, UPLOADED, Batch,
+                                  ObjectRow, SourceState, _ids, _object, db_path, fs_path)
 from spoolup.journal.store import Store
 
 LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen
@@ -139,17 +139,17 @@ class Ledger(Store):
 
     # ledger_seq: NULL = nothing recorded at the current claim; < 0 = a multipart object's start
     # intent only (its Create may be sent); > 0 = its record (its PutObject/Complete may be sent)
-    _TO_RECORD = (f"o.state != '{DONE}' AND o.idx IS NOT NULL AND ("
+    _TO_RECORD = (f"{NOT_DONE} AND o.idx IS NOT NULL AND ("
                   f"(o.mode = '{SINGLE}' AND o.ledger_seq IS NULL) OR (o.mode = '{MULTIPART}' AND o.state = '{CLOSED}' "
                   "AND o.upload_id IS NOT NULL AND (o.ledger_seq IS NULL OR o.ledger_seq < 0) "
                   f"AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != '{UPLOADED}')))")
-    _TO_INTEND = (f"o.state != '{DONE}' AND o.idx IS NOT NULL AND o.mode = '{MULTIPART}' AND o.upload_id IS NULL "
+    _TO_INTEND = (f"{NOT_DONE} AND o.idx IS NOT NULL AND o.mode = '{MULTIPART}' AND o.upload_id IS NULL "
                   "AND o.ledger_seq IS NULL")
 
     def to_intend(self, limit: int = 1000, skip: Iterable[int] = ()) -> list[ObjectRow]:
         """Claimed multipart objects without an upload and without a start intent at their claim:
         their CreateMultipartUpload waits for one (record before visible, for uploads)."""
-        rows = self._conn.execute(f"SELECT o.* FROM objects o WHERE {self._TO_INTEND} "
+        rows = self._conn.execute(f"SELECT o.* FROM {NOT_DONE_ROWS} WHERE {self._TO_INTEND} "
                                   "AND o.id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.id LIMIT ?",
                                   (_ids(skip), limit))
         return [_object(r) for r in rows]
@@ -168,7 +168,7 @@ class Ledger(Store):
         claimed single-part objects (a PutObject finishes them) and closed multipart objects with
         every part uploaded (a Complete does), without a record at their current claim.  Earlier
         objects of their key need not be done: one segment then serves a whole run of a key."""
-        rows = self._conn.execute(f"SELECT o.* FROM objects o WHERE {self._TO_RECORD} "
+        rows = self._conn.execute(f"SELECT o.* FROM {NOT_DONE_ROWS} WHERE {self._TO_RECORD} "
                                   "AND o.id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.id LIMIT ?",
                                   (_ids(skip), limit))
         return [_object(r) for r in rows]
@@ -183,7 +183,7 @@ class Ledger(Store):
         rows = self._conn.execute(
             f"SELECT min(o.id) AS head, max(CASE WHEN o.state = '{CLOSED}' AND o.id <= ? AND "
             "(SELECT count(*) FROM chunks c WHERE c.object_id = o.id) = 1 THEN o.id END) AS last "
-            f"FROM objects o WHERE o.idx IS NULL AND o.state != '{DONE}' GROUP BY o.key, o.ts",
+            f"FROM {NOT_DONE_ROWS} WHERE o.idx IS NULL AND {NOT_DONE} GROUP BY o.key, o.ts",
             (upto if upto is not None else 2 ** 62,))
         heads = {r[0]: r[1] for r in rows if r[1] is not None}
         ready = {r[0] for r in self._conn.execute(
@@ -194,7 +194,7 @@ class Ledger(Store):
 
     def waiting_for_record(self) -> int:
         """How many objects wait for their ledger record (status)."""
-        return self._conn.execute(f"SELECT count(*) FROM objects o WHERE {self._TO_RECORD}").fetchone()[0]
+        return self._conn.execute(f"SELECT count(*) FROM {NOT_DONE_ROWS} WHERE {self._TO_RECORD}").fetchone()[0]
 
     def ledger_sources(self, ids: Iterable[int]) -> dict[int, tuple[int, int, int | None, bytes | None, str]]:
         """source id -> (dev, ino, btime, head, key_path): a spool file as a ledger record names it."""

@@ -7,8 +7,8 @@ import json
 import time
 from typing import Iterable
 
-from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, OPEN, SEALED, SINGLE, UPLOADED, Batch, ChunkRow,
-                                  ObjectRow, UploadMode, _ids, _object, db_path)
+from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, OPEN, SEALED, SINGLE, UPLOADED,
+                                  Batch, ChunkRow, ObjectRow, UploadMode, _ids, _object, db_path)
 from spoolup.journal.ledger import Ledger
 
 
@@ -113,7 +113,7 @@ class Objects(Ledger):
             "SELECT o.*, "
             "(SELECT max(p.idx) FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id) AS prev_idx, "
             "(SELECT count(*) FROM chunks c WHERE c.object_id = o.id) AS n_chunks "
-            f"FROM objects o WHERE o.idx IS NULL AND o.state != '{DONE}' "
+            f"FROM {NOT_DONE_ROWS} WHERE o.idx IS NULL AND {NOT_DONE} "
             f"AND (o.state = '{CLOSED}' "
             f"OR EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state = '{SEALED}')) "
             "AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.key = o.key AND p.ts = o.ts AND p.id < o.id AND p.idx IS NULL) "
@@ -178,7 +178,7 @@ class Objects(Ledger):
         earlier objects of the same (key, ts) are done and whose ledger record is in the bucket
         (a PutObject completes it: record before visible)."""
         rows = self._conn.execute(
-            f"SELECT * FROM objects o WHERE idx IS NOT NULL AND state != '{DONE}' AND upload_id IS NULL "
+            f"SELECT * FROM {NOT_DONE_ROWS} WHERE idx IS NOT NULL AND {NOT_DONE} AND upload_id IS NULL "
             f"AND ledger_seq IS NOT NULL AND (mode != '{SINGLE}' OR {_EARLIER_DONE}) "
             "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
             (_ids(skip), limit),

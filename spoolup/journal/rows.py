@@ -46,6 +46,12 @@ OPEN, CLOSED, DONE = ObjectState.OPEN, ObjectState.CLOSED, ObjectState.DONE
 CHUNK_OPEN, SEALED, UPLOADED = ChunkState.OPEN, ChunkState.SEALED, ChunkState.UPLOADED
 MULTIPART, SINGLE = UploadMode.MULTIPART, UploadMode.SINGLE
 
+# The objects not done, as the per-turn queries of the upload process select them: through the
+# index objects_state, so that their cost follows the objects in flight, not the journal's
+# history of done objects (kept PRUNE_AFTER, a week: a scan of every row at every turn grew with it)
+NOT_DONE_ROWS = "objects o INDEXED BY objects_state"
+NOT_DONE = f"o.state IN ('{OPEN}', '{CLOSED}')"
+
 LIVE_SOURCE_STATES = (SourceState.ACTIVE, SourceState.ERROR, SourceState.REFUSED)
 # the same, as the SQL list that the partial index sources_live is declared with (a query uses
 # that index only when its WHERE spells the same list)
@@ -100,8 +106,14 @@ class ObjectRow:
     upload_checksum: str | None = None  # the flexible-checksum algorithm its multipart upload was created with
 
     def __post_init__(self):
-        self.state = ObjectState(self.state)
-        self.mode = None if self.mode is None else UploadMode(self.mode)
+        # (by a dict, not the enum's call: the upload process reads many rows a turn)
+        self.state = _OBJECT_STATES.get(self.state) or ObjectState(self.state)
+        self.mode = None if self.mode is None else _UPLOAD_MODES.get(self.mode) or UploadMode(self.mode)
+
+
+_OBJECT_STATES = {s.value: s for s in ObjectState}
+_UPLOAD_MODES = {m.value: m for m in UploadMode}
+_OBJECT_FIELDS = tuple(ObjectRow.__dataclass_fields__)
 
 
 @dataclass
@@ -176,8 +188,8 @@ def _source(r: sqlite3.Row) -> SourceRow:
 
 
 def _object(r) -> ObjectRow:
-    d = dict(r)
-    return ObjectRow(**{k: d[k] for k in ObjectRow.__dataclass_fields__})
+    """An objects row (sqlite3.Row or dict with every column) as an ObjectRow."""
+    return ObjectRow(*[r[k] for k in _OBJECT_FIELDS])
 
 
 def _ids(ids: Iterable[int]) -> str:
