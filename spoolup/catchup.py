@@ -18,9 +18,10 @@ read or uploaded:
   c. every not-done object of the journal holding shipped bytes is discarded (rows and chunk
      files), its spool files rewound to the start of its bytes (and every other not-done
      object holding bytes of them past that point discarded too), and each rewound or behind
-     source gets *skip spans*: the shipped bytes past its offset, which ingest reads past
-     without shipping (spoolup/reader.py).  Contiguous shipped bytes at the offset are not
-     even read again: the offset moves past them;
+     source gets *skip spans*: the shipped bytes past its offset -- the records read and the
+     journal's own done objects (objects complete out of order across keys and timestamps) --
+     which ingest reads past without shipping (spoolup/reader.py).  Contiguous shipped bytes
+     at the offset are not even read again: the offset moves past them;
   d. if bytes that must be read again are no longer in the spool, nothing is changed and
      spoolup exits 1 naming the file, the bytes and what to do.
 
