@@ -18,9 +18,10 @@ read or uploaded:
   c. every not-done object of the journal holding shipped bytes is discarded (rows and chunk
      files), its spool files rewound to the start of its bytes (and every other not-done
      object holding bytes of them past that point discarded too), and each rewound or behind
-     source gets *skip spans*: the shipped bytes past its offset, which ingest reads past
-     without shipping (spoolup/reader.py).  Contiguous shipped bytes at the offset are not
-     even read again: the offset moves past them;
+     source gets *skip spans*: the shipped bytes past its offset -- the records read and the
+     journal's own done objects (objects complete out of order across keys and timestamps) --
+     which ingest reads past without shipping (spoolup/reader.py).  Contiguous shipped bytes
+     at the offset are not even read again: the offset moves past them;
   d. if bytes that must be read again are no longer in the spool, nothing is changed and
      spoolup exits 1 naming the file, the bytes and what to do.
 
@@ -365,8 +366,12 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
     old_skips = journal.skip_ranges()
     problems: list[str] = []
     for ref in sorted(set(shipped_spans) | set(rewind)):
-        spans = shipped_spans.get(ref, [])
         row = rows.get(ref) if ref >= 0 else None
+        # the bytes the bucket holds: the records read, and the journal's own done objects
+        # (objects complete out of order across keys and timestamps, and a bring-forward inserts
+        # done objects past the offset): a rewind below one of those must read past its bytes
+        # like past the records' -- its skip span, if it had one, is long passed
+        spans = ledger.coalesce(shipped_spans.get(ref, []) + (_done_spans(journal, ref, unfinished) if row else []))
         if ref >= 0 and row is None:
             continue  # a spool file the journal is done with (reaped, gone): nothing is read from it
         entry = entries.get(ref) or (spool.found.get((row.dev, row.ino)) if row is not None else None)
@@ -447,6 +452,12 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
         lines.append(f"spans of {len(unmatched)} spool file(s) not in the spool any more are not needed: "
                      f"{_some(sorted(unmatched))}")
     return fw, discarded, lines
+
+
+def _done_spans(journal: Journal, source_id: int, unfinished: dict[int, dict[int, list[Span]]]) -> list[Span]:
+    """The spans of the source held by the journal's done objects (every object not in
+    `unfinished` is done; discarded objects are all unfinished)."""
+    return [(a, b) for oid, a, b in journal.ranges_of_source(source_id) if oid not in unfinished]
 
 
 ObjectSpan = tuple[int, int, str, str]  # start, end, key, ts: an object's span of a source

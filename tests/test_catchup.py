@@ -425,3 +425,56 @@ def test_restored_object_recorded_but_not_done_shipped_by_the_lost_future_ships_
     out = drained(sp)
     assert "bring the journal forward" in out or "bringing the journal forward" in out, out[-3000:]
     assert exactly_once(s3, sp.bucket, {"a.log": first + second})["a.log"] == ["a.log", "a.log-1", "a.log-2"]
+
+
+def test_done_object_past_a_rewound_one_is_read_past_not_shipped_again(make_spoolup, s3, s3server, proxy):
+    """The backup holds key B's object (the spool file's later bytes) done and key A's (its
+    earlier bytes) recorded but not done: objects of different keys (or timestamps) have no
+    completion order.  The future it lost shipped A's object, and wrote a later segment.
+    Restored, the bring-forward finds A's object shipped, discards the journal's (its id) and
+    rewinds the file to its first byte; the offset moves past the shipped bytes that follow --
+    A's -- and stopped at B's: B's object is the journal's own, done, in no record read and in
+    no skip span, so its records were read again and shipped twice as B-1 (torture --state-loss
+    --key-races seed 9303: 78,792 records twice, f3.log-...-59/-61/-65/-66).  The journal's
+    done objects' spans count as shipped bytes in the rewind like the records read."""
+    sp = make_spoolup(format="envelope", url=proxy.url, **{**OPTIONS, "object-key": "{key}"})
+    a0 = [env("A", f"a0 {i:03d}") for i in range(5)]
+    b0 = [env("B", f"b0 {i:03d}") for i in range(5)]
+    write(sp.spool / "r.jsonl", b"".join(a0 + b0))
+
+    def drop_a(req):
+        if req.key == "A":
+            raise ConnectionAbortedError("dropped by the test: never forwarded")
+
+    proxy.add("PutObject", action="hook", hook=drop_a)  # A's object cannot become visible
+    p = sp.start()
+    try:
+        def states() -> dict | None:
+            try:
+                objs = {o["key"]: o for o in rows(sp, "objects")}
+            except sqlite3.OperationalError:
+                return None
+            ok = objs.get("B", {}).get("state") == "done" and (objs.get("A", {}).get("ledger_seq") or 0) > 0
+            return objs if ok else None
+
+        objs = wait_for(states, 60, what="B's object done, A's recorded")
+    finally:
+        sp.stop(p)
+        proxy.clear()
+    assert rows(sp, "objects", "key = 'A'")[0]["state"] != "done", objs
+    assert list_keys(s3, sp.bucket) == ["B"]
+    backup = sp.base / "backup"
+    copy_state(sp.state, backup)
+    sp.write_config(url=s3server.url)
+    a1 = [env("A", f"a1 {i:03d}") for i in range(3)]
+    write(sp.spool / "r.jsonl", b"".join(a1), "ab")
+    drained(sp)  # the future: A's object put, a1 in A-1 (recorded in a later segment)
+    assert list_keys(s3, sp.bucket) == ["A", "A-1", "B"]
+    assert_recorded(sp, s3)
+
+    copy_state(backup, sp.state)  # B done, A recorded and not done
+    more = [env("A", "a2 000"), env("B", "b2 000")]
+    write(sp.spool / "r.jsonl", b"".join(more), "ab")
+    out = drained(sp)
+    assert "bring the journal forward" in out or "bringing the journal forward" in out, out[-3000:]
+    exactly_once(s3, sp.bucket, {"A": msgs(a0 + a1 + more[:1]), "B": msgs(b0 + more[1:])})
