@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -99,7 +98,7 @@ def start_check_client(cfg: Config) -> S3:
     return S3(cfg, attempts=1)
 
 
-def at_start(cfg: Config, journal: Journal, log, *, stop: threading.Event | None = None, mark: int = 0,
+def at_start(cfg: Config, journal: Journal, log, *, mark: int = 0,
              s3_factory: Callable[[Config], S3] = start_check_client) -> Result | None:
     """The check `run` and `drain` make before ingest and upload start; brings the journal
     forward when the bucket is ahead.  Where S3 fails, the check is left to the upload process
@@ -107,30 +106,28 @@ def at_start(cfg: Config, journal: Journal, log, *, stop: threading.Event | None
     the journal is below it (it lost transactions): settled by the bucket, then raised."""
     s3 = s3_factory(cfg)
     try:
-        while True:
-            try:
-                result = None
-                if behind(cfg, journal, s3):
-                    log.warning("the bucket's ledger knows of objects this journal does not (a restored backup, a "
-                                "copied state dir, a lost write-ahead log or a wiped state dir): bringing the journal "
-                                "forward from it before anything is shipped", agent=agent_of(cfg),
-                                journal_seq=journal.ledger_seq())
-                    result = bring_forward(cfg, journal, s3, dry_run=False)
-                    for line in result.lines:
-                        log.info("recovery", action=line)
-                if mark:
-                    journal.raise_claims(mark)
-                checked(journal)
-                return result
-            except S3Error as e:
-                # S3 does not answer: ingest goes on (it only stages chunk files; a bring-forward
-                # later discards whatever overlaps the bucket), and the upload process makes the
-                # comparison before it uploads anything (spoolup/upload.py: nothing is shipped
-                # from a journal that may be behind the bucket)
-                journal.set_meta(UNCHECKED_META, "1")
-                log.warning("cannot compare the journal with the bucket's ledger yet (S3 fails); the upload process "
-                            "compares it before it uploads anything", error=str(e))
-                return None
+        result = None
+        if behind(cfg, journal, s3):
+            log.warning("the bucket's ledger knows of objects this journal does not (a restored backup, a "
+                        "copied state dir, a lost write-ahead log or a wiped state dir): bringing the journal "
+                        "forward from it before anything is shipped", agent=agent_of(cfg),
+                        journal_seq=journal.ledger_seq())
+            result = bring_forward(cfg, journal, s3, dry_run=False)
+            for line in result.lines:
+                log.info("recovery", action=line)
+        if mark:
+            journal.raise_claims(mark)
+        checked(journal)
+        return result
+    except S3Error as e:
+        # S3 does not answer: ingest goes on (it only stages chunk files; a bring-forward
+        # later discards whatever overlaps the bucket), and the upload process makes the
+        # comparison before it uploads anything (spoolup/upload.py: nothing is shipped
+        # from a journal that may be behind the bucket)
+        journal.set_meta(UNCHECKED_META, "1")
+        log.warning("cannot compare the journal with the bucket's ledger yet (S3 fails); the upload process "
+                    "compares it before it uploads anything", error=str(e))
+        return None
     finally:
         s3.close()
 

@@ -196,7 +196,7 @@ class Service:
             self.log.warning("journal lost transactions", detail=stateid.behind_mark_message(self.cfg, self.journal, mark))
         # the bucket's ledger decides what was shipped, before anything is read or uploaded: a
         # journal behind it (restored, copied, lost -wal, wiped state dir) is brought forward
-        catchup.at_start(self.cfg, self.journal, self.log, stop=self.stop, mark=mark)
+        catchup.at_start(self.cfg, self.journal, self.log, mark=mark)
         # objects open or waiting for S3 finish in the form they were started in; objects
         # journaled before forms were take this run's (see spoolup/form.py)
         stamped = self.journal.stamp_forms(Form.of_config(self.cfg).to_json())

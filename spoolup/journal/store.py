@@ -52,7 +52,6 @@ def remove_commit_hook(hook: Callable[[float], None]) -> None:
         _commit_hooks.remove(hook)
 
 
-
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's lock before the journal is "locked"
 
 
@@ -60,6 +59,7 @@ def busy_timeout() -> float:
     """BUSY_TIMEOUT; the tests lower it (SPOOLUP_TEST_BUSY_TIMEOUT) rather than wait it out."""
     override = os.environ.get("SPOOLUP_TEST_BUSY_TIMEOUT")
     return float(override) if override else BUSY_TIMEOUT
+
 
 class JournalError(Exception):
     """The journal cannot be used (corrupt, too new, unreadable); the message says what to do."""
