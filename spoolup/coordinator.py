@@ -37,7 +37,7 @@ from spoolup.journal import Journal, ObjectRow, ObjectState, UploadMode
 from spoolup.protocol import Protocol
 from spoolup.s3 import S3, S3Error
 from spoolup.ledgerstage import MAX_RECORDS, LedgerStage
-from spoolup.refusals import Refusals, journal_broken
+from spoolup.refusals import Refusals
 from spoolup.results import Action, Results
 from spoolup.work import Failure, KeyTaken, Kind, PartDone, Task
 
@@ -227,14 +227,10 @@ class Uploader(Refusals, Results):
                     if self.failures.pop(task, None) is not None:
                         self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
                         self._release(task)
-                    try:
-                        with j.savepoint():
-                            after += self._apply(result)
-                    except Exception as e:  # noqa: BLE001 - this object's, unless the journal itself broke
-                        if journal_broken(e):
-                            raise
-                        self._unexpected(task, e, "journaling its result")
+                    actions = self._journal_result(task, result)
+                    if actions is None:
                         continue
+                    after += actions
                     landed += 1
                 claimed += landed
                 if not landed or claimed >= CLAIMS_PER_TURN:
@@ -370,14 +366,10 @@ class Uploader(Refusals, Results):
                 elif previous is not None:
                     self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
                     self._release(task)
-                try:
-                    with self.journal.savepoint():
-                        after += self._apply(result)
-                except Exception as e:  # noqa: BLE001 - this object's, unless the journal itself broke
-                    if journal_broken(e):
-                        raise
-                    self._unexpected(task, e, "journaling its result")
+                actions = self._journal_result(task, result)
+                if actions is None:
                     continue
+                after += actions
                 parts += isinstance(result, PartDone)
             if succeeded:
                 self.health.ok()

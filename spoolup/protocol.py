@@ -321,13 +321,7 @@ class Protocol:
         empty: list[str] = []
         foreign: list[str] = []
         lost: list[str] = []
-        for k, upload_id in self.s3.list_uploads(key):
-            if k != key or upload_id == obj.upload_id:
-                continue
-            try:
-                held = self.s3.list_parts(key, upload_id)
-            except NoSuchUpload:
-                continue  # completed or aborted meanwhile
+        for upload_id, held in self._uploads_at(key, but=obj.upload_id):
             if not held:
                 empty.append(upload_id)
             elif self.own_parts(obj, held, chunks):
@@ -358,6 +352,19 @@ class Protocol:
         algo = self.caps.object_checksum
         return Started(Basis.of(obj), keep, "adopted", algo if algo in checksums.COMPOSITE else None,
                        tuple(lost)), tuple(lost)
+
+    def _uploads_at(self, key: str, but: str | None = None) -> list[tuple[str, dict[int, tuple[str, int]]]]:
+        """The multipart uploads at exactly `key` (not `but`), each with the parts it holds
+        (part -> (ETag, size)); one completed or aborted meanwhile is left out."""
+        found = []
+        for k, upload_id in self.s3.list_uploads(key):
+            if k != key or upload_id == but:
+                continue
+            try:
+                found.append((upload_id, self.s3.list_parts(key, upload_id)))
+            except NoSuchUpload:
+                continue  # completed or aborted meanwhile
+        return found
 
     def own_parts(self, obj: ObjectRow, held: dict[int, tuple[str, int]], chunks: Sequence[ChunkRow]) -> bool:
         """Does an upload holding `held` (part -> (ETag, size)) hold a part of this object's own:
@@ -554,13 +561,7 @@ class Protocol:
         good).  An upload holding a part is someone else's and left alone."""
         aborted: list[str] = []
         left = False
-        for k, upload_id in self.s3.list_uploads(key):
-            if k != key:
-                continue
-            try:
-                held = self.s3.list_parts(key, upload_id)
-            except NoSuchUpload:
-                continue  # completed or aborted meanwhile
+        for upload_id, held in self._uploads_at(key):
             if held:
                 left = True
                 continue

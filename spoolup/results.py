@@ -13,6 +13,7 @@ from typing import Callable
 from spoolup import crash, metrics
 from spoolup.journal import ObjectRow, UploadMode
 from spoolup.ledgerstage import clash_message
+from spoolup.refusals import journal_broken
 from spoolup.s3 import S3Error
 from spoolup.work import (Basis, CleanedUp, Claimed, Done, Failure, KeyTaken, Kind, LedgerClash, PartDone, PartsMismatch,
                           Recorded, Result, Started, Task, UploadGone)
@@ -21,6 +22,19 @@ Action = Callable[[], None]  # what runs once harvest's transaction has committe
 
 
 class Results:
+    def _journal_result(self, task: Task, result: Result) -> list[Action] | None:
+        """Journal one result in a savepoint of its own: what must run after the commit, or None
+        when applying it failed unexpectedly -- that object is refused (retried slowly), the
+        others go on; only an error of the journal itself is raised."""
+        try:
+            with self.journal.savepoint():
+                return self._apply(result)
+        except Exception as e:  # noqa: BLE001 - this object's, unless the journal itself broke
+            if journal_broken(e):
+                raise
+            self._unexpected(task, e, "journaling its result")
+            return None
+
     def _stale(self, result: Result, basis: Basis, why: str) -> list[Action]:
         """A result computed for a state of the object that no longer holds: dropped."""
         self.stats["stale"] += 1
