@@ -225,8 +225,7 @@ class Uploader(Refusals, Results):
                         out.append((obj, prev, in_use, mode))
                         continue
                     if self.failures.pop(task, None) is not None:
-                        self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
-                        self._release(task)
+                        self._retry_succeeded(task)
                     actions = self._journal_result(task, result)
                     if actions is None:
                         continue
@@ -364,8 +363,7 @@ class Uploader(Refusals, Results):
                     n = previous.attempts + 1
                     self.failures[Task(Kind.CLAIM, task.object_id)] = Failure(n, time.monotonic() + self._backoff(n))
                 elif previous is not None:
-                    self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
-                    self._release(task)
+                    self._retry_succeeded(task)
                 actions = self._journal_result(task, result)
                 if actions is None:
                     continue

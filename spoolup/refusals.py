@@ -115,6 +115,11 @@ class Refusals:
             self.log.info("refused request accepted by S3 again", operation="reconcile")
             self._save_refused()
 
+    def _retry_succeeded(self, task: Task) -> None:
+        """A task that had failed succeeded: said, and its object no longer refused."""
+        self.log.info("retry succeeded", task=task.kind.value, object=task.object_id)
+        self._release(task)
+
     def _release(self, task: Task) -> None:
         if self.refused.pop(task.object_id, None) is not None:
             self.log.info("refused object accepted by S3 again", object=task.object_id)
