@@ -16,10 +16,12 @@ moto runs on every filesystem and the other servers on the first ("disk") only.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +35,18 @@ SERVERS = ("moto", "rgw")
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the main process; xdist workers inherit the variable
         os.environ["RGW_FIXTURE_OWNER_PID"] = str(os.getpid())
+        compile_spoolup()
+
+
+def compile_spoolup() -> None:
+    """Byte-compile the spoolup the tests' subprocesses run (`python -m spoolup` from the
+    checkout): where PYTHONDONTWRITEBYTECODE is set (CI's machine sets it), no process ever
+    writes __pycache__, and each of the suite's thousands of spoolup processes compiled every
+    module of its own again (a fifth of a short drain's CPU).  compileall writes the caches
+    all the same; Python still checks each against its source's mtime."""
+    import spoolup
+
+    compileall.compile_dir(Path(spoolup.__file__).parent, quiet=1)
 
 
 def pytest_generate_tests(metafunc):
