@@ -64,10 +64,22 @@ class Redactor:
         return redact_text(str(value), self.secrets)
 
 
+# A secret shorter than this is masked only where it stands alone (not inside a longer run of the
+# characters keys and secrets are made of): a one-letter test secret masked everywhere made every
+# log line unreadable ("b********cket") and told a reader which letter it was.  Real secrets
+# (AWS: 40 characters, MinIO: at least 8) are masked wherever they appear, inside words too.
+SHORT_SECRET = 8
+_TOKEN_CHARS = "A-Za-z0-9+/"
+
+
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     for s in secrets or _secrets:
-        if s and s in text:
+        if not s or s not in text:
+            continue
+        if len(s) >= SHORT_SECRET:
             text = text.replace(s, MASK)
+        else:
+            text = re.sub(f"(?<![{_TOKEN_CHARS}]){re.escape(s)}(?![{_TOKEN_CHARS}])", MASK, text)
     return _SENSITIVE_TEXT.sub(lambda m: next(g for g in m.groups() if g is not None) + MASK, text)
 
 

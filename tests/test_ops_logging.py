@@ -165,6 +165,17 @@ def test_redactor_masks_fields_and_text():
                    "nested": ["********"], "obj": "ValueError: has ********", "count": 3, "ok": None}
 
 
+def test_a_short_secret_is_masked_where_it_stands_alone_a_long_one_everywhere():
+    """A one-letter secret (a test setup's) masked inside every word made each log line
+    unreadable and showed which letter it was; a real secret is masked inside words too."""
+    assert logs.redact_text("bucket b, key b: b", ["b"]) == "bucket ********, key ********: ********"
+    assert logs.redact_text("key b/x", ["b"]) == "key b/x"  # (a token of a secret's characters)
+    assert logs.redact_text("bucket b-1 failed", ["b"]) == "bucket ********-1 failed"
+    assert logs.redact_text("the bucket abc", ["b"]) == "the bucket abc"
+    long = "wJalrXUtnFEMI/K7MDENG"
+    assert logs.redact_text(f"sig=x{long}y and {long}", [long]) == "sig=x********y and ********"
+
+
 def _drain_output(sp, *, tty: bool) -> str:
     cmd = [sys.executable, "-m", "spoolup", "drain", "--config", str(sp.config)]
     if not tty:
