@@ -222,7 +222,13 @@ def _drain_via_service(cfg, args, log) -> int:
         while True:
             row = journal.request(request)
             done = bool(row and row["done_at"])
-            progress.update(0 if done else pending_bytes(journal), final=done)
+            refused = done and str(row.get("result") or "").startswith("refused: ")
+            progress.update(0 if done and not refused else pending_bytes(journal), final=done)
+            if refused:
+                print("spoolup: drain cannot finish: S3 refuses requests what is left needs (retried only slowly); "
+                      "nothing is lost: the running service ships it once S3 accepts them (grant what the error "
+                      f"names); see spoolup status: {row['result'][len('refused: '):]}", file=sys.stderr)
+                return EXIT_FAILURE
             if done:
                 print("drained by the running service: nothing pending")
                 return EXIT_OK

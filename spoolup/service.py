@@ -328,6 +328,12 @@ class Service:
                             progress.update(self._drain_remaining(drain_state), final=finished)
                         if not finished and drain and self._drain_refused(drain_state):
                             return 1
+                        if not finished and not drain and (refused := self._drain_refused(drain_state, since=0.0)):
+                            # a `spoolup drain` waiting on this service ends on them too, exit 1, with
+                            # what they are; the service keeps everything and ships it once S3 accepts
+                            journal.finish_requests(drain_state.request_ids, "refused: " + "; ".join(refused))
+                            drain_state = None
+                            continue
                         if finished:
                             if drain:
                                 self._reap(time.time())
@@ -454,20 +460,22 @@ class Service:
             return False
         return self.journal.pending_objects(through=state.closed_through) == 0
 
-    def _drain_refused(self, state: DrainState) -> bool:
+    def _drain_refused(self, state: DrainState, since: float | None = None) -> list[str]:
         """Does S3 refuse (AccessDenied, ...: retried only every few minutes) what the drain still
         waits for?  Then `spoolup drain` ends, exit 1, naming each refused request rather than wait
-        without end; nothing is lost (journaled and in the spool, it ships once S3 accepts it)."""
+        without end; nothing is lost (journaled and in the spool, it ships once S3 accepts it).
+        The refused requests, or [].  `since`: the oldest refusal that counts -- a foreground
+        drain's own start (older ones are a previous upload process's); 0 for a running service,
+        whose live upload process keeps its list current."""
         if state.closed_through is None:
-            return False
-        refused = self.journal.refusals_holding(state.closed_through, state.started)
-        if refused:
+            return []
+        refused = self.journal.refusals_holding(state.closed_through, state.started if since is None else since)
+        said = [f"{q.get('key')}: {q.get('operation')} {q.get('code')}: {q.get('message')}" for q in refused]
+        if said:
             self.log.error("drain cannot finish: S3 refuses requests what is left needs (retried only slowly); "
                            "nothing is lost: it ships once S3 accepts them (grant what the error names, then run "
-                           "drain again or start the service); see spoolup status",
-                           refused=[f"{q.get('key')}: {q.get('operation')} {q.get('code')}: {q.get('message')}"
-                                    for q in refused])
-        return bool(refused)
+                           "drain again or start the service); see spoolup status", refused=said)
+        return said
 
     def _drain_remaining(self, state: DrainState) -> int:
         """Record bytes the drain has still to ship: unread spool bytes it covers, and chunks

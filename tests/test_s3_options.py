@@ -318,6 +318,14 @@ def test_a_role_without_a_permission_the_ledger_needs_is_refused_clearly_and_los
                     return None
                 return None
             wait_for(not_ready, 60, what="/readyz naming the permission")
+            # a drain asked of the running service ends on the refusals too, naming them
+            r = sp.drain(timeout=120)
+            assert r.returncode == 1, r.stdout + r.stderr[-3000:]
+            operation, key = refused.split()
+            assert "drain cannot finish: S3 refuses requests" in r.stderr, r.stderr[-3000:]
+            assert f": {operation} AccessDenied" in r.stderr and key in r.stderr, r.stderr[-3000:]
+            assert permission in r.stderr and m.user_secret not in r.stdout + r.stderr
+            assert p.poll() is None, "the service keeps running"
         finally:
             assert sp.stop(p) == 0
 
