@@ -56,6 +56,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 if __package__:  # imported as bench.torture
     from .keyraces import FOREIGN, KEY_RE, PREFIX, TS_FORMAT, ForeignWriter, completions, races, s3_client
 else:  # run as a script: bench/ is on sys.path
@@ -378,6 +380,11 @@ def torture(cycles: int, *, seed: int, workdir: Path, s3_url: str | None, files:
     try:
         writer.start()
         if foreign is not None:
+            # the bucket is there before the agents, as a shared bucket is: the foreign writer
+            # waits for it, and under load the first cycles' upload processes may be killed
+            # before any of them creates it (a CI run on a loaded machine: no foreign write at all)
+            with contextlib.suppress(ClientError):
+                foreign.s3.create_bucket(Bucket=bucket)
             foreign.start()
         for cycle in range(cycles):
             p = subprocess.Popen([*cmd, "run", "--config", str(config)], env=env, stdout=run_log, stderr=run_log)
