@@ -291,13 +291,20 @@ def _probe(cfg: Config, s3: S3, key: str, on_put=None) -> Capabilities:
 
 
 def _clean_probe(s3: S3, key: str, upload_ids: list[str]) -> None:
-    """Best effort: the scratch object deleted, the probe's upload gone.  (A Complete that a
-    loaded RGW answers 500 while it goes on completing is retried by botocore; the abort that
-    follows can find the upload still in progress: it is aborted again until it is gone.)"""
+    """Best effort: the scratch object deleted, every upload at the scratch key gone.  Every
+    one, not only `upload_ids` (those whose id the probe got back): the key is this probe's
+    alone (a random suffix), and a Create whose reply was lost or came after s3-timeout (RGW's
+    first writes to a new bucket can take longer) is sent again by botocore, so the probe goes
+    on with the second upload while the first, whose id it never learns, stays at the key.
+    (A Complete that a loaded RGW answers 500 while it goes on completing is retried by
+    botocore; the abort that follows can find the upload still in progress: it is aborted
+    again until it is gone.)  A Create the server carries out only after this listing is left
+    to the next start's reconcile (this journal's probe key prefix) or, a check-config's, to
+    the stale-probe cleanup."""
     for attempt in range(3):
         try:
             s3.delete(key)
-            left = [u for k, u in s3.list_uploads(key) if k == key and u in upload_ids]
+            left = [u for k, u in s3.list_uploads(key) if k == key]
         except S3Error:
             left = upload_ids
         if not left:

@@ -71,11 +71,6 @@ def make(make_spoolup, proxy, **options):
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-@pytest.mark.xfail_rgw(reason="known regression, open (found at the end of stop 25): on RGW, after a window of 500s "
-                              "on writes, the capability probe's scratch upload is left pending after the drain and "
-                              "the service's stop (not by 198ae7c in one run alone; by 6dedc13 on, 5 of 5 runs); "
-                              "objects are delivered exactly once; named in that stop's closing note",
-                       strict=False, fault="500")
 def test_service_rides_out_the_fault(make_spoolup, s3, proxy, fault):
     rules, codes = FAULTS[fault]
     sp = make(make_spoolup, proxy, **{"flush-grace-period": "1s"})

@@ -384,3 +384,55 @@ def test_a_deleted_journals_killed_probe_leaves_nothing_once_stale(make_spoolup,
     assert "abort the upload of an interrupted capability probe" in said, said[-3000:]
     assert probe_scratch(s3, sp.bucket) == ([], [])
     assert_exact(s3, sp.bucket, {"a.log": SMALL + more, "b.log": SMALL})
+
+
+# ---------------------------------------------------------------------------
+# a probe's CreateMultipartUpload sent twice: its reply lost, or later than s3-timeout (RGW's
+# first writes to a new bucket: test_faults' rgw-500 run left the capability probe's upload)
+
+LATE_REPLY = {"reply-lost": dict(action="reset-after"), "reply-after-timeout": dict(action="delay", delay=3.0)}
+
+
+@pytest.mark.parametrize("command", ["drain", "check-config"])
+@pytest.mark.parametrize("late", list(LATE_REPLY))
+def test_a_capability_probe_create_sent_twice_leaves_no_upload(make_spoolup, s3, proxy, command, late):
+    """The probe's Create takes effect but its reply never reaches spoolup; botocore sends it
+    again and the probe goes on with the second upload's id.  Its cleanup aborted only the
+    upload ids it knew: the first upload stayed pending for good (no reconcile aborts a
+    check-config's, nor a running service's own until its next start)."""
+    sp = spoolup_at(make_spoolup, url=proxy.url, **{"s3-timeout": 1.5})
+    proxy.add("CreateMultipartUpload", key=PROBE_KEY, times=1, **LATE_REPLY[late])
+    if command == "drain":
+        write(sp.spool / "a.log", SMALL)
+        drained(sp)
+    else:
+        s3.create_bucket(Bucket=sp.bucket)
+        r = spoolup_cmd(sp, "check-config")
+        assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    creates = [r.action for r in proxy.requests("CreateMultipartUpload", probe=True) if PROBE_KEY in r.key]
+    assert creates == [LATE_REPLY[late]["action"], "forward"], f"botocore sent the probe's Create again: {creates}"
+    assert probe_scratch(s3, sp.bucket) == ([], [])
+    assert pending_uploads(s3, sp.bucket) == []
+    if command == "drain":
+        assert_exact(s3, sp.bucket, {"a.log": SMALL})
+
+
+@pytest.mark.parametrize("late", list(LATE_REPLY))
+def test_a_listing_encoding_probe_create_sent_twice_leaves_no_upload(make_spoolup, s3, proxy, late):
+    """The same for the probe of whether the server url-encodes the keys of a listing of
+    uploads (spoolup/s3.py), which a key holding a '+' among the pending uploads sets off:
+    it aborted only the upload whose id it got back.  (conditional-writes = "off": the
+    capability probe makes no Create here.)"""
+    sp = spoolup_at(make_spoolup, url=proxy.url, **{"s3-timeout": 1.5, "conditional-writes": "off"})
+    s3.create_bucket(Bucket=sp.bucket)
+    theirs = s3.create_multipart_upload(Bucket=sp.bucket, Key="their+upload.log")["UploadId"]
+    proxy.add("CreateMultipartUpload", key=PROBE_KEY, times=1, **LATE_REPLY[late])
+    write(sp.spool / "a.log", SMALL)
+    drained(sp)
+    creates = [(r.key, r.action) for r in proxy.requests("CreateMultipartUpload", probe=True) if PROBE_KEY in r.key]
+    assert len(creates) == 2 and creates[0][0].endswith("-a b") and creates[0][1] == LATE_REPLY[late]["action"], \
+        f"botocore sent the listing-encoding probe's Create again: {creates}"
+    assert probe_scratch(s3, sp.bucket) == ([], [])
+    assert pending_uploads(s3, sp.bucket) == [("their+upload.log", theirs)], "their upload is left alone"
+    s3.abort_multipart_upload(Bucket=sp.bucket, Key="their+upload.log", UploadId=theirs)
+    assert_exact(s3, sp.bucket, {"a.log": SMALL})
