@@ -122,6 +122,8 @@ def test_service_rides_out_the_fault(make_spoolup, s3, proxy, fault):
     assert ask(sp, Journal.pending_objects) == 0
 
 
+# the backoff is spoolup's own, the failures the proxy's: moto only
+@pytest.mark.s3_servers("moto")
 def test_backoff_spaces_out_the_attempts_of_one_call(make_spoolup, s3, proxy):
     """A part that keeps failing is retried forever, with growing delays up to retry-max-delay.
     Each failed call (botocore's own quick retries included) is one row in the journal's errors."""

@@ -25,6 +25,8 @@ LATE = 12  # storm answers after which the limit is at its floor: 4 -> 2 -> 1 ta
 FILES = {f"f{i:02d}.log": syslog_lines(20, host=f"h{i}") for i in range(80)}
 
 
+# the storm is the proxy's, the concurrency spoolup's own: moto only
+@pytest.mark.s3_servers("moto")
 def test_slowdown_storm_lowers_requests_in_flight_and_they_recover(make_spoolup, s3, proxy):
     sp = make_spoolup(**{"object-key": "{name}", "url": proxy.url, "upload-threads": THREADS,
                          "flush-grace-period": "1s", "retry-max-delay": 1.0, "conditional-writes": "off",

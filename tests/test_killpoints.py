@@ -55,11 +55,30 @@ def restart_and_check(sp, s3, files, suffix="", **kw):
 
 
 # ingest dies before any S3 request of its own: what it leaves is the same whatever the server (the
-# S3-facing points below run on both); the state dir's filesystems are this test's point
+# S3-facing points below run on both); the state dir's filesystems are this test's point: every
+# shape on the test run's filesystem (O_DIRECT chunk writes), and on a ramfs (no O_DIRECT: written
+# through the page cache) the two chunk writers, plain (multipart: sealed parts and an open chunk)
+# and compressed (gzip) -- single and fsync-off write as multipart does
+INGEST_POINTS = ["after-chunk-write", "after-chunk-sync", "after-batch-commit"]
+
+
 @pytest.mark.s3_servers("moto")
+@pytest.mark.state_filesystems("disk")
 @pytest.mark.parametrize("shape", ["single", "multipart", "gzip", "fsync-off"])
-@pytest.mark.parametrize("point", ["after-chunk-write", "after-chunk-sync", "after-batch-commit"])
+@pytest.mark.parametrize("point", INGEST_POINTS)
 def test_invariant1_ingest_killed_between_chunk_write_and_commit(make_spoolup, s3, point, shape):
+    ingest_killed_between_chunk_write_and_commit(make_spoolup, s3, point, shape)
+
+
+@pytest.mark.s3_servers("moto")
+@pytest.mark.state_filesystems("ramfs")
+@pytest.mark.parametrize("shape", ["multipart", "gzip"])
+@pytest.mark.parametrize("point", INGEST_POINTS)
+def test_invariant1_ingest_killed_between_chunk_write_and_commit_without_o_direct(make_spoolup, s3, point, shape):
+    ingest_killed_between_chunk_write_and_commit(make_spoolup, s3, point, shape)
+
+
+def ingest_killed_between_chunk_write_and_commit(make_spoolup, s3, point: str, shape: str) -> None:
     sp, files, suffix = make(make_spoolup, shape)
     halves = {name: split_records(data, len(data) // 2) for name, data in files.items()}
     for name, (first, _) in halves.items():
@@ -209,7 +228,10 @@ PROCESS_POINTS = ["after-create-multipart", "after-upload-part", "after-complete
                   "after-ledger-segment", "after-ledger-recorded"]
 
 
-@pytest.mark.state_filesystems("disk")  # (the upload points on ramfs above cover its files there)
+# (the upload points on ramfs above cover its files there; the bucket at each point is the service
+# kills' above, on both servers: the restart by the service is spoolup's own, so moto only)
+@pytest.mark.s3_servers("moto")
+@pytest.mark.state_filesystems("disk")
 @pytest.mark.parametrize("point", PROCESS_POINTS)
 def test_upload_process_killed_and_restarted_by_the_service(make_spoolup, s3, point):
     sp, files, suffix = make(make_spoolup, "multipart")

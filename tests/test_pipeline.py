@@ -219,6 +219,9 @@ def test_spool_file_is_deleted_only_after_shipping_and_idle(make_spoolup, s3):
     assert get(s3, sp.bucket, "busy.log") == syslog_lines(100, host="b")
 
 
+# max-pending-uploads is spoolup's own bound, whatever the server or the state dir's filesystem
+@pytest.mark.s3_servers("moto")
+@pytest.mark.state_filesystems("disk")
 def test_back_pressure_stops_ingest_at_max_pending_uploads(make_spoolup, s3, s3server):
     from helpers import free_port
 

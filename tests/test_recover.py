@@ -408,6 +408,8 @@ def test_run_performs_the_same_recovery_at_start(make_spoolup, s3):
     assert s3.head_object(Bucket=sp.bucket, Key=key)["ETag"] == etag
 
 
+# S3 is down: no server answers, so one is enough
+@pytest.mark.s3_servers("moto")
 def test_dry_run_with_s3_down_never_says_the_bucket_agrees(make_spoolup):
     """Issue 14, item 2: with S3 unreachable, recover --dry-run said "Nothing to repair:
     journal, chunk files and bucket agree." and then that it could not reach the bucket."""

@@ -82,6 +82,8 @@ def s3_port(s3server) -> int:
 # ca-file / tls-verify
 
 
+# TLS ends at the test's proxy, whatever server is behind it: moto only
+@pytest.mark.s3_servers("moto")
 def test_private_ca_refused_without_ca_file_and_trusted_with_it(make_spoolup, s3, s3server, tls, ca):
     sp = make_spoolup(url=tls.url, **{"object-key": "{name}"})
     # without ca-file: the certificate is not trusted; check-config says so and how to fix it

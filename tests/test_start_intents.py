@@ -39,12 +39,15 @@ def uploads_with_parts(s3, bucket: str) -> list[tuple[str, int]]:
     return out
 
 
+def upload_ids(s3, bucket: str) -> list[tuple[str, str]]:
+    """(key, upload id) of every upload.  (Not their parts: with several upload threads, parts sent
+    before the kill may still be landing on RGW after it -- a CI run counted 1, then 3.)"""
+    return sorted((u["Key"], u["UploadId"]) for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
 @pytest.mark.parametrize("loss", ["restored-backup", "wiped-recover-from-bucket"])
 def test_an_upload_the_lost_journal_started_is_aborted(make_spoolup, s3, loss):
-    # one part at a time: at the kill no other UploadPart is still on the wire, so the parts the
-    # bucket holds stay what the test saw (with more threads RGW finished parts sent before the
-    # kill after the test had counted them)
-    sp = make_spoolup(**OPTIONS, **{"upload-threads": 1})
+    sp = make_spoolup(**OPTIONS)
     first, second = lines(500, 0), lines(300, 500)
     write(sp.spool / "a.log", first)
     drained(sp)
@@ -56,6 +59,7 @@ def test_an_upload_the_lost_journal_started_is_aborted(make_spoolup, s3, loss):
     drain_crashing(sp, "after-upload-part", scope="service", timeout=180)
     held = uploads_with_parts(s3, sp.bucket)
     assert [key for key, parts in held if parts] == ["big.log"], held
+    ids = upload_ids(s3, sp.bucket)
 
     if loss == "restored-backup":
         copy_state(backup, sp.state)  # the backup knows neither big.log nor its upload
@@ -64,7 +68,7 @@ def test_an_upload_the_lost_journal_started_is_aborted(make_spoolup, s3, loss):
         r = sp.cmd("recover", "--from-bucket", "--dry-run")
         assert r.returncode == 0, r.stdout + r.stderr[-3000:]
         assert "abort multipart upload" in r.stdout and "at big.log" in r.stdout, r.stdout
-        assert uploads_with_parts(s3, sp.bucket) == held, "--dry-run aborted an upload"
+        assert set(ids) <= set(upload_ids(s3, sp.bucket)), "--dry-run aborted an upload"
         r = sp.cmd("recover", "--from-bucket")
         assert r.returncode == 0, r.stdout + r.stderr[-3000:]
         assert "abort multipart upload" in r.stdout and "at big.log" in r.stdout, r.stdout
