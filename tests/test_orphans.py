@@ -380,6 +380,7 @@ def test_a_kill_right_after_an_unclaim_leaves_no_upload(make_spoolup, s3, proxy,
     drained(sp)
     layout = assert_exact(s3, sp.bucket, {"big.log": TWO}, foreign=theirs)
     assert layout["big.log"] == ["big.log-1", "big.log-2"], "an index skipped for a leftover upload of ours"
+    assert rows(sp, "cleanups") == [], "a cleanup still owed once S3 confirmed it"
 
 
 # ---------------------------------------------------------------------------

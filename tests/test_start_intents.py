@@ -163,5 +163,6 @@ def test_the_upload_of_an_object_moved_off_a_key_the_lost_future_shipped_is_abor
     assert s3.list_multipart_uploads(Bucket=sp.bucket).get("Uploads", []) == [], "an upload left in the bucket"
     layout = assert_exact(s3, sp.bucket, {"big.log": BIG}, foreign=theirs)
     assert layout["big.log"] == ["big.log-1"], layout
+    assert rows(sp, "cleanups") == [], "a cleanup still owed once S3 confirmed it"
     if not kill:
         assert "abort multipart upload" in out and "at big.log" in out, out[-4000:]
