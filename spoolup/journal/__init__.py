@@ -3,8 +3,8 @@ by the ingest and upload processes, and the only code that knows its schema.
 
 The package is split along verbs: store (open, migrate, transactions, commit hooks, the small
 tables), rows (row types and the typed batch), sources (spool files and their quarantine),
-objects (batch commit, claim, part, complete), cleanups (what the bucket is owed), read (the queries of status, progress,
-metrics and recovery).  Other modules import from here and use these verbs: none of them
+objects (batch commit, claim, part, complete), cleanups (what the bucket is owed), read (the
+queries of status, progress, metrics and recovery).  Other modules import from here and use these verbs: none of them
 runs SQL on the journal or touches its connection (tests/test_journal_boundary.py).
 """
 
@@ -50,7 +50,7 @@ class Journal(Objects, Sources, Read):
 
 __all__ = [
     "CAPABILITIES_META", "KEEP_SOURCES", "LIVE_SOURCE_STATES", "MAX_ERRORS_KEPT", "REFUSED_OBJECTS_META", "STOPPED",
-    "Batch", "ChunkRow", "CleanupRow", "ChunkState", "Journal", "JournalError", "ObjectRow", "ObjectState", "SourceRow",
-    "SourceState", "UnfinishedChunk", "UploadMode", "add_commit_hook", "db_path", "disk_full", "fs_path",
+    "Batch", "ChunkRow", "ChunkState", "CleanupRow", "Journal", "JournalError", "ObjectRow", "ObjectState",
+    "SourceRow", "SourceState", "UnfinishedChunk", "UploadMode", "add_commit_hook", "db_path", "disk_full", "fs_path",
     "migrations", "peek", "remove_commit_hook", "schema_version", "stored_version",
 ]

@@ -276,8 +276,8 @@ class Ledger(Cleanups):
         to their new offsets, the objects the bucket holds are inserted as done (with their spans),
         skip spans are set, claims at keys now taken are given up (and the uploads they and the
         discarded objects had are owed to the bucket: Forward.aborts, cleanups), and the segment
-        number and the claims counter are raised.  Returns the ids of the new sources (Forward.new_sources index
-        -> id).  A crash before the commit changes nothing; the chunk files are the caller's to
+        number and the claims counter are raised.  Returns the ids of the new sources
+        (Forward.new_sources index -> id).  A crash before the commit changes nothing; the chunk files are the caller's to
         remove after it."""
         c = self._conn
         new_ids: dict[int, int] = {}
