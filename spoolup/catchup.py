@@ -26,7 +26,10 @@ read or uploaded:
      spoolup exits 1 naming the file, the bytes and what to do.
 
 All journal changes are one transaction (Journal.bring_forward); the discarded objects'
-chunk files are removed (and their multipart uploads aborted) after it commits.
+chunk files are removed after it commits.  The multipart uploads of the objects it discards
+or unclaims are owed to the bucket in that transaction (the journal's cleanups) and aborted
+after it, each forgotten once S3 confirms it: a crash in between leaves them to the upload
+process, never in the bucket for good.
 
 Before any of that, the uploads the lost journal had started are aborted (lost_uploads): a
 multipart object's CreateMultipartUpload is sent only once a segment holds its *start intent*
@@ -41,15 +44,15 @@ loses that upload too (docs/operations.md, "When the journal is lost").
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from spoolup import identity, keytime, ledger, segments
+from spoolup import crash, identity, keytime, ledger, segments
 from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.journal import Journal, JournalError, ObjectRow
+from spoolup.journal.cleanups import UPLOAD
 from spoolup.journal.ledger import DoneObject, Forward, NewSource
 from spoolup.ledger import Record, SourceSpans, Span
 from spoolup.s3 import S3, S3Error
@@ -206,12 +209,28 @@ def bring_forward(cfg: Config, journal: Journal, s3: S3, *, dry_run: bool, every
         return result
     journal.bring_forward(fw)
     if not dry_run:
+        crash.point("after-bring-forward")
         for row in discarded:
             remove_chunk_files(cfg.chunk_dir, row.id)
-            if row.upload_id and row.final_key:
-                with contextlib.suppress(S3Error):  # (left to a lifecycle rule if S3 refuses)
-                    s3.abort(row.final_key, row.upload_id)
+        abort_owed(journal, s3, {(key, upload_id) for key, upload_id, _ in fw.aborts}, result.lines)
     return result
+
+
+def abort_owed(journal: Journal, s3: S3, which: set[tuple[str, str]], lines: list[str]) -> None:
+    """Abort the uploads a bring-forward let go (its unclaims' and discards' own: owed in its
+    transaction, the journal's cleanups), each forgotten once S3 confirms it (NoSuchUpload: it
+    is gone already, completed or aborted).  One S3 fails for stays owed: the upload process
+    aborts it (spoolup/coordinator.py), after a crash here too."""
+    for c in journal.cleanups_owed():
+        if c.kind != UPLOAD or (c.key, c.upload_id) not in which:
+            continue
+        try:
+            s3.abort(c.key, c.upload_id)
+        except S3Error as e:
+            lines.append(f"multipart upload {c.upload_id[:16]}... at {c.key} not aborted yet ({e.code}); the upload "
+                         "process aborts it")
+            continue
+        journal.cleanup_done(c.id)
 
 
 def lost_uploads(journal: Journal, s3: S3, starts: dict[str, Record], shipped: list[Record]
@@ -435,7 +454,16 @@ def plan(cfg: Config, journal: Journal, shipped: list[Record], seq: int) -> tupl
         fw.done.append(DoneObject(oid, r.key, r.ts, r.idx, r.final_key, r.mode, r.raw, r.records, r.etag, r.checksum,
                                   r.origin, seq, ranges))
     done_keys = {r.final_key for r in new}
-    fw.unclaim = [o.id for o in journal.claimed_unfinished() if o.id not in discard and o.final_key in done_keys]
+    unclaimed = [o for o in journal.claimed_unfinished() if o.id not in discard and o.final_key in done_keys]
+    fw.unclaim = [o.id for o in unclaimed]
+    # the uploads of the objects it unclaims or discards are this journal's own and used by no
+    # claim any more: owed in its transaction, aborted after it (a crash in between: the upload
+    # process aborts them); an object it unclaims had its upload at a key the bucket's object holds
+    fw.aborts = [(o.final_key, o.upload_id, o.id) for o in unclaimed + discarded if o.upload_id and o.final_key]
+    for o in unclaimed:
+        if o.upload_id:
+            lines.append(f"abort multipart upload {o.upload_id[:16]}... of object #{o.id} at {o.final_key}: the "
+                         "bucket's object holds that key, and the object claims the next free index")
     lines.insert(0, f"bring the journal forward from the bucket's ledger: {len(new)} object(s) in the bucket that it "
                     f"did not know are journaled as done ({_some(sorted(done_keys))})")
     if discarded:

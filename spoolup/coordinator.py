@@ -34,6 +34,7 @@ from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
 from spoolup.journal import Journal, ObjectRow, ObjectState, UploadMode
+from spoolup.journal.cleanups import DISCARD, ORPHANS, UPLOAD
 from spoolup.protocol import Protocol
 from spoolup.s3 import S3, S3Error
 from spoolup.ledgerstage import MAX_RECORDS, LedgerStage
@@ -82,8 +83,9 @@ class Uploader(Refusals, Results):
         self.fresh_claims: set[tuple[int, int]] = set()
         # the object each START task in flight was submitted for (its claim then): see _unsettled
         self.starting: dict[Task, ObjectRow] = {}
-        # object id -> a key it gave up while its START was in flight (_gave_up): cleaned up after it
-        self.orphans_after_start: dict[int, str] = {}
+        # object id -> (a key it gave up while its START was in flight, its cleanup's row): cleaned
+        # up after it (_gave_up)
+        self.orphans_after_start: dict[int, tuple[str, int]] = {}
         # the ledger segment being gathered waits for the claims of the small objects up to this
         # id (None: not waiting): see _claims_coming
         self.wave: int | None = None
@@ -96,6 +98,7 @@ class Uploader(Refusals, Results):
         # (Not the spool entries of spoolup/quarantine.py.  The public names -- status's
         # quarantined_objects, the metric, the log messages -- say "quarantined" for both.)
         self.refused: dict[int, dict] = {}  # object id -> why it is refused (journal meta, for status)
+        self._resume_cleanups()
         try:
             self._save_refused()  # a new upload process starts with none: each is found again
         except sqlite3.OperationalError as e:  # (a full state dir: the next save writes the whole list)
@@ -314,6 +317,22 @@ class Uploader(Refusals, Results):
                 out.add((obj.key, obj.ts))
         return out
 
+    def _resume_cleanups(self) -> None:
+        """The cleanups the journal owes the bucket (a crash, or the bring-forward at start, left
+        them): tasks like any other cleanup, submitted by the first schedule -- before any claim
+        of their (key, ts) (_unsettled) -- and forgotten only once S3 confirms each."""
+        j = self.journal
+        for c in j.cleanups_owed():
+            oid = c.object_id or 0
+            if c.kind == UPLOAD and c.upload_id:
+                self.cleanups[Task(Kind.ABORT, oid, upload_id=c.upload_id, cleanup=c.id)] = \
+                    (self.work.abort_unused, (c.key, c.upload_id))
+            elif c.kind == ORPHANS:
+                self.cleanups[Task(Kind.ABORT, oid, key=c.key, cleanup=c.id)] = \
+                    (self.work.abort_orphans, (c.key, j.object(oid), j.chunks_of(oid)))
+            elif c.kind == DISCARD:
+                self.cleanups[Task(Kind.DISCARD, oid, cleanup=c.id)] = (self.work.discard, (c.key, oid, c.etag))
+
     def _cleanup(self, task: Task, fn: Callable, *args) -> Action:
         """A cleanup call (of something spoolup's own), submitted once the round is committed."""
         def submit() -> None:
@@ -342,7 +361,7 @@ class Uploader(Refusals, Results):
                 del self.inflight[task]
                 self.starting.pop(task, None)
                 if task.kind is Kind.START and task.object_id in self.orphans_after_start:  # (its Create landed)
-                    after.append(self._abort_orphans(task.object_id, self.orphans_after_start.pop(task.object_id)))
+                    after.append(self._abort_orphans(task.object_id, *self.orphans_after_start.pop(task.object_id)))
                 try:
                     result = future.result()
                 except S3Error as e:
@@ -354,6 +373,8 @@ class Uploader(Refusals, Results):
                 succeeded = True
                 if task.kind in (Kind.ABORT, Kind.DISCARD):
                     self.cleanups.pop(task, None)
+                    if task.cleanup:  # S3 confirmed it: no longer owed
+                        self.journal.cleanup_done(task.cleanup)
                 previous = self.failures.pop(task, None)
                 if previous is not None and isinstance(result, KeyTaken):
                     # the key turned out taken after this call failed (a lost reply, a server

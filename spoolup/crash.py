@@ -33,6 +33,7 @@ POINTS = (
     "after-chunk-sync",  # ingest: chunk bytes synced, batch not yet journaled
     "after-batch-commit",  # ingest: batch journaled
     "after-claim",  # upload: final index journaled, upload not yet created
+    "after-unclaim",  # upload: a KeyTaken's unclaim journaled (and its cleanups owed), no cleanup sent
     "after-create-multipart",  # upload: CreateMultipartUpload done, upload id not journaled
     "after-upload-part",  # upload: UploadPart done, ETag not journaled
     "after-record-part",  # upload: ETag journaled
@@ -41,6 +42,7 @@ POINTS = (
     "after-complete",  # upload: CompleteMultipartUpload done, not journaled
     "after-put-object",  # upload: PutObject done, not journaled
     "after-object-done",  # upload: object journaled done, chunk files not yet deleted
+    "after-bring-forward",  # start-up (run/drain/recover): bring-forward committed, its uploads not yet aborted
     "before-reap-unlink",  # ingest: spool file fully shipped and idle, about to be deleted
     "after-reap-unlink",  # ingest: spool file deleted, not yet journaled as reaped
 )

@@ -551,29 +551,37 @@ class Protocol:
         self._forget_pending(key)
         return CleanedUp(f"aborted unused upload {upload_id[:16]}... at {key}")
 
-    def abort_orphans(self, key: str) -> CleanedUp:
+    def abort_orphans(self, key: str, obj: ObjectRow | None = None, chunks: Sequence[ChunkRow] = ()) -> CleanedUp:
         """A cleanup task: `key` is the claimed key of an object that gave it up with no upload id
         journaled, after a Create may have been sent for that claim (a crash or a lost reply before
         its id was journaled; a start that failed after its Create).  The uploads there that hold
         no part are that Create's orphans -- a part is only ever sent to an upload whose id is
         journaled -- which the object's start would have adopted: aborted, else nothing would ever
         know them as ours again (every later start would skip their index as someone else's, for
-        good).  An upload holding a part is someone else's and left alone."""
-        aborted: list[str] = []
+        good).  One holding a part of the object's own chunk files (`obj`, `chunks`: own_parts, by
+        content) is a lost journal state's, aborted as the start would have.  Any other upload
+        holding a part is someone else's and left alone."""
+        empty: list[str] = []
+        lost: list[str] = []
         left = False
         for upload_id, held in self._uploads_at(key):
-            if held:
+            if held and (obj is None or not self.own_parts(obj, held, chunks)):
                 left = True
                 continue
             self.s3.abort(key, upload_id)
-            aborted.append(upload_id)
-        if not aborted:
+            (lost if held else empty).append(upload_id)
+        if not empty and not lost:
             return CleanedUp(f"no empty upload at {key}, a key given up")
         if not left:
             self._forget_pending(key)
-        ids = ", ".join(f"{u[:16]}..." for u in aborted)
-        return CleanedUp(f"aborted the empty upload {ids} a lost CreateMultipartUpload left at {key}, a key its "
-                         "object gave up")
+        said = []
+        if empty:
+            said.append(f"aborted the empty upload {', '.join(f'{u[:16]}...' for u in empty)} a lost "
+                        f"CreateMultipartUpload left at {key}, a key its object gave up")
+        if lost:
+            said.append(f"aborted the upload {', '.join(f'{u[:16]}...' for u in lost)} at {key}, a key its object gave "
+                        "up, that a lost state of this journal started (it holds the object's own chunks)")
+        return CleanedUp("; ".join(said))
 
     def discard(self, key: str, object_id: int, etag: str | None = None) -> CleanedUp:
         """A cleanup task: the object at `key` is removed if it is this journal's object

@@ -47,7 +47,9 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
     # claimed by an object whose upload id is not journaled, an empty one whose Create reply or
     # journal entry was lost, which the upload process adopts, or one holding the object's own
     # parts, which it aborts (spoolup/protocol.py, adopt).
-    known_ids = journal.upload_ids()
+    owed = journal.cleanups_owed()  # (the upload process carries them out, before any claim of their keys)
+    known_ids = journal.upload_ids() | {c.upload_id for c in owed if c.upload_id}
+    owed_keys = {c.key for c in owed if c.kind == "orphans"}
     starting = {o.final_key for o in journal.claimed_unfinished()
                 if o.mode == UploadMode.MULTIPART and o.upload_id is None}
     ours = probe_key_prefix(cfg, journal.journal_id)
@@ -58,6 +60,11 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
             report.did(f"abort the upload of an interrupted capability probe at {key}")
             if not dry_run:
                 s3.abort(key, upload_id)
+        elif upload_id not in known_ids and key in owed_keys:
+            report.note(f"multipart upload {upload_id[:16]}... of {key}: at a key an object of this journal gave up "
+                        "after a CreateMultipartUpload may have been sent for it; the upload process aborts it if it "
+                        "holds no part (that Create's orphan) or a part of the object's own chunk files, else it is "
+                        "someone else's, left alone and its index skipped")
         elif upload_id not in known_ids and key in starting:
             report.note(f"multipart upload {upload_id[:16]}... of {key}: at the key this journal claimed for an object "
                         "whose upload id is not journaled -- the orphan of its CreateMultipartUpload if it holds no "

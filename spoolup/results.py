@@ -12,6 +12,7 @@ from typing import Callable
 
 from spoolup import crash, metrics
 from spoolup.journal import ObjectRow, UploadMode
+from spoolup.journal.cleanups import DISCARD, ORPHANS, UPLOAD
 from spoolup.ledgerstage import clash_message
 from spoolup.refusals import journal_broken
 from spoolup.s3 import S3Error
@@ -58,8 +59,7 @@ class Results:
                 if not j.set_upload_id_if(b.object_id, b.claim_gen, upload_id, algo):
                     # our worker created (or adopted) that upload for a claim the object no longer has
                     self._stale(result, b, "the object gave up the key it was started at")
-                    return [self._cleanup(Task(Kind.ABORT, b.object_id, upload_id=upload_id),
-                                          self.work.abort_unused, b.final_key, upload_id)]
+                    return [self._owed_abort(b.object_id, b.final_key, upload_id)]
                 if how == "adopted":
                     self.log.info("adopted the empty upload a lost CreateMultipartUpload reply (or a crash before "
                                   "its id was journaled) left at the claimed key", object=b.object_id,
@@ -147,8 +147,9 @@ class Results:
             # the object is ours at a key the journal gave up meanwhile: it is written again at
             # its new claim, so this copy goes (only if its metadata says it is this object)
             self._stale(result, b, "the object gave up the key it was completed at")
-            return [self._cleanup(Task(Kind.DISCARD, b.object_id), self.work.discard, b.final_key, b.object_id,
-                                  result.etag)]
+            row = j.owe_cleanup(DISCARD, b.final_key, object_id=b.object_id, etag=result.etag)
+            return [self._cleanup(Task(Kind.DISCARD, b.object_id, cleanup=row), self.work.discard, b.final_key,
+                                  b.object_id, result.etag)]
         self.vanished.pop(b.object_id, None)
         self.stats["objects"] += 1
         obj = j.object(b.object_id)
@@ -173,10 +174,19 @@ class Results:
         j.record_error(self.process, "claim", "KeyTaken", f"{b.final_key} exists and is not spoolup's: "
                        "moved to the next free index", b.final_key)
         # later objects of the key claim again after this one (record order); the uploads they
-        # had are this journal's own, unused now: aborted (retried until S3 says so)
-        return [self._cleanup(Task(Kind.ABORT, b.object_id, upload_id=o.upload_id), self.work.abort_unused,
-                              o.final_key, o.upload_id) for o in later if o.upload_id] \
+        # had are this journal's own, unused now: aborted (retried until S3 says so).  Each is
+        # owed in this very transaction (the journal's cleanups), so a crash right after its
+        # commit forgets none of them: the next upload process carries them out
+        return [lambda: crash.point("after-unclaim")] \
+            + [self._owed_abort(o.id, o.final_key, o.upload_id) for o in later if o.upload_id] \
             + [a for o in later if (a := self._gave_up(o)) is not None]
+
+    def _owed_abort(self, object_id: int, key: str, upload_id: str) -> Action:
+        """An upload this journal created and no longer uses: owed (journaled in the current
+        transaction), aborted once it commits."""
+        row = self.journal.owe_cleanup(UPLOAD, key, upload_id=upload_id, object_id=object_id)
+        return self._cleanup(Task(Kind.ABORT, object_id, upload_id=upload_id, cleanup=row), self.work.abort_unused,
+                             key, upload_id)
 
     def _gave_up(self, obj: ObjectRow) -> Action | None:
         """A later object gave up its claim `obj` with no upload id journaled: unless this process
@@ -184,18 +194,23 @@ class Results:
         it, and its orphan, which the start would have adopted, is at the key -- known as ours by
         nothing once the claim is gone (every later start skips its index as someone else's: the
         state-loss torture's "upload left behind").  So the empty uploads there are aborted (a
-        tracked cleanup); after the object's START still in flight, if any, is harvested."""
+        tracked cleanup, owed in the journal from this transaction on); after the object's START
+        still in flight, if any, is harvested."""
         claim = (obj.id, obj.claim_gen)
         if obj.upload_id or obj.mode != UploadMode.MULTIPART or not obj.final_key or claim in self.fresh_claims:
             self.fresh_claims.discard(claim)
             return None
+        row = self.journal.owe_cleanup(ORPHANS, obj.final_key, object_id=obj.id)
         if Task(Kind.START, obj.id) in self.inflight:
-            self.orphans_after_start[obj.id] = obj.final_key
+            self.orphans_after_start[obj.id] = (obj.final_key, row)
             return None
-        return self._abort_orphans(obj.id, obj.final_key)
+        return self._abort_orphans(obj.id, obj.final_key, row)
 
-    def _abort_orphans(self, object_id: int, key: str) -> Action:
-        return self._cleanup(Task(Kind.ABORT, object_id, key=key), self.work.abort_orphans, key)
+    def _abort_orphans(self, object_id: int, key: str, row: int = 0) -> Action:
+        """The orphans at `key` (and uploads holding the object's own chunks: Protocol.abort_orphans)."""
+        j = self.journal
+        return self._cleanup(Task(Kind.ABORT, object_id, key=key, cleanup=row), self.work.abort_orphans, key,
+                             j.object(object_id), j.chunks_of(object_id))
 
     def _upload_gone(self, result: UploadGone, b: Basis) -> list[Action]:
         j = self.journal

@@ -35,6 +35,7 @@ class Task:
     part: int = 0  # PART: the part number
     upload_id: str = ""  # ABORT: the upload
     key: str = ""  # ABORT of the orphans a lost Create left at a key a claim gave up (Protocol.abort_orphans)
+    cleanup: int = 0  # ABORT/DISCARD: its row in the journal's cleanups (deleted once S3 confirms it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,14 +15,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
 
 import pytest
 
-from crashkit import assert_exact, drain_crashing, noisy_lines, probe_complete_held, rows, spoolup_cmd, write
+from crashkit import (assert_exact, crash_env, crash_mark, drain_crashing, noisy_lines, probe_complete_held, rows,
+                      spoolup_cmd, write)
 from faultproxy import PROBE_KEY, Rule
-from helpers import get, list_keys, pending_uploads
+from helpers import get, list_keys, pending_uploads, wait_for
 from spoolup import config as config_mod
 from spoolup import logs
 from spoolup.coordinator import Uploader
@@ -297,6 +300,87 @@ def test_an_orphan_at_a_key_someone_elses_object_took_gets_no_part(make_spoolup,
     layout = assert_exact(s3, sp.bucket, {"big.log": BIG}, foreign=theirs)
     assert layout["big.log"] == ["big.log-1"]
     assert "aborted the empty upload" in r.stderr, r.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# a kill between an unclaim's commit and its cleanup (issue 22's state-loss torture, seed 9304:
+# uploads left pending, "not one this journal created", parts sent to an upload whose object gave
+# up its key)
+
+
+def held_head(proxy, key: str, gate: threading.Event) -> Rule:
+    """Every HeadObject at exactly `key` waits for `gate` (then goes on to S3)."""
+    rule = AtKey(("HeadObject",), "hook", key=key, hook=lambda _req: gate.wait(120))
+    with proxy.lock:
+        proxy.rules.append(rule)
+    return rule
+
+
+def journal_rows(sp, table: str) -> list[dict]:
+    try:
+        return rows(sp, table)
+    except sqlite3.OperationalError:
+        return []  # (no journal yet)
+
+
+@pytest.mark.parametrize("left", ["upload", "orphan"])
+def test_a_kill_right_after_an_unclaim_leaves_no_upload(make_spoolup, s3, proxy, left):
+    """Objects A (big.log) and B (big.log-1); someone else's object is at big.log.  A's start is
+    held at its HEAD until B has an upload: its id journaled and a part sent to it ("upload"), or
+    its Create taken effect with the reply still on the wire ("orphan": B's start in flight).
+    A's start then finds their object: A gives up big.log and B, a later object of the key,
+    big.log-1 with it -- and the whole service is SIGKILLed right after that unclaim commits,
+    before the cleanup of B's upload is sent.  The abort was an in-memory task: after the
+    restart nothing knew the upload at big.log-1 was ours, it stayed pending for good (a part of
+    B's own in it), its index skipped.  Now the cleanup is journaled in the unclaim's own
+    transaction and the restarted upload process carries it out."""
+    sp = spoolup_at(make_spoolup, url=proxy.url, compression="none",
+                    **{"max-object-size": "6MiB", "retry-max-delay": 1.0})
+    s3.create_bucket(Bucket=sp.bucket)
+    theirs = {"big.log": b"their object at big.log\n"}
+    s3.put_object(Bucket=sp.bucket, Key="big.log", Body=theirs["big.log"])
+    write(sp.spool / "big.log", TWO)
+    gate = threading.Event()
+    held_head(proxy, "big.log", gate)  # A's start: the HEAD beside its listing of the key
+    if left == "orphan":  # B's Create takes effect; its reply is held back (its start stays in flight)
+        at_key(proxy, "CreateMultipartUpload", "big.log-1", delay=60).action = "delay"
+    mark = crash_mark(sp)
+    mark.unlink(missing_ok=True)
+    log = open(sp.base / "killed-drain.log", "wb")
+    p = subprocess.Popen(sp.argv("drain"), stdout=log, stderr=log,
+                         env=crash_env(sp, "after-unclaim", scope="service", mark=mark), start_new_session=True)
+    log.close()
+    try:
+        def b_has_an_upload() -> bool:
+            objs = [o for o in journal_rows(sp, "objects") if o["final_key"] == "big.log-1"]
+            if left == "orphan":
+                return bool(objs) and [k for k, _ in stream_uploads(s3, sp.bucket)] == ["big.log-1"]
+            return bool(objs) and objs[0]["upload_id"] is not None and any(
+                c["object_id"] == objs[0]["id"] and c["state"] == "uploaded" for c in journal_rows(sp, "chunks"))
+
+        try:
+            wait_for(b_has_an_upload, 120, what="B's upload at big.log-1")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{(sp.base / 'killed-drain.log').read_text()[-6000:]}") from None
+        gate.set()  # A's start goes on: their object at big.log -- KeyTaken, A and B unclaimed, killed
+        p.wait(120)
+    finally:
+        gate.set()
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(30)
+        proxy.clear()
+    assert mark.exists() and p.returncode == -9, f"not killed after the unclaim: exit {p.returncode}"
+    assert all(o["idx"] is None for o in rows(sp, "objects")), "A and B gave up their keys"
+    held = stream_uploads(s3, sp.bucket)
+    assert held and {k for k, _ in held} == {"big.log-1"}, f"the kill left B's upload: {held}"
+    parts = [s3.list_parts(Bucket=sp.bucket, Key=k, UploadId=u).get("Parts", []) for k, u in held]
+    assert all(bool(p) == (left == "upload") for p in parts), parts
+
+    drained(sp)
+    layout = assert_exact(s3, sp.bucket, {"big.log": TWO}, foreign=theirs)
+    assert layout["big.log"] == ["big.log-1", "big.log-2"], "an index skipped for a leftover upload of ours"
+    assert rows(sp, "cleanups") == [], "a cleanup still owed once S3 confirmed it"
 
 
 # ---------------------------------------------------------------------------

@@ -7,13 +7,16 @@ of the whole service after an UploadPart, moto and Ceph RGW.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import time
 
 import pytest
 
-from crashkit import drain_crashing, rows, write
+from crashkit import assert_exact, drain_crashing, query, rows, write
 from helpers import list_keys, pending_uploads, syslog_lines
 from ledgerkit import copy_state, exactly_once
+from spoolup import ledger
 
 pytestmark = pytest.mark.s3_servers("moto", "rgw")
 
@@ -113,3 +116,57 @@ def test_an_upload_of_the_restored_journals_own_intent_is_aborted(make_spoolup, 
     layout = exactly_once(s3, sp.bucket, {"a.log": first, "big.log": BIG})
     assert layout["big.log"] == ["big.log"], layout  # its index is not skipped for its own leftover upload
     assert "holds this object's own chunks" in out, out[-4000:]
+
+
+# ---------------------------------------------------------------------------
+# the bring-forward's unclaims: the upload of an object whose key the lost future's object holds
+
+
+def lost_future_object_at(s3, sp, key: str, body: bytes, seq: int) -> None:
+    """What a lost future of this agent left: its object at `key` and the ledger segment `seq`
+    recording it -- written here as spoolup writes them (spoolup/ledger.py).  It was another
+    journal's (a state dir wiped in between), holding a spool file that is gone since, so the
+    bring-forward keeps the restored journal's object (its bytes are not the shipped ones) and
+    only moves it off the key."""
+    s3.put_object(Bucket=sp.bucket, Key=key, Body=body, Metadata={"spoolup-object": f"{'f' * 32}/1"})
+    spans = ledger.SourceSpans(dev=0, ino=1, btime=None, head_len=len(body), head=ledger.head_digest(body),
+                               path=f"old/{key}", spans=((0, len(body)),))
+    record = ledger.Record("f" * 32, 1, key, "", 0, key, "single", body.count(b"\n"), len(body), len(body),
+                           hashlib.md5(body).hexdigest(), None, (spans,))
+    agent = ledger.default_agent_id(sp.spool)
+    segment = ledger.Segment(agent, "f" * 32, seq, time.time(), (record,))
+    s3.put_object(Bucket=sp.bucket, Key=ledger.segment_key(OPTIONS["object-key"], agent, seq), Body=segment.encode())
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["", "killed-after-bring-forward"])
+def test_the_upload_of_an_object_moved_off_a_key_the_lost_future_shipped_is_aborted(make_spoolup, s3, kill):
+    """The restored journal holds big.log's object O at big.log with its upload (a part in it);
+    the bucket's ledger says big.log holds the lost future's object.  The bring-forward moves O
+    off the key (it claims the next free index) -- and used to forget O's upload, journaled
+    nowhere any more: pending for good, at a key whose object is someone's.  Now the upload is
+    owed in the bring-forward's own transaction and aborted after it (killed in between: by the
+    upload process of the next start)."""
+    sp = make_spoolup(**OPTIONS, **{"upload-threads": 1})
+    write(sp.spool / "big.log", BIG)
+    drain_crashing(sp, "after-upload-part", scope="service", timeout=180)
+    (o,) = rows(sp, "objects")
+    assert o["final_key"] == "big.log" and o["upload_id"] is not None, o
+    assert [key for key, parts in uploads_with_parts(s3, sp.bucket) if parts] == ["big.log"]
+    backup = sp.base / "backup"
+    copy_state(sp.state, backup)
+    (seq,) = [r[0] for r in query(sp, "SELECT value FROM meta WHERE name = 'ledger_seq'")]
+    theirs = {"big.log": syslog_lines(40, host="future")}
+    lost_future_object_at(s3, sp, "big.log", theirs["big.log"], int(seq) + 1)
+    copy_state(backup, sp.state)
+
+    if kill:
+        drain_crashing(sp, "after-bring-forward", scope="service", timeout=180)
+        assert rows(sp, "objects", "id = ?", (o["id"],))[0]["final_key"] is None, "O moved off big.log"
+        assert [key for key, _ in pending_uploads(s3, sp.bucket)] == ["big.log"], "the kill left O's upload"
+    out = drained(sp)
+    assert s3.list_multipart_uploads(Bucket=sp.bucket).get("Uploads", []) == [], "an upload left in the bucket"
+    layout = assert_exact(s3, sp.bucket, {"big.log": BIG}, foreign=theirs)
+    assert layout["big.log"] == ["big.log-1"], layout
+    assert rows(sp, "cleanups") == [], "a cleanup still owed once S3 confirmed it"
+    if not kill:
+        assert "abort multipart upload" in out and "at big.log" in out, out[-4000:]

@@ -266,6 +266,10 @@ def test_every_kind_of_stale_result_is_dropped(make_spoolup, kind):
         action()
     cleanups = sorted(t.kind.value for t in up.inflight)
     assert cleanups == {"Started": ["abort"], "Done": ["discard"]}.get(kind, [])
+    # owed in the journal from the result's own transaction: an upload process started after a
+    # crash before the cleanup ran (or before S3 confirmed it) finds it, and carries it out
+    assert sorted(c.kind for c in j.cleanups_owed()) == {"Started": ["upload"], "Done": ["discard"]}.get(kind, [])
+    assert sorted(t.kind.value for t in rig.uploader(HeldExecutor()).cleanups) == cleanups
 
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 
 from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, SEALED, SINGLE, UPLOADED, Batch,
                                   ObjectRow, SourceState, _ids, _object, db_path, fs_path)
-from spoolup.journal.store import Store
+from spoolup.journal.cleanups import UPLOAD, Cleanups
 
 LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen
 AGENT_META = "agent_id"  # the agent id the journal writes its ledger under
@@ -22,7 +22,7 @@ _INSERT_RANGE = ('INSERT INTO object_ranges (object_id, source_id, start, "end")
                  'ON CONFLICT (object_id, source_id, start) DO UPDATE SET "end" = max("end", excluded."end")')
 
 
-class Ledger(Store):
+class Ledger(Cleanups):
     """Verbs on object_ranges, skip_ranges and the ledger's segment numbers."""
 
     # -- spans of each object (written with the ingest batch) ----------------------------
@@ -274,9 +274,10 @@ class Ledger(Store):
         """Apply a bring-forward (spoolup/catchup.py) in ONE transaction: the not-done objects it
         discards go (rows, chunks, spans), the spool files it found get source rows, sources move
         to their new offsets, the objects the bucket holds are inserted as done (with their spans),
-        skip spans are set, claims at keys now taken are given up, and the segment number and the
-        claims counter are raised.  Returns the ids of the new sources (Forward.new_sources index
-        -> id).  A crash before the commit changes nothing; the chunk files are the caller's to
+        skip spans are set, claims at keys now taken are given up (and the uploads they and the
+        discarded objects had are owed to the bucket: Forward.aborts, cleanups), and the segment
+        number and the claims counter are raised.  Returns the ids of the new sources
+        (Forward.new_sources index -> id).  A crash before the commit changes nothing; the chunk files are the caller's to
         remove after it."""
         c = self._conn
         new_ids: dict[int, int] = {}
@@ -325,6 +326,8 @@ class Ledger(Store):
                           f"claim_gen = claim_gen + 1, ledger_seq = NULL WHERE id = ? AND state != '{DONE}'", (oid,))
                 c.execute(f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? "
                           f"AND state = '{UPLOADED}'", (oid,))
+            if fw.aborts:
+                self._owe_cleanups([(UPLOAD, key, upload_id, oid) for key, upload_id, oid in fw.aborts])
             if fw.seq > self.ledger_seq():
                 self.set_meta(LEDGER_SEQ_META, str(fw.seq))
             if fw.claims > int(self.meta("claims") or 0):
@@ -387,5 +390,9 @@ class Forward:
     skip_ts: dict[int, dict[int, str]] = field(default_factory=dict)
     unclaim: list[int] = field(default_factory=list)
     retire: list[int] = field(default_factory=list)  # source ids whose inode holds another file now: gone
+    # (final key, upload id, object id) of the uploads of the objects it unclaims or discards: this
+    # journal's own, used by no claim any more -- owed to the bucket (the cleanups table) in the
+    # same transaction, aborted after it commits
+    aborts: list[tuple[str, str, int]] = field(default_factory=list)
     seq: int = 0
     claims: int = 0
