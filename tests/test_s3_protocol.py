@@ -352,10 +352,11 @@ def test_one_failing_object_never_delays_the_others(make_spoolup, s3, proxy):
 # 6. keys XML 1.0 cannot carry, and keys S3 treats specially
 
 
-SPECIAL_KEYS = ["weird\uffffkey/app", "sp ace+plus%25pct&amp;<lt>\"q'/é-ü", "trail\ufffe"]
+# (XML 1.0 cannot carry U+FFFF nor U+FFFE: one key holds both, inside and at its end)
+SPECIAL_KEYS = ["weird\uffffkey/app\ufffe", "sp ace+plus%25pct&amp;<lt>\"q'/é-ü"]
 
 
-@pytest.mark.parametrize("key", SPECIAL_KEYS, ids=["U+FFFF", "specials", "U+FFFE"])
+@pytest.mark.parametrize("key", SPECIAL_KEYS, ids=["U+FFFF-U+FFFE", "specials"])
 def test_envelope_key_xml_cannot_carry_multipart_open_across_a_restart(make_spoolup, s3, key):
     sp = make_spoolup(format="envelope", **{"object-key": "{key}", "flush-grace-period": "1h"})
     msgs = [f"record {i} " + "x" * 200 for i in range(30_000)]  # ~6.3 MiB: a sealed part and an open chunk
