@@ -78,6 +78,13 @@ def pytest_collection_modifyitems(config, items):
             if all(callspec.params.get(k) == v for k, v in when.items()):
                 item.add_marker(pytest.mark.xfail(strict=marker.kwargs.get("strict", True), reason=reason))
                 break
+    # the longest tests first (the same order on every xdist worker: a stable sort), so that none
+    # of them starts last while the other workers have nothing left to run
+    items.sort(key=lambda item: item.module.__name__ not in LONG_FIRST if item.module else True)
+
+
+# modules of tests of 30-60 s each (tortures, a second RGW cluster, syslog-ng with loggen)
+LONG_FIRST = {"test_torture", "test_localrgw", "test_syslog_ng_e2e", "test_start_intents"}
 
 
 def _session_root(tmp_path_factory):
