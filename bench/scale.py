@@ -216,5 +216,7 @@ def history(keys_n: int = 1000, hours: int = 24, variants: tuple[str, ...] = ("h
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "keys"
-    args = [int(a) for a in sys.argv[2:]]
-    print(json.dumps(keys(*args) if what == "keys" else history(*args), indent=2))
+    args = [int(a) for a in sys.argv[2:] if a.isdigit()]
+    names = tuple(a for a in sys.argv[2:] if not a.isdigit())  # history: the variants to run
+    print(json.dumps(keys(*args) if what == "keys" else history(*args, **({"variants": names} if names else {})),
+                     indent=2))
