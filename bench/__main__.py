@@ -85,7 +85,7 @@ def run_figure(name: str, quick: bool) -> dict:
     if name == "sustained-zstd":
         from bench import sustained
 
-        return sustained.run(seconds=10 if quick else 60, compressions=("none", "zstd"))
+        return sustained.run(seconds=10 if quick else 60, compressions=("none", "zstd:3", "zstd"))
     if name == "verify":
         from bench import verify
 

@@ -2,7 +2,8 @@
 the spool for N seconds while `spoolup run` ships it to moto; against loggen's
 own rate with no spoolup running (same syslog-ng, same duration, same run).
 Goal: spoolup keeps up (backlog bounded) and costs loggen <= 5 % of its rate.
-`compressions`: one shipping round per compression setting of spoolup ("none", "zstd", ...),
+`compressions`: one shipping round per compression setting of spoolup ("none", "zstd", "zstd:3"
+for compresslevel 3, ...),
 each against the same loggen-alone round (issue 20: the figure with compression = "zstd")."""
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def compression_options(compression: str) -> dict:
+    """"zstd" -> compression = "zstd" (its compresslevel the default, 9 as s3()'s); "zstd:3" ->
+    the same at compresslevel 3."""
+    name, _, level = compression.partition(":")
+    return {"compression": name, **({"compresslevel": int(level)} if level else {})}
+
+
 def one_round(base: Path, seconds: int, with_spoolup: bool, url: str | None, moto_pid: int | None = None,
               compression: str = "none") -> dict:
     spool = base / "spool"
@@ -97,7 +105,7 @@ def one_round(base: Path, seconds: int, with_spoolup: bool, url: str | None, mot
             client(url).create_bucket(Bucket=bucket)
             cfg = spoolup_config(base, url, bucket, **{"object-key": "{dir}/{name}",
                                                       "flush-grace-period": "10s", "spool-reap": "1h",
-                                                      "compression": compression})
+                                                      **compression_options(compression)})
             run = subprocess.Popen([sys.executable, "-m", "spoolup", "run", "--config", str(cfg)],
                                    stdout=subprocess.DEVNULL, stderr=open(base / "spoolup.log", "ab"))
             time.sleep(1.0)
