@@ -30,11 +30,15 @@ class Read(Store):
         return _object(row) if row else None
 
     def pending_objects(self, through: int | None = None) -> int:
-        """Objects not done (with ids up to `through`, if given: what a drain closed)."""
+        """Objects not done (with ids up to `through`, if given: what a drain closed).  A drain
+        asks at every turn of its loop: the states besides done are named, so SQLite searches the
+        index objects_state for them instead of scanning it whole (`!=`: every done object of the
+        week the journal keeps, a quarter of a drain's main process after 24,000 objects)."""
         if through is None:
-            return self._conn.execute(f"SELECT count(*) FROM objects WHERE state != '{DONE}'").fetchone()[0]
+            return self._conn.execute(
+                f"SELECT count(*) FROM objects WHERE state IN ('{OPEN}', '{CLOSED}')").fetchone()[0]
         return self._conn.execute(
-            f"SELECT count(*) FROM objects WHERE state != '{DONE}' AND id <= ?", (through,)
+            f"SELECT count(*) FROM objects WHERE state IN ('{OPEN}', '{CLOSED}') AND id <= ?", (through,)
         ).fetchone()[0]
 
     def refusals_holding(self, through: int, since: float) -> list[dict]:
