@@ -121,7 +121,8 @@ def figures_markdown(info: dict, r: dict) -> str:
     if "scale" in r:  # issue 20's scale figures (bench/scale.py)
         k = r["scale"]
         lo, hi = k["small"], k["large"]
-        ok = k["ratio"] >= 0.9 and k["peak_rss_ratio"] <= 1.15 and k["journal_bytes_per_object_ratio"] <= 1.1
+        ok = (k["ratio"] >= 0.9 and hi["rss_KiB_per_object"] <= lo["rss_KiB_per_object"] * 1.1
+              and k["journal_bytes_per_object_ratio"] <= 1.1)  # (per object, as issue 20 asks; the RSS itself is shown)
         out.append(f"| 16 | {hi['keys']:,} keys, one small object each | {hi['objects_per_s']:.0f} objects/s, peak RSS "
                    f"{hi['peak_rss_MiB']:.0f} MiB, journal {hi['journal_bytes'] / 2**20:.1f} MiB "
                    f"({hi['journal_bytes_per_object']:.0f} B/object) | {lo['keys']:,} keys: {lo['objects_per_s']:.0f} "
