@@ -16,7 +16,8 @@ from pathlib import Path
 from bench import common
 
 FIGURES = ("e2e", "ingest", "manykeys", "memory", "recover", "sustained", "history", "discovery",
-           "bandwidth", "slowdown", "requests", "claim", "cpu", "delay", "verify")
+           "bandwidth", "slowdown", "requests", "claim", "cpu", "delay", "verify",
+           "scale", "history24h", "sustained-zstd")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RAW = Path(__file__).resolve().parent / "results.json"
 
@@ -73,6 +74,18 @@ def run_figure(name: str, quick: bool) -> dict:
         if name == "cpu":
             return cost.cpu_per_byte(total=(32 if quick else 256) * MiB, rounds=1 if quick else 3)
         return cost.delayed(total=(16 if quick else 64) * MiB, small=100 if quick else 500, rounds=1 if quick else 2)
+    if name == "scale":  # issue 20's scale figures (bench/scale.py)
+        from bench import scale
+
+        return scale.keys(small=1000 if quick else 10_000, large=10_000 if quick else 100_000)
+    if name == "history24h":
+        from bench import scale
+
+        return scale.history(keys_n=100 if quick else 1000, hours=24)
+    if name == "sustained-zstd":
+        from bench import sustained
+
+        return sustained.run(seconds=10 if quick else 60, compressions=("none", "zstd:3", "zstd"))
     if name == "verify":
         from bench import verify
 

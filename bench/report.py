@@ -118,6 +118,36 @@ def figures_markdown(info: dict, r: dict) -> str:
                    f"segment GETs) | boto3 listing of the same prefix: {v['boto3_listing_s']:.1f} s, "
                    f"{v['listing_pages']} pages | {v['ratio']:.2f} | listing pages + a GET per segment, no request "
                    f"per object | {'yes' if ok else 'no'} |")
+    if "scale" in r:  # issue 20's scale figures (bench/scale.py)
+        k = r["scale"]
+        lo, hi = k["small"], k["large"]
+        ok = (k["ratio"] >= 0.9 and hi["rss_KiB_per_object"] <= lo["rss_KiB_per_object"] * 1.1
+              and k["journal_bytes_per_object_ratio"] <= 1.1)  # (per object, as issue 20 asks; the RSS itself is shown)
+        out.append(f"| 16 | {hi['keys']:,} keys, one small object each | {hi['objects_per_s']:.0f} objects/s, peak RSS "
+                   f"{hi['peak_rss_MiB']:.0f} MiB, journal {hi['journal_bytes'] / 2**20:.1f} MiB "
+                   f"({hi['journal_bytes_per_object']:.0f} B/object) | {lo['keys']:,} keys: {lo['objects_per_s']:.0f} "
+                   f"objects/s, {lo['peak_rss_MiB']:.0f} MiB, {lo['journal_bytes_per_object']:.0f} B/object | "
+                   f"{k['ratio']:.2f} objects/s, RSS {k['peak_rss_ratio']:.2f}, journal B/object "
+                   f"{k['journal_bytes_per_object_ratio']:.2f} | flat (>= 0.9; RSS, journal per object not growing) | "
+                   f"{'yes' if ok else 'no'} |")
+    if "history24h" in r:
+        h = r["history24h"]
+        cells = "; ".join(f"{v}: {h[v]['rounds'][str(h['hours'])]['requests_per_object']:.2f} requests/object, claims "
+                          f"{h[v]['claim_ms'][str(h['hours'])]:.1f} ms each" for v in ("hourly", "indexes") if v in h)
+        base = "; ".join(f"{v}: {h[v]['rounds']['0']['requests_per_object']:.2f}, {h[v]['claim_ms']['0']:.1f} ms"
+                         for v in ("hourly", "indexes") if v in h)
+        out.append(f"| 17 | one more object for each of {h['keys']:,} keys after {h['hours']} h of history | {cells} | "
+                   f"no history: {base} | {h['ratio']:.2f} | ~1 request/object, flat | "
+                   f"{'yes' if h['ratio'] <= 1.1 else 'no'} |")
+    if "sustained-zstd" in r:
+        s = r["sustained-zstd"]
+        cells = "; ".join(f"{c}: {v['with_spoolup_rate']:.0f} msg/s ({v['ratio']:.2f}), max backlog "
+                          f"{v['max_backlog_MiB']:.0f} MiB{'' if v['backlog_bounded'] else ' (growing)'}"
+                          for c, v in s["by_compression"].items())
+        ok = s["ratio"] >= 0.95 and s["backlog_bounded"]
+        out.append(f"| 6z | sustained syslog-ng + loggen {s['seconds']} s, compression = \"zstd\" | {cells} | loggen "
+                   f"alone: {s['alone_rate']:.0f} msg/s | {s['ratio']:.2f} | >= 0.95, backlog bounded | "
+                   f"{'yes' if ok else 'no'} |")
     out += ["", END]
     return "\n".join(out)
 

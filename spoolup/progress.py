@@ -48,6 +48,12 @@ class DrainProgress:
         self.last = 0.0
         self.shown = False
 
+    def due(self) -> bool:
+        """Would update() show a line now?  The drain loop asks before it computes `remaining`
+        (a journal query over every chunk not uploaded) at every turn -- 20 times a second, while
+        a line is shown every TTY_EVERY / LOG_EVERY seconds."""
+        return time.monotonic() - self.last >= (TTY_EVERY if self.tty else LOG_EVERY)
+
     def update(self, remaining: int, *, final: bool = False) -> None:
         now = time.monotonic()
         if self.total is None:

@@ -324,7 +324,7 @@ class Service:
                         last["expire"] = mono
                     if drain_state is not None:
                         finished = self._drain_step(drain_state, consumed, now)
-                        if progress is not None:
+                        if progress is not None and (finished or progress.due()):
                             progress.update(self._drain_remaining(drain_state), final=finished)
                         if not finished and drain and self._drain_refused(drain_state):
                             return 1

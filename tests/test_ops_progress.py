@@ -111,3 +111,22 @@ def test_drain_through_a_running_service_reports_progress_too(make_spoolup, s3):
         assert all(get(s3, sp.bucket, k) == v for k, v in files.items())
     finally:
         assert sp.stop(p) == 0
+
+
+def test_the_drain_loop_asks_for_the_bytes_left_only_when_a_line_is_due():
+    """The bytes left are a journal query over every chunk not uploaded; the drain's loop turns
+    20 times a second and shows a line every half second (terminal) or 5 s (log): it asks
+    due() first and computes them only then (and for the final line)."""
+    import io
+
+    from spoolup import logs
+    from spoolup.progress import DrainProgress
+
+    out = io.StringIO()
+    p = DrainProgress(logs.get("test"), stream=out, tty=True)
+    assert p.due()  # the first line at once
+    p.update(100)
+    assert out.getvalue().startswith("\r\x1b[Kdrain: ")
+    assert not p.due()  # right after a line: the next one is not due
+    p.update(0, final=True)  # the final line whatever the time
+    assert out.getvalue().endswith("ETA 0s\n")

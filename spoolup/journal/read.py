@@ -30,11 +30,15 @@ class Read(Store):
         return _object(row) if row else None
 
     def pending_objects(self, through: int | None = None) -> int:
-        """Objects not done (with ids up to `through`, if given: what a drain closed)."""
+        """Objects not done (with ids up to `through`, if given: what a drain closed).  A drain
+        asks at every turn of its loop: the states besides done are named, so SQLite searches the
+        index objects_state for them instead of scanning it whole (`!=`: every done object of the
+        week the journal keeps, a quarter of a drain's main process after 24,000 objects)."""
         if through is None:
-            return self._conn.execute(f"SELECT count(*) FROM objects WHERE state != '{DONE}'").fetchone()[0]
+            return self._conn.execute(
+                f"SELECT count(*) FROM objects WHERE state IN ('{OPEN}', '{CLOSED}')").fetchone()[0]
         return self._conn.execute(
-            f"SELECT count(*) FROM objects WHERE state != '{DONE}' AND id <= ?", (through,)
+            f"SELECT count(*) FROM objects WHERE state IN ('{OPEN}', '{CLOSED}') AND id <= ?", (through,)
         ).fetchone()[0]
 
     def refusals_holding(self, through: int, since: float) -> list[dict]:
@@ -106,10 +110,14 @@ class Read(Store):
             f"FROM chunks c JOIN objects o ON o.id = c.object_id WHERE o.state != '{DONE}'")]
 
     def unshipped_bytes(self) -> int:
-        """Record bytes in objects not completed whose chunks are not uploaded yet."""
+        """Record bytes in objects not completed whose chunks are not uploaded yet.  A drain asks
+        at every turn of its loop (its progress): the chunks are selected by their state through
+        the index chunks_state (open and sealed: the states besides uploaded), so the cost follows
+        the chunks not uploaded, not the week of done objects' chunks the journal keeps (`!=`
+        scanned every chunk row: 92 % of a drain's main process after 20,000 objects)."""
         return self._conn.execute(
             "SELECT coalesce(sum(c.length), 0) FROM chunks c JOIN objects o ON o.id = c.object_id "
-            f"WHERE o.state != '{DONE}' AND c.state != '{UPLOADED}'").fetchone()[0]
+            f"WHERE c.state IN ('{CHUNK_OPEN}', '{SEALED}') AND o.state != '{DONE}'").fetchone()[0]
 
     def unread_bytes(self) -> int:
         """Spool bytes of active files not read yet (as of ingest's last look at their sizes)."""
