@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 from pathlib import Path
 
 from spoolup.lru import LRU
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# libc's functions through the process's own symbols (dlopen(NULL)), not ctypes.util.find_library("c"):
+# that runs /sbin/ldconfig -p (or, without it, the C compiler) as a child process at every import
+_libc = ctypes.CDLL(None, use_errno=True)
 _SYNCFS_THRESHOLD = 32  # more dirty files than this: one syncfs() beats many fdatasync()
 
 

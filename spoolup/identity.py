@@ -21,7 +21,6 @@ See docs/DESIGN.md ("Spool file identity").
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import os
 import struct
@@ -36,7 +35,7 @@ _STATX_BTIME = 0x800
 _BTIME_OFFSET = 80  # struct statx: stx_btime (tv_sec s64, tv_nsec u32) at byte 80
 
 try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _libc = ctypes.CDLL(None, use_errno=True)  # (no find_library: it runs ldconfig; see spoolup/files.py)
     _statx = _libc.statx
     _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
 except (OSError, AttributeError):  # no statx (old libc, not Linux): identity by content alone

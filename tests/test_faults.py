@@ -59,7 +59,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def upload_pid(main: int) -> int | None:
-    r = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
+    """The upload process: the child of `spoolup run` that runs `spoolup _upload`, by its command
+    line (not just any child: one that is not the upload process, gone a moment later, made the
+    CPU reading fail; tests/test_processes.py keeps spoolup from starting any other program)."""
+    r = subprocess.run(["pgrep", "-P", str(main), "-f", "spoolup _upload "], capture_output=True, text=True)
     pids = [int(p) for p in r.stdout.split()]
     return pids[0] if pids else None
 
