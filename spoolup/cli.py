@@ -209,7 +209,7 @@ def cmd_drain(cfg, args) -> int:
 
 def _drain_via_service(cfg, args, log) -> int:
     """`spoolup run` holds the state dir: ask it to drain, and wait for it."""
-    from spoolup.journal import Journal
+    from spoolup.journal import REQUEST_REFUSED, Journal
 
     from spoolup.progress import DrainProgress, pending_bytes
 
@@ -222,12 +222,12 @@ def _drain_via_service(cfg, args, log) -> int:
         while True:
             row = journal.request(request)
             done = bool(row and row["done_at"])
-            refused = done and str(row.get("result") or "").startswith("refused: ")
+            refused = done and str(row.get("result") or "").startswith(REQUEST_REFUSED)
             progress.update(0 if done and not refused else pending_bytes(journal), final=done)
             if refused:
                 print("spoolup: drain cannot finish: S3 refuses requests what is left needs (retried only slowly); "
                       "nothing is lost: the running service ships it once S3 accepts them (grant what the error "
-                      f"names); see spoolup status: {row['result'][len('refused: '):]}", file=sys.stderr)
+                      f"names); see spoolup status: {row['result'][len(REQUEST_REFUSED):]}", file=sys.stderr)
                 return EXIT_FAILURE
             if done:
                 print("drained by the running service: nothing pending")

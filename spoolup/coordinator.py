@@ -34,7 +34,7 @@ from spoolup.chunks import remove_chunk_files
 from spoolup.config import Config
 from spoolup.health import S3Health
 from spoolup.journal import Journal, ObjectRow, ObjectState, UploadMode
-from spoolup.journal.cleanups import DISCARD, ORPHANS, UPLOAD
+from spoolup.journal.cleanups import KINDS, UPLOAD
 from spoolup.protocol import Protocol
 from spoolup.s3 import S3, S3Error
 from spoolup.ledgerstage import MAX_RECORDS, LedgerStage
@@ -321,17 +321,12 @@ class Uploader(Refusals, Results):
         """The cleanups the journal owes the bucket (a crash, or the bring-forward at start, left
         them): tasks like any other cleanup, submitted by the first schedule -- before any claim
         of their (key, ts) (_unsettled) -- and forgotten only once S3 confirms each."""
-        j = self.journal
-        for c in j.cleanups_owed():
-            oid = c.object_id or 0
-            if c.kind == UPLOAD and c.upload_id:
-                self.cleanups[Task(Kind.ABORT, oid, upload_id=c.upload_id, cleanup=c.id)] = \
-                    (self.work.abort_unused, (c.key, c.upload_id))
-            elif c.kind == ORPHANS:
-                self.cleanups[Task(Kind.ABORT, oid, key=c.key, cleanup=c.id)] = \
-                    (self.work.abort_orphans, (c.key, j.object(oid), j.chunks_of(oid)))
-            elif c.kind == DISCARD:
-                self.cleanups[Task(Kind.DISCARD, oid, cleanup=c.id)] = (self.work.discard, (c.key, oid, c.etag))
+        for c in self.journal.cleanups_owed():
+            if c.kind not in KINDS or (c.kind == UPLOAD and not c.upload_id):
+                continue  # (nothing this journal writes: a damaged row is left, not a crash of every start)
+            task, fn, *args = self._cleanup_call(c.kind, c.key, c.object_id or 0, c.id, upload_id=c.upload_id,
+                                                 etag=c.etag)
+            self.cleanups[task] = (fn, tuple(args))
 
     def _cleanup(self, task: Task, fn: Callable, *args) -> Action:
         """A cleanup call (of something spoolup's own), submitted once the round is committed."""

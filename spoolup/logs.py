@@ -66,7 +66,7 @@ class Redactor:
 
 # A secret shorter than this is masked only where it stands alone (not inside a longer run of the
 # characters keys and secrets are made of): a one-letter test secret masked everywhere made every
-# log line unreadable ("b********cket") and told a reader which letter it was.  Real secrets
+# log line unreadable (secret "b": "********ucket") and told a reader which letter it was.  Real secrets
 # (AWS: 40 characters, MinIO: at least 8) are masked wherever they appear, inside words too.
 SHORT_SECRET = 8
 _TOKEN_CHARS = "A-Za-z0-9+/"

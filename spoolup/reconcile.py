@@ -16,6 +16,7 @@ from spoolup.capabilities import probe_key_prefix, probe_scratch_prefix, remove_
 from spoolup.chunks import part_file, remove_chunk_files
 from spoolup.config import Config
 from spoolup.journal import ChunkState, Journal, ObjectRow, ObjectState, UploadMode
+from spoolup.journal.cleanups import ORPHANS
 from spoolup.protocol import Protocol
 from spoolup.s3 import S3, FileBody, NoSuchUpload, S3Error, multipart_etag, same_etag
 
@@ -49,7 +50,7 @@ def reconcile(cfg: Config, journal: Journal, s3: S3, report: "Report", *, dry_ru
     # parts, which it aborts (spoolup/protocol.py, adopt).
     owed = journal.cleanups_owed()  # (the upload process carries them out, before any claim of their keys)
     known_ids = journal.upload_ids() | {c.upload_id for c in owed if c.upload_id}
-    owed_keys = {c.key for c in owed if c.kind == "orphans"}
+    owed_keys = {c.key for c in owed if c.kind == ORPHANS}
     starting = {o.final_key for o in journal.claimed_unfinished()
                 if o.mode == UploadMode.MULTIPART and o.upload_id is None}
     ours = probe_key_prefix(cfg, journal.journal_id)

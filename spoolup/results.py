@@ -148,8 +148,7 @@ class Results:
             # its new claim, so this copy goes (only if its metadata says it is this object)
             self._stale(result, b, "the object gave up the key it was completed at")
             row = j.owe_cleanup(DISCARD, b.final_key, object_id=b.object_id, etag=result.etag)
-            return [self._cleanup(Task(Kind.DISCARD, b.object_id, cleanup=row), self.work.discard, b.final_key,
-                                  b.object_id, result.etag)]
+            return [self._cleanup(*self._cleanup_call(DISCARD, b.final_key, b.object_id, row, etag=result.etag))]
         self.vanished.pop(b.object_id, None)
         self.stats["objects"] += 1
         obj = j.object(b.object_id)
@@ -185,8 +184,7 @@ class Results:
         """An upload this journal created and no longer uses: owed (journaled in the current
         transaction), aborted once it commits."""
         row = self.journal.owe_cleanup(UPLOAD, key, upload_id=upload_id, object_id=object_id)
-        return self._cleanup(Task(Kind.ABORT, object_id, upload_id=upload_id, cleanup=row), self.work.abort_unused,
-                             key, upload_id)
+        return self._cleanup(*self._cleanup_call(UPLOAD, key, object_id, row, upload_id=upload_id))
 
     def _gave_up(self, obj: ObjectRow) -> Action | None:
         """A later object gave up its claim `obj` with no upload id journaled: unless this process
@@ -206,11 +204,24 @@ class Results:
             return None
         return self._abort_orphans(obj.id, obj.final_key, row)
 
-    def _abort_orphans(self, object_id: int, key: str, row: int = 0) -> Action:
+    def _abort_orphans(self, object_id: int, key: str, row: int) -> Action:
         """The orphans at `key` (and uploads holding the object's own chunks: Protocol.abort_orphans)."""
-        j = self.journal
-        return self._cleanup(Task(Kind.ABORT, object_id, key=key, cleanup=row), self.work.abort_orphans, key,
-                             j.object(object_id), j.chunks_of(object_id))
+        return self._cleanup(*self._cleanup_call(ORPHANS, key, object_id, row))
+
+    def _cleanup_call(self, kind: str, key: str, object_id: int, row: int, *, upload_id: str | None = None,
+                      etag: str | None = None) -> tuple:
+        """(task, function, *arguments) of the call that carries out a cleanup the journal owes
+        (`row`: its id in the cleanups table): the one mapping of a cleanup's kind to its call,
+        for the cleanups owed as results are journaled and for those a new process resumes."""
+        if kind == UPLOAD:
+            return Task(Kind.ABORT, object_id, upload_id=upload_id, cleanup=row), self.work.abort_unused, key, upload_id
+        if kind == ORPHANS:
+            j = self.journal
+            return (Task(Kind.ABORT, object_id, key=key, cleanup=row), self.work.abort_orphans, key,
+                    j.object(object_id), j.chunks_of(object_id))
+        if kind == DISCARD:
+            return Task(Kind.DISCARD, object_id, cleanup=row), self.work.discard, key, object_id, etag
+        raise ValueError(f"unknown cleanup kind {kind!r}")
 
     def _upload_gone(self, result: UploadGone, b: Basis) -> list[Action]:
         j = self.journal

@@ -463,15 +463,15 @@ class S3:
             key = f"{prefix}{uuid.uuid4().hex[:12]}-a b"  # (moto with IAM refuses non-ASCII)
             if op == "ListMultipartUploads":
                 upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
-                ids = [upload_id]
+                others: list[str] = []
                 try:
                     reply = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key, EncodingType="url")
                     got = [u["Key"] for u in reply.get("Uploads", []) or []]
                     # every upload at the scratch key is this probe's (a random suffix): a Create whose
                     # reply was lost or late, sent again by botocore, left one whose id it never got
-                    ids += [u["UploadId"] for u in reply.get("Uploads", []) or [] if u["UploadId"] != upload_id]
+                    others = [u["UploadId"] for u in reply.get("Uploads", []) or [] if u["UploadId"] != upload_id]
                 finally:
-                    for other in ids[1:]:  # (best effort: the next start's reconcile aborts what is left)
+                    for other in others:  # (best effort: the next start's reconcile aborts what is left)
                         with contextlib.suppress(*CLIENT_ERRORS):
                             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=other)
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)

@@ -29,7 +29,7 @@ from spoolup.config import Config
 from spoolup.deadletter import DeadLetters
 from spoolup.form import Form, check_run_config
 from spoolup.ingest import Ingest
-from spoolup.journal import Journal, JournalError, disk_full
+from spoolup.journal import REQUEST_REFUSED, Journal, JournalError, disk_full
 from spoolup.idle import Clock
 from spoolup.lock import StateLock
 from spoolup.progress import DrainProgress, unshipped_bytes
@@ -331,7 +331,7 @@ class Service:
                         if not finished and not drain and (refused := self._drain_refused(drain_state, since=0.0)):
                             # a `spoolup drain` waiting on this service ends on them too, exit 1, with
                             # what they are; the service keeps everything and ships it once S3 accepts
-                            journal.finish_requests(drain_state.request_ids, "refused: " + "; ".join(refused))
+                            journal.finish_requests(drain_state.request_ids, REQUEST_REFUSED + "; ".join(refused))
                             drain_state = None
                             continue
                         if finished:

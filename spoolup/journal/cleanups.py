@@ -53,10 +53,3 @@ class Cleanups(Store):
         """S3 confirmed it (the upload is aborted or gone, the object removed or not ours)."""
         with self.transaction():
             self._conn.execute("DELETE FROM cleanups WHERE id = ?", (cleanup_id,))
-
-    def _owe_cleanups(self, rows: list[tuple[str, str, str | None, int | None]]) -> None:
-        """Inside a transaction (the bring-forward's): (kind, key, upload id, object id) each."""
-        now = time.time()
-        self._conn.executemany(
-            "INSERT INTO cleanups (kind, key, upload_id, object_id, created) VALUES (?, ?, ?, ?, ?)",
-            [(kind, key, upload_id, oid, now) for kind, key, upload_id, oid in rows])

@@ -326,8 +326,8 @@ class Ledger(Cleanups):
                           f"claim_gen = claim_gen + 1, ledger_seq = NULL WHERE id = ? AND state != '{DONE}'", (oid,))
                 c.execute(f"UPDATE chunks SET state = '{SEALED}', etag = NULL WHERE object_id = ? "
                           f"AND state = '{UPLOADED}'", (oid,))
-            if fw.aborts:
-                self._owe_cleanups([(UPLOAD, key, upload_id, oid) for key, upload_id, oid in fw.aborts])
+            for key, upload_id, oid in fw.aborts:  # (owe_cleanup joins this transaction)
+                self.owe_cleanup(UPLOAD, key, upload_id=upload_id, object_id=oid)
             if fw.seq > self.ledger_seq():
                 self.set_meta(LEDGER_SEQ_META, str(fw.seq))
             if fw.claims > int(self.meta("claims") or 0):

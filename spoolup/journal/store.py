@@ -52,6 +52,9 @@ def remove_commit_hook(hook: Callable[[float], None]) -> None:
         _commit_hooks.remove(hook)
 
 
+# a drain request's result when S3 refuses what it waits for: followed by the refused requests
+# (the service writes it, the `drain` that asked reads it)
+REQUEST_REFUSED = "refused: "
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's lock before the journal is "locked"
 
 
