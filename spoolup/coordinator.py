@@ -280,7 +280,7 @@ class Uploader(Refusals, Results):
         steady stream of new objects never holds a segment back.  A claim backing off (a
         failing server, a refused object) is not waited for.  Nothing coming (a lone object,
         the end of a wave) writes the segment in the turn its objects became ready."""
-        chains = self.journal.single_claims_waiting(self.wave)
+        chains = self.journal.single_claims_waiting(self.wave, first=MAX_RECORDS)
         if not chains:
             return False
         inflight = {t.object_id for t in self.inflight if t.kind is Kind.CLAIM}

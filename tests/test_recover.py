@@ -247,7 +247,7 @@ UNDO = {2: ["DROP INDEX requests_open"], 3: ["ALTER TABLE objects DROP COLUMN ke
         8: ["DROP TABLE object_ranges", "DROP TABLE skip_ranges", "ALTER TABLE objects DROP COLUMN ledger_seq",
             "ALTER TABLE objects DROP COLUMN checksum", "ALTER TABLE objects DROP COLUMN origin",
             "ALTER TABLE objects DROP COLUMN upload_checksum", "ALTER TABLE chunks DROP COLUMN checksum"],
-        9: ["DROP TABLE cleanups"]}
+        9: ["DROP TABLE cleanups"], 10: ["DROP INDEX objects_claimed"]}
 LATEST = schema_version()
 MIGRATED = (f"migrate the journal from schema version 1 to {LATEST} "
             f"({', '.join(name for n, name, _ in migrations() if n > 1)})")

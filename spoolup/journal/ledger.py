@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, SEALED, SINGLE, UPLOADED, Batch,
+from spoolup.journal.rows import (CLAIMED, CLAIMED_ROWS, CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, SEALED, SINGLE, UPLOADED, Batch,
                                   ObjectRow, SourceState, _ids, _object, db_path, fs_path)
 from spoolup.journal.cleanups import UPLOAD, Cleanups
 
@@ -139,17 +139,17 @@ class Ledger(Cleanups):
 
     # ledger_seq: NULL = nothing recorded at the current claim; < 0 = a multipart object's start
     # intent only (its Create may be sent); > 0 = its record (its PutObject/Complete may be sent)
-    _TO_RECORD = (f"{NOT_DONE} AND o.idx IS NOT NULL AND ("
+    _TO_RECORD = (f"{CLAIMED} AND ("
                   f"(o.mode = '{SINGLE}' AND o.ledger_seq IS NULL) OR (o.mode = '{MULTIPART}' AND o.state = '{CLOSED}' "
                   "AND o.upload_id IS NOT NULL AND (o.ledger_seq IS NULL OR o.ledger_seq < 0) "
                   f"AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != '{UPLOADED}')))")
-    _TO_INTEND = (f"{NOT_DONE} AND o.idx IS NOT NULL AND o.mode = '{MULTIPART}' AND o.upload_id IS NULL "
+    _TO_INTEND = (f"{CLAIMED} AND o.mode = '{MULTIPART}' AND o.upload_id IS NULL "
                   "AND o.ledger_seq IS NULL")
 
     def to_intend(self, limit: int = 1000, skip: Iterable[int] = ()) -> list[ObjectRow]:
         """Claimed multipart objects without an upload and without a start intent at their claim:
         their CreateMultipartUpload waits for one (record before visible, for uploads)."""
-        rows = self._conn.execute(f"SELECT o.* FROM {NOT_DONE_ROWS} WHERE {self._TO_INTEND} "
+        rows = self._conn.execute(f"SELECT o.* FROM {CLAIMED_ROWS} WHERE {self._TO_INTEND} "
                                   "AND o.id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.id LIMIT ?",
                                   (_ids(skip), limit))
         return [_object(r) for r in rows]
@@ -168,23 +168,30 @@ class Ledger(Cleanups):
         claimed single-part objects (a PutObject finishes them) and closed multipart objects with
         every part uploaded (a Complete does), without a record at their current claim.  Earlier
         objects of their key need not be done: one segment then serves a whole run of a key."""
-        rows = self._conn.execute(f"SELECT o.* FROM {NOT_DONE_ROWS} WHERE {self._TO_RECORD} "
+        rows = self._conn.execute(f"SELECT o.* FROM {CLAIMED_ROWS} WHERE {self._TO_RECORD} "
                                   "AND o.id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.id LIMIT ?",
                                   (_ids(skip), limit))
         return [_object(r) for r in rows]
 
-    def single_claims_waiting(self, upto: int | None = None) -> dict[int, int]:
+    def single_claims_waiting(self, upto: int | None = None, first: int = 1000) -> dict[int, int]:
         """The claims still to come before a segment could record a wave of small objects (rule
         2): per (key, ts) with an unclaimed single-part object (closed, one chunk: recordable
         as soon as it is claimed) whose id is at most `upto`, the id of the chain's first
         unclaimed object (its claim is the one that can go now: the others follow it) ->
         the highest such single-part id.  Chains whose first object cannot claim yet (open,
-        nothing sealed) are left out: nothing of them is coming."""
+        nothing sealed) are left out: nothing of them is coming.
+
+        Only the `first` unclaimed objects (by id) are looked at: a segment records at most a
+        segment's worth (ledgerstage.MAX_RECORDS), so a wave never waits for more claims than
+        that, and the query reads that many rows however many objects wait behind them (a
+        drain of 50,000 new keys: it read all 50,000 at every turn).  A chain's head is among
+        them whenever any object of its chain is (heads have the lowest ids)."""
         rows = self._conn.execute(
-            f"SELECT min(o.id) AS head, max(CASE WHEN o.state = '{CLOSED}' AND o.id <= ? AND "
-            "(SELECT count(*) FROM chunks c WHERE c.object_id = o.id) = 1 THEN o.id END) AS last "
-            f"FROM {NOT_DONE_ROWS} WHERE o.idx IS NULL AND {NOT_DONE} GROUP BY o.key, o.ts",
-            (upto if upto is not None else 2 ** 62,))
+            f"SELECT min(w.id) AS head, max(CASE WHEN w.state = '{CLOSED}' AND "
+            "(SELECT count(*) FROM chunks c WHERE c.object_id = w.id) = 1 THEN w.id END) AS last "
+            f"FROM (SELECT o.id, o.key, o.ts, o.state FROM {NOT_DONE_ROWS} WHERE {NOT_DONE} AND o.idx IS NULL "
+            "AND o.id <= ? ORDER BY o.id LIMIT ?) w GROUP BY w.key, w.ts",
+            (upto if upto is not None else 2 ** 62, first))
         heads = {r[0]: r[1] for r in rows if r[1] is not None}
         ready = {r[0] for r in self._conn.execute(
             f"SELECT o.id FROM objects o WHERE o.id IN (SELECT value FROM json_each(?)) AND (o.state = '{CLOSED}' "
@@ -194,7 +201,7 @@ class Ledger(Cleanups):
 
     def waiting_for_record(self) -> int:
         """How many objects wait for their ledger record (status)."""
-        return self._conn.execute(f"SELECT count(*) FROM {NOT_DONE_ROWS} WHERE {self._TO_RECORD}").fetchone()[0]
+        return self._conn.execute(f"SELECT count(*) FROM {CLAIMED_ROWS} WHERE {self._TO_RECORD}").fetchone()[0]
 
     def ledger_sources(self, ids: Iterable[int]) -> dict[int, tuple[int, int, int | None, bytes | None, str]]:
         """source id -> (dev, ino, btime, head, key_path): a spool file as a ledger record names it."""

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Iterable
 
-from spoolup.journal.rows import (CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, OPEN, SEALED, SINGLE, UPLOADED,
+from spoolup.journal.rows import (CLAIMED, CLAIMED_ROWS, CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, OPEN, SEALED, SINGLE, UPLOADED,
                                   Batch, ChunkRow, ObjectRow, UploadMode, _ids, _object, db_path)
 from spoolup.journal.ledger import Ledger
 
@@ -178,9 +178,9 @@ class Objects(Ledger):
         earlier objects of the same (key, ts) are done and whose ledger record is in the bucket
         (a PutObject completes it: record before visible)."""
         rows = self._conn.execute(
-            f"SELECT * FROM {NOT_DONE_ROWS} WHERE idx IS NOT NULL AND {NOT_DONE} AND upload_id IS NULL "
-            f"AND ledger_seq IS NOT NULL AND (mode != '{SINGLE}' OR {_EARLIER_DONE}) "
-            "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
+            f"SELECT o.* FROM {CLAIMED_ROWS} WHERE {CLAIMED} AND o.upload_id IS NULL "
+            f"AND o.ledger_seq IS NOT NULL AND (o.mode != '{SINGLE}' OR {_EARLIER_DONE}) "
+            "AND o.id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
             (_ids(skip), limit),
         )
         return [_object(r) for r in rows]
@@ -207,8 +207,8 @@ class Objects(Ledger):
             "SELECT * FROM (SELECT c.object_id AS c_object_id, c.part AS c_part, c.length AS c_length, "
             "c.state AS c_state, c.part_size AS c_part_size, c.md5 AS c_md5, c.etag AS c_etag, o.*, "
             "row_number() OVER (PARTITION BY c.object_id ORDER BY c.part) AS c_rank "
-            "FROM chunks c JOIN objects o ON o.id = c.object_id "
-            f"WHERE c.state = '{SEALED}' AND o.mode = '{MULTIPART}' AND o.upload_id IS NOT NULL "
+            f"FROM {CLAIMED_ROWS} CROSS JOIN chunks c ON c.object_id = o.id "
+            f"WHERE {CLAIMED} AND c.state = '{SEALED}' AND o.mode = '{MULTIPART}' AND o.upload_id IS NOT NULL "
             "AND (c.object_id || ':' || c.part) NOT IN (SELECT value FROM json_each(?))) "
             "ORDER BY c_rank, c_object_id LIMIT ?",
             (json.dumps([f"{o}:{p}" for o, p in skip]), limit),
@@ -243,7 +243,7 @@ class Objects(Ledger):
         whose earlier objects of the same (key, ts) are done: objects complete in record order, so a key race that moves one to
         a later index moves those after it too (unclaim), and index order stays record order."""
         rows = self._conn.execute(
-            f"SELECT o.* FROM objects o WHERE o.state = '{CLOSED}' AND o.mode = '{MULTIPART}' "
+            f"SELECT o.* FROM {CLAIMED_ROWS} WHERE {CLAIMED} AND o.state = '{CLOSED}' AND o.mode = '{MULTIPART}' "
             "AND o.upload_id IS NOT NULL AND o.ledger_seq > 0 "
             f"AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_id = o.id AND c.state != '{UPLOADED}') "
             f"AND {_EARLIER_DONE} AND o.id NOT IN (SELECT value FROM json_each(?)) "

@@ -51,6 +51,12 @@ MULTIPART, SINGLE = UploadMode.MULTIPART, UploadMode.SINGLE
 # history of done objects (kept PRUNE_AFTER, a week: a scan of every row at every turn grew with it)
 NOT_DONE_ROWS = "objects o INDEXED BY objects_state"
 NOT_DONE = f"o.state IN ('{OPEN}', '{CLOSED}')"
+# The claimed objects not done (migrations/0010): the queries of what to ship next, through the
+# partial index objects_claimed, so that their cost follows the objects being shipped, not the
+# unclaimed ones waiting behind them (a drain of 50,000 new keys has 50,000).  The WHERE of such
+# a query must spell CLAIMED: SQLite uses a partial index only for the terms it was declared with.
+CLAIMED_ROWS = "objects o INDEXED BY objects_claimed"
+CLAIMED = f"{NOT_DONE} AND o.idx IS NOT NULL"
 
 LIVE_SOURCE_STATES = (SourceState.ACTIVE, SourceState.ERROR, SourceState.REFUSED)
 # the same, as the SQL list that the partial index sources_live is declared with (a query uses
