@@ -47,6 +47,12 @@ PRUNE_AFTER = 7 * 86400.0
 GATHER_MAX = 0.02  # seconds a turn may wait for more results while the workers have calls queued
 REMOVALS_BACKLOG = 1000  # completed objects whose chunk files wait for the loop's idle time, at most
 CLAIMS_PER_TURN = 1000  # claims the journal's thread makes in one turn (one ledger segment's worth)
+# claimed objects not done at most (claims are not made further ahead of the uploads): the claims
+# that need no request would otherwise run ahead by the whole backlog -- a drain of 50,000 new
+# keys claimed them all long before their PutObjects, and every per-turn query of claimed
+# objects read them all (bench/scale.py).  Two segments' worth keeps a segment gathering while
+# the previous one's objects upload.
+CLAIMS_AHEAD = 2 * MAX_RECORDS
 
 
 
@@ -203,7 +209,10 @@ class Uploader(Refusals, Results):
         after: list[Action] = []
         unsettled: set[tuple[str, str]] | None = None
         claimed = 0
-        rows = j.claimable_with_context(limit=256, skip=self._waiting_ids(Kind.CLAIM))
+        allowed = min(CLAIMS_PER_TURN, CLAIMS_AHEAD - j.claimed_in_flight(CLAIMS_AHEAD))
+        if allowed <= 0:  # (the uploads are behind: the claims wait for them)
+            return out
+        rows = j.claimable_with_context(limit=min(allowed, 256), skip=self._waiting_ids(Kind.CLAIM))
         if not rows:  # (no write transaction for nothing: it would take the journal's lock)
             return out
         with j.transaction():
@@ -235,9 +244,9 @@ class Uploader(Refusals, Results):
                     after += actions
                     landed += 1
                 claimed += landed
-                if not landed or claimed >= CLAIMS_PER_TURN:
+                if not landed or claimed + len(out) >= allowed:
                     break
-                rows = j.claimable_with_context(limit=min(CLAIMS_PER_TURN - claimed, 256),
+                rows = j.claimable_with_context(limit=min(allowed - claimed - len(out), 256),
                                                 skip=self._waiting_ids(Kind.CLAIM) | seen)
         for action in after:
             action()
@@ -280,6 +289,8 @@ class Uploader(Refusals, Results):
         steady stream of new objects never holds a segment back.  A claim backing off (a
         failing server, a refused object) is not waited for.  Nothing coming (a lone object,
         the end of a wave) writes the segment in the turn its objects became ready."""
+        if self.journal.claimed_in_flight(CLAIMS_AHEAD) >= CLAIMS_AHEAD:
+            return False  # (no claim is made before this segment's objects ship: _claim_here)
         chains = self.journal.single_claims_waiting(self.wave, first=MAX_RECORDS)
         if not chains:
             return False

@@ -262,3 +262,44 @@ def test_our_id_with_other_content_at_the_key_is_someone_elses(make_spoolup, s3,
     assert j.object(a).final_key == "app/a.log-1"
     assert get(s3, bucket, "app/a.log-1") == b"".join(parts)
     assert get(s3, bucket, "app/a.log") == other
+
+
+def test_claims_run_no_further_ahead_of_the_uploads_than_two_segments(make_spoolup, s3, bucket, cached_pending,
+                                                                      monkeypatch):
+    """Claims that need no request are made in the journal's thread, as many as are claimable:
+    a drain of 50,000 new keys claimed all of them long before their PutObjects, and every
+    per-turn query of the claimed objects then read all 50,000 (bench/scale.py: spoolup's CPU
+    per object x1.4 from 2,000 to 20,000 keys).  Now at most CLAIMS_AHEAD (two segments' worth)
+    claimed objects are not done; the rest are claimed as those ship, and a segment does not
+    wait for claims that cannot come (rule 2).  Here with segments of 3 and 6 claims ahead:
+    10 objects, never more than 6 claimed and not done, every byte shipped once."""
+    from spoolup import coordinator
+    monkeypatch.setattr(coordinator, "MAX_RECORDS", 3)
+    monkeypatch.setattr(coordinator, "CLAIMS_AHEAD", 6, raising=False)
+    rig = Rig(make_spoolup)
+    bodies = {f"app/{n}.log": lines(1000 + n, f"k{n}") for n in range(10)}
+    ids = {key: rig.add(key, [data]) for key, data in bodies.items()}
+    ex = HeldExecutor()
+    up = rig.uploader(ex)
+    j = rig.journal
+
+    def claimed_not_done() -> int:
+        return sum(1 for o in ids.values() if j.object(o).idx is not None and j.object(o).state != "done")
+
+    drive(up, lambda: claimed_not_done() > 0, what="the first claims")  # (the first lists the pending uploads)
+    up.schedule()  # the claims the caches now tell: in the journal's thread, up to CLAIMS_AHEAD
+    assert claimed_not_done() == 6, "claims ran ahead of the uploads"
+    assert "ledger" in [t.kind.value for t in up.inflight], "the segment waited for claims that cannot come"
+    peak = 6
+    for _ in range(40):
+        if all(j.object(o).state == "done" for o in ids.values()):
+            break
+        settle(up)
+        peak = max(peak, claimed_not_done())
+    assert peak == 6
+    assert all(j.object(o).state == "done" for o in ids.values())
+    assert list_keys(s3, bucket) == sorted(bodies)
+    for key, data in bodies.items():
+        assert get(s3, bucket, key) == data
+    records = [r.final_key for seg in segments(s3, bucket, rig.cfg) for r in seg.records]
+    assert sorted(records) == sorted(bodies)  # each recorded once

@@ -199,6 +199,12 @@ class Ledger(Cleanups):
             (_ids(heads),))}
         return {h: last for h, last in heads.items() if h in ready}
 
+    def claimed_in_flight(self, at_most: int) -> int:
+        """How many claimed objects are not done, counted up to `at_most` (the partial index
+        objects_claimed: the count reads no more entries than that)."""
+        return self._conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {CLAIMED_ROWS} WHERE {CLAIMED} LIMIT ?)",
+                                  (at_most,)).fetchone()[0]
+
     def waiting_for_record(self) -> int:
         """How many objects wait for their ledger record (status)."""
         return self._conn.execute(f"SELECT count(*) FROM {CLAIMED_ROWS} WHERE {self._TO_RECORD}").fetchone()[0]
