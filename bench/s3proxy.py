@@ -5,7 +5,9 @@ Run as its own process (`python -m bench.s3proxy UPSTREAM_URL DELAY_MS`): it pri
 port, then serves until killed.  GET /__counts__ answers the counts so far as JSON
 (and POST /__reset__ sets them to zero).  The delay is slept before each request is
 forwarded, so a client that keeps N requests in flight sees N at a time delayed, as it
-would against a far endpoint; upstream connections are kept alive per serving thread.
+would against a far endpoint, and again before the "100 Continue" of a request that asks for
+one (a second round trip, as a far endpoint's); upstream connections are kept alive per serving
+thread.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ def serve(upstream: str, delay: float) -> ThreadingHTTPServer:
 
         def log_message(self, *args):
             pass
+
+        def handle_expect_100(self):
+            # a remote server's "100 Continue" comes a round trip after the headers: the delay
+            # is a round trip's, so the client that waits for it pays it twice
+            if delay:
+                time.sleep(delay)
+            return super().handle_expect_100()
 
         def do_any(self):
             split = urlsplit(self.path)
