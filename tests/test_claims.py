@@ -5,6 +5,7 @@ Counts, not timings."""
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -157,4 +158,31 @@ def test_a_small_body_is_sent_at_once_a_part_after_100_continue(make_spoolup, pr
     assert [r.headers.get("expect") for r in parts] == ["100-continue"] * 2
     for o, body in objects.items():
         assert get(rig.client.client, rig.cfg.bucket, j.object(o).final_key) == body
+    up.close()
+
+
+def test_a_part_over_http_is_read_once_only_to_be_sent(make_spoolup, s3server, bucket):
+    """Over plain http botocore signs every part's body with SHA-256, so spoolup sends no
+    Content-MD5 and (without a flexible checksum) hashes nothing: the part file is read once,
+    by the request.  It was read a second time beforehand, only to count its bytes -- a tenth
+    of the upload process's CPU in the CPU-per-byte figure.  Counted as opens of the part
+    files (an audit hook), with the object byte-exact in the bucket."""
+    rig = Rig(make_spoolup, url=s3server.url)
+    up = rig.uploader()
+    j = rig.journal
+    big = [lines(5 * 1024 * 1024, "big"), lines(2000, "tail")]
+    oid = rig.add("app/big.log", big)
+    opened: list[str] = []
+    chunk_dir = str(rig.cfg.chunk_dir)
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], str) and args[0].startswith(chunk_dir) and "r" in str(args[1]):
+            opened.append(args[0])
+
+    sys.addaudithook(hook)
+    drive(up, lambda: j.object(oid).state == "done", rounds=200, what="shipped")
+    assert len(opened) == 2 and len(set(opened)) == 2, opened  # each part once: its UploadPart
+    assert get(rig.client.client, rig.cfg.bucket, "app/big.log") == b"".join(big)
+    opened.clear()
+    chunk_dir = "\0"  # (audit hooks cannot be removed: this one records nothing from here on)
     up.close()
