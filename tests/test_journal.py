@@ -185,7 +185,8 @@ def test_the_upload_loops_queries_do_not_grow_with_the_objects_waiting_behind():
              "single_claims_waiting": lambda j: sorted(j.single_claims_waiting(None).items())[:3]}
     small, large = _in_flight_behind(2_000), _in_flight_behind(20_000)
     want = {"to_record": [*range(1, 11), *range(36, 41)], "to_intend": list(range(31, 36)),
-            "to_start": list(range(11, 21)), "completable": list(range(26, 31)), "parts_to_upload": [(i, p) for p in (1, 2) for i in range(21, 26)],
+            "to_start": list(range(11, 21)), "completable": list(range(26, 31)),
+            "parts_to_upload": [(i, p) for p in (1, 2) for i in range(21, 26)],
             "waiting_for_record": 15, "claimable_with_context": list(range(41, 41 + 256)),
             "single_claims_waiting": [(41, 41), (42, 42), (43, 43)]}
     for name, call in calls.items():

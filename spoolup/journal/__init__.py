@@ -50,7 +50,8 @@ class Journal(Objects, Sources, Read):
 
 
 __all__ = [
-    "CAPABILITIES_META", "KEEP_SOURCES", "LIVE_SOURCE_STATES", "MAX_ERRORS_KEPT", "REFUSED_OBJECTS_META", "REQUEST_REFUSED", "STOPPED",
+    "CAPABILITIES_META", "KEEP_SOURCES", "LIVE_SOURCE_STATES", "MAX_ERRORS_KEPT", "REFUSED_OBJECTS_META",
+    "REQUEST_REFUSED", "STOPPED",
     "Batch", "ChunkRow", "ChunkState", "CleanupRow", "Journal", "JournalError", "ObjectRow", "ObjectState",
     "SourceRow", "SourceState", "UnfinishedChunk", "UploadMode", "add_commit_hook", "db_path", "disk_full", "fs_path",
     "migrations", "peek", "remove_commit_hook", "schema_version", "stored_version",

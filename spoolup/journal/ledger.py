@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from spoolup.journal.rows import (CLAIMED, CLAIMED_ROWS, CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, SEALED, SINGLE, UPLOADED, Batch,
-                                  ObjectRow, SourceState, _ids, _object, db_path, fs_path)
+from spoolup.journal.rows import (CLAIMED, CLAIMED_ROWS, CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, SEALED,
+                                  SINGLE, UPLOADED, Batch, ObjectRow, SourceState, _ids, _object, db_path, fs_path)
 from spoolup.journal.cleanups import UPLOAD, Cleanups
 
 LEDGER_SEQ_META = "ledger_seq"  # the highest segment number this agent wrote or has seen

@@ -7,8 +7,9 @@ import json
 import time
 from typing import Iterable
 
-from spoolup.journal.rows import (CLAIMED, CLAIMED_ROWS, CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, OPEN, SEALED, SINGLE, UPLOADED,
-                                  Batch, ChunkRow, ObjectRow, UploadMode, _ids, _object, db_path)
+from spoolup.journal.rows import (CLAIMED, CLAIMED_ROWS, CLOSED, DONE, MULTIPART, NOT_DONE, NOT_DONE_ROWS, OPEN,
+                                  SEALED, SINGLE, UPLOADED, Batch, ChunkRow, ObjectRow, UploadMode, _ids, _object,
+                                  db_path)
 from spoolup.journal.ledger import Ledger
 
 
